@@ -1,0 +1,1 @@
+"""skillq: background jobs for AI tool servers, on Dramatiq."""

@@ -1,0 +1,61 @@
+"""The catalogue of job types, read from the actors declared on a broker.
+
+A job type is a dramatiq actor declared with a `params_schema` option; the catalogue is what
+the coordinator validates submissions against and what the API lists.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from jsonschema import Draft202012Validator
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    queue: str
+    description: str
+    params_schema: dict[str, Any]
+    #: Per-type time limit in seconds, or None for `workers.job_timeout_secs`.
+    time_limit_secs: float | None = None
+    #: Per-type retry budget, or None for `workers.max_retries`.
+    max_retries: int | None = None
+
+    @functools.cached_property
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(
+            self.params_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "description": self.description,
+            "params_schema": self.params_schema,
+            "time_limit_secs": self.time_limit_secs,
+            "max_retries": self.max_retries,
+        }
+
+
+def job_types_of(broker: dramatiq.Broker) -> dict[str, JobType]:
+    catalogue = {}
+    for actor in broker.actors.values():
+        schema = actor.options.get("params_schema")
+        if schema is None:
+            continue
+        Draft202012Validator.check_schema(schema)
+        time_limit_ms = actor.options.get("time_limit")
+        catalogue[actor.actor_name] = JobType(
+            name=actor.actor_name,
+            queue=actor.queue_name,
+            description=actor.options.get("description") or (actor.fn.__doc__ or "").strip(),
+            params_schema=schema,
+            time_limit_secs=None if time_limit_ms is None else time_limit_ms / 1000,
+            max_retries=actor.options.get("max_retries"),
+        )
+    return dict(sorted(catalogue.items()))

@@ -1,0 +1,257 @@
+"""The jobs coordinator: the one way in for the API, the CLI and MCP.
+
+It validates a submission against the job type's schema, writes the job to the store and
+only then enqueues its message, so a worker can never run a job the store has not heard of.
+If the enqueue fails, the job is failed at once rather than left pending forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dramatiq
+import peewee
+from jsonschema import Draft202012Validator
+
+from brokers.job_status import JOB_ID_OPTION
+from skillq.errors import (
+    Conflict,
+    InvalidParams,
+    NotFound,
+    ServiceUnavailable,
+    UnknownJobType,
+)
+from skillq.job_types import JobType, job_types_of
+from skillq.settings import Settings
+from storage import Job, JobState, jobs
+from storage.models import utcnow
+
+logger = logging.getLogger(__name__)
+
+PRIORITY_NAMES = {"low": 2, "normal": 5, "high": 8}
+DEFAULT_PRIORITY = 5
+MAX_PAGE_SIZE = 100
+
+SUBMISSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "minLength": 1, "maxLength": 100},
+        "params": {"type": "object"},
+        "priority": {
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": 10},
+                {"enum": sorted(PRIORITY_NAMES)},
+            ]
+        },
+        "ttl_hours": {"type": "integer", "minimum": 1},
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200},
+        "trace_id": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
+    "required": ["type"],
+    "additionalProperties": False,
+}
+_submission_validator = Draft202012Validator(SUBMISSION_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    #: False when an idempotency key matched an existing job of the same owner.
+    created: bool
+
+
+def schema_errors(validator: Draft202012Validator, instance: Any, root: str) -> list[dict]:
+    """Every violation with a dotted path, so a client can point at the offending field."""
+    details = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
+        path = ".".join([root, *(str(part) for part in error.absolute_path)])
+        details.append({"path": path, "message": error.message})
+    return details
+
+
+class JobCoordinator:
+    def __init__(self, broker: dramatiq.Broker, settings: Settings) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.job_types: dict[str, JobType] = job_types_of(broker)
+
+    def submit_job(self, request: Any, *, owner: str = "local") -> Submission:
+        job_type, fields = self._validate_submission(request)
+        key = fields.get("idempotency_key")
+        if key is not None:
+            existing = jobs.find_by_idempotency_key(owner, key)
+            if existing is not None:
+                return Submission(existing, created=False)
+        max_retries = (
+            job_type.max_retries
+            if job_type.max_retries is not None
+            else self.settings.workers.max_retries
+        )
+        try:
+            job = jobs.insert_job(
+                id=str(uuid.uuid4()),
+                type=job_type.name,
+                queue=job_type.queue,
+                params=fields["params"],
+                priority=fields["priority"],
+                max_retries=max_retries,
+                expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
+                owner=owner,
+                trace_id=fields.get("trace_id"),
+                idempotency_key=key,
+            )
+        except peewee.IntegrityError:
+            # Another request with the same key won the race: answer with its job.
+            existing = jobs.find_by_idempotency_key(owner, key) if key else None
+            if existing is None:
+                raise
+            return Submission(existing, created=False)
+        self._enqueue(job, job_type)
+        return Submission(job, created=True)
+
+    def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
+        """`owner=None` sees every job; anyone else gets NotFound for jobs not theirs."""
+        job = jobs.get_job(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job with id {job_id!r}")
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        states: list[str] | None = None,
+        types: list[str] | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> jobs.JobPage:
+        details = []
+        for state in states or []:
+            if state not in JobState.__members__.values():
+                allowed = ", ".join(s.value for s in JobState)
+                details.append({"path": "state", "message": f"{state!r} is not one of {allowed}"})
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            details.append({"path": "limit", "message": f"must be 1-{MAX_PAGE_SIZE}"})
+        if offset < 0:
+            details.append({"path": "offset", "message": "must be 0 or more"})
+        if details:
+            raise InvalidParams("invalid list filters", details)
+        return jobs.list_jobs(
+            states=states or (), types=types or (), owner=owner, limit=limit, offset=offset
+        )
+
+    def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
+        job = self.get_job(job_id, owner=owner)
+        if not jobs.cancel_pending(job.id):
+            job = self.get_job(job_id)
+            raise Conflict(f"job {job_id} is {job.state}; only a pending job can be cancelled")
+        return self.get_job(job_id)
+
+    def retry_job(self, job_id: str, *, owner: str | None = None) -> Job:
+        job = self.get_job(job_id, owner=owner)
+        job_type = self.job_types.get(job.type)
+        if job_type is None:
+            raise Conflict(f"job type {job.type!r} no longer exists")
+        ttl = job.expires_at - job.created_at
+        if not jobs.reset_for_retry(job.id, expires_at=utcnow() + ttl):
+            raise Conflict(f"job {job_id} is {job.state}; only failed or cancelled jobs retry")
+        job = self.get_job(job_id)
+        self._enqueue(job, job_type)
+        return job
+
+    def position_in_queue(self, job: Job) -> int | None:
+        return jobs.position_in_queue(job) if job.state == JobState.PENDING else None
+
+    def _validate_submission(self, request: Any) -> tuple[JobType, dict[str, Any]]:
+        details = schema_errors(_submission_validator, request, "body")
+        if details:
+            raise InvalidParams("the submission does not match the job request schema", details)
+        job_type = self.job_types.get(request["type"])
+        if job_type is None:
+            known = ", ".join(self.job_types) or "none"
+            raise UnknownJobType(
+                f"unknown job type {request['type']!r}",
+                [{"path": "body.type", "message": f"known job types: {known}"}],
+            )
+        params = request.get("params", {})
+        details = schema_errors(job_type.validator, params, "params")
+        if details:
+            raise InvalidParams(f"params do not match the schema of {job_type.name!r}", details)
+        ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)
+        if ttl_hours > self.settings.jobs.max_ttl_hours:
+            raise InvalidParams(
+                "ttl_hours is too large",
+                [
+                    {
+                        "path": "body.ttl_hours",
+                        "message": f"must be at most {self.settings.jobs.max_ttl_hours}",
+                    }
+                ],
+            )
+        priority = request.get("priority", DEFAULT_PRIORITY)
+        priority = PRIORITY_NAMES.get(priority, priority)
+        fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours)
+        return job_type, fields
+
+    def _enqueue(self, job: Job, job_type: JobType) -> None:
+        time_limit_secs = job_type.time_limit_secs or self.settings.workers.job_timeout_secs
+        actor = self.broker.get_actor(job_type.name)
+        message = actor.message_with_options(
+            kwargs=job.params,
+            **{JOB_ID_OPTION: job.id},
+            max_retries=job.max_retries,
+            time_limit=int(time_limit_secs * 1000),
+            broker_priority=job.priority,
+        )
+        try:
+            self.broker.enqueue(message)
+        except Exception as error:
+            logger.exception("Enqueue of job %s failed.", job.id)
+            jobs.mark_enqueue_failed(job.id, f"the broker refused the job: {error}")
+            raise ServiceUnavailable("the broker is unavailable; the job was not queued") from error
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_to_dict(job: Job, *, position_in_queue: int | None = None) -> dict[str, Any]:
+    """The job as clients see it (REST, CLI, MCP): DESIGN.md's job model plus timings."""
+    duration_ms = None
+    if job.started_at is not None:
+        end = job.completed_at or utcnow()
+        duration_ms = int((end - job.started_at).total_seconds() * 1000)
+    error = None
+    if job.error_type is not None:
+        error = {"type": job.error_type, "message": job.error_message}
+    return {
+        "id": job.id,
+        "type": job.type,
+        "queue": job.queue,
+        "params": job.params,
+        "state": job.state,
+        "priority": job.priority,
+        "progress": job.progress,
+        "message": job.message,
+        "result": job.result,
+        "error": error,
+        "attempts": job.attempts,
+        "max_retries": job.max_retries,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "completed_at": iso(job.completed_at),
+        "expires_at": iso(job.expires_at),
+        "duration_ms": duration_ms,
+        "position_in_queue": position_in_queue,
+        "owner": job.owner,
+        "trace_id": job.trace_id,
+        "idempotency_key": job.idempotency_key,
+        "worker_id": job.worker_id,
+        "heartbeat_at": iso(job.heartbeat_at),
+    }

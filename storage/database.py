@@ -1,0 +1,76 @@
+"""Opening the store's database from settings, for SQLite and PostgreSQL alike.
+
+Models are bound to one `DatabaseProxy`, so a process opens its database once at start-up
+(`bind_database`) and every query module uses it without passing a handle around.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+
+from skillq.settings import StorageSettings
+
+database_proxy = peewee.DatabaseProxy()
+
+#: Milliseconds a writer waits for SQLite's lock before giving up. Workers, the API and the
+#: scheduler are separate processes writing the same file, so contention is normal.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def open_database(settings: StorageSettings) -> peewee.Database:
+    """A database handle for the configured backend; connections open lazily per thread."""
+    if settings.backend == "postgres":
+        return _open_postgres(settings.url or "", settings.pool_size)
+    return open_sqlite(Path(settings.path))
+
+
+def open_sqlite(path: Path) -> peewee.SqliteDatabase:
+    """SQLite in WAL mode so readers never block the single writer.
+
+    `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
+    last commits, which is the usual trade-off for an embedded job store.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return peewee.SqliteDatabase(
+        str(path),
+        timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        check_same_thread=False,
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": "normal",
+            "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+            "foreign_keys": 1,
+        },
+    )
+
+
+def _open_postgres(url: str, pool_size: int) -> PooledPostgresqlDatabase:
+    """A connection pool; query parameters of the URL pass through to psycopg2 (e.g. options)."""
+    parts = urlsplit(url)
+    connect_kwargs: dict[str, object] = dict(parse_qsl(parts.query))
+    if parts.hostname:
+        connect_kwargs["host"] = parts.hostname
+    if parts.port:
+        connect_kwargs["port"] = parts.port
+    if parts.username:
+        connect_kwargs["user"] = unquote(parts.username)
+    if parts.password:
+        connect_kwargs["password"] = unquote(parts.password)
+    return PooledPostgresqlDatabase(
+        unquote(parts.path.lstrip("/")) or "postgres",
+        max_connections=pool_size,
+        stale_timeout=300,
+        timeout=30,
+        autorollback=True,
+        **connect_kwargs,
+    )
+
+
+def bind_database(database: peewee.Database) -> peewee.Database:
+    """Point every model at `database` for the rest of the process."""
+    database_proxy.initialize(database)
+    return database

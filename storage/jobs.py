@@ -1,0 +1,178 @@
+"""Job queries: every state change is one conditional UPDATE.
+
+A transition names the state it leaves (`WHERE state IN (...)`), so concurrent writers (a
+worker finishing a job while a client cancels it, a retry racing its own acknowledgement)
+cannot move a job out of a state it has already left; the caller learns from the returned
+row count whether its transition happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from storage.models import Job, JobState, utcnow
+
+_ACTIVE = (JobState.PENDING, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    total: int
+
+
+def insert_job(**fields: Any) -> Job:
+    """Write a new pending job; raises `peewee.IntegrityError` on a duplicate idempotency key."""
+    return Job.create(state=JobState.PENDING, attempts=0, created_at=utcnow(), **fields)
+
+
+def get_job(job_id: str) -> Job | None:
+    return Job.get_or_none(Job.id == job_id)
+
+
+def find_by_idempotency_key(owner: str, key: str) -> Job | None:
+    return Job.get_or_none((Job.owner == owner) & (Job.idempotency_key == key))
+
+
+def list_jobs(
+    *,
+    states: Iterable[str] = (),
+    types: Iterable[str] = (),
+    owner: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> JobPage:
+    """Newest first, as an operator scanning recent work expects."""
+    query = Job.select()
+    states, types = list(states), list(types)
+    if states:
+        query = query.where(Job.state.in_(states))
+    if types:
+        query = query.where(Job.type.in_(types))
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    total = query.count()
+    rows = list(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
+    return JobPage(jobs=rows, total=total)
+
+
+def position_in_queue(job: Job) -> int:
+    """How many pending jobs of the same queue run before this one (priority, then FIFO)."""
+    ahead = Job.select().where(
+        (Job.state == JobState.PENDING)
+        & (Job.queue == job.queue)
+        & (
+            (Job.priority > job.priority)
+            | ((Job.priority == job.priority) & (Job.created_at < job.created_at))
+        )
+    )
+    return ahead.count()
+
+
+def _transition(job_id: str, from_states: Iterable[str], **changes: Any) -> bool:
+    query = Job.update(**changes).where((Job.id == job_id) & (Job.state.in_(list(from_states))))
+    return query.execute() == 1
+
+
+def mark_running(job_id: str, *, attempt: int, worker_id: str) -> bool:
+    """Start an attempt. `running` is allowed as a source so that a message redelivered after
+    its worker died can take over the job."""
+    now = utcnow()
+    return _transition(
+        job_id,
+        _ACTIVE,
+        state=JobState.RUNNING,
+        attempts=attempt,
+        started_at=peewee.fn.COALESCE(Job.started_at, now),
+        worker_id=worker_id,
+        heartbeat_at=now,
+        error_type=None,
+        error_message=None,
+    )
+
+
+def mark_completed(job_id: str, *, attempt: int, result: Any) -> bool:
+    return _finish(job_id, attempt, state=JobState.COMPLETED, result=result, progress=1.0)
+
+
+def mark_failed(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
+    return _finish(
+        job_id, attempt, state=JobState.FAILED, error_type=error_type, error_message=error_message
+    )
+
+
+def mark_retrying(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
+    """Back to pending after a failed attempt; the last error stays visible until it runs."""
+    query = Job.update(
+        state=JobState.PENDING,
+        error_type=error_type,
+        error_message=error_message,
+        worker_id=None,
+        heartbeat_at=None,
+    ).where((Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt))
+    return query.execute() == 1
+
+
+def _finish(job_id: str, attempt: int, **changes: Any) -> bool:
+    # The attempt guard keeps a slow, superseded attempt from overwriting a newer one.
+    query = Job.update(completed_at=utcnow(), worker_id=None, heartbeat_at=None, **changes).where(
+        (Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt)
+    )
+    return query.execute() == 1
+
+
+def mark_enqueue_failed(job_id: str, error_message: str) -> bool:
+    """The broker refused the message: the job can never run, so it must not stay pending."""
+    return _transition(
+        job_id,
+        (JobState.PENDING,),
+        state=JobState.FAILED,
+        error_type="EnqueueError",
+        error_message=error_message,
+        completed_at=utcnow(),
+    )
+
+
+def set_progress(job_id: str, progress: float | None, message: str | None) -> bool:
+    changes: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        changes["progress"] = progress
+    if message is not None:
+        changes["message"] = message
+    return _transition(job_id, (JobState.RUNNING,), **changes)
+
+
+def cancel_pending(job_id: str) -> bool:
+    return _transition(job_id, (JobState.PENDING,), state=JobState.CANCELLED, completed_at=utcnow())
+
+
+def reset_for_retry(job_id: str, *, expires_at: datetime) -> bool:
+    """An explicit retry of a failed or cancelled job: a fresh start with a fresh TTL."""
+    return _transition(
+        job_id,
+        (JobState.FAILED, JobState.CANCELLED),
+        state=JobState.PENDING,
+        attempts=0,
+        progress=None,
+        message=None,
+        result=None,
+        error_type=None,
+        error_message=None,
+        started_at=None,
+        completed_at=None,
+        worker_id=None,
+        heartbeat_at=None,
+        expires_at=expires_at,
+    )
+
+
+def purge_expired(now: datetime | None = None) -> int:
+    """Delete terminal jobs past their TTL; active jobs are never purged."""
+    now = now or utcnow()
+    terminal = [s.value for s in JobState if s.is_terminal]
+    return Job.delete().where((Job.expires_at < now) & (Job.state.in_(terminal))).execute()

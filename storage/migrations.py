@@ -1,0 +1,185 @@
+"""Schema versions: `skillq db upgrade | downgrade | status`.
+
+Each migration is frozen: it describes the tables as they were at that version, never the
+current models, so an old database upgrades through every step exactly as it happened.
+Upgrades run under a database-wide lock, so the API, workers and scheduler starting at
+once cannot apply the same step twice. Every function works on the database bound with
+`storage.bind_database`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import peewee
+
+from storage.database import database_proxy
+from storage.models import JSONField, utcnow
+
+
+class SchemaVersion(peewee.Model):
+    version = peewee.IntegerField(primary_key=True)
+    description = peewee.TextField()
+    applied_at = peewee.DateTimeField()
+
+    class Meta:
+        database = database_proxy
+        table_name = "skillq_schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    upgrade: Callable[[peewee.Database], None]
+    downgrade: Callable[[peewee.Database], None]
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    current: int
+    latest: int
+    applied: list[tuple[int, str, datetime]]
+    pending: list[tuple[int, str]]
+
+
+def _job_table_v1(database: peewee.Database) -> type[peewee.Model]:
+    class JobV1(peewee.Model):
+        id = peewee.CharField(max_length=36, primary_key=True)
+        type = peewee.CharField(max_length=100, index=True)
+        queue = peewee.CharField(max_length=100)
+        params = JSONField()
+        state = peewee.CharField(max_length=16, index=True)
+        priority = peewee.SmallIntegerField(default=5)
+        progress = peewee.FloatField(null=True)
+        message = peewee.TextField(null=True)
+        result = JSONField(null=True)
+        error_type = peewee.CharField(max_length=200, null=True)
+        error_message = peewee.TextField(null=True)
+        attempts = peewee.IntegerField(default=0)
+        max_retries = peewee.IntegerField()
+        created_at = peewee.DateTimeField(index=True)
+        started_at = peewee.DateTimeField(null=True)
+        completed_at = peewee.DateTimeField(null=True)
+        expires_at = peewee.DateTimeField(index=True)
+        owner = peewee.CharField(max_length=200, index=True)
+        trace_id = peewee.CharField(max_length=64, null=True, index=True)
+        idempotency_key = peewee.CharField(max_length=200, null=True)
+        worker_id = peewee.CharField(max_length=200, null=True)
+        heartbeat_at = peewee.DateTimeField(null=True)
+
+        class Meta:
+            table_name = "skillq_job"
+            indexes = (
+                (("owner", "idempotency_key"), True),
+                (("state", "priority", "created_at"), False),
+            )
+
+    JobV1._meta.set_database(database)
+    return JobV1
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "create the job table",
+        upgrade=lambda db: _job_table_v1(db).create_table(safe=False),
+        downgrade=lambda db: _job_table_v1(db).drop_table(safe=False),
+    ),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def schema_status() -> SchemaStatus:
+    applied = _applied()
+    done = {version for version, _, _ in applied}
+    return SchemaStatus(
+        current=max(done, default=0),
+        latest=LATEST_VERSION,
+        applied=applied,
+        pending=[(m.version, m.description) for m in MIGRATIONS if m.version not in done],
+    )
+
+
+def upgrade(target: int | None = None) -> list[int]:
+    """Apply every missing step up to `target` (default: latest); returns the versions applied."""
+    target = LATEST_VERSION if target is None else target
+    _check_target(target)
+    applied: list[int] = []
+    database = database_proxy.obj
+    with _MigrationLock(database):
+        current = _current_version()
+        for migration in MIGRATIONS:
+            if current < migration.version <= target:
+                migration.upgrade(database)
+                SchemaVersion.insert(
+                    version=migration.version,
+                    description=migration.description,
+                    applied_at=utcnow(),
+                ).execute()
+                applied.append(migration.version)
+    return applied
+
+
+def downgrade(target: int) -> list[int]:
+    """Undo steps above `target`, newest first; returns the versions undone."""
+    _check_target(target)
+    undone: list[int] = []
+    database = database_proxy.obj
+    with _MigrationLock(database):
+        current = _current_version()
+        for migration in reversed(MIGRATIONS):
+            if target < migration.version <= current:
+                migration.downgrade(database)
+                SchemaVersion.delete().where(SchemaVersion.version == migration.version).execute()
+                undone.append(migration.version)
+    return undone
+
+
+def ensure_schema() -> None:
+    """Bring the store to the latest version; one cheap query when it already is."""
+    if schema_status().current < LATEST_VERSION:
+        upgrade()
+
+
+def _check_target(target: int) -> None:
+    if not 0 <= target <= LATEST_VERSION:
+        raise ValueError(f"schema version must be between 0 and {LATEST_VERSION} (got {target})")
+
+
+def _applied() -> list[tuple[int, str, datetime]]:
+    if not database_proxy.table_exists(SchemaVersion._meta.table_name):
+        return []
+    rows = SchemaVersion.select().order_by(SchemaVersion.version)
+    return [(row.version, row.description, row.applied_at) for row in rows]
+
+
+def _current_version() -> int:
+    SchemaVersion.create_table(safe=True)
+    return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 0
+
+
+class _MigrationLock:
+    """One transaction holding a database-wide lock for the whole migration run."""
+
+    #: Arbitrary constant key for PostgreSQL's advisory lock ("skq" in ASCII).
+    ADVISORY_KEY = 0x736B71
+
+    def __init__(self, database: peewee.Database) -> None:
+        self.database = database
+        if isinstance(database, peewee.SqliteDatabase):
+            # IMMEDIATE takes the write lock at BEGIN, so a second migrator waits, then
+            # sees the first one's version rows.
+            self.transaction = database.atomic(lock_type="IMMEDIATE")
+        else:
+            self.transaction = database.atomic()
+
+    def __enter__(self) -> None:
+        self.transaction.__enter__()
+        if isinstance(self.database, peewee.PostgresqlDatabase):
+            self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (self.ADVISORY_KEY,))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.transaction.__exit__(*exc_info)

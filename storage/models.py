@@ -1,0 +1,85 @@
+"""The `Job` row and its states, exactly the job model of DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import peewee
+
+from storage.database import database_proxy
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+def utcnow() -> datetime:
+    """Naive UTC: both SQLite and PostgreSQL `timestamp` columns store it unchanged."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class JSONField(peewee.TextField):
+    """JSON kept as text, so the same schema works on SQLite and PostgreSQL."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+
+
+class Job(BaseModel):
+    id = peewee.CharField(max_length=36, primary_key=True)
+    type = peewee.CharField(max_length=100, index=True)
+    queue = peewee.CharField(max_length=100)
+    params = JSONField()
+    state = peewee.CharField(max_length=16, index=True)
+    priority = peewee.SmallIntegerField(default=5)
+    progress = peewee.FloatField(null=True)
+    message = peewee.TextField(null=True)
+    result = JSONField(null=True)
+    error_type = peewee.CharField(max_length=200, null=True)
+    error_message = peewee.TextField(null=True)
+    attempts = peewee.IntegerField(default=0)
+    max_retries = peewee.IntegerField()
+    created_at = peewee.DateTimeField(index=True)
+    started_at = peewee.DateTimeField(null=True)
+    completed_at = peewee.DateTimeField(null=True)
+    expires_at = peewee.DateTimeField(index=True)
+    owner = peewee.CharField(max_length=200, index=True)
+    trace_id = peewee.CharField(max_length=64, null=True, index=True)
+    idempotency_key = peewee.CharField(max_length=200, null=True)
+    worker_id = peewee.CharField(max_length=200, null=True)
+    heartbeat_at = peewee.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "skillq_job"
+        indexes = (
+            # NULL keys never collide, so jobs without a key are unconstrained.
+            (("owner", "idempotency_key"), True),
+            # Serves "pending jobs ahead of this one" for position_in_queue.
+            (("state", "priority", "created_at"), False),
+        )
+
+    @property
+    def job_state(self) -> JobState:
+        return JobState(self.state)

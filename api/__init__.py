@@ -1,0 +1,1 @@
+"""The HTTP side of skillq: a Starlette app over the jobs coordinator."""

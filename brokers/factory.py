@@ -1,0 +1,82 @@
+"""Builds the configured broker, always with the same middleware stack.
+
+Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks in reverse.
+`JobStatus` sits before `JobRetries` so it records an outcome after the retry decision, and
+`JobProgress` sits after both so its final progress write lands before the job completes.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    Middleware,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from periodiq import PeriodiqMiddleware
+
+from brokers.job_status import JobStatus
+from brokers.progress import JobProgress
+from brokers.retries import JobRetries
+from skillq.settings import Settings, WorkerSettings
+
+#: Highest job priority; RabbitMQ queues are declared with it as `x-max-priority`.
+MAX_PRIORITY = 10
+
+#: How long, in milliseconds, a Redis worker may go without a heartbeat before its
+#: unacknowledged messages are requeued (dramatiq's default is 60 s).
+REDIS_HEARTBEAT_TIMEOUT_MS = 15_000
+#: Chance, out of 1,000,000 broker commands, of running the Redis dead-worker maintenance.
+REDIS_MAINTENANCE_CHANCE = 10_000
+
+
+def job_middleware(workers: WorkerSettings) -> list[Middleware]:
+    retry_delay_ms = workers.retry_delay_secs * 1000
+    return [
+        AgeLimit(),
+        TimeLimit(time_limit=workers.job_timeout_secs * 1000),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        JobStatus(),
+        JobRetries(
+            max_retries=workers.max_retries,
+            min_backoff=retry_delay_ms,
+            # Exponential back-off from retry_delay_secs, doubling at most five times.
+            max_backoff=retry_delay_ms * 32,
+        ),
+        JobProgress(),
+        PeriodiqMiddleware(),
+    ]
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    middleware = job_middleware(settings.workers)
+    broker_settings = settings.broker
+    if broker_settings.backend == "redis":
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(
+            url=broker_settings.url,
+            middleware=middleware,
+            heartbeat_timeout=REDIS_HEARTBEAT_TIMEOUT_MS,
+            maintenance_chance=REDIS_MAINTENANCE_CHANCE,
+        )
+    if broker_settings.backend == "rabbitmq":
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(
+            url=broker_settings.url,
+            middleware=middleware,
+            max_priority=MAX_PRIORITY,
+            # Without confirms a message can vanish if RabbitMQ dies right after send().
+            confirm_delivery=True,
+        )
+    from brokers.sqlite import SQLiteBroker
+
+    return SQLiteBroker(
+        path=broker_settings.path, lease_secs=broker_settings.lease_secs, middleware=middleware
+    )

@@ -1,0 +1,91 @@
+"""Progress reporting for actor bodies: `report_progress(0.4, "indexed 40 of 100")`.
+
+Writes are throttled per job: a hot loop calling `report_progress` thousands of times per
+second costs one store write per `min_interval_secs`; the latest value is kept and written
+when the job's message finishes, so the final figure is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from brokers.job_status import JOB_ID_OPTION
+from storage import jobs
+
+logger = logging.getLogger(__name__)
+
+_current = threading.local()
+
+
+class _ProgressReporter:
+    def __init__(self, job_id: str, min_interval_secs: float) -> None:
+        self.job_id = job_id
+        self.min_interval_secs = min_interval_secs
+        self.last_write = 0.0
+        self.unwritten: tuple[float | None, str | None] | None = None
+
+    def report(self, progress: float | None, message: str | None) -> None:
+        now = time.monotonic()
+        if now - self.last_write < self.min_interval_secs:
+            self.unwritten = (progress, message)
+            return
+        self.last_write = now
+        self.unwritten = None
+        jobs.set_progress(self.job_id, progress, message)
+
+    def flush(self) -> None:
+        if self.unwritten is not None:
+            progress, message = self.unwritten
+            self.unwritten = None
+            jobs.set_progress(self.job_id, progress, message)
+
+
+class JobProgress(Middleware):
+    """Gives the running actor body a progress reporter for its job.
+
+    Parameters:
+      min_interval_secs(float): The shortest gap, in seconds, between two progress writes of
+        one job.
+    """
+
+    def __init__(self, *, min_interval_secs: float = 0.25) -> None:
+        self.min_interval_secs = min_interval_secs
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        job_id = message.options.get(JOB_ID_OPTION)
+        _current.reporter = (
+            None if job_id is None else _ProgressReporter(job_id, self.min_interval_secs)
+        )
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        reporter = getattr(_current, "reporter", None)
+        _current.reporter = None
+        if reporter is not None:
+            reporter.flush()
+
+    after_skip_message = after_process_message
+
+
+def report_progress(progress: float | None = None, message: str | None = None) -> None:
+    """Record how far the current job has got: `progress` in 0.0-1.0 and/or a short message.
+
+    Outside a job (e.g. an actor called directly in a test) it does nothing.
+    """
+    if progress is not None and not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be between 0.0 and 1.0 (got {progress})")
+    reporter = getattr(_current, "reporter", None)
+    if reporter is not None:
+        reporter.report(progress, message)

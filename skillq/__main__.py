@@ -1,0 +1,3 @@
+from skillq.cli import main
+
+main()

@@ -1,0 +1,283 @@
+"""The `skillq` command: run the system (`up`, `api`, `worker`, `scheduler`), manage jobs and
+the store's schema.
+
+Commands that touch jobs go through the same coordinator as the REST API. `--settings`
+is exported as `SKILLQ_SETTINGS`, so every child process and `import actors` read the
+same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from skillq.errors import SkillqError
+from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings, settings_error_exit
+
+app = typer.Typer(help="skillq: background jobs for AI tool servers.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=True)
+db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(db_app, name="db")
+
+#: Exit status per error class, for scripts that call the CLI.
+EXIT_CODES = {
+    "invalid_request": 2,
+    "invalid_params": 2,
+    "unknown_job_type": 2,
+    "not_found": 3,
+    "conflict": 4,
+    "service_unavailable": 5,
+}
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        settings_error_exit(error)
+
+
+def _fail(error: SkillqError) -> NoReturn:
+    typer.echo(f"error: {error.message}", err=True)
+    for detail in error.details or []:
+        typer.echo(f"  {detail.get('path', '')}: {detail.get('message', '')}", err=True)
+    raise typer.Exit(EXIT_CODES.get(error.code, 1))
+
+
+@app.callback()
+def configure(
+    settings: Annotated[
+        Path | None, typer.Option("--settings", help="Settings file (else $SKILLQ_SETTINGS).")
+    ] = None,
+) -> None:
+    if settings is not None:
+        os.environ[ENV_VAR] = str(settings.resolve())
+    # Fail on bad settings here, with one line, before any command does work.
+    _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@app.command()
+def up(
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    scheduler: Annotated[bool, typer.Option(help="Also run the scheduler.")] = True,
+) -> None:
+    """Run the API, the worker(s) and the scheduler until Ctrl-C or SIGTERM."""
+    from skillq.supervisor import Child, Supervisor, python_command
+
+    settings = _settings()
+    _upgrade_schema()
+    processes = workers or settings.workers.processes
+    children = [
+        Child("api", python_command("-m", "skillq", "api")),
+        Child("worker", python_command("-m", "skillq", "worker", "--processes", str(processes))),
+    ]
+    if scheduler:
+        children.append(Child("scheduler", python_command("-m", "skillq", "scheduler")))
+    typer.echo(f"skillq API on http://{settings.server.host}:{settings.server.port}")
+    raise typer.Exit(Supervisor(children).run())
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the REST API with uvicorn."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_level="info",
+    )
+
+
+def worker_threads(settings: Settings) -> int:
+    """One pool for every queue, as large as the per-queue thread counts together."""
+    w = settings.workers
+    return max(1, w.ai_workers + w.index_workers + w.skill_workers)
+
+
+@app.command()
+def worker(
+    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+    queues: Annotated[list[str] | None, typer.Option("--queue", help="Only these queues.")] = None,
+) -> NoReturn:
+    """Run dramatiq workers for every job type (`dramatiq actors` with our settings)."""
+    settings = _settings()
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "actors",
+        "--processes",
+        str(processes or settings.workers.processes),
+        "--threads",
+        str(threads or worker_threads(settings)),
+    ]
+    if queues:
+        command += ["--queues", *queues]
+    os.execv(sys.executable, command)
+
+
+@app.command()
+def scheduler() -> NoReturn:
+    """Run the periodiq scheduler that enqueues periodic jobs."""
+    _settings()
+    os.execv(sys.executable, [sys.executable, "-m", "periodiq", "actors"])
+
+
+def _coordinator() -> Any:
+    import actors
+    from skillq.jobs import JobCoordinator
+
+    return JobCoordinator(actors.broker, actors.settings)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    job_type: Annotated[str, typer.Argument(metavar="TYPE", help="Job type, e.g. sleep.")],
+    params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
+    priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
+) -> None:
+    """Submit a job; prints its id (or, with --wait, its final state)."""
+    from skillq.jobs import job_to_dict
+
+    try:
+        parsed_params = json.loads(params)
+    except json.JSONDecodeError as error:
+        _fail(SkillqError(f"--params is not valid JSON: {error}"))
+    request: dict[str, Any] = {"type": job_type, "params": parsed_params}
+    if priority is not None:
+        request["priority"] = int(priority) if priority.isdigit() else priority
+    coordinator = _coordinator()
+    try:
+        job = coordinator.submit_job(request).job
+    except SkillqError as error:
+        _fail(error)
+    if not wait:
+        typer.echo(job.id)
+        return
+    job = _wait_for(coordinator, job.id)
+    typer.echo(json.dumps(job_to_dict(job), indent=2))
+    if job.state != "completed":
+        raise typer.Exit(1)
+
+
+def _wait_for(coordinator: Any, job_id: str) -> Any:
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(job_id, total=1.0)
+        while True:
+            job = coordinator.get_job(job_id)
+            bar.update(task, completed=job.progress or 0.0, description=job.message or job.state)
+            if job.job_state.is_terminal:
+                return job
+            time.sleep(0.2)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[list[str] | None, typer.Option(help="Filter by state.")] = None,
+    job_type: Annotated[list[str] | None, typer.Option("--type", help="Filter by type.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (1-100).")] = 20,
+    offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
+) -> None:
+    """List jobs, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        page = _coordinator().list_jobs(states=state, types=job_type, limit=limit, offset=offset)
+    except SkillqError as error:
+        _fail(error)
+    table = Table("id", "type", "state", "progress", "attempts", "created")
+    for job in page.jobs:
+        progress = "" if job.progress is None else f"{job.progress:.0%}"
+        created = job.created_at.isoformat(timespec="seconds")
+        table.add_row(job.id, job.type, job.state, progress, str(job.attempts), created)
+    console = Console()
+    console.print(table)
+    console.print(f"{len(page.jobs)} of {page.total} jobs")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Show one job as JSON."""
+    from skillq.jobs import job_to_dict
+
+    coordinator = _coordinator()
+    try:
+        job = coordinator.get_job(job_id)
+    except SkillqError as error:
+        _fail(error)
+    position = coordinator.position_in_queue(job)
+    typer.echo(json.dumps(job_to_dict(job, position_in_queue=position), indent=2))
+
+
+def _bind_store() -> None:
+    from storage import bind_database, open_database
+
+    bind_database(open_database(_settings().storage))
+
+
+def _upgrade_schema() -> list[int]:
+    from storage.migrations import upgrade
+
+    _bind_store()
+    return upgrade()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    to: Annotated[int | None, typer.Option("--to", help="Target version.")] = None,
+) -> None:
+    """Apply pending schema migrations."""
+    from storage.migrations import upgrade
+
+    _bind_store()
+    applied = upgrade(to)
+    typer.echo(f"applied {applied}" if applied else "already up to date")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    to: Annotated[int, typer.Option("--to", help="Target version (0 drops everything).")],
+) -> None:
+    """Undo schema migrations above a version."""
+    from storage.migrations import downgrade
+
+    _bind_store()
+    undone = downgrade(to)
+    typer.echo(f"undid {undone}" if undone else "nothing to undo")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the schema version and any pending migrations."""
+    from storage.migrations import schema_status
+
+    _bind_store()
+    status = schema_status()
+    typer.echo(f"schema version {status.current} of {status.latest}")
+    for version, description in status.pending:
+        typer.echo(f"  pending {version}: {description}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Dramatiq brokers that skillq builds on or fixes."""

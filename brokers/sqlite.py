@@ -32,7 +32,7 @@ from dramatiq.middleware import Middleware
 #: Priority of messages without a ``broker_priority`` option (same option as RabbitMQ's broker).
 DEFAULT_PRIORITY = 5
 #: How often an idle consumer looks for commits by other processes (``PRAGMA data_version``).
-IDLE_POLL_SECS = 0.002
+IDLE_POLL_SECS = 0.005
 #: ``__next__`` returns None at least this often so dramatiq's consumer loop can do housekeeping.
 MAX_BLOCK_SECS = 0.1
 #: An idle consumer runs the claim query at least this often even if nothing seems to change.
@@ -79,9 +79,9 @@ def _connect(path: str) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             break
         except sqlite3.OperationalError:
-            if attempt == 99:
-                raise
-            time.sleep(0.05)
+            time.sleep(0.05 if attempt < 99 else 0)
+    else:
+        conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
@@ -184,18 +184,12 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
             message = message.copy(queue_name=queue_name)
         self.emit_before("enqueue", message, delay)
         now = current_millis()
+        row = (message.message_id, queue_name, _priority(message), now + max(delay or 0, 0))
         with self._db() as conn:
             conn.execute(
                 "INSERT INTO skillq_messages (message_id, queue_name, priority, eta, state,"
                 " message, mtime) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (
-                    message.message_id,
-                    queue_name,
-                    _priority(message),
-                    now + max(delay or 0, 0),
-                    message.encode(),
-                    now,
-                ),
+                (*row, message.encode(), now),
             )
         self._notify()
         self.emit_after("enqueue", message, delay)

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 #: Message option carrying the job id; messages without it (maintenance actors) are ignored.
 JOB_ID_OPTION = "job_id"
+#: Message option holding the attempt being processed. It is fixed when processing starts,
+#: because dramatiq's Retries bumps `retries` on the same message before `after_*` hooks
+#: further down the stack run.
+ATTEMPT_OPTION = "job_attempt"
 
 
 def current_worker_id() -> str:
@@ -62,7 +66,8 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
-        if not jobs.mark_running(job_id, attempt=attempt_of(message), worker_id=self.worker_id):
+        attempt = message.options[ATTEMPT_OPTION] = attempt_of(message)
+        if not jobs.mark_running(job_id, attempt=attempt, worker_id=self.worker_id):
             job = jobs.get_job(job_id)
             state = job.state if job else "deleted"
             logger.info("Skipping message %s: job %s is %s.", message.message_id, job_id, state)
@@ -79,7 +84,7 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
-        attempt = attempt_of(message)
+        attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
             try:
                 json.dumps(result)

@@ -120,7 +120,8 @@ def mark_retrying(job_id: str, *, attempt: int, error_type: str, error_message: 
 
 def _finish(job_id: str, attempt: int, **changes: Any) -> bool:
     # The attempt guard keeps a slow, superseded attempt from overwriting a newer one.
-    query = Job.update(completed_at=utcnow(), worker_id=None, heartbeat_at=None, **changes).where(
+    # worker_id stays: which worker ran a finished job is worth keeping.
+    query = Job.update(completed_at=utcnow(), heartbeat_at=None, **changes).where(
         (Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt)
     )
     return query.execute() == 1

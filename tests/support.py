@@ -1,0 +1,182 @@
+"""Real processes and real services for the tests: settings files, API and worker processes.
+
+Service-backed tests skip when a server is not answering, unless SKILLQ_REQUIRE_SERVICES=1
+(as in CI), where a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVICES = {
+    "redis": ("127.0.0.1", 6379),
+    "rabbitmq": ("127.0.0.1", 5672),
+    "postgres": ("127.0.0.1", 5432),
+}
+REDIS_URL = "redis://127.0.0.1:6379/15"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+POSTGRES_URL = "postgresql://127.0.0.1:5432/test"
+
+
+def require_service(name: str) -> None:
+    host, port = SERVICES[name]
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        message = f"{name} is not answering on {host}:{port}"
+        if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
+    """Polls until `predicate()` is truthy; the deadline only bounds the test, it asserts
+    nothing about speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_settings(directory: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    path = directory / "settings.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def postgres_schema_url(schema: str) -> str:
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+def create_postgres_schema() -> str:
+    import psycopg2
+
+    schema = f"skillq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg2.connect(POSTGRES_URL) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    return schema
+
+
+def drop_postgres_schema(schema: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(POSTGRES_URL)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    conn.close()
+
+
+def child_env(settings_path: Path) -> dict[str, str]:
+    env = dict(os.environ, SKILLQ_SETTINGS=str(settings_path), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class ChildProcess:
+    """A real process of ours (API, worker), logging to a file the test can show on failure."""
+
+    def __init__(self, name: str, args: list[str], settings_path: Path, log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=child_env(settings_path),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def start_worker(settings_path: Path, log_dir: Path, *, threads: int = 4) -> ChildProcess:
+    worker = ChildProcess(
+        "worker",
+        ["-m", "dramatiq", "actors", "--processes", "1", "--threads", str(threads)],
+        settings_path,
+        log_dir,
+    )
+    # dramatiq logs this once its consumers run; before that, jobs would just queue.
+    wait_for(
+        lambda: "Worker process is ready" in worker.log() or not worker.alive(),
+        timeout=30,
+        what="the worker to boot",
+    )
+    assert worker.alive(), worker.log()
+    return worker
+
+
+def start_api(settings_path: Path, log_dir: Path) -> tuple[ChildProcess, str]:
+    port = free_port()
+    api = ChildProcess(
+        "api",
+        ["-m", "skillq", "api", "--host", "127.0.0.1", "--port", str(port)],
+        settings_path,
+        log_dir,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert api.alive(), api.log()
+        try:
+            return httpx.get(f"{base_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, timeout=30, what="the API to answer")
+    return api, base_url

@@ -8,12 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from storage.database import connection
 from storage.models import Job
 
 
 def _store_answers() -> bool:
     try:
-        Job.select(Job.id).limit(1).execute()
+        with connection():
+            Job.select(Job.id).limit(1).execute()
     except peewee.PeeweeException:
         return False
     return True

@@ -17,6 +17,7 @@ import dramatiq
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
 from storage import jobs
+from storage.database import database_proxy
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
+        # One pooled connection per message, shared by progress writes, returned at the end.
+        database_proxy.connect(reuse_if_open=True)
         attempt = message.options[ATTEMPT_OPTION] = attempt_of(message)
         if not jobs.mark_running(job_id, attempt=attempt, worker_id=self.worker_id):
             job = jobs.get_job(job_id)
@@ -84,6 +87,22 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
+        try:
+            self._record_outcome(job_id, message, result, exception)
+        finally:
+            database_proxy.close()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if message.options.get(JOB_ID_OPTION) is not None:
+            database_proxy.close()
+
+    def _record_outcome(
+        self,
+        job_id: str,
+        message: dramatiq.Message,
+        result: Any,
+        exception: BaseException | None,
+    ) -> None:
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
             try:

@@ -151,6 +151,7 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
         # The package's __init__ would open its own connection and create its own tables.
         Broker.__init__(self, middleware=middleware)
         self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.db_url = self.path
         self.backend = None
         self.lease_secs = lease_secs

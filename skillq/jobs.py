@@ -28,6 +28,7 @@ from skillq.errors import (
 from skillq.job_types import JobType, job_types_of
 from skillq.settings import Settings
 from storage import Job, JobState, jobs
+from storage.database import in_connection
 from storage.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class JobCoordinator:
         self.settings = settings
         self.job_types: dict[str, JobType] = job_types_of(broker)
 
+    @in_connection
     def submit_job(self, request: Any, *, owner: str = "local") -> Submission:
         job_type, fields = self._validate_submission(request)
         key = fields.get("idempotency_key")
@@ -113,6 +115,7 @@ class JobCoordinator:
         self._enqueue(job, job_type)
         return Submission(job, created=True)
 
+    @in_connection
     def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
         """`owner=None` sees every job; anyone else gets NotFound for jobs not theirs."""
         job = jobs.get_job(job_id)
@@ -120,6 +123,7 @@ class JobCoordinator:
             raise NotFound(f"no job with id {job_id!r}")
         return job
 
+    @in_connection
     def list_jobs(
         self,
         *,
@@ -144,6 +148,7 @@ class JobCoordinator:
             states=states or (), types=types or (), owner=owner, limit=limit, offset=offset
         )
 
+    @in_connection
     def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
         job = self.get_job(job_id, owner=owner)
         if not jobs.cancel_pending(job.id):
@@ -151,6 +156,7 @@ class JobCoordinator:
             raise Conflict(f"job {job_id} is {job.state}; only a pending job can be cancelled")
         return self.get_job(job_id)
 
+    @in_connection
     def retry_job(self, job_id: str, *, owner: str | None = None) -> Job:
         job = self.get_job(job_id, owner=owner)
         job_type = self.job_types.get(job.type)
@@ -163,6 +169,7 @@ class JobCoordinator:
         self._enqueue(job, job_type)
         return job
 
+    @in_connection
     def position_in_queue(self, job: Job) -> int | None:
         return jobs.position_in_queue(job) if job.state == JobState.PENDING else None
 

@@ -2,15 +2,23 @@
 
 Models are bound to one `DatabaseProxy`, so a process opens its database once at start-up
 (`bind_database`) and every query module uses it without passing a handle around.
+
+Both backends are connection pools, and a unit of work (an API request, a message being
+processed) checks a connection out with `connection()` and returns it at the end. Threads
+come and go (Starlette's thread pool, dramatiq's workers); a connection held by each thread
+forever would exhaust PostgreSQL's pool.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from skillq.settings import StorageSettings
 
@@ -28,15 +36,17 @@ def open_database(settings: StorageSettings) -> peewee.Database:
     return open_sqlite(Path(settings.path))
 
 
-def open_sqlite(path: Path) -> peewee.SqliteDatabase:
+def open_sqlite(path: Path) -> PooledSqliteDatabase:
     """SQLite in WAL mode so readers never block the single writer.
 
     `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
     last commits, which is the usual trade-off for an embedded job store.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return peewee.SqliteDatabase(
+    return PooledSqliteDatabase(
         str(path),
+        max_connections=None,
+        stale_timeout=None,
         timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         check_same_thread=False,
         pragmas={
@@ -65,7 +75,6 @@ def _open_postgres(url: str, pool_size: int) -> PooledPostgresqlDatabase:
         max_connections=pool_size,
         stale_timeout=300,
         timeout=30,
-        autorollback=True,
         **connect_kwargs,
     )
 
@@ -74,3 +83,23 @@ def bind_database(database: peewee.Database) -> peewee.Database:
     """Point every model at `database` for the rest of the process."""
     database_proxy.initialize(database)
     return database
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def connection() -> peewee.ConnectionContext:
+    """Holds one pooled connection for a block; nested blocks share it."""
+    return database_proxy.connection_context()
+
+
+def in_connection(function: Callable[P, R]) -> Callable[P, R]:
+    """Runs `function` as one unit of work on one pooled connection."""
+
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with database_proxy.connection_context():
+            return function(*args, **kwargs)
+
+    return wrapper

@@ -29,6 +29,8 @@ from dramatiq.errors import ConnectionFailed, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+
 #: Priority of messages without a ``broker_priority`` option (same option as RabbitMQ's broker).
 DEFAULT_PRIORITY = 5
 #: How often an idle consumer looks for commits by other processes (``PRAGMA data_version``).
@@ -83,6 +85,8 @@ def _connect(path: str) -> sqlite3.Connection:
     else:
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(NO_AUTOCHECKPOINT)
+    start_checkpointer(path)
     return conn
 
 

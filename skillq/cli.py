@@ -58,10 +58,13 @@ def configure(
         Path | None, typer.Option("--settings", help="Settings file (else $SKILLQ_SETTINGS).")
     ] = None,
 ) -> None:
+    # Fail on bad settings here, with one line, before any command does work.
+    try:
+        load_settings(settings)
+    except SettingsError as error:
+        settings_error_exit(error)
     if settings is not None:
         os.environ[ENV_VAR] = str(settings.resolve())
-    # Fail on bad settings here, with one line, before any command does work.
-    _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
@@ -101,6 +104,8 @@ def api(
         host=host or settings.server.host,
         port=port or settings.server.port,
         log_level="info",
+        # One log line per request costs measurable latency; errors are still logged.
+        access_log=False,
     )
 
 
@@ -134,10 +139,13 @@ def worker(
 
 
 @app.command()
-def scheduler() -> NoReturn:
+def scheduler() -> None:
     """Run the periodiq scheduler that enqueues periodic jobs."""
-    _settings()
-    os.execv(sys.executable, [sys.executable, "-m", "periodiq", "actors"])
+    import periodiq
+
+    # periodiq has no `python -m` entry; its console entry point reads sys.argv.
+    sys.argv = ["periodiq", "actors"]
+    periodiq.entrypoint()
 
 
 def _coordinator() -> Any:

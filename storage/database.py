@@ -21,6 +21,7 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from skillq.settings import StorageSettings
+from storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -36,14 +37,23 @@ def open_database(settings: StorageSettings) -> peewee.Database:
     return open_sqlite(Path(settings.path))
 
 
+class _SqliteStore(PooledSqliteDatabase):
+    def _connect(self) -> object:
+        conn = super()._connect()
+        conn.execute(NO_AUTOCHECKPOINT)
+        start_checkpointer(self.database)
+        return conn
+
+
 def open_sqlite(path: Path) -> PooledSqliteDatabase:
     """SQLite in WAL mode so readers never block the single writer.
 
     `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
-    last commits, which is the usual trade-off for an embedded job store.
+    last commits, which is the usual trade-off for an embedded job store. Checkpoints run in
+    the background (see `storage.sqlite_wal`), not in whichever request commits.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return PooledSqliteDatabase(
+    return _SqliteStore(
         str(path),
         max_connections=None,
         stale_timeout=None,

@@ -4,10 +4,15 @@ A transition names the state it leaves (`WHERE state IN (...)`), so concurrent w
 worker finishing a job while a client cancels it, a retry racing its own acknowledgement)
 cannot move a job out of a state it has already left; the caller learns from the returned
 row count whether its transition happened.
+
+The three queries on the API's hot path (insert, get by id, position in queue) use SQL
+written once per database instead of peewee's query builder: building a 23-column
+statement costs peewee about 0.2 ms, thirty times what SQLite needs to run it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +20,7 @@ from typing import Any
 
 import peewee
 
+from storage.database import database_proxy
 from storage.models import Job, JobState, utcnow
 
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
@@ -26,13 +32,38 @@ class JobPage:
     total: int
 
 
+def _placeholder() -> str:
+    return database_proxy.param
+
+
+def _columns() -> list[peewee.Field]:
+    return Job._meta.sorted_fields
+
+
+@functools.cache
+def _insert_sql(placeholder: str) -> str:
+    names = ", ".join(f'"{field.column_name}"' for field in _columns())
+    values = ", ".join(placeholder for _ in _columns())
+    return f'INSERT INTO "{Job._meta.table_name}" ({names}) VALUES ({values})'
+
+
+@functools.cache
+def _get_sql(placeholder: str) -> str:
+    sql, _ = Job.select().where(Job.id == "").sql()
+    return sql
+
+
 def insert_job(**fields: Any) -> Job:
     """Write a new pending job; raises `peewee.IntegrityError` on a duplicate idempotency key."""
-    return Job.create(state=JobState.PENDING, attempts=0, created_at=utcnow(), **fields)
+    job = Job(state=JobState.PENDING, attempts=0, created_at=utcnow(), **fields)
+    values = [field.db_value(getattr(job, field.name)) for field in _columns()]
+    database_proxy.execute_sql(_insert_sql(_placeholder()), values)
+    return job
 
 
 def get_job(job_id: str) -> Job | None:
-    return Job.get_or_none(Job.id == job_id)
+    rows = list(Job.raw(_get_sql(_placeholder()), job_id))
+    return rows[0] if rows else None
 
 
 def find_by_idempotency_key(owner: str, key: str) -> Job | None:
@@ -63,15 +94,14 @@ def list_jobs(
 
 def position_in_queue(job: Job) -> int:
     """How many pending jobs of the same queue run before this one (priority, then FIFO)."""
-    ahead = Job.select().where(
-        (Job.state == JobState.PENDING)
-        & (Job.queue == job.queue)
-        & (
-            (Job.priority > job.priority)
-            | ((Job.priority == job.priority) & (Job.created_at < job.created_at))
-        )
+    p = _placeholder()
+    sql = (
+        f'SELECT COUNT(*) FROM "{Job._meta.table_name}" WHERE state = {p} AND queue = {p}'
+        f" AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
     )
-    return ahead.count()
+    created_at = Job.created_at.db_value(job.created_at)
+    params = [JobState.PENDING.value, job.queue, job.priority, job.priority, created_at]
+    return database_proxy.execute_sql(sql, params).fetchone()[0]
 
 
 def _transition(job_id: str, from_states: Iterable[str], **changes: Any) -> bool:

@@ -1,10 +1,12 @@
 """`skillq up`: runs the API, the workers and the scheduler as child processes.
 
 A child that dies on its own is restarted with a growing back-off (reset once it has stayed
-up for a while), so one crash does not take the rest of the system down. SIGINT or SIGTERM
-stops every child: SIGTERM first, so workers finish or requeue their jobs, then SIGKILL
-after the grace period. Children also get SIGTERM from the kernel if this process itself
-is killed, so nothing is left running behind it.
+up for a while), so one crash does not take the rest of the system down. Each child leads
+its own process group, and whatever is left of a group when its leader dies (dramatiq's
+worker processes outlive a SIGKILLed dramatiq main process) is killed before the restart.
+SIGINT or SIGTERM stops every child: SIGTERM first, so workers finish or requeue their
+jobs, then SIGKILL after the grace period. Children also get SIGTERM from the kernel if
+this process itself is killed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -42,8 +45,16 @@ class Child:
     next_start_at: float = 0.0
     backoff_secs: float = field(default=1.0)
 
+    def kill_leftovers(self) -> None:
+        """SIGKILL what remains of the child's process group once its leader has exited."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            self.command, preexec_fn=_die_with_parent, start_new_session=True
+        )
         self.started_at = time.monotonic()
         logger.info("started %s (pid %d): %s", self.name, self.process.pid, " ".join(self.command))
 
@@ -79,6 +90,7 @@ class Supervisor:
                     child.backoff_secs = 1.0
                 continue
             if child.next_start_at == 0.0:
+                child.kill_leftovers()
                 child.next_start_at = now + child.backoff_secs
                 logger.warning(
                     "%s exited with %s; restarting in %.0f s", child.name, code, child.backoff_secs
@@ -103,6 +115,8 @@ class Supervisor:
                 )
                 child.process.kill()
                 child.process.wait()
+        for child in self.children:
+            child.kill_leftovers()
         logger.info("all processes stopped")
         return 0
 

@@ -1,0 +1,213 @@
+"""The `skillq` command and the worker entry point, run as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import (
+    ROOT,
+    child_env,
+    free_port,
+    start_worker,
+    wait_for,
+    write_settings,
+)
+
+BAD_SETTINGS = {
+    "unknown key": ("[broker]\nbakend = 'redis'\n", "broker.bakend: unknown key"),
+    "wrong type": ("[workers]\nmax_retries = 'three'\n", "workers.max_retries: expected"),
+    "bad value": ("[broker]\nbackend = 'mysql'\n", "broker.backend: must be one of"),
+    "missing variable": (
+        "[storage]\nbackend = 'postgres'\nurl = '${SKILLQ_TEST_UNSET_VARIABLE}'\n",
+        "storage.url: environment variable SKILLQ_TEST_UNSET_VARIABLE is not set",
+    ),
+}
+ENTRY_POINTS = {
+    "skillq": [sys.executable, "-m", "skillq", "jobs", "list"],
+    "import actors": [sys.executable, "-c", "import actors"],
+    "dramatiq actors": [sys.executable, "-m", "dramatiq", "actors", "--processes", "1"],
+}
+
+
+def run(args: list[str], settings: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, cwd=ROOT, env=child_env(settings), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def skillq(*args: str, settings: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "skillq", *args], settings)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_bad_settings_stop_start_up_with_one_line_naming_the_key(
+    tmp_path: Path, entry: str, case: str
+) -> None:
+    content, expected = BAD_SETTINGS[case]
+    settings = tmp_path / "settings.toml"
+    settings.write_text(content)
+    result = run(ENTRY_POINTS[entry], settings)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "settings error" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"settings error in {settings}: {expected}")
+
+
+def test_explicit_settings_path_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    result = skillq("--settings", str(missing), "db", "status", settings=tmp_path / "x.toml")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"settings error in {missing}: file not found"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Path:
+    return write_settings(
+        tmp_path,
+        {
+            "server": {"data_dir": str(tmp_path / "data"), "port": free_port()},
+            "workers": {"max_retries": 0, "retry_delay_secs": 0},
+        },
+    )
+
+
+def test_db_commands_report_downgrade_and_upgrade_the_schema(embedded: Path) -> None:
+    assert skillq("db", "upgrade", settings=embedded).stdout.strip() == "applied [1]"
+    assert skillq("db", "status", settings=embedded).stdout.strip() == "schema version 1 of 1"
+    assert skillq("db", "downgrade", "--to", "0", settings=embedded).stdout.strip() == "undid [1]"
+    status = skillq("db", "status", settings=embedded).stdout
+    assert "schema version 0 of 1" in status and "pending 1: create the job table" in status
+    assert skillq("db", "upgrade", settings=embedded).stdout.strip() == "applied [1]"
+
+
+def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path) -> None:
+    worker = start_worker(embedded, embedded.parent, threads=2)
+    try:
+        done = skillq(
+            "jobs",
+            "submit",
+            "sleep",
+            "--params",
+            '{"seconds": 0.2, "echo": "hi"}',
+            "--wait",
+            settings=embedded,
+        )
+        assert done.returncode == 0, done.stderr
+        assert '"state": "completed"' in done.stdout and '"echo": "hi"' in done.stdout
+
+        failed = skillq(
+            "jobs",
+            "submit",
+            "sleep",
+            "--params",
+            '{"seconds": 0, "fail": true}',
+            "--wait",
+            settings=embedded,
+        )
+        assert failed.returncode == 1
+        assert '"state": "failed"' in failed.stdout
+    finally:
+        worker.stop()
+
+    queued = skillq("jobs", "submit", "sleep", "--priority", "high", settings=embedded)
+    job_id = queued.stdout.strip()
+    shown = skillq("jobs", "show", job_id, settings=embedded)
+    assert '"state": "pending"' in shown.stdout and '"priority": 8' in shown.stdout
+    assert '"position_in_queue": 0' in shown.stdout
+    listing = skillq("jobs", "list", "--state", "completed", settings=embedded).stdout
+    assert "1 of 1 jobs" in listing
+
+    bad = skillq("jobs", "submit", "sleep", "--params", '{"seconds": "x"}', settings=embedded)
+    assert bad.returncode == 2
+    assert "params.seconds" in bad.stderr and "Traceback" not in bad.stderr
+    assert skillq("jobs", "show", "no-such-id", settings=embedded).returncode == 3
+    assert "4 jobs" not in skillq("jobs", "list", settings=embedded).stdout
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
+    embedded: Path,
+) -> None:
+    port = int(embedded.read_text().split("port = ")[1].split()[0])
+    log_path = embedded.parent / "up.log"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "skillq", "up"],
+        cwd=ROOT,
+        env=child_env(embedded),
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+
+        def api_answers() -> bool:
+            assert supervisor.poll() is None
+            try:
+                return httpx.get(f"{base_url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(api_answers, timeout=30, what="the API of skillq up")
+        children = _children(supervisor.pid)
+        assert len(children) == 3
+        # `skillq worker` execs dramatiq, so the worker child's command line is dramatiq's.
+        worker = next(pid for pid in children if "dramatiq actors" in _command_line(pid))
+
+        job = httpx.post(
+            f"{base_url}/api/v1/jobs", json={"type": "sleep", "params": {"seconds": 0.1}}
+        )
+        assert job.status_code == 202
+        job_url = f"{base_url}/api/v1/jobs/{job.json()['id']}"
+        wait_for(lambda: httpx.get(job_url).json()["state"] == "completed", what="the job")
+
+        os.kill(worker, signal.SIGKILL)
+        wait_for(
+            lambda: len(_children(supervisor.pid) - children) == 1,
+            timeout=30,
+            what="a new worker process",
+        )
+        second = httpx.post(
+            f"{base_url}/api/v1/jobs", json={"type": "sleep", "params": {"seconds": 0}}
+        )
+        second_url = f"{base_url}/api/v1/jobs/{second.json()['id']}"
+        wait_for(lambda: httpx.get(second_url).json()["state"] == "completed", timeout=60)
+
+        everything = _children(supervisor.pid)
+        descendants = everything | {p for pid in everything for p in _children(pid)}
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        wait_for(lambda: not any(_alive(pid) for pid in descendants), timeout=30, what="exit")
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        output = log_path.read_text(errors="replace")
+    assert "exited with -9; restarting" in output
+    assert "all processes stopped" in output

@@ -27,7 +27,7 @@ class _ProgressReporter:
     def __init__(self, job_id: str, min_interval_secs: float) -> None:
         self.job_id = job_id
         self.min_interval_secs = min_interval_secs
-        self.last_write = 0.0
+        self.last_write = float("-inf")  # the first report is always written
         self.unwritten: tuple[float | None, str | None] | None = None
 
     def report(self, progress: float | None, message: str | None) -> None:

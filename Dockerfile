@@ -1,0 +1,19 @@
+# One image for every role of skillq: the compose file picks the command (api, worker, scheduler).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    SKILLQ_SETTINGS=/etc/skillq/settings.toml
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY actors actors
+COPY api api
+COPY brokers brokers
+COPY skillq skillq
+COPY storage storage
+RUN pip install . && useradd --create-home skillq
+COPY deploy/settings.compose.toml /etc/skillq/settings.toml
+
+USER skillq
+EXPOSE 8000
+CMD ["skillq", "api"]

@@ -150,10 +150,15 @@ class JobCoordinator:
 
     @in_connection
     def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
+        """A pending job is cancelled at once; a running one is marked cancel-requested and
+        the worker side ends it. Either way the returned job says which happened."""
         job = self.get_job(job_id, owner=owner)
-        if not jobs.cancel_pending(job.id):
+        if not jobs.cancel_pending(job.id) and not jobs.request_cancel(job.id):
+            # Neither pending nor running: it ended (or ended just now, racing us).
             job = self.get_job(job_id)
-            raise Conflict(f"job {job_id} is {job.state}; only a pending job can be cancelled")
+            raise Conflict(
+                f"job {job_id} is {job.state}; only a pending or running job can be cancelled"
+            )
         return self.get_job(job_id)
 
     @in_connection
@@ -261,4 +266,5 @@ def job_to_dict(job: Job, *, position_in_queue: int | None = None) -> dict[str, 
         "idempotency_key": job.idempotency_key,
         "worker_id": job.worker_id,
         "heartbeat_at": iso(job.heartbeat_at),
+        "cancel_requested_at": iso(job.cancel_requested_at),
     }

@@ -182,6 +182,16 @@ def cancel_pending(job_id: str) -> bool:
     return _transition(job_id, (JobState.PENDING,), state=JobState.CANCELLED, completed_at=utcnow())
 
 
+def request_cancel(job_id: str) -> bool:
+    """Mark a running job for cancellation; the worker side interrupts it and ends it
+    `cancelled`. A repeated request keeps the first time."""
+    return _transition(
+        job_id,
+        (JobState.RUNNING,),
+        cancel_requested_at=peewee.fn.COALESCE(Job.cancel_requested_at, utcnow()),
+    )
+
+
 def reset_for_retry(job_id: str, *, expires_at: datetime) -> bool:
     """An explicit retry of a failed or cancelled job: a fresh start with a fresh TTL."""
     return _transition(
@@ -198,6 +208,7 @@ def reset_for_retry(job_id: str, *, expires_at: datetime) -> bool:
         completed_at=None,
         worker_id=None,
         heartbeat_at=None,
+        cancel_requested_at=None,
         expires_at=expires_at,
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import peewee
+from playhouse.migrate import SchemaMigrator, migrate
 
 from storage.database import database_proxy
 from storage.models import JSONField, utcnow
@@ -81,12 +82,30 @@ def _job_table_v1(database: peewee.Database) -> type[peewee.Model]:
     return JobV1
 
 
+def _add_job_cancel_requested_at(database: peewee.Database) -> None:
+    """v2: when a client asked to cancel a running job (the worker interrupts it)."""
+    migrator = SchemaMigrator.from_database(database)
+    field = peewee.DateTimeField(null=True)
+    migrate(migrator.add_column("skillq_job", "cancel_requested_at", field))
+
+
+def _drop_job_cancel_requested_at(database: peewee.Database) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    migrate(migrator.drop_column("skillq_job", "cancel_requested_at"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "create the job table",
         upgrade=lambda db: _job_table_v1(db).create_table(safe=False),
         downgrade=lambda db: _job_table_v1(db).drop_table(safe=False),
+    ),
+    Migration(
+        2,
+        "job cancel requests",
+        upgrade=lambda db: _add_job_cancel_requested_at(db),
+        downgrade=lambda db: _drop_job_cancel_requested_at(db),
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -70,6 +70,8 @@ class Job(BaseModel):
     idempotency_key = peewee.CharField(max_length=200, null=True)
     worker_id = peewee.CharField(max_length=200, null=True)
     heartbeat_at = peewee.DateTimeField(null=True)
+    #: Set when a client cancels a running job; the worker side interrupts it (v2).
+    cancel_requested_at = peewee.DateTimeField(null=True)
 
     class Meta:
         table_name = "skillq_job"

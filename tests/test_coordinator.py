@@ -52,7 +52,7 @@ def jobs_total() -> int:
 def test_cancel_only_pending_jobs(coordinator: JobCoordinator) -> None:
     job = coordinator.submit_job({"type": "sleep"}).job
     assert coordinator.cancel_job(job.id).state == JobState.CANCELLED
-    with pytest.raises(Conflict, match="only a pending job"):
+    with pytest.raises(Conflict, match="only a pending or running job"):
         coordinator.cancel_job(job.id)
     with pytest.raises(NotFound):
         coordinator.cancel_job(str(uuid.uuid4()))

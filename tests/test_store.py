@@ -15,7 +15,7 @@ import pytest
 from skillq.settings import StorageSettings
 from storage import JobState, bind_database, jobs, open_database
 from storage.database import connection, database_proxy
-from storage.migrations import LATEST_VERSION, downgrade, schema_status, upgrade
+from storage.migrations import LATEST_VERSION, MIGRATIONS, downgrade, schema_status, upgrade
 from storage.models import Job, utcnow
 from tests.support import (
     create_postgres_schema,
@@ -67,11 +67,12 @@ def test_schema_upgrades_downgrades_and_reports_status(store: StorageSettings) -
     assert status.current == LATEST_VERSION and not status.pending
     assert upgrade() == []
 
-    assert downgrade(0) == [LATEST_VERSION]
+    versions = [migration.version for migration in MIGRATIONS]
+    assert downgrade(0) == versions[::-1]
     assert schema_status().current == 0
     assert not database_proxy.table_exists("skillq_job")
 
-    assert upgrade() == [LATEST_VERSION]
+    assert upgrade() == versions
     assert database_proxy.table_exists("skillq_job")
     with pytest.raises(ValueError, match="between 0 and"):
         upgrade(LATEST_VERSION + 1)

@@ -94,6 +94,65 @@ def _drop_job_cancel_requested_at(database: peewee.Database) -> None:
     migrate(migrator.drop_column("skillq_job", "cancel_requested_at"))
 
 
+def _reliability_tables_v3(database: peewee.Database) -> list[type[peewee.Model]]:
+    class WorkerV3(peewee.Model):
+        id = peewee.CharField(max_length=200, primary_key=True)
+        host = peewee.CharField(max_length=200)
+        pid = peewee.IntegerField()
+        queues = JSONField()
+        threads = peewee.IntegerField()
+        started_at = peewee.DateTimeField()
+        last_beat_at = peewee.DateTimeField(index=True)
+        stopped_at = peewee.DateTimeField(null=True)
+        running_jobs = JSONField()
+
+        class Meta:
+            table_name = "skillq_worker"
+
+    class ScheduleFireV3(peewee.Model):
+        name = peewee.CharField(max_length=200)
+        fire_at = peewee.DateTimeField()
+        job_id = peewee.CharField(max_length=36, null=True)
+        claimed_by = peewee.CharField(max_length=200)
+        claimed_at = peewee.DateTimeField()
+
+        class Meta:
+            table_name = "skillq_schedule_fire"
+            indexes = ((("name", "fire_at"), True),)
+
+    for model in (WorkerV3, ScheduleFireV3):
+        model._meta.set_database(database)
+    return [WorkerV3, ScheduleFireV3]
+
+
+def _add_reliability_v3(database: peewee.Database) -> None:
+    """v3: the worker registry, one claim per schedule fire, and when a job was last sent."""
+    database.create_tables(_reliability_tables_v3(database), safe=False)
+    migrator = SchemaMigrator.from_database(database)
+    migrate(migrator.add_column("skillq_job", "enqueued_at", peewee.DateTimeField(null=True)))
+
+
+def _drop_reliability_v3(database: peewee.Database) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    migrate(migrator.drop_column("skillq_job", "enqueued_at"))
+    database.drop_tables(_reliability_tables_v3(database), safe=False)
+
+
+def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
+    class ApiKeyV4(peewee.Model):
+        name = peewee.CharField(max_length=200, unique=True)
+        digest = peewee.CharField(max_length=64, unique=True)
+        role = peewee.CharField(max_length=32)
+        created_at = peewee.DateTimeField()
+        revoked_at = peewee.DateTimeField(null=True)
+
+        class Meta:
+            table_name = "skillq_api_key"
+
+    ApiKeyV4._meta.set_database(database)
+    return ApiKeyV4
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -107,8 +166,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         upgrade=lambda db: _add_job_cancel_requested_at(db),
         downgrade=lambda db: _drop_job_cancel_requested_at(db),
     ),
+    Migration(
+        3,
+        "worker registry, schedule fire claims, job enqueue times",
+        upgrade=lambda db: _add_reliability_v3(db),
+        downgrade=lambda db: _drop_reliability_v3(db),
+    ),
+    Migration(
+        4,
+        "create the api key table",
+        upgrade=lambda db: _api_key_table_v4(db).create_table(safe=False),
+        downgrade=lambda db: _api_key_table_v4(db).drop_table(safe=False),
+    ),
 )
-LATEST_VERSION = MIGRATIONS[-1].version
+LATEST_VERSION = max(migration.version for migration in MIGRATIONS)
 
 
 def schema_status() -> SchemaStatus:

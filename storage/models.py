@@ -72,6 +72,9 @@ class Job(BaseModel):
     heartbeat_at = peewee.DateTimeField(null=True)
     #: Set when a client cancels a running job; the worker side interrupts it (v2).
     cancel_requested_at = peewee.DateTimeField(null=True)
+    #: When the job's message was last handed to the broker; stale-job recovery re-sends a
+    #: job pending far longer than that, as its message was lost (v3).
+    enqueued_at = peewee.DateTimeField(null=True)
 
     class Meta:
         table_name = "skillq_job"

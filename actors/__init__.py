@@ -32,6 +32,6 @@ except peewee.OperationalError as error:
     raise SystemExit(2) from None
 
 # Declared on the broker set above, so they must be imported after it.
-from actors import diagnostics, maintenance  # noqa: E402
+from actors import diagnostics, examples, index, maintenance, skills  # noqa: E402
 
-__all__ = ["broker", "diagnostics", "maintenance", "settings"]
+__all__ = ["broker", "diagnostics", "examples", "index", "maintenance", "settings", "skills"]

@@ -89,3 +89,13 @@ def report_progress(progress: float | None = None, message: str | None = None) -
     reporter = getattr(_current, "reporter", None)
     if reporter is not None:
         reporter.report(progress, message)
+
+
+def current_job_id() -> str | None:
+    """The id of the job the calling worker thread runs, or None outside a job.
+
+    Lets an actor body hand its job id to code that must be reachable by job id, e.g. the
+    sandbox's `kill_running(job_id)` for cancellation.
+    """
+    reporter = getattr(_current, "reporter", None)
+    return None if reporter is None else reporter.job_id

@@ -73,6 +73,9 @@ class ServerSettings:
     mode: Annotated[str, _R(choices=("local", "remote"))] = "local"
     data_dir: Path = field(default_factory=_home())
     max_body_size: Annotated[int, _R(gt=0)] = 1048576
+    #: How often a job's event stream reads the store, and sends a keep-alive when idle.
+    stream_poll_secs: _Positive = 0.5
+    stream_keepalive_secs: _Positive = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class OidcSettings:
     audience: str = "skillq-api"
     user_claim: _Name = "email"
     roles_claim: _Name = "groups"
+    #: A token with an unknown key id refreshes the JWKS at most this often.
+    jwks_min_refresh_secs: _NonNegative = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,8 @@ class AuthSettings:
     api_key_header: _Name = "X-API-Key"
     jwt: JwtSettings = field(default_factory=JwtSettings)
     oidc: OidcSettings = field(default_factory=OidcSettings)
+    #: Whether /metrics needs credentials like the API (probes are always open).
+    protect_metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +143,50 @@ class McpSettings:
     max_body_size: Annotated[int, _R(gt=0)] = 10485760
     timeout_secs: _Positive = 300.0
     inline_wait_secs: _NonNegative = 5.0
+    #: Streamable HTTP without sessions, so any of several API processes can answer any request.
+    stateless: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class JobsSettings:
     default_ttl_hours: _Hours = 24
     max_ttl_hours: _Hours = 168
+
+
+def _shipped_skills() -> tuple[Path, ...]:
+    """The example skills shipped inside the distribution (`skills/` beside the packages)."""
+    return (Path(__file__).resolve().parent.parent / "skills",)
+
+
+@dataclass(frozen=True, slots=True)
+class SkillsSettings:
+    paths: tuple[Path, ...] = field(default_factory=_shipped_skills)
+    examples_dir: Annotated[Path, _R(in_data_dir="examples")] = field(
+        default_factory=_home("examples")
+    )
+    memory_mb: Annotated[int, _R(lo=16, hi=1048576)] = 1024
+    max_file_mb: Annotated[int, _R(lo=1, hi=1048576)] = 64
+    max_processes: Annotated[int, _R(lo=1, hi=65536)] = 512
+    max_output_bytes: Annotated[int, _R(lo=1024, hi=1073741824)] = 1048576
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSettings:
+    path: Annotated[Path, _R(in_data_dir="collections")] = field(
+        default_factory=_home("collections")
+    )
+    embeddings: Annotated[str, _R(choices=("none", "openai", "local"))] = "none"
+    embeddings_url: str | None = None
+    embeddings_model: str = "text-embedding-3-small"
+    embeddings_api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSettings:
+    url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key: str | None = None
+    timeout_secs: _Positive = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +206,9 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     mcp: McpSettings = field(default_factory=McpSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
+    skills: SkillsSettings = field(default_factory=SkillsSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
     schedules: tuple[ScheduleSettings, ...] = ()
     source: Annotated[Path | None, _R(internal=True)] = None
 
@@ -203,6 +251,12 @@ def _check_jobs(obj: JobsSettings, where: str) -> None:
         raise SettingsError(problem, f"{where}.default_ttl_hours")
 
 
+def _check_search(obj: SearchSettings, where: str) -> None:
+    if obj.embeddings == "openai" and obj.embeddings_url is None:
+        problem = f"required when {where}.embeddings is 'openai'"
+        raise SettingsError(problem, f"{where}.embeddings_url")
+
+
 def _check_settings(obj: Settings, where: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(schedule.name for schedule in obj.schedules):
@@ -217,6 +271,7 @@ _CHECKS: dict[type, Callable[[Any, str], None]] = {
     StorageSettings: _check_url,
     AuthSettings: _check_auth,
     JobsSettings: _check_jobs,
+    SearchSettings: _check_search,
     Settings: _check_settings,
 }
 

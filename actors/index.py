@@ -1,0 +1,84 @@
+"""`index_documents`: add or update documents of a search collection, on the `index` queue.
+
+Incremental: a document whose text and metadata hash the same as last time is skipped, so
+re-sending a whole corpus re-indexes only what changed. The index lives in SQLite files
+under `search.path`, where the API's search endpoint reads it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import dramatiq
+
+from actors import settings
+from brokers.progress import report_progress
+from skillq.embeddings import embedder_from_settings
+from skillq.errors import InvalidParams
+from skillq.search import COLLECTION_PATTERN, Collections
+
+INDEX_DOCUMENTS_PARAMS = {
+    "type": "object",
+    "properties": {
+        "collection": {"type": "string", "pattern": COLLECTION_PATTERN},
+        "documents": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "text": {"type": "string"},
+                    "metadata": {"type": "object"},
+                },
+                "required": ["id", "text"],
+                "additionalProperties": False,
+            },
+            "default": [],
+        },
+        "force_reindex": {
+            "type": "boolean",
+            "default": False,
+            "description": "re-index every given document even if unchanged",
+        },
+        "delete_ids": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 256},
+            "default": [],
+            "description": "ids of documents to remove from the collection",
+        },
+    },
+    "required": ["collection"],
+    "additionalProperties": False,
+}
+
+
+@functools.cache
+def collections() -> Collections:
+    """One per process: it caches each collection's vector matrix between searches."""
+    return Collections(settings.search.path, embedder_from_settings(settings.search))
+
+
+@dramatiq.actor(
+    actor_name="index_documents",
+    queue_name="index",
+    params_schema=INDEX_DOCUMENTS_PARAMS,
+    description="Index documents into a search collection (BM25, plus vectors if configured); "
+    "only new or changed documents are re-indexed.",
+    throws=(InvalidParams,),
+)
+def index_documents(
+    collection: str,
+    documents: list[dict[str, Any]] | None = None,
+    force_reindex: bool = False,
+    delete_ids: list[str] | None = None,
+) -> dict[str, Any]:
+    report = collections().index(
+        collection,
+        documents or [],
+        force_reindex=force_reindex,
+        delete_ids=delete_ids or (),
+        on_progress=report_progress,
+    )
+    report_progress(1.0, f"{report.indexed} indexed, {report.unchanged} unchanged")
+    return report.to_dict()

@@ -1,0 +1,87 @@
+"""`execute_skill`: run one tool of a skill in the sandbox, on the `skill` queue.
+
+The input is validated against the tool's schema before anything runs; the tool's stderr
+progress lines become the job's progress; its JSON stdout is the job's result. A tool is
+not retried after it ran (it may have had side effects), and neither is a request that can
+never succeed (unknown skill, invalid input): both are in `throws`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+from actors import settings
+from brokers.progress import current_job_id, report_progress
+from skillq.errors import InvalidParams, NotFound
+from skillq.jobs import schema_errors
+from skillq.sandbox import Limits, ToolFailed, run_tool
+from skillq.skills import NAME_PATTERN, SkillError, SkillLibrary
+
+EXECUTE_SKILL_PARAMS = {
+    "type": "object",
+    "properties": {
+        "skill": {"type": "string", "pattern": NAME_PATTERN, "description": "skill name"},
+        "tool": {"type": "string", "pattern": NAME_PATTERN, "description": "tool name"},
+        "input": {"type": "object", "description": "the tool's input (its own JSON Schema)"},
+        "timeout_secs": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 86400,
+            "description": "wall-clock limit; defaults to the tool's own timeout_secs",
+        },
+    },
+    "required": ["skill", "tool"],
+    "additionalProperties": False,
+}
+
+
+def skill_library() -> SkillLibrary:
+    return SkillLibrary(settings.skills.paths)
+
+
+def execute(
+    skill: str,
+    tool: str,
+    input: dict[str, Any] | None = None,
+    timeout_secs: float | None = None,
+    *,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """The body of `execute_skill`, callable without a broker (CLI, tests)."""
+    found = skill_library().find(skill)
+    chosen = found.tool(tool)
+    input = {} if input is None else input
+    details = schema_errors(chosen.validator, input, "params.input")
+    if details:
+        raise InvalidParams(f"input does not match the schema of {skill}/{tool}", details)
+    run = run_tool(
+        found.argv(chosen),
+        input,
+        timeout_secs=timeout_secs or chosen.timeout_secs,
+        limits=Limits.from_settings(settings.skills),
+        job_id=job_id,
+        on_progress=report_progress,
+    )
+    return {
+        "skill": skill,
+        "tool": tool,
+        "output": run.result,
+        "duration_secs": round(run.duration_secs, 3),
+    }
+
+
+@dramatiq.actor(
+    actor_name="execute_skill",
+    queue_name="skill",
+    params_schema=EXECUTE_SKILL_PARAMS,
+    description="Run one tool of a skill in a sandboxed subprocess (JSON in, JSON out).",
+    throws=(InvalidParams, NotFound, SkillError, ToolFailed),
+    # The sandbox enforces each tool's own timeout; this only bounds the job as a whole.
+    time_limit=24 * 3600 * 1000,
+)
+def execute_skill(
+    skill: str, tool: str, input: dict[str, Any] | None = None, timeout_secs: float | None = None
+) -> dict[str, Any]:
+    return execute(skill, tool, input, timeout_secs, job_id=current_job_id())

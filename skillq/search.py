@@ -1,0 +1,376 @@
+"""Document collections: incremental indexing and BM25 (+ optional vector) search.
+
+Why SQLite FTS5 rather than bm25s: FTS5 updates its inverted index one document at a time
+inside a transaction, so re-indexing a few changed documents costs only those documents
+(bm25s builds a static index that must be rebuilt for any change); it persists on disk
+with no extra files or formats; and any process that opens the file (the API serving a
+search, a worker indexing) sees the latest commit, with WAL letting reads run during
+writes. It ships with Python's sqlite3, so keyword search needs no extra dependency.
+
+One SQLite file per collection under `search.path` (`<name>.db`), so term statistics are
+per collection and a collection can be copied or deleted as one file:
+
+- `documents`: id, content hash, text, metadata (JSON), embedding (float32 blob or NULL)
+- `documents_fts`: an FTS5 external-content index over `documents.text`, kept in step by
+  triggers (porter stemming, unicode61 tokens, diacritics folded)
+- `meta`: the embedding model of the stored vectors and a generation counter that moves on
+  every write, so a process can tell its cached vector matrix is stale.
+
+Hybrid ranking, when vectors exist and an embedder is configured, is Reciprocal Rank Fusion
+(score = sum over the two rankings of 1 / (60 + rank)): it needs no score calibration
+between BM25 and cosine similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skillq.embeddings import Embedder
+from skillq.errors import InvalidParams, NotFound
+
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_COLLECTION = re.compile(COLLECTION_PATTERN)
+_WORD = re.compile(r"\w+")
+BATCH = 500
+RRF_K = 60
+MAX_K = 100
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    rowid INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL UNIQUE,
+    content_hash TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    embedding BLOB
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
+    text, content='documents', content_rowid='rowid',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS documents_ai AFTER INSERT ON documents BEGIN
+    INSERT INTO documents_fts(rowid, text) VALUES (new.rowid, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS documents_ad AFTER DELETE ON documents BEGIN
+    INSERT INTO documents_fts(documents_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+END;
+CREATE TRIGGER IF NOT EXISTS documents_au AFTER UPDATE OF text ON documents BEGIN
+    INSERT INTO documents_fts(documents_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+    INSERT INTO documents_fts(rowid, text) VALUES (new.rowid, new.text);
+END;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    collection: str
+    received: int
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    embedded: int
+    total: int
+
+    @property
+    def indexed(self) -> int:
+        return self.added + self.updated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "indexed": self.indexed}
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    bm25: float | None = None
+    similarity: float | None = None
+
+
+def check_collection(name: Any) -> str:
+    if not isinstance(name, str) or not _COLLECTION.match(name):
+        raise InvalidParams(
+            f"invalid collection name {name!r}",
+            [{"path": "collection", "message": f"must match {COLLECTION_PATTERN}"}],
+        )
+    return name
+
+
+def content_hash(text: str, metadata: dict[str, Any]) -> str:
+    canonical = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _to_query(text: str) -> str:
+    """Words of a free-text query as an FTS5 OR-query; quoting makes FTS5 syntax inert."""
+    words = _WORD.findall(text)
+    if not words:
+        raise InvalidParams(
+            "the query has no words to search for", [{"path": "q", "message": f"got {text!r}"}]
+        )
+    return " OR ".join('"' + word.replace('"', '""') + '"' for word in words[:64])
+
+
+class Collections:
+    """The collections stored under one folder; thread-safe, one connection per call."""
+
+    def __init__(self, root: Path, embedder: Embedder | None = None) -> None:
+        self.root = Path(root)
+        self.embedder = embedder
+        self._vectors: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def path(self, collection: str) -> Path:
+        return self.root / f"{check_collection(collection)}.db"
+
+    def _connect(self, collection: str, *, create: bool) -> sqlite3.Connection:
+        path = self.path(collection)
+        if not create and not path.is_file():
+            raise NotFound(f"no collection named {collection!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if create:
+            db.executescript(_SCHEMA)
+        return db
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.glob("*.db") if _COLLECTION.match(p.stem))
+
+    def count(self, collection: str) -> int:
+        db = self._connect(collection, create=False)
+        try:
+            return db.execute("SELECT count(*) FROM documents").fetchone()[0]
+        finally:
+            db.close()
+
+    def index(
+        self,
+        collection: str,
+        documents: list[dict[str, Any]],
+        *,
+        force_reindex: bool = False,
+        delete_ids: Iterable[str] = (),
+        on_progress: Callable[[float, str], None] | None = None,
+    ) -> IndexReport:
+        """Adds new documents, re-indexes changed ones, skips unchanged ones (same content
+        hash of text and metadata) unless `force_reindex`, and deletes `delete_ids`.
+
+        Each batch of `BATCH` documents commits on its own, so a crash keeps the batches
+        already done and a re-run only does the rest.
+        """
+        check_collection(collection)
+        seen: set[str] = set()
+        for i, doc in enumerate(documents):
+            if doc["id"] in seen:
+                raise InvalidParams(
+                    f"document id {doc['id']!r} appears twice",
+                    [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
+                )
+            seen.add(doc["id"])
+        db = self._connect(collection, create=True)
+        try:
+            return self._index(db, collection, documents, force_reindex, delete_ids, on_progress)
+        finally:
+            db.close()
+
+    def _index(
+        self,
+        db: sqlite3.Connection,
+        collection: str,
+        documents: list[dict[str, Any]],
+        force: bool,
+        delete_ids: Iterable[str],
+        on_progress: Callable[[float, str], None] | None,
+    ) -> IndexReport:
+        known = dict(db.execute("SELECT doc_id, content_hash FROM documents"))
+        model = self.embedder.model if self.embedder else None
+        stored_model = self._meta(db, "embedding_model")
+        if model is not None and stored_model not in (None, model):
+            # Vectors of another model cannot be compared with this one's: re-embed all.
+            db.execute("UPDATE documents SET embedding = NULL")
+        added = updated = embedded = 0
+        todo = []
+        for doc in documents:
+            metadata = doc.get("metadata") or {}
+            digest = content_hash(doc["text"], metadata)
+            old = known.get(doc["id"])
+            if force or old != digest:
+                todo.append((doc["id"], digest, doc["text"], json.dumps(metadata)))
+                added, updated = (added + 1, updated) if old is None else (added, updated + 1)
+        if model is not None:
+            missing = {
+                row[0] for row in db.execute("SELECT doc_id FROM documents WHERE embedding IS NULL")
+            }
+            todo_ids = {row[0] for row in todo}
+            backfill = [doc for doc in documents if doc["id"] in missing - todo_ids]
+            todo += [
+                (d["id"], known[d["id"]], d["text"], json.dumps(d.get("metadata") or {}))
+                for d in backfill
+            ]
+        for start in range(0, len(todo), BATCH):
+            batch = todo[start : start + BATCH]
+            vectors: list[bytes | None] = [None] * len(batch)
+            if self.embedder is not None:
+                matrix = self.embedder.embed([row[2] for row in batch])
+                vectors = [row.astype(np.float32).tobytes() for row in matrix]
+                embedded += len(batch)
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO documents (doc_id, content_hash, text, metadata, embedding)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET"
+                " content_hash = excluded.content_hash, text = excluded.text,"
+                " metadata = excluded.metadata, embedding = excluded.embedding",
+                [(*row, vector) for row, vector in zip(batch, vectors, strict=True)],
+            )
+            self._bump(db, model)
+            db.execute("COMMIT")
+            if on_progress is not None:
+                done = start + len(batch)
+                on_progress(done / len(todo), f"indexed {done} of {len(todo)} documents")
+        deleted = 0
+        ids = list(dict.fromkeys(delete_ids))
+        if ids:
+            db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(ids), BATCH):
+                chunk = ids[start : start + BATCH]
+                marks = ",".join("?" * len(chunk))
+                deleted += db.execute(
+                    f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk
+                ).rowcount
+            self._bump(db, model)
+            db.execute("COMMIT")
+        total = db.execute("SELECT count(*) FROM documents").fetchone()[0]
+        return IndexReport(
+            collection=collection,
+            received=len(documents),
+            added=added,
+            updated=updated,
+            unchanged=len(documents) - added - updated,
+            deleted=deleted,
+            embedded=embedded,
+            total=total,
+        )
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, model: str | None) -> None:
+        db.execute(
+            "INSERT INTO meta VALUES ('generation', '1') ON CONFLICT(key)"
+            " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+        if model is not None:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('embedding_model', ?)", (model,))
+
+    def search(self, collection: str, query: str, k: int = 10) -> list[Hit]:
+        """The `k` best documents for `query`: BM25, fused with vector similarity when this
+        collection has vectors of the configured embedder's model."""
+        if not 1 <= k <= MAX_K:
+            raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
+        match = _to_query(query)
+        db = self._connect(collection, create=False)
+        try:
+            depth = k if self.embedder is None else max(4 * k, 50)
+            keyword = db.execute(
+                "SELECT documents_fts.rowid, bm25(documents_fts) FROM documents_fts"
+                " WHERE documents_fts MATCH ? ORDER BY bm25(documents_fts) LIMIT ?",
+                (match, depth),
+            ).fetchall()
+            bm25 = {rowid: -score for rowid, score in keyword}
+            similarity = self._vector_ranking(db, collection, query, depth)
+            if similarity:
+                fused: dict[int, float] = {}
+                for ranking in (list(bm25), list(similarity)):
+                    for rank, rowid in enumerate(ranking, start=1):
+                        fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
+                order = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
+                scores = fused
+            else:
+                order, scores = list(bm25)[:k], bm25
+            return self._hits(db, order, scores, bm25, similarity)
+        finally:
+            db.close()
+
+    def _hits(
+        self,
+        db: sqlite3.Connection,
+        order: list[int],
+        scores: dict[int, float],
+        bm25: dict[int, float],
+        similarity: dict[int, float],
+    ) -> list[Hit]:
+        if not order:
+            return []
+        marks = ",".join("?" * len(order))
+        rows = {
+            row[0]: row[1:]
+            for row in db.execute(
+                f"SELECT rowid, doc_id, text, metadata FROM documents WHERE rowid IN ({marks})",
+                order,
+            )
+        }
+        return [
+            Hit(
+                id=rows[rowid][0],
+                score=round(scores[rowid], 6),
+                text=rows[rowid][1],
+                metadata=json.loads(rows[rowid][2]),
+                bm25=None if rowid not in bm25 else round(bm25[rowid], 6),
+                similarity=None if rowid not in similarity else round(similarity[rowid], 6),
+            )
+            for rowid in order
+            if rowid in rows
+        ]
+
+    def _vector_ranking(
+        self, db: sqlite3.Connection, collection: str, query: str, depth: int
+    ) -> dict[int, float]:
+        if self.embedder is None or self._meta(db, "embedding_model") != self.embedder.model:
+            return {}
+        rowids, matrix = self._matrix(db, collection)
+        if not len(rowids):
+            return {}
+        scores = matrix @ self.embedder.embed([query])[0]
+        top = np.argsort(-scores)[:depth]
+        return {int(rowids[i]): float(scores[i]) for i in top}
+
+    def _matrix(self, db: sqlite3.Connection, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """The collection's vectors, cached per process until its generation moves."""
+        generation = int(self._meta(db, "generation") or 0)
+        with self._lock:
+            cached = self._vectors.get(collection)
+        if cached is not None and cached[0] == generation:
+            return cached[1], cached[2]
+        rows = db.execute(
+            "SELECT rowid, embedding FROM documents WHERE embedding IS NOT NULL"
+        ).fetchall()
+        rowids = np.array([row[0] for row in rows], dtype=np.int64)
+        matrix = (
+            np.stack([np.frombuffer(row[1], dtype=np.float32) for row in rows])
+            if rows
+            else np.zeros((0, 0), dtype=np.float32)
+        )
+        with self._lock:
+            self._vectors[collection] = (generation, rowids, matrix)
+        return rowids, matrix

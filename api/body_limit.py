@@ -15,12 +15,15 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
+    """`exempt`: path prefixes whose endpoints enforce their own limit (MCP's max_body_size)."""
+
+    def __init__(self, app: ASGIApp, max_body_size: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_body_size = max_body_size
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt and scope["path"].startswith(self.exempt)):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

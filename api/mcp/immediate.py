@@ -1,0 +1,129 @@
+"""The immediate tools: they answer from the store at once, and follow and steer jobs.
+
+`job_status`, `list_jobs`, `cancel_job`, `retry_job` and `list_job_types` are the path every
+MCP client can use to follow a job that outlived its tools/call, whether or not it supports
+MCP tasks. Each runs one coordinator call, with the caller's owner scope and role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from api.principal import Principal
+from skillq.errors import Forbidden, InvalidParams
+from skillq.jobs import MAX_PAGE_SIZE, JobCoordinator, job_to_dict, schema_errors
+from storage import JobState
+
+_JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
+_JOB_ID_ONLY = {
+    "type": "object",
+    "properties": {"job_id": _JOB_ID},
+    "required": ["job_id"],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class ImmediateTool:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    #: Runs in a worker thread: (coordinator, caller, arguments) -> structured result.
+    run: Callable[[JobCoordinator, Principal, dict[str, Any]], dict[str, Any]]
+
+    def __call__(
+        self, coordinator: JobCoordinator, caller: Principal, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        details = schema_errors(Draft202012Validator(self.input_schema), arguments, "arguments")
+        if details:
+            raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)
+        return self.run(coordinator, caller, arguments)
+
+
+def require_submitter(caller: Principal) -> None:
+    if not caller.can_submit:
+        raise Forbidden(f"{caller.subject!r} may read jobs but not submit or change them")
+
+
+def _job_status(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    job = coordinator.get_job(args["job_id"], owner=caller.owner_filter)
+    return job_to_dict(job, position_in_queue=coordinator.position_in_queue(job))
+
+
+def _list_jobs(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    limit, offset = args.get("limit", 20), args.get("offset", 0)
+    page = coordinator.list_jobs(
+        states=args.get("state"),
+        types=args.get("type"),
+        owner=caller.owner_filter,
+        limit=limit,
+        offset=offset,
+    )
+    jobs = [job_to_dict(job) for job in page.jobs]
+    return {"jobs": jobs, "total": page.total, "limit": limit, "offset": offset}
+
+
+def _cancel_job(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    require_submitter(caller)
+    return job_to_dict(coordinator.cancel_job(args["job_id"], owner=caller.owner_filter))
+
+
+def _retry_job(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    require_submitter(caller)
+    return job_to_dict(coordinator.retry_job(args["job_id"], owner=caller.owner_filter))
+
+
+def _list_job_types(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    return {"job_types": [job_type.to_dict() for job_type in coordinator.job_types.values()]}
+
+
+_STATES = sorted(state.value for state in JobState)
+
+IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
+    tool.name: tool
+    for tool in [
+        ImmediateTool(
+            "job_status",
+            "Show one job: state, progress, message, result or error.",
+            _JOB_ID_ONLY,
+            _job_status,
+        ),
+        ImmediateTool(
+            "list_jobs",
+            "List jobs, newest first, optionally by state and type.",
+            {
+                "type": "object",
+                "properties": {
+                    "state": {"type": "array", "items": {"enum": _STATES}},
+                    "type": {"type": "array", "items": {"type": "string"}},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+                    "offset": {"type": "integer", "minimum": 0},
+                },
+                "additionalProperties": False,
+            },
+            _list_jobs,
+        ),
+        ImmediateTool(
+            "cancel_job",
+            "Cancel a pending or running job.",
+            _JOB_ID_ONLY,
+            _cancel_job,
+        ),
+        ImmediateTool(
+            "retry_job",
+            "Run a failed or cancelled job again.",
+            _JOB_ID_ONLY,
+            _retry_job,
+        ),
+        ImmediateTool(
+            "list_job_types",
+            "List the job types with their parameter schemas and queues.",
+            {"type": "object", "properties": {}, "additionalProperties": False},
+            _list_job_types,
+        ),
+    ]
+}

@@ -1,0 +1,48 @@
+"""What every MCP handler shares: the coordinator, the MCP settings, the tool catalogue, and
+who the caller is.
+
+The caller is read from the HTTP request the message came on (`scope["user"]`, set by the
+same authentication middleware as REST), so a stateful session cannot outlive or borrow
+another principal's rights; stdio has no request and runs as the local principal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp.server.context import ServerRequestContext
+
+from api.mcp.catalogue import ToolCatalogue
+from api.principal import LOCAL, AuthenticatedPrincipal, Principal
+from skillq.errors import Unauthorized
+from skillq.jobs import JobCoordinator
+from skillq.settings import McpSettings
+
+
+@dataclass
+class McpRuntime:
+    coordinator: JobCoordinator
+    settings: McpSettings
+    #: The principal of a transport with no HTTP request (stdio).
+    local_principal: Principal = LOCAL
+    catalogue: ToolCatalogue = field(init=False)
+    #: Set while the app shuts down: handlers cancelled then must not cancel their jobs.
+    stopping: bool = False
+
+    def __post_init__(self) -> None:
+        self.catalogue = ToolCatalogue(self.coordinator)
+
+    @property
+    def inline_limit_secs(self) -> float:
+        return min(self.settings.inline_wait_secs, self.settings.timeout_secs)
+
+    def caller(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
+        request = ctx.request
+        if request is None:
+            return self.local_principal
+        user = request.scope.get("user")
+        if isinstance(user, AuthenticatedPrincipal):
+            return user.principal
+        # RequireAuthMiddleware lets no such request through; refuse rather than guess.
+        raise Unauthorized("this request carries no skillq principal")

@@ -1,0 +1,137 @@
+"""The low-level MCP server: tools/list from the catalogue, tools/call routed to an
+immediate tool or a job, tasks on top. Every transport (Streamable HTTP, legacy SSE, stdio)
+serves this one `Server`.
+
+Anything a client can get wrong comes back as a tool error (`isError`) with skillq's error
+code and message; an unexpected exception is logged and answered as a generic tool error,
+so no handler failure reaches the client as a dropped connection or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+
+from api.mcp.catalogue import JobTool
+from api.mcp.job_calls import call_job_tool, follow, submission, submit
+from api.mcp.results import data_result, error_result, outcome_result
+from api.mcp.runtime import McpRuntime
+from api.mcp.tasks import (
+    SERVER_TASKS_CAPABILITY,
+    TaskAugmentedCalls,
+    TaskHandlers,
+    client_wants_tasks,
+    modern_task_created,
+)
+from skillq.errors import InvalidParams, SkillqError
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "skillq runs slow work as background jobs. Every job type is a tool: a call waits a "
+    "few seconds for its job and returns the result, or else the job id, which the "
+    "job_status, list_jobs and cancel_job tools follow."
+)
+
+
+class SkillqServer(Server[Any]):
+    """Adds the 2025-11-25 `tasks` capability, which the SDK does not derive by itself."""
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        capabilities = super().get_capabilities(
+            notification_options,
+            experimental_capabilities,
+            extensions,
+            protocol_version=protocol_version,
+        )
+        return capabilities.model_copy(update={"tasks": SERVER_TASKS_CAPABILITY})
+
+
+class ToolCalls:
+    def __init__(self, runtime: McpRuntime) -> None:
+        self.runtime = runtime
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        tools = await anyio.to_thread.run_sync(self.runtime.catalogue.listing)
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> Any:
+        try:
+            return await self._call(ctx, params)
+        except SkillqError as error:
+            return error_result(error)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            logger.exception("Tool %r failed unexpectedly.", params.name)
+            return error_result(SkillqError("the tool failed unexpectedly; see the server log"))
+
+    async def _call(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams):
+        runtime = self.runtime
+        arguments = params.arguments if params.arguments is not None else {}
+        if not isinstance(arguments, dict):
+            raise InvalidParams("arguments must be an object")
+        tool = runtime.catalogue.find(params.name)
+        caller = runtime.caller(ctx)
+        if not isinstance(tool, JobTool):
+            data = await anyio.to_thread.run_sync(tool, runtime.coordinator, caller, arguments)
+            return data_result(data)
+        if client_wants_tasks(ctx):
+            return await self._as_task(ctx, tool, arguments)
+        return await call_job_tool(
+            runtime.coordinator,
+            caller,
+            tool,
+            arguments,
+            params=ctx.params,
+            inline_limit_secs=runtime.inline_limit_secs,
+            progress=ctx.session.report_progress,
+            stopping=lambda: runtime.stopping,
+        )
+
+    async def _as_task(self, ctx: ServerRequestContext[Any, Any], tool: JobTool, arguments: dict):
+        """2026-07-28 with the tasks extension: the inline wait, then a task instead of a handle.
+
+        Leaving the wait does not cancel the job: it is the task the client now holds.
+        """
+        runtime = self.runtime
+        job = await submit(
+            runtime.coordinator, runtime.caller(ctx), submission(tool, arguments, ctx.params)
+        )
+        job = await follow(
+            runtime.coordinator, job, runtime.inline_limit_secs, ctx.session.report_progress
+        )
+        return outcome_result(job) if job.job_state.is_terminal else modern_task_created(job)
+
+
+def build_server(runtime: McpRuntime) -> Server[Any]:
+    calls = ToolCalls(runtime)
+    server = SkillqServer(
+        "skillq",
+        version=version("skillq"),
+        instructions=INSTRUCTIONS,
+        on_list_tools=calls.list_tools,
+        on_call_tool=calls.call_tool,
+    )
+    TaskHandlers(runtime).register(server)
+    server.middleware.append(TaskAugmentedCalls(runtime))
+    return server

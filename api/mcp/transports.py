@@ -1,0 +1,147 @@
+"""MCP over HTTP in our Starlette app: Streamable HTTP at `[mcp] endpoint` (POST, GET,
+DELETE) and, with `[mcp] legacy_sse`, HTTP+SSE at `<endpoint>/sse` + `<endpoint>/message`.
+
+Both are plain top-level routes of our app (a mounted sub-app's lifespan would never run,
+and its middleware would be lost), and the session manager runs inside our app's
+lifespan. Each route sits behind the SDK's `RequireAuthMiddleware`, so a request without a
+valid principal gets 401 + `WWW-Authenticate` before any MCP message is read; the
+principal then owns the session it opens (the SDK answers another principal's session id
+with 404). Responses stream as SSE (`json_response=False`): JSON responses would drop the
+progress notifications.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mcp.server import Server
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.mcp.runtime import McpRuntime
+from api.mcp.server import build_server
+from api.principal import LOCAL, AuthenticatedPrincipal
+from skillq.jobs import JobCoordinator
+from skillq.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class LocalPrincipal:
+    """Auth mode `none`: every request is the local principal.
+
+    The REST authentication middleware sets the same user once it runs in front of the app;
+    this only fills a scope nobody authenticated, and only in mode `none`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not isinstance(scope.get("user"), AuthenticatedPrincipal):
+            scope["user"] = AuthenticatedPrincipal(LOCAL)
+        await self.app(scope, receive, send)
+
+
+class _StreamableHttp:
+    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
+        self.manager = manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.manager.handle_request(scope, receive, send)
+
+
+class _SseStream:
+    """GET <endpoint>/sse: one legacy session, served for as long as the stream is open."""
+
+    def __init__(self, transport: SseServerTransport, server: Server[Any]) -> None:
+        self.transport = transport
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with self.transport.connect_sse(scope, receive, send) as (reader, writer):
+                options = self.server.create_initialization_options()
+                await self.server.run(reader, writer, options)
+        except ValueError:
+            # connect_sse has already answered a request it refused (e.g. a bad Host header).
+            logger.debug("Legacy SSE connection refused.", exc_info=True)
+
+
+class _SseMessages:
+    def __init__(self, transport: SseServerTransport) -> None:
+        self.transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.transport.handle_post_message(scope, receive, send)
+
+
+class McpEndpoints:
+    """The MCP routes of one app, and the lifespan that runs their session manager."""
+
+    def __init__(self, coordinator: JobCoordinator, settings: Settings) -> None:
+        mcp = settings.mcp
+        self.runtime = McpRuntime(coordinator, mcp)
+        self.server = build_server(self.runtime)
+        self.endpoint = mcp.endpoint.rstrip("/") or "/mcp"
+        self.manager = StreamableHTTPSessionManager(
+            app=self.server,
+            json_response=False,
+            stateless=mcp.stateless,
+            max_request_body_size=mcp.max_body_size,
+        )
+        self.sse: SseServerTransport | None = None
+        if mcp.legacy_sse:
+            self.sse = SseServerTransport(
+                f"{self.endpoint}/message", max_request_body_size=mcp.max_body_size
+            )
+        self.auth_mode = settings.auth.mode
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        if self.sse is None:
+            return (self.endpoint,)
+        return (self.endpoint, f"{self.endpoint}/sse", f"{self.endpoint}/message")
+
+    def _guarded(self, app: ASGIApp) -> ASGIApp:
+        guarded: ASGIApp = RequireAuthMiddleware(AuthContextMiddleware(app), required_scopes=[])
+        return LocalPrincipal(guarded) if self.auth_mode == "none" else guarded
+
+    def routes(self) -> list[Route]:
+        routes = [
+            Route(
+                self.endpoint,
+                self._guarded(_StreamableHttp(self.manager)),
+                methods=["GET", "POST", "DELETE"],
+            )
+        ]
+        if self.sse is not None:
+            routes += [
+                Route(
+                    f"{self.endpoint}/sse",
+                    self._guarded(_SseStream(self.sse, self.server)),
+                    methods=["GET"],
+                ),
+                Route(
+                    f"{self.endpoint}/message",
+                    self._guarded(_SseMessages(self.sse)),
+                    methods=["POST"],
+                ),
+            ]
+        return routes
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.manager.run():
+            try:
+                yield
+            finally:
+                # Handlers cancelled from here on are cancelled by the shutdown, not a client.
+                self.runtime.stopping = True

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from skillq.errors import SkillqError
+from skillq.errors import SkillqError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,11 @@ def error_response(status_code: int, code: str, message: str, details: Any = Non
 
 async def skillq_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SkillqError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    response = error_response(exc.status_code, exc.code, exc.message, exc.details)
+    if isinstance(exc, Unauthorized):
+        # RFC 7235: a 401 names the scheme the client should use.
+        response.headers["WWW-Authenticate"] = 'Bearer realm="skillq"'
+    return response
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

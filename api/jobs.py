@@ -1,4 +1,8 @@
-"""REST routes of the job resource: submit, list, show."""
+"""REST routes of the job resource: submit, list, show, cancel, retry.
+
+Every handler names the role it needs (`api.auth.access`) and passes the caller's owner
+filter to the coordinator, so a non-admin's view of another owner's job is a plain 404.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from api.auth.access import require_submitter, require_viewer
 from skillq.errors import InvalidParams, InvalidRequest
 from skillq.jobs import JobCoordinator, job_to_dict
 
 #: Owner of every job while auth is `none`.
 LOCAL_OWNER = "local"
+#: Deepest nesting of arrays and objects a request body may have. Deeper documents are
+#: almost always an attack on recursive code (schema validation, serialisation).
+MAX_JSON_DEPTH = 64
 
 
 def coordinator_of(request: Request) -> JobCoordinator:
     return request.app.state.coordinator
 
 
+def json_depth(value: Any) -> int:
+    """Nesting depth without recursion, so a hostile document cannot exhaust the stack."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        children: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+        level = [child for child in children if isinstance(child, dict | list)]
+    return depth
+
+
 async def read_json(request: Request) -> Any:
     body = await request.body()
     try:
-        return json.loads(body)
+        document = json.loads(body)
     except json.JSONDecodeError as error:
         raise InvalidRequest(
             "the request body is not valid JSON",
@@ -35,13 +58,22 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequest(
             "the request body is not valid JSON", [{"path": "body", "message": message}]
         ) from None
+    if json_depth(document) > MAX_JSON_DEPTH:
+        raise InvalidRequest(
+            "the request body is nested too deeply",
+            [{"path": "body", "message": f"at most {MAX_JSON_DEPTH} levels of arrays/objects"}],
+        )
+    return document
 
 
 async def submit_job(request: Request) -> JSONResponse:
+    principal = require_submitter(request)
     body = await read_json(request)
     coordinator = coordinator_of(request)
-    submission = await run_in_threadpool(coordinator.submit_job, body, owner=LOCAL_OWNER)
+    submission = await run_in_threadpool(coordinator.submit_job, body, owner=principal.subject)
     job = submission.job
+    if submission.created:
+        request.app.state.metrics.job_submitted(job.type)
     return JSONResponse(
         job_to_dict(job),
         status_code=202 if submission.created else 200,
@@ -49,7 +81,7 @@ async def submit_job(request: Request) -> JSONResponse:
     )
 
 
-def _int_param(request: Request, name: str, default: int) -> int:
+def int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -61,7 +93,7 @@ def _int_param(request: Request, name: str, default: int) -> int:
         ) from None
 
 
-def _list_param(request: Request, name: str) -> list[str]:
+def list_param(request: Request, name: str) -> list[str]:
     """Accepts `?state=a&state=b` and `?state=a,b` alike."""
     values = []
     for raw in request.query_params.getlist(name):
@@ -70,14 +102,15 @@ def _list_param(request: Request, name: str) -> list[str]:
 
 
 async def list_jobs(request: Request) -> JSONResponse:
+    principal = require_viewer(request)
     coordinator = coordinator_of(request)
-    limit = _int_param(request, "limit", 50)
-    offset = _int_param(request, "offset", 0)
+    limit = int_param(request, "limit", 50)
+    offset = int_param(request, "offset", 0)
     page = await run_in_threadpool(
         coordinator.list_jobs,
-        states=_list_param(request, "state"),
-        types=_list_param(request, "type"),
-        owner=None,
+        states=list_param(request, "state"),
+        types=list_param(request, "type"),
+        owner=principal.owner_filter,
         limit=limit,
         offset=offset,
     )
@@ -92,17 +125,39 @@ async def list_jobs(request: Request) -> JSONResponse:
 
 
 async def show_job(request: Request) -> JSONResponse:
+    owner = require_viewer(request).owner_filter
     coordinator = coordinator_of(request)
 
     def load() -> dict[str, Any]:
-        job = coordinator.get_job(request.path_params["job_id"])
+        job = coordinator.get_job(request.path_params["job_id"], owner=owner)
         return job_to_dict(job, position_in_queue=coordinator.position_in_queue(job))
 
     return JSONResponse(await run_in_threadpool(load))
+
+
+async def cancel_job(request: Request) -> JSONResponse:
+    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop."""
+    owner = require_submitter(request).owner_filter
+    coordinator = coordinator_of(request)
+    job = await run_in_threadpool(
+        coordinator.cancel_job, request.path_params["job_id"], owner=owner
+    )
+    return JSONResponse(job_to_dict(job), status_code=200 if job.job_state.is_terminal else 202)
+
+
+async def retry_job(request: Request) -> JSONResponse:
+    owner = require_submitter(request).owner_filter
+    coordinator = coordinator_of(request)
+    job = await run_in_threadpool(coordinator.retry_job, request.path_params["job_id"], owner=owner)
+    return JSONResponse(
+        job_to_dict(job), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"}
+    )
 
 
 routes = [
     Route("/api/v1/jobs", submit_job, methods=["POST"]),
     Route("/api/v1/jobs", list_jobs, methods=["GET"]),
     Route("/api/v1/jobs/{job_id}", show_job, methods=["GET"]),
+    Route("/api/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/api/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
 ]

@@ -1,15 +1,31 @@
-"""Health probe: is the job store answering? Never behind auth."""
+"""Probes, never behind auth: `/health` and `/ready` (can we serve?), `/live` (is the process
+up?), `/version` (what runs here?).
+
+`/live` touches nothing, so a slow database never gets a healthy process restarted;
+`/ready` asks the store and the broker, so a load balancer stops sending traffic to an API
+that cannot submit jobs.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import sqlite3
+
+import dramatiq
 import peewee
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from skillq.settings import Settings
 from storage.database import connection
+from storage.migrations import schema_status
 from storage.models import Job
+
+#: Seconds a readiness check waits for the broker.
+BROKER_TIMEOUT_SECS = 2.0
 
 
 def _store_answers() -> bool:
@@ -19,6 +35,29 @@ def _store_answers() -> bool:
     except peewee.PeeweeException:
         return False
     return True
+
+
+def _broker_answers(broker: dramatiq.Broker, settings: Settings) -> bool:
+    """One cheap round trip with the broker's own protocol, bounded by BROKER_TIMEOUT_SECS."""
+    backend = settings.broker.backend
+    try:
+        if backend == "redis":
+            return bool(broker.client.ping())
+        if backend == "rabbitmq":
+            import pika
+
+            parameters = pika.URLParameters(settings.broker.url or "")
+            parameters.socket_timeout = BROKER_TIMEOUT_SECS
+            parameters.blocked_connection_timeout = BROKER_TIMEOUT_SECS
+            parameters.connection_attempts = 1
+            pika.BlockingConnection(parameters).close()
+            return True
+        uri = f"file:{settings.broker.path}?mode=ro"
+        with sqlite3.connect(uri, uri=True, timeout=BROKER_TIMEOUT_SECS) as conn:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return True
+    except Exception:
+        return False
 
 
 async def health(request: Request) -> JSONResponse:
@@ -32,4 +71,50 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if store_ok else 503)
 
 
-routes = [Route("/health", health, methods=["GET"])]
+async def live(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    broker = request.app.state.coordinator.broker
+    store_ok = await run_in_threadpool(_store_answers)
+    broker_ok = await run_in_threadpool(_broker_answers, broker, settings)
+    ok = store_ok and broker_ok
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "store": {"backend": settings.storage.backend, "ok": store_ok},
+        "broker": {"backend": settings.broker.backend, "ok": broker_ok},
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _schema_version() -> int | None:
+    try:
+        with connection():
+            return schema_status().current
+    except peewee.PeeweeException:
+        return None
+
+
+async def version(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    return JSONResponse(
+        {
+            "version": importlib.metadata.version("skillq"),
+            "python": platform.python_version(),
+            "dramatiq": importlib.metadata.version("dramatiq"),
+            "schema_version": await run_in_threadpool(_schema_version),
+            "broker": settings.broker.backend,
+            "store": settings.storage.backend,
+            "auth": settings.auth.mode,
+        }
+    )
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/live", live, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/version", version, methods=["GET"]),
+]

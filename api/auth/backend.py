@@ -1,0 +1,125 @@
+"""The authentication backend shared by REST and MCP: who is calling, from which credential.
+
+    auth.mode = none   every request is the local admin (`LOCAL`)
+    auth.mode = jwt    `Authorization: Bearer <JWT>` checked with the configured key
+    auth.mode = oidc   `Authorization: Bearer <JWT>` checked against the provider's JWKS
+    (jwt, oidc)        an API key in `auth.api_key_header`, or as `Bearer skq_...`
+
+No credential at all leaves `request.user` unauthenticated, so open routes (probes) still
+work and protected ones answer 401 themselves; a credential that is present but wrong is
+refused here with 401 (or 503 when the identity provider cannot be reached).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    BaseUser,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, Response
+
+from api.auth.oidc import OidcVerifier, ProviderUnavailable
+from api.auth.tokens import ROLES_CLAIM, JwtVerifier, TokenError, roles_of
+from api.principal import LOCAL, AuthenticatedPrincipal, Principal
+from skillq.settings import Settings
+from storage import api_keys
+from storage.database import connection
+
+#: The challenge sent with every 401 (RFC 6750).
+CHALLENGE = 'Bearer realm="skillq"'
+
+
+class InvalidCredentials(AuthenticationError):
+    """A credential was sent and is wrong: 401."""
+
+
+class IdentityProviderDown(AuthenticationError):
+    """The OIDC provider could not be asked: 503, the client may retry."""
+
+
+class SkillqAuthBackend(AuthenticationBackend):
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.auth.mode
+        self.key_header = settings.auth.api_key_header
+        self.oidc_settings = settings.auth.oidc
+        self.jwt = JwtVerifier(settings.auth.jwt) if self.mode == "jwt" else None
+        self.oidc = OidcVerifier(settings.auth.oidc) if self.mode == "oidc" else None
+        self._local = (AuthCredentials(sorted(LOCAL.roles)), AuthenticatedPrincipal(LOCAL))
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        if self.mode == "none":
+            return self._local
+        key = conn.headers.get(self.key_header)
+        token = None
+        if key is None and (authorization := conn.headers.get("authorization")) is not None:
+            scheme, _, credential = authorization.strip().partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential:
+                raise InvalidCredentials("the Authorization header must be 'Bearer <token>'")
+            if credential.startswith(api_keys.KEY_PREFIX):
+                key = credential
+            else:
+                token = credential
+        if key is not None:
+            principal = await self._api_key_principal(key)
+            user = AuthenticatedPrincipal(principal, token=f"api-key:{principal.subject}")
+        elif token is not None:
+            principal, expires_at = await self._token_principal(token)
+            user = AuthenticatedPrincipal(principal, token=token, expires_at=expires_at)
+        else:
+            return None
+        return AuthCredentials(sorted(principal.roles)), user
+
+    async def _api_key_principal(self, key: str) -> Principal:
+        row = await run_in_threadpool(_find_key, key)
+        if row is None:
+            raise InvalidCredentials("the API key is unknown or revoked")
+        return Principal(subject=row.name, roles=frozenset({row.role}), method="api_key")
+
+    async def _token_principal(self, token: str) -> tuple[Principal, int | None]:
+        try:
+            if self.jwt is not None:
+                claims = self.jwt.verify(token)
+                subject, roles, method = claims["sub"], claims.get(ROLES_CLAIM), "jwt"
+            else:
+                assert self.oidc is not None
+                claims = await self.oidc.verify(token)
+                subject = claims.get(self.oidc_settings.user_claim)
+                roles, method = claims.get(self.oidc_settings.roles_claim), "oidc"
+        except TokenError as error:
+            raise InvalidCredentials(str(error)) from None
+        except ProviderUnavailable as error:
+            raise IdentityProviderDown(f"the identity provider is unavailable: {error}") from None
+        if not isinstance(subject, str) or not subject:
+            raise InvalidCredentials("the token names no user")
+        principal = Principal(subject=subject, roles=roles_of(roles), method=method)
+        expires_at = claims.get("exp")
+        return principal, expires_at if isinstance(expires_at, int) else None
+
+
+def _find_key(key: str) -> Any:
+    with connection():
+        return api_keys.find_active(key)
+
+
+def build_auth_backend(settings: Settings) -> AuthenticationBackend:
+    """The backend for `AuthenticationMiddleware(app, backend=..., on_error=on_auth_error)`."""
+    return SkillqAuthBackend(settings)
+
+
+def on_auth_error(conn: HTTPConnection, error: Exception) -> Response:
+    """401 (or 503) in the error envelope, with the `WWW-Authenticate` challenge."""
+    if isinstance(error, IdentityProviderDown):
+        body = {"error": {"code": "service_unavailable", "message": str(error), "details": None}}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    message = str(error)
+    body = {"error": {"code": "unauthorized", "message": message, "details": None}}
+    quoted = message.replace("\\", "").replace('"', "'")
+    challenge = f'{CHALLENGE}, error="invalid_token", error_description="{quoted}"'
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})

@@ -1,0 +1,445 @@
+"""`GET /openapi.json`: the OpenAPI 3.1 document of the REST API, written by hand.
+
+Each operation is described here once, keyed by (path, method); the document lists those
+whose route the app actually has, so a disabled part is not advertised. Request bodies
+reuse the coordinator's own submission schema and each job type's parameter schema
+(OpenAPI 3.1 speaks JSON Schema 2020-12), so the document cannot drift from validation.
+The MCP transports are not REST and are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from skillq.job_types import JobType
+from skillq.jobs import MAX_PAGE_SIZE, SUBMISSION_SCHEMA
+from skillq.settings import Settings
+from storage.models import JobState
+
+_STATES = [state.value for state in JobState]
+_DATETIME = {"type": ["string", "null"], "format": "date-time"}
+_COUNTS = {
+    "type": "object",
+    "properties": {state: {"type": "integer", "minimum": 0} for state in _STATES},
+    "required": _STATES,
+    "additionalProperties": {"type": "integer", "minimum": 0},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {
+                        "description": "For 400/422: a list of {path, message}; else null."
+                    },
+                },
+                "required": ["code", "message", "details"],
+            }
+        },
+        "required": ["error"],
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "type": {"type": "string"},
+            "queue": {"type": "string"},
+            "params": {"type": "object"},
+            "state": {"type": "string", "enum": _STATES},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 10},
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "message": {"type": ["string", "null"]},
+            "result": {"description": "The job's return value (any JSON) once completed."},
+            "error": {
+                "type": ["object", "null"],
+                "properties": {"type": {"type": "string"}, "message": {"type": ["string", "null"]}},
+                "required": ["type", "message"],
+            },
+            "attempts": {"type": "integer", "minimum": 0},
+            "max_retries": {"type": "integer", "minimum": 0},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": _DATETIME,
+            "completed_at": _DATETIME,
+            "expires_at": {"type": "string", "format": "date-time"},
+            "duration_ms": {"type": ["integer", "null"]},
+            "position_in_queue": {
+                "type": ["integer", "null"],
+                "description": "Pending jobs of its queue ahead of it (single job only).",
+            },
+            "owner": {"type": "string"},
+            "trace_id": {"type": ["string", "null"]},
+            "idempotency_key": {"type": ["string", "null"]},
+            "worker_id": {"type": ["string", "null"]},
+            "heartbeat_at": _DATETIME,
+            "cancel_requested_at": _DATETIME,
+        },
+        "required": ["id", "type", "queue", "params", "state", "priority", "attempts"],
+    },
+    "JobPage": {
+        "type": "object",
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "total": {"type": "integer", "minimum": 0},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        },
+        "required": ["jobs", "total", "limit", "offset"],
+    },
+    "Stats": {
+        "type": "object",
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "by_state": _COUNTS,
+            "by_type": {"type": "object", "additionalProperties": _COUNTS},
+            "by_queue": {"type": "object", "additionalProperties": _COUNTS},
+        },
+        "required": ["total", "by_state", "by_type", "by_queue"],
+    },
+    "Principal": {
+        "type": "object",
+        "properties": {
+            "subject": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "method": {"type": "string", "enum": ["none", "jwt", "oidc", "api_key"]},
+            "admin": {"type": "boolean"},
+            "can_submit": {"type": "boolean"},
+        },
+        "required": ["subject", "roles", "method", "admin", "can_submit"],
+    },
+    "Probe": {
+        "type": "object",
+        "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
+        "required": ["status"],
+    },
+    "Version": {
+        "type": "object",
+        "properties": {
+            "version": {"type": "string"},
+            "python": {"type": "string"},
+            "dramatiq": {"type": "string"},
+            "schema_version": {"type": ["integer", "null"]},
+            "broker": {"type": "string"},
+            "store": {"type": "string"},
+            "auth": {"type": "string"},
+        },
+        "required": ["version", "schema_version", "broker", "store", "auth"],
+    },
+    "JobType": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "queue": {"type": "string"},
+            "description": {"type": "string"},
+            "params_schema": {"type": "object"},
+        },
+        "required": ["name", "queue", "params_schema"],
+    },
+}
+
+_ERRORS = {
+    400: "The request body is not JSON, or is nested too deeply.",
+    401: "No credentials, or wrong ones (see WWW-Authenticate).",
+    403: "The caller's role does not allow this.",
+    404: "No such job, or not the caller's.",
+    409: "The job's state does not allow this.",
+    413: "The request body is larger than server.max_body_size.",
+    422: "The request breaks a schema; details name each failing path.",
+    503: "The broker, the store or the identity provider cannot be reached.",
+}
+
+
+def _error(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERRORS[status],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return response
+
+
+def _json(description: str, schema: dict[str, Any], **headers: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = {
+            name.replace("_", "-"): {"description": text, "schema": {"type": "string"}}
+            for name, text in headers.items()
+        }
+    return response
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The job's id (a UUID).",
+}
+_LOCATION = {"Location": "The job's URL."}
+
+
+def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict[str, Any]:
+    """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
+    variants = []
+    for job_type in job_types.values():
+        variant = copy.deepcopy(SUBMISSION_SCHEMA)
+        variant["title"] = job_type.name
+        variant["properties"]["type"] = {"const": job_type.name}
+        variant["properties"]["params"] = job_type.params_schema
+        variant["properties"]["ttl_hours"]["maximum"] = max_ttl_hours
+        variants.append(variant)
+    return {"oneOf": variants} if variants else copy.deepcopy(SUBMISSION_SCHEMA)
+
+
+def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple[str, str], Any]:
+    auth = [401, 403] if settings.auth.mode != "none" else []
+    job = _ref("Job")
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": submission_schema(job_types, settings.jobs.max_ttl_hours)
+            }
+        },
+    }
+    open_ = {"security": []}
+    return {
+        ("/api/v1/jobs", "post"): {
+            "summary": "Submit a job",
+            "tags": ["jobs"],
+            "requestBody": body,
+            "responses": {
+                "202": _json("Accepted: the new job, pending.", job, **_LOCATION),
+                "200": _json("An earlier job with the same idempotency_key.", job, **_LOCATION),
+                **{str(s): _error(s) for s in [400, *auth, 413, 422, 503]},
+            },
+        },
+        ("/api/v1/jobs", "get"): {
+            "summary": "List jobs, newest first",
+            "tags": ["jobs"],
+            "parameters": [
+                {
+                    "name": "state",
+                    "in": "query",
+                    "description": "Only these states (repeat, or comma-separate).",
+                    "schema": {"type": "array", "items": {"type": "string", "enum": _STATES}},
+                    "style": "form",
+                    "explode": True,
+                },
+                {
+                    "name": "type",
+                    "in": "query",
+                    "description": "Only these job types (repeat, or comma-separate).",
+                    "schema": {"type": "array", "items": {"type": "string"}},
+                    "style": "form",
+                    "explode": True,
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+                },
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {
+                "200": _json("One page of jobs and the total that match.", _ref("JobPage")),
+                **{str(s): _error(s) for s in [*auth, 422]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}", "get"): {
+            "summary": "One job",
+            "tags": ["jobs"],
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json("The job.", job),
+                **{str(s): _error(s) for s in [*auth, 404]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}", "delete"): {
+            "summary": "Cancel a job",
+            "description": "A pending job is cancelled at once (200); a running one is marked "
+            "cancel-requested (202, `cancel_requested_at` set) and its worker stops it.",
+            "tags": ["jobs"],
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json("Cancelled.", job),
+                "202": _json("Running; asked to stop.", job),
+                **{str(s): _error(s) for s in [*auth, 404, 409]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}/retry", "post"): {
+            "summary": "Run a failed or cancelled job again",
+            "tags": ["jobs"],
+            "parameters": [_JOB_ID],
+            "responses": {
+                "202": _json("Pending again, with attempts reset.", job, **_LOCATION),
+                **{str(s): _error(s) for s in [*auth, 404, 409, 503]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}/stream", "get"): {
+            "summary": "Follow a job as Server-Sent Events",
+            "description": "`state` events carry the whole job, `progress` events "
+            "`{progress, message}`; keep-alive comments while idle; `Last-Event-ID` resumes; "
+            "the stream ends after the terminal state.",
+            "tags": ["jobs"],
+            "parameters": [
+                _JOB_ID,
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The event stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **{str(s): _error(s) for s in [*auth, 404]},
+            },
+        },
+        ("/api/v1/job-types", "get"): {
+            "summary": "Job types with their parameter schemas",
+            "tags": ["jobs"],
+            "responses": {"200": {"description": "The job types."}, **_auth_errors(auth)},
+        },
+        ("/api/v1/workers", "get"): {
+            "summary": "Live workers",
+            "tags": ["operations"],
+            "responses": {"200": {"description": "The workers."}, **_auth_errors(auth)},
+        },
+        ("/api/v1/stats", "get"): {
+            "summary": "Job counts by state, type and queue",
+            "tags": ["operations"],
+            "responses": {"200": _json("Counts.", _ref("Stats")), **_auth_errors(auth)},
+        },
+        ("/api/v1/auth/whoami", "get"): {
+            "summary": "The caller as the server sees it",
+            "tags": ["auth"],
+            "responses": {
+                "200": _json("The principal.", _ref("Principal")),
+                **_auth_errors([401] if auth else []),
+            },
+        },
+        ("/health", "get"): {
+            **open_,
+            "summary": "Does the job store answer?",
+            "tags": ["probes"],
+            "responses": {
+                "200": _json("Yes.", _ref("Probe")),
+                "503": _json("No.", _ref("Probe")),
+            },
+        },
+        ("/live", "get"): {
+            **open_,
+            "summary": "Is the process up?",
+            "tags": ["probes"],
+            "responses": {"200": _json("Yes.", _ref("Probe"))},
+        },
+        ("/ready", "get"): {
+            **open_,
+            "summary": "Do the store and the broker answer?",
+            "tags": ["probes"],
+            "responses": {
+                "200": _json("Ready.", _ref("Probe")),
+                "503": _json("Not ready.", _ref("Probe")),
+            },
+        },
+        ("/version", "get"): {
+            **open_,
+            "summary": "Versions of what runs here",
+            "tags": ["probes"],
+            "responses": {"200": _json("Versions.", _ref("Version"))},
+        },
+        ("/metrics", "get"): {
+            **({} if settings.auth.protect_metrics else open_),
+            "summary": "Prometheus metrics",
+            "tags": ["probes"],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **(_auth_errors(auth) if settings.auth.protect_metrics else {}),
+            },
+        },
+        ("/openapi.json", "get"): {
+            **open_,
+            "summary": "This document",
+            "tags": ["probes"],
+            "responses": {
+                "200": {"description": "OpenAPI 3.1.", "content": {"application/json": {}}}
+            },
+        },
+    }
+
+
+def _auth_errors(statuses: list[int]) -> dict[str, Any]:
+    return {str(status): _error(status) for status in statuses}
+
+
+def documented_routes(routes: list[Any], mcp_endpoint: str) -> list[tuple[str, str]]:
+    """(path, method) of every REST route the app serves (MCP transports excluded)."""
+    found = []
+    for route in routes:
+        if not isinstance(route, Route) or route.path.startswith(mcp_endpoint):
+            continue
+        for method in sorted(route.methods or ()):
+            if method != "HEAD":
+                found.append((route.path, method.lower()))
+    return found
+
+
+def build_document(
+    settings: Settings, job_types: dict[str, JobType], routes: list[Any]
+) -> dict[str, Any]:
+    operations = _operations(settings, job_types)
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method in documented_routes(routes, settings.mcp.endpoint):
+        operation = operations.get((path, method))
+        if operation is not None:
+            paths.setdefault(path, {})[method] = operation
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "skillq",
+            "version": importlib.metadata.version("skillq"),
+            "description": "Background jobs for AI tool servers. Every error is "
+            '`{"error": {"code", "message", "details"}}`.',
+        },
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+    if settings.auth.mode != "none":
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": settings.auth.api_key_header},
+        }
+        document["security"] = [{"bearer": []}, {"apiKey": []}]
+    return document
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    state = request.app.state
+    document = getattr(state, "openapi", None)
+    if document is None:
+        document = build_document(state.settings, state.coordinator.job_types, request.app.routes)
+        state.openapi = document
+    return JSONResponse(document)
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

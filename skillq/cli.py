@@ -287,5 +287,14 @@ def db_status() -> None:
         typer.echo(f"  pending {version}: {description}")
 
 
+def _register_skill_engine() -> None:
+    from skillq.cli_skills import register
+
+    register(app)
+
+
+_register_skill_engine()
+
+
 def main() -> None:
     app()

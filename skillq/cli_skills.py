@@ -1,0 +1,214 @@
+"""CLI commands of the skill engine: `skills list|show|examples`, `index`, `search`, `run`,
+`enhance`.
+
+`index`, `run` and `enhance` submit a job through the jobs coordinator (like the REST API)
+and, by default, wait for it with a progress bar; `--background` prints the job id and how
+to follow it instead. `search` and `skills ...` read the files directly: no job involved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from skillq.errors import InvalidRequest, SkillqError
+
+skills_app = typer.Typer(help="The skills found under skills.paths.", no_args_is_help=True)
+
+#: Exit status per error code, as in `skillq.cli`.
+_EXIT_CODES = {"not_found": 3, "conflict": 4, "service_unavailable": 5}
+_TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".markdown"}
+
+
+def _fail(error: SkillqError) -> NoReturn:
+    typer.echo(f"error: {error.message}", err=True)
+    for detail in error.details or []:
+        typer.echo(f"  {detail.get('path', '')}: {detail.get('message', '')}", err=True)
+    raise typer.Exit(_EXIT_CODES.get(error.code, 2))
+
+
+def _settings() -> Any:
+    """Just the settings: listing skills or searching needs no broker or job store."""
+    from skillq.settings import SettingsError, load_settings, settings_error_exit
+
+    try:
+        return load_settings()
+    except SettingsError as error:
+        settings_error_exit(error)
+
+
+def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
+    """Submits through the coordinator; waits with a progress bar unless `background`."""
+    import actors
+    from skillq.jobs import JobCoordinator, job_to_dict
+
+    coordinator = JobCoordinator(actors.broker, actors.settings)
+    try:
+        job = coordinator.submit_job({"type": job_type, "params": params}).job
+    except SkillqError as error:
+        _fail(error)
+    if background:
+        typer.echo(job.id)
+        typer.echo(f"follow it with: skillq jobs show {job.id}", err=True)
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(job_type, total=1.0)
+        while True:
+            job = coordinator.get_job(job.id)
+            bar.update(task, completed=job.progress or 0.0, description=job.message or job.state)
+            if job.job_state.is_terminal:
+                break
+            time.sleep(0.2)
+    if job.state == "completed":
+        typer.echo(json.dumps(job.result, indent=2))
+        return
+    typer.echo(json.dumps(job_to_dict(job), indent=2))
+    raise typer.Exit(1)
+
+
+def _json_option(raw: str, name: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        _fail(InvalidRequest(f"{name} is not valid JSON: {error}"))
+
+
+@skills_app.command("list")
+def skills_list() -> None:
+    """List the skills and their tools."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from skillq.skills import SkillLibrary
+
+    skills, problems = SkillLibrary(_settings().skills.paths).all()
+    table = Table("skill", "tool", "kind", "timeout", "description")
+    for skill in skills:
+        for tool in skill.tools.values():
+            timeout = f"{tool.timeout_secs:g} s"
+            table.add_row(skill.name, tool.name, tool.kind, timeout, tool.description)
+    console = Console()
+    console.print(table)
+    for problem in problems:
+        typer.echo(f"skipped: {problem}", err=True)
+
+
+@skills_app.command("show")
+def skills_show(name: Annotated[str, typer.Argument(help="Skill name.")]) -> None:
+    """Show one skill, its tools and their input schemas, as JSON."""
+    from skillq.skills import SkillLibrary
+
+    try:
+        skill = SkillLibrary(_settings().skills.paths).find(name)
+    except SkillqError as error:
+        _fail(error)
+    typer.echo(json.dumps(skill.to_dict(), indent=2))
+
+
+@skills_app.command("examples")
+def skills_examples(name: Annotated[str, typer.Argument(help="Skill name.")]) -> None:
+    """Show the stored example inputs of a skill (made by `skillq enhance NAME`)."""
+    from skillq.examples import ExampleStore
+
+    try:
+        stored = ExampleStore(_settings().skills.examples_dir).load(name)
+    except SkillqError as error:
+        _fail(error)
+    if not stored.get("tools"):
+        typer.echo(f"no examples for {name!r} yet; make some with: skillq enhance {name}", err=True)
+        raise typer.Exit(3)
+    typer.echo(json.dumps(stored, indent=2))
+
+
+def read_documents(source: Path) -> list[dict[str, Any]]:
+    """Documents from a JSON file (an array, or {"documents": [...]}), a JSON Lines file,
+    or a folder of text files (id = path inside the folder)."""
+    if source.is_dir():
+        return [
+            {"id": str(path.relative_to(source)), "text": path.read_text(errors="replace")}
+            for path in sorted(source.rglob("*"))
+            if path.is_file() and path.suffix.lower() in _TEXT_SUFFIXES
+        ]
+    try:
+        text = source.read_text(encoding="utf-8")
+        if source.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        parsed = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        _fail(InvalidRequest(f"cannot read documents from {source}: {error}"))
+    return parsed.get("documents", []) if isinstance(parsed, dict) else parsed
+
+
+def index(
+    collection: Annotated[str, typer.Argument(help="Collection name.")],
+    source: Annotated[
+        Path | None, typer.Argument(help="JSON / JSONL file of {id, text, metadata}, or a folder.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-index unchanged documents.")] = False,
+    delete: Annotated[list[str] | None, typer.Option("--delete", help="Remove this id.")] = None,
+    background: Annotated[bool, typer.Option(help="Print the job id, don't wait.")] = False,
+) -> None:
+    """Index documents into a search collection (an index_documents job)."""
+    params: dict[str, Any] = {"collection": collection, "force_reindex": force}
+    params["documents"] = read_documents(source) if source is not None else []
+    params["delete_ids"] = delete or []
+    _submit("index_documents", params, background)
+
+
+def search(
+    collection: Annotated[str, typer.Argument(help="Collection name.")],
+    query: Annotated[str, typer.Argument(help="Search text.")],
+    k: Annotated[int, typer.Option("-k", help="How many hits (1-100).")] = 10,
+) -> None:
+    """Search a collection now (no job): ranked hits with scores and metadata, as JSON."""
+    from skillq.embeddings import embedder_from_settings
+    from skillq.search import Collections
+
+    search_settings = _settings().search
+    collections = Collections(search_settings.path, embedder_from_settings(search_settings))
+    try:
+        hits = collections.search(collection, query, k)
+    except SkillqError as error:
+        _fail(error)
+    typer.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))
+
+
+def run(
+    skill: Annotated[str, typer.Argument(help="Skill name.")],
+    tool: Annotated[str, typer.Argument(help="Tool name.")],
+    input: Annotated[str, typer.Option("--input", help="The tool's input, JSON.")] = "{}",
+    timeout: Annotated[float | None, typer.Option(help="Timeout in seconds.")] = None,
+    background: Annotated[bool, typer.Option(help="Print the job id, don't wait.")] = False,
+) -> None:
+    """Run a skill's tool in the sandbox (an execute_skill job)."""
+    params: dict[str, Any] = {"skill": skill, "tool": tool, "input": _json_option(input, "--input")}
+    if timeout is not None:
+        params["timeout_secs"] = timeout
+    _submit("execute_skill", params, background)
+
+
+def enhance(
+    skill: Annotated[str, typer.Argument(help="Skill name.")],
+    tools: Annotated[list[str] | None, typer.Option("--tool", help="Only this tool.")] = None,
+    per_tool: Annotated[int, typer.Option(help="Examples per tool.")] = 5,
+    seed: Annotated[int, typer.Option(help="Same seed, same examples.")] = 0,
+    background: Annotated[bool, typer.Option(help="Print the job id, don't wait.")] = False,
+) -> None:
+    """Generate example inputs for a skill's tools (a generate_examples job)."""
+    params: dict[str, Any] = {"skill": skill, "examples_per_tool": per_tool, "seed": seed}
+    if tools:
+        params["tool_names"] = tools
+    _submit("generate_examples", params, background)
+
+
+def register(app: typer.Typer) -> None:
+    """Adds these commands to the `skillq` app."""
+    app.add_typer(skills_app, name="skills")
+    for command in (index, search, run, enhance):
+        app.command(command.__name__)(command)

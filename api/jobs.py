@@ -7,16 +7,19 @@ filter to the coordinator, so a non-admin's view of another owner's job is a pla
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth.access import require_submitter, require_viewer
 from skillq.errors import InvalidParams, InvalidRequest
 from skillq.jobs import JobCoordinator, job_to_dict
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 #: Owner of every job while auth is `none`.
 LOCAL_OWNER = "local"
@@ -154,10 +157,20 @@ async def retry_job(request: Request) -> JSONResponse:
     )
 
 
+def by_method(path: str, **handlers: Endpoint) -> Route:
+    """One route per path, so a 405 lists every method the path allows in `Allow`."""
+    handlers = {method.upper(): handler for method, handler in handlers.items()}
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    endpoint.__name__ = "_".join(handler.__name__ for handler in handlers.values())
+    return Route(path, endpoint, methods=list(handlers))
+
+
 routes = [
-    Route("/api/v1/jobs", submit_job, methods=["POST"]),
-    Route("/api/v1/jobs", list_jobs, methods=["GET"]),
-    Route("/api/v1/jobs/{job_id}", show_job, methods=["GET"]),
-    Route("/api/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    by_method("/api/v1/jobs", get=list_jobs, post=submit_job),
+    by_method("/api/v1/jobs/{job_id}", get=show_job, delete=cancel_job),
     Route("/api/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
 ]

@@ -2,28 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
 
-from api import jobs, probes
+from api import collections, job_types, jobs, metrics, openapi, probes, stats, stream
+from api.auth import build_auth_backend, on_auth_error
+from api.auth import routes as auth_routes
 from api.body_limit import BodySizeLimit
 from api.errors import EXCEPTION_HANDLERS
+from api.mcp import McpEndpoints
 from skillq.jobs import JobCoordinator
+from skillq.settings import Settings
 
 
-def create_app() -> Starlette:
+def create_app(settings: Settings | None = None) -> Starlette:
     """The API process's app, on the broker and store that `actors` configured.
 
     Importing `actors` here (not at module level) keeps `api` importable without side
-    effects; it is the same configuration step the worker performs.
+    effects; it is the same configuration step the worker performs. `settings` defaults to
+    those `actors` loaded; tests pass variants (e.g. another auth mode) on the same store.
     """
     import actors
 
+    settings = settings or actors.settings
+    coordinator = JobCoordinator(actors.broker, settings)
+    mcp = McpEndpoints(coordinator, settings) if settings.mcp.enabled else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if mcp is not None:
+                await stack.enter_async_context(mcp.running())
+            yield
+
+    routes = [
+        *probes.routes,
+        *metrics.routes,
+        *openapi.routes,
+        *auth_routes.routes,
+        *jobs.routes,
+        *stream.routes,
+        *stats.routes,
+        *job_types.routes,
+        *collections.routes,
+        *(mcp.routes() if mcp else []),
+    ]
+    request_metrics = metrics.Metrics()
     app = Starlette(
-        routes=[*probes.routes, *jobs.routes],
-        middleware=[Middleware(BodySizeLimit, max_body_size=actors.settings.server.max_body_size)],
+        routes=routes,
+        middleware=[
+            Middleware(
+                BodySizeLimit,
+                max_body_size=settings.server.max_body_size,
+                exempt=mcp.paths if mcp else (),
+            ),
+            Middleware(metrics.RequestMetrics, metrics=request_metrics, routes=routes),
+            Middleware(
+                AuthenticationMiddleware,
+                backend=build_auth_backend(settings),
+                on_error=on_auth_error,
+            ),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
     )
-    app.state.settings = actors.settings
-    app.state.coordinator = JobCoordinator(actors.broker, actors.settings)
+    app.state.settings = settings
+    app.state.coordinator = coordinator
+    app.state.metrics = request_metrics
     return app

@@ -139,6 +139,14 @@ def worker(
 
 
 @app.command()
+def mcp() -> None:
+    """Serve MCP over stdin/stdout for a local client, on the same store and broker."""
+    from api.mcp import serve_stdio
+
+    serve_stdio()
+
+
+@app.command()
 def scheduler() -> None:
     """Run the periodiq scheduler that enqueues periodic jobs."""
     import periodiq

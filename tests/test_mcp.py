@@ -258,3 +258,63 @@ def test_cancelling_the_call_while_it_waits_inline_cancels_the_job(
 
     job_id = anyio.run(main)
     assert idle.rest.wait_state(job_id, "cancelled")["state"] == "cancelled"
+
+
+def test_skill_tools_run_as_execute_skill_jobs(busy: System) -> None:
+    from skillq.settings import load_settings
+    from skillq.skills import SkillLibrary
+
+    skills, _ = SkillLibrary(load_settings(busy.settings_path).skills.paths).all()
+    expected = {
+        f"{skill.name}.{tool.name}": tool for skill in skills for tool in skill.tools.values()
+    }
+    assert "text-stats.word_count" in expected
+
+    async def main():
+        async with busy.connect("http") as client:
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+            counted = await client.call_tool("text-stats.word_count", {"text": "one two three"})
+            refused = await client.call_tool("text-stats.word_count", {"words": 3})
+            return tools, counted, refused
+
+    tools, counted, refused = anyio.run(main)
+    for name, tool in expected.items():
+        assert tools[name].input_schema == tool.input_schema
+    assert not counted.is_error, counted.content
+    assert counted.structured_content["output"]["words"] == 3
+    job = busy.rest.job(counted.meta["skillq/job"]["id"])
+    assert job["type"] == "execute_skill"
+    assert job["params"] == {
+        "skill": "text-stats",
+        "tool": "word_count",
+        "input": {"text": "one two three"},
+    }
+    assert refused.is_error
+    assert refused.structured_content["error"]["code"] == "invalid_params"
+    assert "text" in refused.content[0].text
+
+
+def test_index_documents_then_search_inline(busy: System) -> None:
+    collection = f"mcp-{uuid.uuid4().hex[:8]}"
+    documents = [
+        {"id": "kiwi", "text": "The kiwi is a flightless bird of New Zealand."},
+        {"id": "rust", "text": "Rust is a systems programming language."},
+    ]
+
+    async def main():
+        async with busy.connect("http") as client:
+            indexed = await client.call_tool(
+                "index_documents", {"collection": collection, "documents": documents}
+            )
+            found = await client.call_tool(
+                "search", {"collection": collection, "query": "flightless bird", "k": 1}
+            )
+            unknown = await client.call_tool("search", {"collection": "nope", "query": "x"})
+            return indexed, found, unknown
+
+    indexed, found, unknown = anyio.run(main)
+    assert not indexed.is_error, indexed.content
+    assert not found.is_error, found.content
+    assert [hit["id"] for hit in found.structured_content["hits"]] == ["kiwi"]
+    assert unknown.is_error
+    assert unknown.structured_content["error"]["code"] == "not_found"

@@ -7,8 +7,9 @@ MCP tasks. Each runs one coordinator call, with the caller's owner scope and rol
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -81,6 +82,23 @@ def _list_job_types(coordinator: JobCoordinator, caller: Principal, args: dict) 
     return {"job_types": [job_type.to_dict() for job_type in coordinator.job_types.values()]}
 
 
+@functools.cache
+def _collections(root: str, search_settings: Any) -> Any:
+    from skillq.embeddings import embedder_from_settings
+    from skillq.search import Collections
+
+    return Collections(root, embedder_from_settings(search_settings))
+
+
+def _search(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    """Search reads the collection the index workers wrote, so it never waits for a job."""
+    search = coordinator.settings.search
+    k = args.get("k", 10)
+    hits = _collections(str(search.path), search).search(args["collection"], args["query"], k)
+    query = {"collection": args["collection"], "query": args["query"], "k": k}
+    return {**query, "hits": [asdict(hit) for hit in hits]}
+
+
 _STATES = sorted(state.value for state in JobState)
 
 IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
@@ -118,6 +136,21 @@ IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
             "Run a failed or cancelled job again.",
             _JOB_ID_ONLY,
             _retry_job,
+        ),
+        ImmediateTool(
+            "search",
+            "Search an indexed collection (keyword BM25, hybrid with vectors when configured).",
+            {
+                "type": "object",
+                "properties": {
+                    "collection": {"type": "string", "minLength": 1},
+                    "query": {"type": "string", "minLength": 1},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+                "required": ["collection", "query"],
+                "additionalProperties": False,
+            },
+            _search,
         ),
         ImmediateTool(
             "list_job_types",

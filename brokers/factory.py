@@ -3,9 +3,15 @@
 Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks in reverse.
 `JobStatus` sits before `JobRetries` so it records an outcome after the retry decision, and
 `JobProgress` sits after both so its final progress write lands before the job completes.
+`WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
+it running, and let go of it before anyone records its outcome.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 from dramatiq.middleware import (
@@ -18,9 +24,12 @@ from dramatiq.middleware import (
 )
 from periodiq import PeriodiqMiddleware
 
+from brokers.cancellation import Cancellation
 from brokers.job_status import JobStatus
 from brokers.progress import JobProgress
 from brokers.retries import JobRetries
+from brokers.worker_registry import WorkerRegistry
+from skillq.recovery import recover_stale_jobs
 from skillq.settings import Settings, WorkerSettings
 
 #: Highest job priority; RabbitMQ queues are declared with it as `x-max-priority`.
@@ -33,7 +42,9 @@ REDIS_HEARTBEAT_TIMEOUT_MS = 15_000
 REDIS_MAINTENANCE_CHANCE = 10_000
 
 
-def job_middleware(workers: WorkerSettings) -> list[Middleware]:
+def job_middleware(
+    workers: WorkerSettings, *, recover: Callable[[], Any] | None = None
+) -> list[Middleware]:
     retry_delay_ms = workers.retry_delay_secs * 1000
     return [
         AgeLimit(),
@@ -41,7 +52,7 @@ def job_middleware(workers: WorkerSettings) -> list[Middleware]:
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
-        JobStatus(),
+        JobStatus(dead_after_secs=workers.dead_after_secs),
         JobRetries(
             max_retries=workers.max_retries,
             min_backoff=retry_delay_ms,
@@ -50,11 +61,19 @@ def job_middleware(workers: WorkerSettings) -> list[Middleware]:
         ),
         JobProgress(),
         PeriodiqMiddleware(),
+        WorkerRegistry(
+            heartbeat_secs=workers.heartbeat_secs,
+            dead_after_secs=workers.dead_after_secs,
+            recover=recover,
+        ),
+        Cancellation(),
     ]
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
-    middleware = job_middleware(settings.workers)
+    middleware = job_middleware(
+        settings.workers, recover=functools.partial(recover_stale_jobs, settings)
+    )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":
         from dramatiq.brokers.redis import RedisBroker

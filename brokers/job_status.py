@@ -11,13 +11,16 @@ import json
 import logging
 import os
 import socket
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+from dramatiq.message import generate_unique_id
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
-from storage import jobs
+from storage import Job, JobState, jobs
 from storage.database import database_proxy
+from storage.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -27,15 +30,47 @@ JOB_ID_OPTION = "job_id"
 #: because dramatiq's Retries bumps `retries` on the same message before `after_*` hooks
 #: further down the stack run.
 ATTEMPT_OPTION = "job_attempt"
+#: Message option set when the job was cancelled while this message ran (brokers.cancellation).
+CANCELLED_OPTION = "job_cancelled"
+#: Message option holding the job's last allowed attempt (max_retries + 1).
+LAST_ATTEMPT_OPTION = "job_last_attempt"
 
 
 def current_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def attempt_of(message: dramatiq.Message) -> int:
-    """1 for the first run; dramatiq's `retries` option counts the failed runs before it."""
-    return int(message.options.get("retries", 0)) + 1
+def worker_alive(
+    worker_id: str | None, heartbeat_at: datetime | None, dead_after_secs: float
+) -> bool:
+    """Whether the worker process that started a job still runs it: its beat is fresh and, when
+    it runs on this host, its process exists (so a SIGKILL is seen at once, not after the
+    timeout)."""
+    if worker_id is None or heartbeat_at is None:
+        return False
+    if utcnow() - heartbeat_at > timedelta(seconds=dead_after_secs):
+        return False
+    host, _, pid = worker_id.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return _process_alive(int(pid))
+    return True
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # A killed process its parent has not reaped yet is a zombie: dead for us.
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 class _StoredResultsFilter(logging.Filter):
@@ -47,9 +82,22 @@ class _StoredResultsFilter(logging.Filter):
 
 
 class JobStatus(Middleware):
-    """pending -> running -> completed | failed, and running -> pending when retried."""
+    """pending -> running -> completed | failed | cancelled, and running -> pending when retried.
 
-    def __init__(self) -> None:
+    `attempts` counts the executions begun, so a run cut short by a dead worker counts too; a
+    job whose attempts are spent that way fails with `WorkerLost` instead of running again.
+
+    A message is delivered at least once. Before running a job, this middleware drops a message
+    whose job is finished, and defers one whose job another live worker is running (a duplicate
+    delivery: the Redis broker requeues a stalled worker's messages, stale-job recovery re-sends
+    lost ones); a message whose job's worker is dead takes the job over.
+
+    Parameters:
+      dead_after_secs(float): A worker silent this long is dead (`workers.dead_after_secs`).
+    """
+
+    def __init__(self, *, dead_after_secs: float = 15.0) -> None:
+        self.dead_after_secs = dead_after_secs
         self.worker_id = current_worker_id()
         logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_StoredResultsFilter())
 
@@ -69,12 +117,60 @@ class JobStatus(Middleware):
             return
         # One pooled connection per message, shared by progress writes, returned at the end.
         database_proxy.connect(reuse_if_open=True)
-        attempt = message.options[ATTEMPT_OPTION] = attempt_of(message)
-        if not jobs.mark_running(job_id, attempt=attempt, worker_id=self.worker_id):
-            job = jobs.get_job(job_id)
+        for _ in range(5):  # another delivery of the same job may win each race; look again
+            if self._start(broker, job_id, message):
+                return
+        logger.warning("Skipping message %s: job %s keeps changing.", message.message_id, job_id)
+        raise SkipMessage()
+
+    def _start(self, broker: dramatiq.Broker, job_id: str, message: dramatiq.Message) -> bool:
+        """Mark the job running for this message; False if another delivery got there first.
+        Raises SkipMessage when this message must not run the job."""
+        job = jobs.get_job(job_id)
+        if job is None or job.job_state.is_terminal:
             state = job.state if job else "deleted"
             logger.info("Skipping message %s: job %s is %s.", message.message_id, job_id, state)
             raise SkipMessage()
+        if job.job_state is JobState.RUNNING:
+            if job.cancel_requested_at is not None:
+                # Its worker died after a client cancelled it: cancel, do not run again.
+                jobs.cancel_unfinished(job_id, attempt=job.attempts)
+                raise SkipMessage()
+            if worker_alive(job.worker_id, job.heartbeat_at, self.dead_after_secs):
+                self._defer(broker, message, job)
+                raise SkipMessage()
+            logger.warning(
+                "Job %s: worker %s is gone; message %s takes over.",
+                job_id,
+                job.worker_id,
+                message.message_id,
+            )
+        attempt = job.attempts + 1
+        if attempt > job.max_retries + 1:
+            error = (job.error_type, job.error_message)
+            if job.job_state is JobState.RUNNING or error[0] is None:
+                error = ("WorkerLost", f"the worker running attempt {job.attempts} stopped")
+            jobs.fail_unfinished(
+                job_id, attempt=job.attempts, error_type=error[0], error_message=error[1]
+            )
+            logger.info("Skipping message %s: job %s has no attempts left.", message, job_id)
+            raise SkipMessage()
+        if not jobs.mark_running(job_id, attempt=attempt, worker_id=self.worker_id):
+            return False
+        message.options[ATTEMPT_OPTION] = attempt
+        message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
+        return True
+
+    def _defer(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
+        """Look at this duplicate again once the running attempt could be declared dead."""
+        logger.info(
+            "Deferring message %s: job %s runs on live worker %s.",
+            message.message_id,
+            job.id,
+            job.worker_id,
+        )
+        duplicate = message.copy(message_id=generate_unique_id())
+        broker.enqueue(duplicate, delay=int(self.dead_after_secs * 1000))
 
     def after_process_message(
         self,
@@ -117,8 +213,11 @@ class JobStatus(Middleware):
                 return
             jobs.mark_completed(job_id, attempt=attempt, result=result)
             return
+        if message.options.get(CANCELLED_OPTION):
+            jobs.mark_cancelled(job_id, attempt=attempt)
+            return
         error_type, error_message = describe_error(exception, message)
-        if message.failed:
+        if message.failed or attempt >= message.options.get(LAST_ATTEMPT_OPTION, attempt + 1):
             jobs.mark_failed(
                 job_id, attempt=attempt, error_type=error_type, error_message=error_message
             )

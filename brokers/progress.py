@@ -15,6 +15,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from brokers.cancellation import raise_if_cancelled
 from brokers.job_status import JOB_ID_OPTION
 from storage import jobs
 
@@ -88,6 +89,8 @@ def report_progress(progress: float | None = None, message: str | None = None) -
         raise ValueError(f"progress must be between 0.0 and 1.0 (got {progress})")
     reporter = getattr(_current, "reporter", None)
     if reporter is not None:
+        # The cooperative cancellation point: a cancelled job stops at its next report.
+        raise_if_cancelled(reporter.job_id)
         reporter.report(progress, message)
 
 

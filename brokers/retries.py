@@ -1,4 +1,4 @@
-"""dramatiq's retries, except that a job stopped by its time limit is not run again.
+"""dramatiq's retries, except that a job stopped by its time limit or cancelled is not run again.
 
 A job that ran out of time will most likely run out of time again; retrying it would hold a
 worker thread for `max_retries` more full time limits before failing anyway.
@@ -10,6 +10,8 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Retries, TimeLimitExceeded
+
+from brokers.job_status import CANCELLED_OPTION
 
 
 class JobRetries(Retries):
@@ -28,7 +30,8 @@ class JobRetries(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if isinstance(exception, TimeLimitExceeded):
+        # A cancelled job must stay cancelled, whatever the actor raised on its way out.
+        if isinstance(exception, TimeLimitExceeded) or message.options.get(CANCELLED_OPTION):
             message.fail()
             return
         super().after_process_message(broker, message, result=result, exception=exception)

@@ -209,16 +209,29 @@ class JobCoordinator:
         fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours)
         return job_type, fields
 
-    def _enqueue(self, job: Job, job_type: JobType) -> None:
+    def resend(self, job: Job) -> None:
+        """Send a pending job's message again, for stale-job recovery when the first was lost.
+
+        Raises the broker's error and leaves the job pending, for the next recovery pass."""
+        job_type = self.job_types.get(job.type)
+        if job_type is None:
+            jobs.mark_enqueue_failed(job.id, f"job type {job.type!r} no longer exists")
+            return
+        self.broker.enqueue(self._message(job, job_type))
+
+    def _message(self, job: Job, job_type: JobType) -> dramatiq.Message:
         time_limit_secs = job_type.time_limit_secs or self.settings.workers.job_timeout_secs
         actor = self.broker.get_actor(job_type.name)
-        message = actor.message_with_options(
+        return actor.message_with_options(
             kwargs=job.params,
             **{JOB_ID_OPTION: job.id},
             max_retries=job.max_retries,
             time_limit=int(time_limit_secs * 1000),
             broker_priority=job.priority,
         )
+
+    def _enqueue(self, job: Job, job_type: JobType) -> None:
+        message = self._message(job, job_type)
         try:
             self.broker.enqueue(message)
         except Exception as error:

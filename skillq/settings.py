@@ -103,6 +103,14 @@ class WorkerSettings:
     job_timeout_secs: _Positive = 300.0
     max_retries: Annotated[int, _R(lo=0, hi=100)] = 3
     retry_delay_secs: _NonNegative = 5.0
+    #: On SIGTERM, how long running jobs may take to finish before the rest are requeued.
+    shutdown_grace_secs: _NonNegative = 30.0
+    #: How often a worker process records that it lives (and refreshes its jobs' heartbeat).
+    heartbeat_secs: _Positive = 2.0
+    #: A worker (and its running jobs) silent for this long is dead; its jobs are recovered.
+    dead_after_secs: _Positive = 15.0
+    #: A job pending for this long since it was last sent had its message lost: re-send it.
+    requeue_pending_after_secs: _Positive = 300.0
 
 
 @dataclass(frozen=True, slots=True)

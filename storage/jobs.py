@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
@@ -92,6 +92,15 @@ def list_jobs(
     return JobPage(jobs=rows, total=total)
 
 
+def count_by_type_queue_state(owner: str | None = None) -> list[tuple[str, str, str, int]]:
+    """`(type, queue, state, count)` for every combination present, in one grouped query."""
+    query = Job.select(Job.type, Job.queue, Job.state, peewee.fn.COUNT(Job.id))
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    query = query.group_by(Job.type, Job.queue, Job.state)
+    return [tuple(row) for row in query.tuples()]
+
+
 def position_in_queue(job: Job) -> int:
     """How many pending jobs of the same queue run before this one (priority, then FIFO)."""
     p = _placeholder()
@@ -110,12 +119,12 @@ def _transition(job_id: str, from_states: Iterable[str], **changes: Any) -> bool
 
 
 def mark_running(job_id: str, *, attempt: int, worker_id: str) -> bool:
-    """Start an attempt. `running` is allowed as a source so that a message redelivered after
-    its worker died can take over the job."""
+    """Start attempt number `attempt`, which must follow the last one begun.
+
+    `running` is allowed as a source so that a message redelivered after its worker died can
+    take over the job; the `attempts` guard lets only one of two concurrent deliveries win."""
     now = utcnow()
-    return _transition(
-        job_id,
-        _ACTIVE,
+    query = Job.update(
         state=JobState.RUNNING,
         attempts=attempt,
         started_at=peewee.fn.COALESCE(Job.started_at, now),
@@ -123,7 +132,8 @@ def mark_running(job_id: str, *, attempt: int, worker_id: str) -> bool:
         heartbeat_at=now,
         error_type=None,
         error_message=None,
-    )
+    ).where((Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt - 1))
+    return query.execute() == 1
 
 
 def mark_completed(job_id: str, *, attempt: int, result: Any) -> bool:
@@ -144,7 +154,110 @@ def mark_retrying(job_id: str, *, attempt: int, error_type: str, error_message: 
         error_message=error_message,
         worker_id=None,
         heartbeat_at=None,
+        enqueued_at=utcnow(),
     ).where((Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt))
+    return query.execute() == 1
+
+
+def mark_cancelled(job_id: str, *, attempt: int) -> bool:
+    """A running attempt stopped because a client cancelled the job."""
+    return _finish(job_id, attempt, state=JobState.CANCELLED, message="cancelled")
+
+
+def fail_unfinished(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
+    """Fail a job whose last attempt (`attempt`) never finished and may not be run again."""
+    return _transition_from_attempt(
+        job_id,
+        attempt,
+        state=JobState.FAILED,
+        error_type=error_type,
+        error_message=error_message,
+        completed_at=utcnow(),
+        heartbeat_at=None,
+    )
+
+
+def cancel_unfinished(job_id: str, *, attempt: int) -> bool:
+    """Cancel a job whose worker died after the client asked to cancel it."""
+    return _transition_from_attempt(
+        job_id, attempt, state=JobState.CANCELLED, completed_at=utcnow(), heartbeat_at=None
+    )
+
+
+def _transition_from_attempt(job_id: str, attempt: int, **changes: Any) -> bool:
+    query = Job.update(**changes).where(
+        (Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt)
+    )
+    return query.execute() == 1
+
+
+def release_abandoned(job_id: str, *, attempt: int) -> bool:
+    """Back to pending an attempt its worker gave up at shutdown; the broker redelivers it."""
+    query = Job.update(
+        state=JobState.PENDING, worker_id=None, heartbeat_at=None, enqueued_at=utcnow()
+    ).where((Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt))
+    return query.execute() == 1
+
+
+def cancel_requested_among(job_ids: Iterable[str]) -> list[str]:
+    """Which of these running jobs a client has asked to cancel (one indexed lookup)."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    query = Job.select(Job.id).where(
+        Job.id.in_(ids) & (Job.state == JobState.RUNNING) & Job.cancel_requested_at.is_null(False)
+    )
+    return [row.id for row in query]
+
+
+def stale_running(dead_after: timedelta, *, now: datetime | None = None) -> list[Job]:
+    """Running jobs whose worker has not beaten for `dead_after`: it died or hangs."""
+    cutoff = (now or utcnow()) - dead_after
+    beat = peewee.fn.COALESCE(Job.heartbeat_at, Job.started_at, Job.created_at)
+    return list(Job.select().where((Job.state == JobState.RUNNING) & (beat < cutoff)))
+
+
+def release_stale(job: Job, *, error_message: str) -> bool:
+    """Back to pending a running job whose worker is gone, if nothing touched it since it was
+    read (same attempt, same heartbeat); the broker's redelivery or a re-send runs it again."""
+    query = Job.update(
+        state=JobState.PENDING,
+        worker_id=None,
+        heartbeat_at=None,
+        enqueued_at=utcnow(),
+        error_type="WorkerLost",
+        error_message=error_message,
+    ).where(
+        (Job.id == job.id)
+        & (Job.state == JobState.RUNNING)
+        & (Job.attempts == job.attempts)
+        & (
+            peewee.fn.COALESCE(Job.heartbeat_at, Job.started_at)
+            == (job.heartbeat_at or job.started_at)
+        )
+    )
+    return query.execute() == 1
+
+
+def lost_pending(
+    requeue_after: timedelta, *, now: datetime | None = None, limit: int = 1000
+) -> list[Job]:
+    """Pending jobs last sent to the broker longer ago than `requeue_after`: their message was
+    probably lost (the API died between insert and enqueue, a broker lost its data)."""
+    cutoff = (now or utcnow()) - requeue_after
+    sent = peewee.fn.COALESCE(Job.enqueued_at, Job.created_at)
+    query = Job.select().where((Job.state == JobState.PENDING) & (sent < cutoff))
+    return list(query.order_by(Job.created_at).limit(limit))
+
+
+def claim_resend(job: Job) -> bool:
+    """Only one of several recovery passes re-sends a lost job: the one whose update lands."""
+    sent = peewee.fn.COALESCE(Job.enqueued_at, Job.created_at)
+    query = Job.update(enqueued_at=utcnow()).where(
+        (Job.id == job.id)
+        & (Job.state == JobState.PENDING)
+        & (sent == (job.enqueued_at or job.created_at))
+    )
     return query.execute() == 1
 
 
@@ -209,6 +322,7 @@ def reset_for_retry(job_id: str, *, expires_at: datetime) -> bool:
         worker_id=None,
         heartbeat_at=None,
         cancel_requested_at=None,
+        enqueued_at=utcnow(),
         expires_at=expires_at,
     )
 

@@ -1,0 +1,125 @@
+"""Each worker process records itself in the store and beats while it lives.
+
+The row (id, host, pid, queues, threads, started, last beat, jobs running) is what
+`GET /api/v1/workers` and `skillq workers status` show. The same beat refreshes the
+`heartbeat_at` of the jobs the process runs, which is how the rest of the system tells a live
+attempt from one whose worker died (`brokers.job_status.worker_alive`, stale-job recovery).
+
+The beat thread also runs stale-job recovery (`skillq.recovery`) at boot and then every
+`dead_after_secs`, so recovery needs no scheduler: wherever jobs can run, it runs.
+
+On a graceful shutdown, jobs still running when dramatiq gives up waiting for them
+(`--worker-shutdown-timeout`) go back to pending at once, so the store does not show them
+running until the broker redelivers their messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from brokers.job_status import ATTEMPT_OPTION, JOB_ID_OPTION, current_worker_id
+from storage import jobs, workers
+from storage.database import connection
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerRegistry(Middleware):
+    """Parameters:
+    heartbeat_secs(float): Seconds between two beats.
+    dead_after_secs(float): Seconds between two stale-job recovery passes.
+    recover(Callable): Runs one stale-job recovery pass; None for none.
+    """
+
+    def __init__(
+        self,
+        *,
+        heartbeat_secs: float,
+        dead_after_secs: float,
+        recover: Callable[[], Any] | None = None,
+    ) -> None:
+        self.heartbeat_secs = heartbeat_secs
+        self.dead_after_secs = dead_after_secs
+        self.recover = recover
+        self.worker_id = current_worker_id()
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}  # job id -> attempt
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        self.worker_id = current_worker_id()
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.worker_id = current_worker_id()
+        queues = sorted(getattr(worker, "consumer_whitelist", None) or broker.get_declared_queues())
+        with connection():
+            workers.register(
+                self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=[q for q in queues if not q.endswith((".DQ", ".XQ"))],
+                threads=worker.worker_threads,
+            )
+        self._stop.clear()
+        self._beater = threading.Thread(target=self._beat, name="skillq-heartbeat", daemon=True)
+        self._beater.start()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        job_id = message.options.get(JOB_ID_OPTION)
+        if job_id is not None and ATTEMPT_OPTION in message.options:
+            with self._lock:
+                self._running[job_id] = message.options[ATTEMPT_OPTION]
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.Message, **kwargs: Any
+    ) -> None:
+        job_id = message.options.get(JOB_ID_OPTION)
+        if job_id is not None:
+            with self._lock:
+                self._running.pop(job_id, None)
+
+    after_skip_message = after_process_message
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        with self._lock:
+            abandoned = dict(self._running)
+        try:
+            with connection():
+                for job_id, attempt in abandoned.items():
+                    jobs.release_abandoned(job_id, attempt=attempt)
+                workers.mark_stopped(self.worker_id)
+        except Exception:
+            logger.warning("Could not record the worker's shutdown.", exc_info=True)
+        if abandoned:
+            logger.warning("Requeued %d jobs still running at shutdown.", len(abandoned))
+
+    def _beat(self) -> None:
+        next_recovery = time.monotonic()  # at boot, then every dead_after_secs
+        while not self._stop.is_set():
+            with self._lock:
+                running = sorted(self._running)
+            try:
+                with connection():
+                    workers.beat(self.worker_id, running)
+            except Exception:
+                logger.warning("Could not record the worker's heartbeat.", exc_info=True)
+            if self.recover is not None and time.monotonic() >= next_recovery:
+                # Jittered, so the passes of workers started together spread out.
+                next_recovery = time.monotonic() + self.dead_after_secs * random.uniform(0.8, 1.2)
+                try:
+                    self.recover()
+                except Exception:
+                    logger.warning("Stale-job recovery failed; retrying later.", exc_info=True)
+            self._stop.wait(self.heartbeat_secs)

@@ -29,7 +29,7 @@ EXECUTE_SKILL_PARAMS = {
             "type": "number",
             "exclusiveMinimum": 0,
             "maximum": 86400,
-            "description": "wall-clock limit; defaults to the tool's own timeout_secs",
+            "description": "wall-clock limit, at most (and by default) the tool's timeout_secs",
         },
     },
     "required": ["skill", "tool"],
@@ -59,7 +59,8 @@ def execute(
     run = run_tool(
         found.argv(chosen),
         input,
-        timeout_secs=timeout_secs or chosen.timeout_secs,
+        # A caller may shorten a tool's timeout, never lengthen it past its author's limit.
+        timeout_secs=min(timeout_secs or chosen.timeout_secs, chosen.timeout_secs),
         limits=Limits.from_settings(settings.skills),
         job_id=job_id,
         on_progress=report_progress,

@@ -35,6 +35,10 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 def schema_examples(schema: dict[str, Any], count: int, seed: int) -> list[Any]:
     """Up to `count` distinct instances of `schema`, the same ones for the same seed."""
+    # hypothesis caches files under ./.hypothesis by default: not in a worker's cwd.
+    os.environ.setdefault(
+        "HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "skillq-hypothesis")
+    )
     from hypothesis import HealthCheck, Phase, given
     from hypothesis import seed as hypothesis_seed
     from hypothesis import settings as hypothesis_settings
@@ -50,7 +54,7 @@ def schema_examples(schema: dict[str, Any], count: int, seed: int) -> list[Any]:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(from_schema(schema, allow_x00=False, codec="utf-8"))
+    @given(from_schema(schema, allow_x00=False, codec="ascii"))
     def collect(value: Any) -> None:
         if len(found) < count:
             found.setdefault(json.dumps(value, sort_keys=True), value)

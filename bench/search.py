@@ -1,0 +1,166 @@
+"""Indexing throughput and search latency of skillq collections, next to bm25s.
+
+Run by hand; it prints and asserts nothing:
+
+    .venv/bin/python bench/search.py [--docs 10000] [--queries 1000]
+
+The corpus is synthetic and deterministic: documents of 40-80 words drawn from a Zipf-like
+distribution over a 20,000-word vocabulary, so a few words are in most documents and most
+words are rare, as in real text. Queries are 1-3 words taken from random documents.
+
+Rows, each measured in this one run:
+  - skillq (SQLite FTS5, one file, persisted): first index of every document; a second run
+    of the same corpus with 1 % of the documents changed (only those are re-indexed); BM25
+    search per query, k=10, each search opening the collection file as the API does;
+  - bm25s (the peer, in memory, `pip install bm25s`): index build; a rebuild for the same
+    1 % change (bm25s cannot update an index in place); search per query, k=10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from skillq.search import Collections
+
+VOCABULARY = 20_000
+
+
+def make_corpus(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(VOCABULARY)]
+    weights = [1 / (rank + 1) for rank in range(VOCABULARY)]
+    return [
+        {
+            "id": f"doc-{i}",
+            "text": " ".join(rng.choices(words, weights, k=rng.randint(40, 80))),
+            "metadata": {"n": i},
+        }
+        for i in range(n)
+    ]
+
+
+def make_queries(docs: list[dict[str, Any]], n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    queries = []
+    for _ in range(n):
+        words = rng.choice(docs)["text"].split()
+        queries.append(" ".join(rng.sample(words, rng.randint(1, 3))))
+    return queries
+
+
+def percentiles(samples_ms: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+def changed(docs: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]:
+    docs = list(docs)
+    for i in range(0, len(docs), int(1 / fraction)):
+        docs[i] = {**docs[i], "text": docs[i]["text"] + " revised"}
+    return docs
+
+
+def bench_skillq(docs: list, queries: list[str], root: Path) -> dict[str, Any]:
+    collections = Collections(root)
+    started = time.perf_counter()
+    first = collections.index("bench", docs)
+    index_secs = time.perf_counter() - started
+    update = changed(docs, 0.01)
+    started = time.perf_counter()
+    second = collections.index("bench", update)
+    update_secs = time.perf_counter() - started
+    for query in queries[:50]:  # warm the page cache
+        collections.search("bench", query, 10)
+    samples = []
+    for query in queries:
+        started = time.perf_counter()
+        collections.search("bench", query, 10)
+        samples.append((time.perf_counter() - started) * 1000)
+    return {
+        "index_secs": index_secs,
+        "indexed": first.indexed,
+        "update_secs": update_secs,
+        "reindexed": second.indexed,
+        "latency": percentiles(samples),
+        "size_mb": collections.path("bench").stat().st_size / 2**20,
+    }
+
+
+def bench_bm25s(docs: list, queries: list[str]) -> dict[str, Any] | None:
+    try:
+        import bm25s
+    except ImportError:
+        return None
+
+    def build(corpus: list[dict[str, Any]]) -> Any:
+        retriever = bm25s.BM25()
+        retriever.index(
+            bm25s.tokenize([d["text"] for d in corpus], show_progress=False), show_progress=False
+        )
+        return retriever
+
+    started = time.perf_counter()
+    retriever = build(docs)
+    index_secs = time.perf_counter() - started
+    started = time.perf_counter()
+    build(changed(docs, 0.01))
+    update_secs = time.perf_counter() - started
+    samples = []
+    for query in queries:
+        started = time.perf_counter()
+        tokens = bm25s.tokenize([query], show_progress=False)
+        retriever.retrieve(tokens, k=10, show_progress=False)
+        samples.append((time.perf_counter() - started) * 1000)
+    return {
+        "index_secs": index_secs,
+        "indexed": len(docs),
+        "update_secs": update_secs,
+        "reindexed": len(docs),
+        "latency": percentiles(samples),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=1_000)
+    args = parser.parse_args()
+    docs = make_corpus(args.docs)
+    queries = make_queries(docs, args.queries)
+    print(
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{args.docs} documents, {args.queries} queries, k=10\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = bench_skillq(docs, queries, Path(tmp))
+    peer = bench_bm25s(docs, queries)
+    header = f"{'':34}{'index docs/s':>14}{'1% update s':>13}{'re-indexed':>12}"
+    print(header + f"{'search p50 ms':>15}{'p99 ms':>9}")
+    for name, row in (("skillq (SQLite FTS5, on disk)", ours), ("bm25s (in memory)", peer)):
+        if row is None:
+            print(f"{name:34}not installed (pip install bm25s)")
+            continue
+        p50, p99 = row["latency"]
+        print(
+            f"{name:34}{row['indexed'] / row['index_secs']:>14,.0f}{row['update_secs']:>13.3f}"
+            f"{row['reindexed']:>12,}{p50:>15.3f}{p99:>9.3f}"
+        )
+    print(f"\nskillq collection file: {ours['size_mb']:.1f} MiB")
+    if peer is not None:
+        print(
+            "ratios skillq/bm25s: "
+            f"indexing {peer['index_secs'] / ours['index_secs']:.2f}x as fast, "
+            f"1% update {peer['update_secs'] / ours['update_secs']:.1f}x as fast, "
+            f"search p50 {ours['latency'][0] / peer['latency'][0]:.2f}x the time"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from skillq.auth_cli import auth_app
 from skillq.errors import SkillqError
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings, settings_error_exit
 
@@ -26,6 +27,7 @@ jobs_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=Tr
 db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(auth_app, name="auth")
 
 #: Exit status per error class, for scripts that call the CLI.
 EXIT_CODES = {
@@ -93,16 +95,26 @@ def up(
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[
+        int, typer.Option(help="API processes; above 1, set [mcp] stateless = true.")
+    ] = 1,
 ) -> None:
     """Serve the REST API with uvicorn."""
     import uvicorn
 
     settings = _settings()
+    if workers > 1 and settings.mcp.enabled and not settings.mcp.stateless:
+        typer.echo(
+            "warning: MCP sessions live in one process; with --workers > 1 set "
+            "[mcp] stateless = true (and route legacy SSE to a single process)",
+            err=True,
+        )
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=host or settings.server.host,
         port=port or settings.server.port,
+        workers=workers,
         log_level="info",
         # One log line per request costs measurable latency; errors are still logged.
         access_log=False,

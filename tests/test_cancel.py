@@ -1,0 +1,128 @@
+"""Cancelling a running job, on every broker, with real API and worker processes.
+
+The worker notices the store's cancel request (no broker-specific channel), interrupts the
+actor, kills a skill's subprocess group, and the job ends `cancelled` without a retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.reliability import BROKERS, Stack
+from tests.support import wait_for
+
+NAP_TOOL = """\
+import json, subprocess, sys
+child = subprocess.Popen(["sleep", "300"])
+print(f"PROGRESS 0.1 child {child.pid}", file=sys.stderr, flush=True)
+child.wait()
+json.dump({"slept": True}, sys.stdout)
+"""
+
+NAP_SKILL = """\
+name = "napper"
+description = "Sleeps in a grandchild process, for cancellation tests."
+
+[[tools]]
+name = "nap"
+description = "Start `sleep 300` and wait for it."
+command = ["{python}", "{skill_dir}/nap.py"]
+timeout_secs = 600
+kind = "long"
+
+[tools.input_schema]
+type = "object"
+additionalProperties = false
+"""
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp(f"cancel-{request.param}")
+    skills = directory / "skills" / "napper"
+    skills.mkdir(parents=True)
+    (skills / "skill.toml").write_text(NAP_SKILL)
+    (skills / "nap.py").write_text(NAP_TOOL)
+    running = Stack.create(request.param, directory)
+    with running.settings_path.open("a") as settings:
+        settings.write(f'\n[skills]\npaths = ["{directory / "skills"}"]\n')
+    try:
+        running.start_api()
+        running.start_worker()
+        yield running
+    finally:
+        running.close()
+
+
+def _assert_stays_cancelled(stack: Stack, job_id: str) -> None:
+    """A job submitted after the cancel completes; by then a retry would have shown up."""
+    later = stack.submit({"type": "sleep", "params": {"seconds": 0.2, "steps": 1}})
+    stack.wait_state(later["id"], {"completed"})
+    job = stack.job(job_id)
+    assert job["state"] == "cancelled", job
+    assert job["attempts"] == 1, job
+
+
+def test_a_running_sleep_job_is_cancelled(stack: Stack) -> None:
+    job = stack.submit({"type": "sleep", "params": {"seconds": 100, "steps": 1000}})
+    wait_for(lambda: (stack.job(job["id"])["progress"] or 0) > 0, what="the job to run")
+
+    response = stack.cancel(job["id"])
+    assert response.status_code == 202, response.text
+    assert response.json()["cancel_requested_at"] is not None
+
+    cancelled = stack.wait_state(job["id"], {"cancelled", "failed", "completed"}, timeout=15)
+    assert cancelled["state"] == "cancelled", cancelled
+    assert cancelled["error"] is None
+    assert stack.cancel(job["id"]).status_code == 409  # already terminal
+    _assert_stays_cancelled(stack, job["id"])
+
+
+def test_a_running_skill_subprocess_is_killed_and_cancelled(stack: Stack) -> None:
+    job = stack.submit(
+        {"type": "execute_skill", "params": {"skill": "napper", "tool": "nap", "input": {}}}
+    )
+    running = wait_for(
+        lambda: (j := stack.job(job["id"]))["message"] and j["message"].startswith("child") and j,
+        what="the tool to start its child",
+    )
+    child_pid = int(running["message"].split()[1])
+    assert not _process_gone(child_pid)
+
+    assert stack.cancel(job["id"]).status_code == 202
+    cancelled = stack.wait_state(job["id"], {"cancelled", "failed", "completed"}, timeout=15)
+    assert cancelled["state"] == "cancelled", cancelled
+    wait_for(lambda: _process_gone(child_pid), timeout=10, what="the tool's child to be killed")
+    _assert_stays_cancelled(stack, job["id"])
+
+
+def test_a_pending_job_is_cancelled_at_once(stack: Stack) -> None:
+    # Fill every worker thread so the next job waits in the queue.
+    blockers = [
+        stack.submit({"type": "sleep", "params": {"seconds": 100, "steps": 1000}}) for _ in range(4)
+    ]
+    try:
+        for blocker in blockers:
+            stack.wait_state(blocker["id"], {"running"})
+        waiting = stack.submit({"type": "sleep", "params": {"seconds": 0.1}})
+        response = stack.cancel(waiting["id"])
+        assert response.status_code == 200, response.text
+        assert response.json()["state"] == "cancelled"
+    finally:
+        for blocker in blockers:
+            stack.cancel(blocker["id"])
+        for blocker in blockers:
+            stack.wait_state(blocker["id"], {"cancelled"}, timeout=15)
+    assert stack.job(waiting["id"])["attempts"] == 0

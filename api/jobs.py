@@ -100,7 +100,12 @@ def list_param(request: Request, name: str) -> list[str]:
     """Accepts `?state=a&state=b` and `?state=a,b` alike."""
     values = []
     for raw in request.query_params.getlist(name):
-        values.extend(part for part in raw.split(",") if part)
+        parts = raw.split(",")
+        if not all(parts):
+            raise InvalidParams(
+                f"{name} has an empty value", [{"path": name, "message": f"got {raw!r}"}]
+            )
+        values.extend(parts)
     return values
 
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from skillq.job_types import JobType
 from skillq.jobs import MAX_PAGE_SIZE, SUBMISSION_SCHEMA
+from skillq.search import COLLECTION_PATTERN, MAX_K
 from skillq.settings import Settings
 from storage.models import JobState
 
@@ -135,6 +136,47 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["version", "schema_version", "broker", "store", "auth"],
     },
+    "CollectionList": {
+        "type": "object",
+        "properties": {
+            "collections": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "documents": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["name", "documents"],
+                },
+            }
+        },
+        "required": ["collections"],
+    },
+    "SearchResult": {
+        "type": "object",
+        "properties": {
+            "collection": {"type": "string"},
+            "query": {"type": "string"},
+            "k": {"type": "integer"},
+            "hits": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "score": {"type": "number"},
+                        "text": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "bm25": {"type": ["number", "null"]},
+                        "similarity": {"type": ["number", "null"]},
+                    },
+                    "required": ["id", "score", "text", "metadata"],
+                },
+            },
+        },
+        "required": ["collection", "query", "k", "hits"],
+    },
     "JobType": {
         "type": "object",
         "properties": {
@@ -142,8 +184,10 @@ SCHEMAS: dict[str, Any] = {
             "queue": {"type": "string"},
             "description": {"type": "string"},
             "params_schema": {"type": "object"},
+            "time_limit_secs": {"type": ["number", "null"]},
+            "max_retries": {"type": ["integer", "null"]},
         },
-        "required": ["name", "queue", "params_schema"],
+        "required": ["name", "queue", "description", "params_schema"],
     },
 }
 
@@ -205,6 +249,8 @@ def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict
         variant["properties"]["type"] = {"const": job_type.name}
         variant["properties"]["params"] = job_type.params_schema
         variant["properties"]["ttl_hours"]["maximum"] = max_ttl_hours
+        if not job_type.validator.is_valid({}):  # an absent `params` is validated as {}
+            variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
     return {"oneOf": variants} if variants else copy.deepcopy(SUBMISSION_SCHEMA)
 
@@ -248,7 +294,10 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "name": "type",
                     "in": "query",
                     "description": "Only these job types (repeat, or comma-separate).",
-                    "schema": {"type": "array", "items": {"type": "string"}},
+                    "schema": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "pattern": "^[^,]+$"},
+                    },
                     "style": "form",
                     "explode": True,
                 },
@@ -315,7 +364,53 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         ("/api/v1/job-types", "get"): {
             "summary": "Job types with their parameter schemas",
             "tags": ["jobs"],
-            "responses": {"200": {"description": "The job types."}, **_auth_errors(auth)},
+            "responses": {
+                "200": _json(
+                    "Every job type a client may submit.",
+                    {
+                        "type": "object",
+                        "properties": {"job_types": {"type": "array", "items": _ref("JobType")}},
+                        "required": ["job_types"],
+                    },
+                ),
+                **_auth_errors(auth),
+            },
+        },
+        ("/api/v1/collections", "get"): {
+            "summary": "Search collections and their sizes",
+            "tags": ["search"],
+            "responses": {
+                "200": _json("The collections.", _ref("CollectionList")),
+                **_auth_errors(auth),
+            },
+        },
+        ("/api/v1/collections/{name}/search", "get"): {
+            "summary": "Search a collection now (not a job)",
+            "tags": ["search"],
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": COLLECTION_PATTERN},
+                },
+                {
+                    "name": "q",
+                    "in": "query",
+                    "required": True,
+                    "description": "Free text; at least one word.",
+                    "schema": {"type": "string", "pattern": "\\w"},
+                },
+                {
+                    "name": "k",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K},
+                },
+            ],
+            "responses": {
+                "200": _json("The best hits, best first.", _ref("SearchResult")),
+                **{str(s): _error(s) for s in [*auth, 404, 422]},
+            },
         },
         ("/api/v1/workers", "get"): {
             "summary": "Live workers",

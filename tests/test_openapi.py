@@ -1,0 +1,104 @@
+"""`GET /openapi.json` describes every REST route, and the app keeps to it: schemathesis
+generates requests from the document (valid and invalid) and checks every response, in
+auth mode `none` and in `jwt` mode with an admin token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jwt
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
+from starlette.testclient import TestClient
+
+import actors
+from api.app import create_app
+from api.openapi import documented_routes
+from skillq.settings import AuthSettings, JwtSettings
+
+SECRET = "openapi-test-secret-" + "q" * 32
+MAX_EXAMPLES = 25
+#: An event stream of a pending job never ends, so it is tested in test_stream.py.
+STREAM = r"/stream$"
+
+
+def jwt_app():
+    auth = AuthSettings(mode="jwt", jwt=JwtSettings(secret=SECRET))
+    return create_app(dataclasses.replace(actors.settings, auth=auth))
+
+
+def admin_token() -> str:
+    now = int(time.time())
+    claims = {"sub": "fuzz", "roles": ["admin"], "iss": "skillq", "aud": "skillq-api"}
+    return jwt.encode({**claims, "iat": now, "exp": now + 3600}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("make_app", [create_app, jwt_app], ids=["auth-none", "auth-jwt"])
+def test_every_rest_route_is_documented(make_app) -> None:
+    app = make_app()
+    with TestClient(app) as client:
+        document = client.get("/openapi.json").json()
+    assert document["openapi"] == "3.1.0"
+    served = documented_routes(app.routes, app.state.settings.mcp.endpoint)
+    documented = [
+        (path, method) for path, methods in document["paths"].items() for method in methods
+    ]
+    assert sorted(served) == sorted(documented)
+    for path, method in documented:
+        operation = document["paths"][path][method]
+        for status, response in operation["responses"].items():
+            assert response["description"], (path, method, status)
+    submission = document["paths"]["/api/v1/jobs"]["post"]["requestBody"]
+    variants = submission["content"]["application/json"]["schema"]["oneOf"]
+    assert {v["properties"]["type"]["const"] for v in variants} == set(
+        app.state.coordinator.job_types
+    )
+    if app.state.settings.auth.mode == "jwt":
+        assert document["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
+        assert document["paths"]["/live"]["get"]["security"] == []
+        assert "401" in document["paths"]["/api/v1/jobs"]["get"]["responses"]
+
+
+FUZZ = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+
+
+def operations(app) -> list:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path_regex=STREAM)
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda mode: mode.value)
+@pytest.mark.parametrize("make_app", [create_app, jwt_app], ids=["auth-none", "auth-jwt"])
+def test_the_api_keeps_to_its_document(make_app, mode: GenerationMode) -> None:
+    """Valid and invalid requests per operation; every response must match the document
+    (status, content type, headers, body schema) and none may be a 5xx."""
+    app = make_app()
+    headers = {"Authorization": f"Bearer {admin_token()}"} if make_app is jwt_app else None
+    checked = []
+    for operation in operations(app):
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @FUZZ
+        def check(case) -> None:
+            response = case.call_and_validate(headers=headers)
+            assert response.status_code < 500
+
+        try:
+            check()
+        except Unsatisfiable:
+            # Nothing to get wrong (no parameters, no body): no invalid request exists.
+            assert mode is GenerationMode.NEGATIVE and not operation.body
+            continue
+        checked.append(operation.label)
+    assert len(checked) >= (10 if mode is GenerationMode.POSITIVE else 3)

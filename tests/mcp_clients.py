@@ -27,9 +27,16 @@ TRANSPORTS = ["http", "http-2025", "sse", "stdio"]
 PROTOCOL = {"http": "2026-07-28", "http-2025": "2025-11-25", "sse": "2025-11-25"}
 
 
-def http_client(headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
-    # Generous read timeout: a tool call may wait inline, and SSE pings come every 15 s.
-    return httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+def http_client(
+    headers: dict[str, str] | None = None, *, keepalive: bool = True
+) -> httpx2.AsyncClient:
+    """`keepalive=False`: a new connection per request, so several API processes share them."""
+    return httpx2.AsyncClient(
+        headers=headers,
+        # Generous read timeout: a tool call may wait inline, and SSE pings come every 15 s.
+        timeout=httpx2.Timeout(30, read=300),
+        limits=httpx2.Limits(max_keepalive_connections=None if keepalive else 0),
+    )
 
 
 @asynccontextmanager
@@ -39,10 +46,12 @@ async def connect(
     base_url: str = "",
     settings_path: Path | None = None,
     headers: dict[str, str] | None = None,
+    keepalive: bool = True,
     **options: Any,
 ) -> AsyncIterator[Client]:
     if transport in ("http", "http-2025"):
-        stream = streamable_http_client(f"{base_url}/mcp", http_client=http_client(headers))
+        client = http_client(headers, keepalive=keepalive)
+        stream = streamable_http_client(f"{base_url}/mcp", http_client=client)
         mode = "auto" if transport == "http" else "legacy"
     elif transport == "sse":
         stream = sse_client(f"{base_url}/mcp/sse", headers=headers, timeout=30)

@@ -6,8 +6,8 @@ and its middleware would be lost), and the session manager runs inside our app's
 lifespan. Each route sits behind the SDK's `RequireAuthMiddleware`, so a request without a
 valid principal gets 401 + `WWW-Authenticate` before any MCP message is read; the
 principal then owns the session it opens (the SDK answers another principal's session id
-with 404). Responses stream as SSE (`json_response=False`): JSON responses would drop the
-progress notifications.
+with 404). Responses stream as SSE, which carries progress notifications; a client that
+accepts only JSON gets plain JSON bodies (and so no progress).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from mcp.server import Server
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
+from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS, StreamableHTTPSessionManager
+from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.mcp.runtime import McpRuntime
 from api.mcp.server import build_server
@@ -51,11 +54,46 @@ class LocalPrincipal:
 
 
 class _StreamableHttp:
-    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
-        self.manager = manager
+    """Answers each client the way it asked: SSE response streams (which carry progress) for
+    clients that accept `text/event-stream`, one plain JSON body for clients that accept only
+    `application/json` (the SDK would refuse those with 406).
+
+    The choice is made when a session opens and sticks to the session, so every later request
+    of it (by `Mcp-Session-Id`) reaches the manager that holds it.
+    """
+
+    def __init__(
+        self, streaming: StreamableHTTPSessionManager, plain: StreamableHTTPSessionManager
+    ) -> None:
+        self.streaming = streaming
+        self.plain = plain
+        #: Ids of the sessions `plain` opened, oldest first, at most its session limit.
+        self.plain_sessions: dict[str, None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.manager.handle_request(scope, receive, send)
+        request = Request(scope)
+        session_id = request.headers.get(MCP_SESSION_ID_HEADER)
+        if session_id is not None:
+            plain = session_id in self.plain_sessions
+        else:
+            accepts_json, accepts_sse = check_accept_headers(request)
+            plain = accepts_json and not accepts_sse
+        if not plain:
+            await self.streaming.handle_request(scope, receive, send)
+            return
+
+        async def remember_session(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                opened = Headers(raw=message.get("headers", [])).get(MCP_SESSION_ID_HEADER)
+                if opened is not None and opened not in self.plain_sessions:
+                    self.plain_sessions[opened] = None
+                    if len(self.plain_sessions) > (self.plain.max_sessions or DEFAULT_MAX_SESSIONS):
+                        del self.plain_sessions[next(iter(self.plain_sessions))]
+            await send(message)
+
+        await self.plain.handle_request(scope, receive, remember_session)
+        if scope["method"] == "DELETE" and session_id is not None:
+            self.plain_sessions.pop(session_id, None)
 
 
 class _SseStream:
@@ -91,12 +129,15 @@ class McpEndpoints:
         self.runtime = McpRuntime(coordinator, mcp)
         self.server = build_server(self.runtime)
         self.endpoint = mcp.endpoint.rstrip("/") or "/mcp"
-        self.manager = StreamableHTTPSessionManager(
-            app=self.server,
-            json_response=False,
-            stateless=mcp.stateless,
-            max_request_body_size=mcp.max_body_size,
-        )
+        self.managers = [
+            StreamableHTTPSessionManager(
+                app=self.server,
+                json_response=json_response,
+                stateless=mcp.stateless,
+                max_request_body_size=mcp.max_body_size,
+            )
+            for json_response in (False, True)
+        ]
         self.sse: SseServerTransport | None = None
         if mcp.legacy_sse:
             self.sse = SseServerTransport(
@@ -118,7 +159,7 @@ class McpEndpoints:
         routes = [
             Route(
                 self.endpoint,
-                self._guarded(_StreamableHttp(self.manager)),
+                self._guarded(_StreamableHttp(*self.managers)),
                 methods=["GET", "POST", "DELETE"],
             )
         ]
@@ -139,7 +180,7 @@ class McpEndpoints:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.manager.run():
+        async with self.managers[0].run(), self.managers[1].run():
             try:
                 yield
             finally:

@@ -82,7 +82,8 @@ def _status_message(job: Job) -> str:
 def task_fields(job: Job) -> dict[str, Any]:
     """The 2025-11-25 `Task` of a job, in wire form."""
     moments = [job.created_at, job.started_at, job.heartbeat_at, job.completed_at]
-    ttl_ms = int((job.expires_at - job.created_at).total_seconds() * 1000)
+    # Whole seconds: `expires_at` is set from a clock read a moment after `created_at`.
+    ttl_ms = round((job.expires_at - job.created_at).total_seconds()) * 1000
     return {
         "taskId": job.id,
         "status": _STATUS[job.job_state],

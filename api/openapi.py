@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.job_types import JobType
-from skillq.jobs import MAX_PAGE_SIZE, SUBMISSION_SCHEMA
+from skillq.jobs import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
 from skillq.search import COLLECTION_PATTERN, MAX_K
 from skillq.settings import Settings
 from storage.models import JobState
@@ -296,7 +296,12 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "description": "Only these job types (repeat, or comma-separate).",
                     "schema": {
                         "type": "array",
-                        "items": {"type": "string", "minLength": 1, "pattern": "^[^,]+$"},
+                        "items": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 100,
+                            "pattern": "^[^,\\x00]+$",
+                        },
                     },
                     "style": "form",
                     "explode": True,
@@ -306,7 +311,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
                 },
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                },
             ],
             "responses": {
                 "200": _json("One page of jobs and the total that match.", _ref("JobPage")),

@@ -8,6 +8,7 @@ If the enqueue fails, the job is failed at once rather than left pending forever
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,9 +34,12 @@ from storage.models import utcnow
 
 logger = logging.getLogger(__name__)
 
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PRIORITY_NAMES = {"low": 2, "normal": 5, "high": 8}
 DEFAULT_PRIORITY = 5
 MAX_PAGE_SIZE = 100
+#: Largest `offset`: any larger would overflow the databases' integers.
+MAX_OFFSET = 2**31 - 1
 
 SUBMISSION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,8 +53,14 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
             ]
         },
         "ttl_hours": {"type": "integer", "minimum": 1},
-        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200},
-        "trace_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        # No NUL: PostgreSQL text cannot hold it.
+        "idempotency_key": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "pattern": "^[^\\x00]*$",
+        },
+        "trace_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*$"},
     },
     "required": ["type"],
     "additionalProperties": False,
@@ -118,7 +128,8 @@ class JobCoordinator:
     @in_connection
     def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
         """`owner=None` sees every job; anyone else gets NotFound for jobs not theirs."""
-        job = jobs.get_job(job_id)
+        # Only a canonical UUID can be a job id; anything else (even NUL) is simply unknown.
+        job = jobs.get_job(job_id) if _JOB_ID.fullmatch(job_id) else None
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job with id {job_id!r}")
         return job
@@ -134,14 +145,17 @@ class JobCoordinator:
         offset: int = 0,
     ) -> jobs.JobPage:
         details = []
+        for job_type in types or []:
+            if "\x00" in job_type or len(job_type) > 100:
+                details.append({"path": "type", "message": "not a job type name"})
         for state in states or []:
             if state not in JobState.__members__.values():
                 allowed = ", ".join(s.value for s in JobState)
                 details.append({"path": "state", "message": f"{state!r} is not one of {allowed}"})
         if not 1 <= limit <= MAX_PAGE_SIZE:
             details.append({"path": "limit", "message": f"must be 1-{MAX_PAGE_SIZE}"})
-        if offset < 0:
-            details.append({"path": "offset", "message": "must be 0 or more"})
+        if not 0 <= offset <= MAX_OFFSET:
+            details.append({"path": "offset", "message": f"must be 0-{MAX_OFFSET}"})
         if details:
             raise InvalidParams("invalid list filters", details)
         return jobs.list_jobs(

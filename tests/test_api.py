@@ -90,6 +90,8 @@ def test_show_has_position_in_queue_and_unknown_id_is_404(client: TestClient) ->
     assert shown["id"] == job["id"]
     assert isinstance(shown["position_in_queue"], int)
     assert_error(client.get(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "not_found")
+    assert_error(client.get("/api/v1/jobs/not-a-uuid%00"), 404, "not_found")
+    assert_error(client.get(f"/api/v1/jobs/{job['id'].upper()}"), 404, "not_found")
 
 
 def test_list_is_newest_first_paginated_and_filtered(client: TestClient) -> None:
@@ -116,7 +118,18 @@ def test_list_is_newest_first_paginated_and_filtered(client: TestClient) -> None
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=0", "limit=101", "limit=ten", "offset=-1", "offset=x", "state=done"],
+    [
+        "limit=0",
+        "limit=101",
+        "limit=ten",
+        "offset=-1",
+        "offset=x",
+        "offset=9223372036854775808",
+        "state=done",
+        "state=",
+        "type=sleep,",
+        "type=a%00b",
+    ],
 )
 def test_bad_list_parameters_are_422(client: TestClient, query: str) -> None:
     error = assert_error(client.get(f"/api/v1/jobs?{query}"), 422, "invalid_params")

@@ -33,5 +33,9 @@ except peewee.OperationalError as error:
 
 # Declared on the broker set above, so they must be imported after it.
 from actors import diagnostics, examples, index, maintenance, skills  # noqa: E402
+from skillq.schedules import declare_schedules  # noqa: E402
+
+# User schedules ([[schedules]]): one periodic actor each, run by `skillq scheduler`.
+schedule_actors = declare_schedules(broker, settings)
 
 __all__ = ["broker", "diagnostics", "examples", "index", "maintenance", "settings", "skills"]

@@ -1,19 +1,55 @@
-"""Periodic upkeep run by the scheduler (`skillq scheduler`, i.e. periodiq)."""
+"""Periodic upkeep run by the scheduler (`skillq scheduler`, i.e. periodiq).
 
+- `purge_expired_jobs`: TTL cleanup of finished jobs past `expires_at` (`ttl_hours`).
+- `recover_stale_jobs`: running jobs of dead workers back to pending, lost messages re-sent
+  (worker processes run the same pass themselves; this covers a cluster whose workers are
+  all busy or gone).
+- `prune_registry`: forget workers silent for a day and schedule fire claims a week old.
+"""
+
+import dataclasses
 import logging
 
 import dramatiq
 from periodiq import cron
 
-from storage import jobs
+from actors import settings
+from skillq import recovery
+from storage import jobs, schedules, workers
+from storage.database import connection
 
 logger = logging.getLogger(__name__)
+
+#: Workers silent this long leave the registry (long enough to read what happened).
+WORKER_RETENTION_SECS = 24 * 3600
+#: Schedule fire claims older than this go (no schedule fires twice within a week of ticks).
+FIRE_RETENTION_SECS = 7 * 24 * 3600
 
 
 @dramatiq.actor(queue_name="maintenance", periodic=cron("*/10 * * * *"), max_retries=0)
 def purge_expired_jobs() -> int:
     """Delete finished jobs whose TTL (`ttl_hours`) has run out; pending or running ones stay."""
-    purged = jobs.purge_expired()
+    with connection():
+        purged = jobs.purge_expired()
     if purged:
         logger.info("Purged %d expired jobs.", purged)
     return purged
+
+
+@dramatiq.actor(queue_name="maintenance", periodic=cron("* * * * *"), max_retries=0)
+def recover_stale_jobs() -> dict:
+    """Stale-job recovery (see `skillq.recovery`), once a minute."""
+    return dataclasses.asdict(recovery.recover_stale_jobs(settings))
+
+
+@dramatiq.actor(queue_name="maintenance", periodic=cron("*/10 * * * *"), max_retries=0)
+def prune_registry() -> dict:
+    """Drop long-dead workers and old schedule fire claims, so both tables stay small."""
+    with connection():
+        pruned = {
+            "workers": workers.prune(WORKER_RETENTION_SECS),
+            "schedule_fires": schedules.prune(FIRE_RETENTION_SECS),
+        }
+    if any(pruned.values()):
+        logger.info("Pruned %(workers)d workers and %(schedule_fires)d schedule fires.", pruned)
+    return pruned

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 
-from api import collections, job_types, jobs, metrics, openapi, probes, stats, stream
+from api import collections, job_types, jobs, metrics, openapi, probes, stats, stream, workers
 from api.auth import build_auth_backend, on_auth_error
 from api.auth import routes as auth_routes
 from api.body_limit import BodySizeLimit
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *jobs.routes,
         *stream.routes,
         *stats.routes,
+        *workers.routes,
         *job_types.routes,
         *collections.routes,
         *(mcp.routes() if mcp else []),

@@ -17,6 +17,7 @@ import dramatiq
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
+    CurrentMessage,
     Middleware,
     Pipelines,
     ShutdownNotifications,
@@ -52,6 +53,7 @@ def job_middleware(
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
+        CurrentMessage(),
         JobStatus(dead_after_secs=workers.dead_after_secs),
         JobRetries(
             max_retries=workers.max_retries,

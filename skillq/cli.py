@@ -28,6 +28,8 @@ db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=Tru
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
+workers_app = typer.Typer(help="The worker processes in the registry.", no_args_is_help=True)
+app.add_typer(workers_app, name="workers")
 
 #: Exit status per error class, for scripts that call the CLI.
 EXIT_CODES = {
@@ -88,7 +90,9 @@ def up(
     if scheduler:
         children.append(Child("scheduler", python_command("-m", "skillq", "scheduler")))
     typer.echo(f"skillq API on http://{settings.server.host}:{settings.server.port}")
-    raise typer.Exit(Supervisor(children).run())
+    # Children get their own grace period first; the supervisor waits a little longer.
+    grace = settings.workers.shutdown_grace_secs + 10
+    raise typer.Exit(Supervisor(children, grace_secs=grace).run())
 
 
 @app.command()
@@ -116,6 +120,8 @@ def api(
         port=port or settings.server.port,
         workers=workers,
         log_level="info",
+        # On SIGTERM, open requests and event streams get this long to finish.
+        timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.
         access_log=False,
     )
@@ -144,6 +150,9 @@ def worker(
         str(processes or settings.workers.processes),
         "--threads",
         str(threads or worker_threads(settings)),
+        # On SIGTERM: stop fetching, let running jobs finish this long, then requeue the rest.
+        "--worker-shutdown-timeout",
+        str(int(settings.workers.shutdown_grace_secs * 1000)),
     ]
     if queues:
         command += ["--queues", *queues]
@@ -166,6 +175,39 @@ def scheduler() -> None:
     # periodiq has no `python -m` entry; its console entry point reads sys.argv.
     sys.argv = ["periodiq", "actors"]
     periodiq.entrypoint()
+
+
+@workers_app.command("status")
+def workers_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the registered worker processes: alive, stopped, or dead (no heartbeat)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from api.workers import worker_list
+
+    settings = _settings()
+    _upgrade_schema()
+    listed = worker_list(settings.workers.dead_after_secs)
+    if as_json:
+        typer.echo(json.dumps(listed, indent=2))
+        return
+    table = Table("id", "status", "queues", "threads", "jobs", "started", "last beat")
+    for row in listed["workers"]:
+        table.add_row(
+            row["id"],
+            row["status"],
+            ",".join(row["queues"]),
+            str(row["threads"]),
+            str(row["jobs_running"]),
+            row["started_at"],
+            row["last_beat_at"],
+        )
+    console = Console()
+    console.print(table)
+    counts = listed["counts"]
+    console.print(f"{counts['alive']} alive, {counts['dead']} dead, {counts['stopped']} stopped")
 
 
 def _coordinator() -> Any:

@@ -93,7 +93,12 @@ class Supervisor:
                 child.kill_leftovers()
                 child.next_start_at = now + child.backoff_secs
                 logger.warning(
-                    "%s exited with %s; restarting in %.0f s", child.name, code, child.backoff_secs
+                    "%s (pid %d) %s; restarting in %.0f s (restart %d)",
+                    child.name,
+                    child.process.pid,
+                    exit_reason(code),
+                    child.backoff_secs,
+                    child.restarts + 1,
                 )
             elif now >= child.next_start_at:
                 child.next_start_at = 0.0
@@ -119,6 +124,18 @@ class Supervisor:
             child.kill_leftovers()
         logger.info("all processes stopped")
         return 0
+
+
+def exit_reason(code: int) -> str:
+    """Why a child ended, for the log: a signal's name (SIGKILL is often the OOM killer)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (killed: out of memory, or by hand)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"
 
 
 def python_command(*args: str) -> list[str]:

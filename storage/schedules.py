@@ -51,3 +51,10 @@ def fires(name: str) -> list[ScheduleFire]:
 def prune(older_than_secs: float, *, now: datetime | None = None) -> int:
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_secs)
     return ScheduleFire.delete().where(ScheduleFire.fire_at < cutoff).execute()
+
+
+def release(name: str, fire_at: datetime) -> None:
+    """Give a claim back when its job could not be submitted, so a retry may fire it."""
+    ScheduleFire.delete().where(
+        (ScheduleFire.name == name) & (ScheduleFire.fire_at == fire_at)
+    ).execute()

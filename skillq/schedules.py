@@ -1,0 +1,102 @@
+"""User schedules from `[[schedules]]`: each fire submits a job through the coordinator.
+
+Every schedule becomes a periodiq actor (`schedule:<name>`, on the `maintenance` queue), so the
+scheduler process (`skillq scheduler`) enqueues it at each cron tick and a worker runs it.
+periodiq has no leader election: two schedulers enqueue every tick twice. The actor therefore
+claims (schedule name, fire time) in the store, under a unique index, before it submits, and
+the job's idempotency key names the same fire, so a tick submits one job whoever runs it.
+The fire time is the tick periodiq stamped on the message (`scheduled_at`), to the minute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import dramatiq
+import pendulum
+from dramatiq.middleware import CurrentMessage
+from periodiq import cron
+
+from brokers.job_status import current_worker_id
+from skillq.jobs import JobCoordinator
+from skillq.settings import ScheduleSettings, Settings
+from storage import schedules
+from storage.database import connection
+
+logger = logging.getLogger(__name__)
+
+#: Owner of the jobs that schedules submit.
+SCHEDULER_OWNER = "scheduler"
+ACTOR_PREFIX = "schedule:"
+
+
+def fire_time(message: dramatiq.Message | None) -> datetime:
+    """The tick a message stands for, in naive UTC to the minute (both schedulers agree)."""
+    if message is not None and "scheduled_at" in message.options:
+        stamped = pendulum.parse(message.options["scheduled_at"])
+        moment = datetime.fromtimestamp(stamped.timestamp(), UTC)  # a plain datetime
+    elif message is not None:
+        moment = datetime.fromtimestamp(message.message_timestamp / 1000, UTC)
+    else:
+        moment = datetime.now(UTC)
+    return moment.astimezone(UTC).replace(tzinfo=None, second=0, microsecond=0)
+
+
+def fire(schedule: ScheduleSettings, coordinator: JobCoordinator, fire_at: datetime) -> str | None:
+    """Submit the schedule's job for `fire_at` unless someone already did; returns its id."""
+    with connection():
+        if not schedules.claim(schedule.name, fire_at, claimed_by=current_worker_id()):
+            logger.info("schedule %s at %s: already fired", schedule.name, fire_at.isoformat())
+            return None
+        try:
+            submission = coordinator.submit_job(
+                {
+                    "type": schedule.type,
+                    "params": schedule.params,
+                    "idempotency_key": f"{ACTOR_PREFIX}{schedule.name}@{fire_at.isoformat()}",
+                },
+                owner=SCHEDULER_OWNER,
+            )
+        except Exception:
+            # Let a retry of this message (or the other scheduler's) fire it instead.
+            schedules.release(schedule.name, fire_at)
+            raise
+        schedules.record_job(schedule.name, fire_at, submission.job.id)
+    logger.info(
+        "schedule %s at %s: fired job %s", schedule.name, fire_at.isoformat(), submission.job.id
+    )
+    return submission.job.id
+
+
+def declare_schedules(broker: dramatiq.Broker, settings: Settings) -> list[dramatiq.Actor]:
+    """One periodic actor per `[[schedules]]` entry, declared on `broker`."""
+    coordinator: list[JobCoordinator] = []  # built on first fire, once every actor exists
+
+    def coordinator_of() -> JobCoordinator:
+        if not coordinator:
+            coordinator.append(JobCoordinator(broker, settings))
+        return coordinator[0]
+
+    return [_declare(broker, schedule, coordinator_of) for schedule in settings.schedules]
+
+
+def _declare(
+    broker: dramatiq.Broker,
+    schedule: ScheduleSettings,
+    coordinator_of: Callable[[], JobCoordinator],
+) -> dramatiq.Actor:
+    def run_schedule() -> str | None:
+        fire_at = fire_time(CurrentMessage.get_current_message())
+        return fire(schedule, coordinator_of(), fire_at)
+
+    run_schedule.__name__ = f"schedule_{schedule.name}"
+    return dramatiq.actor(
+        run_schedule,
+        actor_name=f"{ACTOR_PREFIX}{schedule.name}",
+        queue_name="maintenance",
+        broker=broker,
+        periodic=cron(schedule.cron),
+        max_retries=3,
+    )

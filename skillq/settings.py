@@ -141,6 +141,8 @@ class AuthSettings:
     oidc: OidcSettings = field(default_factory=OidcSettings)
     #: Whether /metrics needs credentials like the API (probes are always open).
     protect_metrics: bool = False
+    #: How long a process trusts an API key it checked; a revoked key works this much longer.
+    api_key_cache_secs: _NonNegative = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,10 @@ def pem(private_key) -> str:
     )
 
 
-def app_with(**jwt_settings: object) -> TestClient:
-    auth = AuthSettings(mode="jwt", jwt=JwtSettings(**jwt_settings))
+def app_with(key_cache_secs: float = 0, **jwt_settings: object) -> TestClient:
+    auth = AuthSettings(
+        mode="jwt", jwt=JwtSettings(**jwt_settings), api_key_cache_secs=key_cache_secs
+    )
     return TestClient(create_app(dataclasses.replace(actors.settings, auth=auth)))
 
 
@@ -209,3 +211,18 @@ def test_api_keys_work_in_header_or_bearer_until_revoked(client: TestClient) -> 
         assert api_keys.revoke_key(name)
         assert not api_keys.revoke_key(name)
     assert_401(client.get("/api/v1/jobs", headers={"X-API-Key": key}), "revoked")
+
+
+def test_a_checked_key_is_trusted_for_the_cache_period() -> None:
+    """The documented trade-off of `auth.api_key_cache_secs`: a revoked key keeps working in
+    a process that checked it recently (here: within 300 s), and not in a fresh one."""
+    name = f"cached-{uuid.uuid4().hex[:8]}"
+    with connection():
+        _, key = api_keys.create_key(name, "viewer")
+    with app_with(key_cache_secs=300, secret=SECRET) as cached:
+        assert cached.get("/api/v1/jobs", headers={"X-API-Key": key}).status_code == 200
+        with connection():
+            api_keys.revoke_key(name)
+        assert cached.get("/api/v1/jobs", headers={"X-API-Key": key}).status_code == 200
+    with app_with(key_cache_secs=300, secret=SECRET) as fresh:
+        assert_401(fresh.get("/api/v1/jobs", headers={"X-API-Key": key}), "revoked")

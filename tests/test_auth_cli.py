@@ -44,7 +44,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         directory,
         {
             "server": {"data_dir": str(directory / "data")},
-            "auth": {"mode": "jwt"},
+            "auth": {"mode": "jwt", "api_key_cache_secs": 0},
             "auth.jwt": {"secret": SECRET},
         },
     )

@@ -17,179 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from api.openapi_schemas import SCHEMAS, STATES
 from skillq.job_types import JobType
 from skillq.jobs import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
 from skillq.search import COLLECTION_PATTERN, MAX_K
 from skillq.settings import Settings
-from storage.models import JobState
-
-_STATES = [state.value for state in JobState]
-_DATETIME = {"type": ["string", "null"], "format": "date-time"}
-_COUNTS = {
-    "type": "object",
-    "properties": {state: {"type": "integer", "minimum": 0} for state in _STATES},
-    "required": _STATES,
-    "additionalProperties": {"type": "integer", "minimum": 0},
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "details": {
-                        "description": "For 400/422: a list of {path, message}; else null."
-                    },
-                },
-                "required": ["code", "message", "details"],
-            }
-        },
-        "required": ["error"],
-    },
-    "Job": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "type": {"type": "string"},
-            "queue": {"type": "string"},
-            "params": {"type": "object"},
-            "state": {"type": "string", "enum": _STATES},
-            "priority": {"type": "integer", "minimum": 0, "maximum": 10},
-            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-            "message": {"type": ["string", "null"]},
-            "result": {"description": "The job's return value (any JSON) once completed."},
-            "error": {
-                "type": ["object", "null"],
-                "properties": {"type": {"type": "string"}, "message": {"type": ["string", "null"]}},
-                "required": ["type", "message"],
-            },
-            "attempts": {"type": "integer", "minimum": 0},
-            "max_retries": {"type": "integer", "minimum": 0},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": _DATETIME,
-            "completed_at": _DATETIME,
-            "expires_at": {"type": "string", "format": "date-time"},
-            "duration_ms": {"type": ["integer", "null"]},
-            "position_in_queue": {
-                "type": ["integer", "null"],
-                "description": "Pending jobs of its queue ahead of it (single job only).",
-            },
-            "owner": {"type": "string"},
-            "trace_id": {"type": ["string", "null"]},
-            "idempotency_key": {"type": ["string", "null"]},
-            "worker_id": {"type": ["string", "null"]},
-            "heartbeat_at": _DATETIME,
-            "cancel_requested_at": _DATETIME,
-        },
-        "required": ["id", "type", "queue", "params", "state", "priority", "attempts"],
-    },
-    "JobPage": {
-        "type": "object",
-        "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-            "total": {"type": "integer", "minimum": 0},
-            "limit": {"type": "integer"},
-            "offset": {"type": "integer"},
-        },
-        "required": ["jobs", "total", "limit", "offset"],
-    },
-    "Stats": {
-        "type": "object",
-        "properties": {
-            "total": {"type": "integer", "minimum": 0},
-            "by_state": _COUNTS,
-            "by_type": {"type": "object", "additionalProperties": _COUNTS},
-            "by_queue": {"type": "object", "additionalProperties": _COUNTS},
-        },
-        "required": ["total", "by_state", "by_type", "by_queue"],
-    },
-    "Principal": {
-        "type": "object",
-        "properties": {
-            "subject": {"type": "string"},
-            "roles": {"type": "array", "items": {"type": "string"}},
-            "method": {"type": "string", "enum": ["none", "jwt", "oidc", "api_key"]},
-            "admin": {"type": "boolean"},
-            "can_submit": {"type": "boolean"},
-        },
-        "required": ["subject", "roles", "method", "admin", "can_submit"],
-    },
-    "Probe": {
-        "type": "object",
-        "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
-        "required": ["status"],
-    },
-    "Version": {
-        "type": "object",
-        "properties": {
-            "version": {"type": "string"},
-            "python": {"type": "string"},
-            "dramatiq": {"type": "string"},
-            "schema_version": {"type": ["integer", "null"]},
-            "broker": {"type": "string"},
-            "store": {"type": "string"},
-            "auth": {"type": "string"},
-        },
-        "required": ["version", "schema_version", "broker", "store", "auth"],
-    },
-    "CollectionList": {
-        "type": "object",
-        "properties": {
-            "collections": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "documents": {"type": "integer", "minimum": 0},
-                    },
-                    "required": ["name", "documents"],
-                },
-            }
-        },
-        "required": ["collections"],
-    },
-    "SearchResult": {
-        "type": "object",
-        "properties": {
-            "collection": {"type": "string"},
-            "query": {"type": "string"},
-            "k": {"type": "integer"},
-            "hits": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "score": {"type": "number"},
-                        "text": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "bm25": {"type": ["number", "null"]},
-                        "similarity": {"type": ["number", "null"]},
-                    },
-                    "required": ["id", "score", "text", "metadata"],
-                },
-            },
-        },
-        "required": ["collection", "query", "k", "hits"],
-    },
-    "JobType": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "queue": {"type": "string"},
-            "description": {"type": "string"},
-            "params_schema": {"type": "object"},
-            "time_limit_secs": {"type": ["number", "null"]},
-            "max_retries": {"type": ["integer", "null"]},
-        },
-        "required": ["name", "queue", "description", "params_schema"],
-    },
-}
 
 _ERRORS = {
     400: "The request body is not JSON, or is nested too deeply.",
@@ -286,7 +118,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "name": "state",
                     "in": "query",
                     "description": "Only these states (repeat, or comma-separate).",
-                    "schema": {"type": "array", "items": {"type": "string", "enum": _STATES}},
+                    "schema": {"type": "array", "items": {"type": "string", "enum": STATES}},
                     "style": "form",
                     "explode": True,
                 },
@@ -424,7 +256,12 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         ("/api/v1/workers", "get"): {
             "summary": "Live workers",
             "tags": ["operations"],
-            "responses": {"200": {"description": "The workers."}, **_auth_errors(auth)},
+            "responses": {
+                "200": _json(
+                    "Registered workers and how many are in each status.", _ref("Workers")
+                ),
+                **_auth_errors(auth),
+            },
         },
         ("/api/v1/stats", "get"): {
             "summary": "Job counts by state, type and queue",

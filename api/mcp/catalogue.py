@@ -120,6 +120,14 @@ class ToolCatalogue:
             raise NotFound(f"no tool named {name!r}; tools/list shows the available tools")
         return tool
 
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        """For the SDK's 2026 `Mcp-Param-*` header check, which would otherwise run the whole
+        tools/list (reading every skill) on each call."""
+        try:
+            return self.find(name).input_schema
+        except NotFound:
+            return None
+
     def listing(self) -> list[types.Tool]:
         listed = [
             types.Tool(name=tool.name, description=tool.description, input_schema=tool.input_schema)

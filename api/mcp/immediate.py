@@ -36,10 +36,14 @@ class ImmediateTool:
     #: Runs in a worker thread: (coordinator, caller, arguments) -> structured result.
     run: Callable[[JobCoordinator, Principal, dict[str, Any]], dict[str, Any]]
 
+    @functools.cached_property
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.input_schema)
+
     def __call__(
         self, coordinator: JobCoordinator, caller: Principal, arguments: dict[str, Any]
     ) -> dict[str, Any]:
-        details = schema_errors(Draft202012Validator(self.input_schema), arguments, "arguments")
+        details = schema_errors(self.validator, arguments, "arguments")
         if details:
             raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)
         return self.run(coordinator, caller, arguments)

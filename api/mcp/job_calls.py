@@ -37,7 +37,8 @@ INLINE_WAIT_META_KEY = "skillq/inline_wait_secs"
 JOB_OPTIONS_META_KEY = "skillq/job_options"
 _JOB_OPTIONS = ("priority", "ttl_hours", "idempotency_key")
 
-_FIRST_POLL_SECS = 0.01
+#: Polls start fast (a quick job answers within milliseconds) and back off to the cap.
+_FIRST_POLL_SECS = 0.002
 _MAX_POLL_SECS = 0.25
 
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]

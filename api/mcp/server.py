@@ -129,6 +129,7 @@ def build_server(runtime: McpRuntime) -> Server[Any]:
         "skillq",
         version=version("skillq"),
         instructions=INSTRUCTIONS,
+        get_tool_input_schema=runtime.catalogue.input_schema,
         on_list_tools=calls.list_tools,
         on_call_tool=calls.call_tool,
     )

@@ -21,8 +21,6 @@ from skillq.jobs import JobCoordinator, job_to_dict
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-#: Owner of every job while auth is `none`.
-LOCAL_OWNER = "local"
 #: Deepest nesting of arrays and objects a request body may have. Deeper documents are
 #: almost always an attack on recursive code (schema validation, serialisation).
 MAX_JSON_DEPTH = 64

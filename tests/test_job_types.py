@@ -121,6 +121,20 @@ def test_indexed_documents_are_searchable_through_the_api(system: System) -> Non
     assert first.json()["hits"][0]["id"] == "d7"
     missing = system.client.get("/api/v1/collections/nothing/search", params={"q": "x"})
     assert missing.status_code == 404
+    found = system.cli("search", "notes", "walrus", "-k", "2")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["id"] == "d7"
+    assert system.cli("search", "nothing", "walrus").returncode == 3
+
+
+def test_cli_lists_and_shows_skills(system: System) -> None:
+    listed = system.cli("skills", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert all(name in listed.stdout for name in ("primes", "count_primes", "bad-output"))
+    shown = system.cli("skills", "show", "primes")
+    assert json.loads(shown.stdout)["tools"][0]["kind"] == "long"
+    refused = system.cli("skills", "show", "../primes")
+    assert refused.returncode == 2 and "invalid skill name" in refused.stderr
 
 
 def test_a_long_tool_runs_in_the_sandbox_and_reports_progress(system: System) -> None:

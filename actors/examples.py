@@ -46,10 +46,21 @@ def chat_client() -> ChatClient | None:
     return ChatClient(llm.url, llm.model, llm.api_key, llm.timeout_secs)
 
 
+def check_params(params: dict[str, Any]) -> None:
+    """At submission: refuse (422) an unknown skill or tool name."""
+    try:
+        found = skill_library().find(params["skill"])
+        for name in params.get("tool_names") or []:
+            found.tool(name)
+    except NotFound as error:
+        raise InvalidParams(error.message, error.details) from None
+
+
 @dramatiq.actor(
     actor_name="generate_examples",
     queue_name="ai",
     params_schema=GENERATE_EXAMPLES_PARAMS,
+    params_check=check_params,
     description="Generate example inputs for a skill's tools, valid against their schemas "
     "(from an LLM when configured, else drawn from the schema), and store them.",
     throws=(InvalidParams, NotFound, SkillError),

@@ -1,6 +1,7 @@
 """`execute_skill`: run one tool of a skill in the sandbox, on the `skill` queue.
 
-The input is validated against the tool's schema before anything runs; the tool's stderr
+The input is validated against the tool's schema before anything runs, at submission
+(422) and again in the worker (the skill may have changed in between); the tool's stderr
 progress lines become the job's progress; its JSON stdout is the job's result. A tool is
 not retried after it ran (it may have had side effects), and neither is a request that can
 never succeed (unknown skill, invalid input): both are in `throws`.
@@ -17,7 +18,7 @@ from brokers.progress import current_job_id, report_progress
 from skillq.errors import InvalidParams, NotFound
 from skillq.jobs import schema_errors
 from skillq.sandbox import Limits, ToolFailed, run_tool
-from skillq.skills import NAME_PATTERN, SkillError, SkillLibrary
+from skillq.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 
 EXECUTE_SKILL_PARAMS = {
     "type": "object",
@@ -41,6 +42,24 @@ def skill_library() -> SkillLibrary:
     return SkillLibrary(settings.skills.paths)
 
 
+def resolve(skill: str, tool: str, input: dict[str, Any]) -> tuple[Skill, Tool]:
+    """The skill and tool, once `input` is known to match the tool's input schema."""
+    found = skill_library().find(skill)
+    chosen = found.tool(tool)
+    details = schema_errors(chosen.validator, input, "params.input")
+    if details:
+        raise InvalidParams(f"input does not match the schema of {skill}/{tool}", details)
+    return found, chosen
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """At submission: refuse (422) a job whose skill, tool or input could never run."""
+    try:
+        resolve(params["skill"], params["tool"], params.get("input") or {})
+    except NotFound as error:
+        raise InvalidParams(error.message, error.details) from None
+
+
 def execute(
     skill: str,
     tool: str,
@@ -50,12 +69,8 @@ def execute(
     job_id: str | None = None,
 ) -> dict[str, Any]:
     """The body of `execute_skill`, callable without a broker (CLI, tests)."""
-    found = skill_library().find(skill)
-    chosen = found.tool(tool)
     input = {} if input is None else input
-    details = schema_errors(chosen.validator, input, "params.input")
-    if details:
-        raise InvalidParams(f"input does not match the schema of {skill}/{tool}", details)
+    found, chosen = resolve(skill, tool, input)
     run = run_tool(
         found.argv(chosen),
         input,
@@ -77,6 +92,7 @@ def execute(
     actor_name="execute_skill",
     queue_name="skill",
     params_schema=EXECUTE_SKILL_PARAMS,
+    params_check=check_params,
     description="Run one tool of a skill in a sandboxed subprocess (JSON in, JSON out).",
     throws=(InvalidParams, NotFound, SkillError, ToolFailed),
     # The sandbox enforces each tool's own timeout; this only bounds the job as a whole.

@@ -105,7 +105,7 @@ class JobStatus(Middleware):
     def actor_options(self) -> set[str]:
         # Declared here because a job type is an actor plus these: the catalogue of job
         # types (`skillq.job_types`) reads them back from each actor.
-        return {"params_schema", "description"}
+        return {"params_schema", "description", "params_check"}
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         # Forked worker processes must not report their parent's id.

@@ -7,6 +7,7 @@ the coordinator validates submissions against and what the API lists.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ class JobType:
     time_limit_secs: float | None = None
     #: Per-type retry budget, or None for `workers.max_retries`.
     max_retries: int | None = None
+    #: Optional `check(params)` run at submission after the schema, for what a schema cannot
+    #: say (e.g. a skill tool's own input schema); raises InvalidParams.
+    params_check: Callable[[dict[str, Any]], None] | None = None
 
     @functools.cached_property
     def validator(self) -> Draft202012Validator:
@@ -57,5 +61,6 @@ def job_types_of(broker: dramatiq.Broker) -> dict[str, JobType]:
             params_schema=schema,
             time_limit_secs=None if time_limit_ms is None else time_limit_ms / 1000,
             max_retries=actor.options.get("max_retries"),
+            params_check=actor.options.get("params_check"),
         )
     return dict(sorted(catalogue.items()))

@@ -207,6 +207,8 @@ class JobCoordinator:
         details = schema_errors(job_type.validator, params, "params")
         if details:
             raise InvalidParams(f"params do not match the schema of {job_type.name!r}", details)
+        if job_type.params_check is not None:
+            job_type.params_check(params)
         ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)
         if ttl_hours > self.settings.jobs.max_ttl_hours:
             raise InvalidParams(

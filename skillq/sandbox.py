@@ -52,6 +52,7 @@ cap(resource.RLIMIT_CPU, cpu, cpu + 1)
 cap(resource.RLIMIT_AS, memory, memory)
 cap(resource.RLIMIT_FSIZE, fsize, fsize)
 cap(resource.RLIMIT_NPROC, nproc, nproc)
+cap(resource.RLIMIT_CORE, 0, 0)
 try:
     os.execvp(sys.argv[5], sys.argv[5:])
 except OSError as error:

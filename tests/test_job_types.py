@@ -151,13 +151,25 @@ def test_bad_tool_output_and_bad_input_fail_the_job_clearly(system: System) -> N
     assert job["state"] == "failed" and job["attempts"] == 1  # a tool is never retried
     assert job["error"]["type"] == "ToolBadOutput"
     assert "not JSON" in job["error"]["message"]
-    job = system.run("execute_skill", {"skill": "text-stats", "tool": "word_count", "input": {}})
-    assert job["state"] == "failed" and job["error"]["type"] == "InvalidParams"
-    assert "does not match the schema of text-stats/word_count" in job["error"]["message"]
-    escape = {"type": "execute_skill", "params": {"skill": "../skills", "tool": "x"}}
-    response = system.client.post("/api/v1/jobs", json=escape)
-    assert response.status_code == 422
-    assert response.json()["error"]["details"][0]["path"] == "params.skill"
+
+    def refused(job_type: str, params: dict) -> dict:
+        response = system.client.post("/api/v1/jobs", json={"type": job_type, "params": params})
+        assert response.status_code == 422, response.text
+        return response.json()["error"]
+
+    error = refused("execute_skill", {"skill": "text-stats", "tool": "word_count", "input": {}})
+    assert error["message"] == "input does not match the schema of text-stats/word_count"
+    assert error["details"] == [
+        {"path": "params.input", "message": "'text' is a required property"}
+    ]
+    error = refused("execute_skill", {"skill": "../skills", "tool": "x"})
+    assert error["details"][0]["path"] == "params.skill"
+    error = refused("execute_skill", {"skill": "nonexistent", "tool": "x"})
+    assert error["message"] == "no skill named 'nonexistent'"
+    error = refused("execute_skill", {"skill": "primes", "tool": "nope"})
+    assert error["message"] == "skill 'primes' has no tool 'nope'"
+    error = refused("generate_examples", {"skill": "primes", "tool_names": ["nope"]})
+    assert error["message"] == "skill 'primes' has no tool 'nope'"
 
 
 def test_examples_are_generated_stored_and_shown(system: System) -> None:

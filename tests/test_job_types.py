@@ -199,3 +199,30 @@ def test_cli_waits_for_a_job_or_leaves_it_in_the_background(system: System) -> N
     )
     bad = system.cli("run", "text-stats", "word_count", "--input", "{not json")
     assert bad.returncode == 2 and "--input is not valid JSON" in bad.stderr
+
+
+def test_cancelling_a_running_skill_job_kills_its_tool(system: System) -> None:
+    params = {
+        "skill": "primes",
+        "tool": "count_primes",
+        "input": {"limit": 10**10, "segments": 1000},
+    }
+    response = system.client.post("/api/v1/jobs", json={"type": "execute_skill", "params": params})
+    job_id = response.json()["id"]
+    wait_for(
+        lambda: system.client.get(f"/api/v1/jobs/{job_id}").json()["progress"],
+        what="the tool's first progress report",
+    )
+    assert system.client.delete(f"/api/v1/jobs/{job_id}").status_code in (200, 202)
+    job = wait_for(
+        lambda: (
+            (j := system.client.get(f"/api/v1/jobs/{job_id}").json())["state"] != "running" and j
+        ),
+        what="the job to stop",
+    )
+    assert job["state"] == "cancelled", job
+    # The worker keeps serving jobs.
+    done = system.run(
+        "execute_skill", {"skill": "text-stats", "tool": "word_count", "input": {"text": "x"}}
+    )
+    assert done["state"] == "completed"

@@ -5,6 +5,7 @@ against a real API process and a real worker on the embedded SQLite broker and s
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,3 +319,46 @@ def test_index_documents_then_search_inline(busy: System) -> None:
     assert [hit["id"] for hit in found.structured_content["hits"]] == ["kiwi"]
     assert unknown.is_error
     assert unknown.structured_content["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("transport_name", ["http", "http-2025", "sse"])
+def test_stopping_the_server_does_not_cancel_jobs_waiting_inline(
+    tmp_path: Path, transport_name: str
+) -> None:
+    settings_path = write_settings(
+        tmp_path,
+        {
+            "server": {"data_dir": str(tmp_path / "data")},
+            "workers": {"shutdown_grace_secs": 1},
+            "mcp": {"inline_wait_secs": 60},
+        },
+    )
+    api, base_url = start_api(settings_path, tmp_path)
+    rest = Rest(base_url)
+    marker = uuid.uuid4().hex
+
+    def submitted() -> str:
+        jobs = rest.jobs(type="sleep")
+        return next((job["id"] for job in jobs if job["params"].get("echo") == marker), None)
+
+    found: list[str] = []
+
+    async def main() -> None:
+        async with (
+            connect(transport_name, base_url=base_url) as client,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(client.call_tool, "sleep", {"seconds": 1, "echo": marker})
+            found.append(await anyio.to_thread.run_sync(lambda: wait_for(submitted)))
+            await anyio.to_thread.run_sync(api.stop)
+            group.cancel_scope.cancel()
+
+    # The client sees its connection drop when the server stops; that is not what is tested.
+    with contextlib.suppress(Exception):
+        anyio.run(main)
+    (job_id,) = found
+    api, base_url = start_api(settings_path, tmp_path)
+    try:
+        assert Rest(base_url).job(job_id)["state"] == "pending", api.log()
+    finally:
+        api.stop()

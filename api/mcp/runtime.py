@@ -8,6 +8,7 @@ another principal's rights; stdio has no request and runs as the local principal
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,22 @@ class McpRuntime:
     #: The principal of a transport with no HTTP request (stdio).
     local_principal: Principal = LOCAL
     catalogue: ToolCatalogue = field(init=False)
-    #: Set while the app shuts down: handlers cancelled then must not cancel their jobs.
-    stopping: bool = False
+    #: Set when the app's lifespan ends: handlers cancelled then must not cancel their jobs.
+    stopped: bool = False
 
     def __post_init__(self) -> None:
         self.catalogue = ToolCatalogue(self.coordinator)
+
+    def stopping(self) -> bool:
+        """Whether the server is going down, so a cancelled handler was not the client's doing.
+
+        uvicorn marks its `Server.should_exit` on SIGTERM/SIGINT, before it drains and then
+        drops open connections, and a dropped 2026 response stream would otherwise read as
+        the client cancelling. Its signal handler is a bound method of that Server.
+        """
+        handler = signal.getsignal(signal.SIGTERM)
+        uvicorn_exiting = getattr(getattr(handler, "__self__", None), "should_exit", False)
+        return self.stopped or uvicorn_exiting is True
 
     @property
     def inline_limit_secs(self) -> float:

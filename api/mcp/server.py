@@ -105,7 +105,7 @@ class ToolCalls:
             params=ctx.params,
             inline_limit_secs=runtime.inline_limit_secs,
             progress=ctx.session.report_progress,
-            stopping=lambda: runtime.stopping,
+            stopping=runtime.stopping,
         )
 
     async def _as_task(self, ctx: ServerRequestContext[Any, Any], tool: JobTool, arguments: dict):

@@ -185,4 +185,4 @@ class McpEndpoints:
                 yield
             finally:
                 # Handlers cancelled from here on are cancelled by the shutdown, not a client.
-                self.runtime.stopping = True
+                self.runtime.stopped = True

@@ -1,10 +1,12 @@
 """Example inputs for a skill's tools: valid against each tool's input schema, deterministic.
 
-Two sources, in this order:
+Three sources, in this order:
 
 1. an LLM, when `[llm] url` names an OpenAI-compatible chat-completions endpoint: asked
    for realistic inputs; only those that validate against the schema are kept;
-2. hypothesis-jsonschema, which draws inputs from the schema itself: with the same seed
+2. the `examples` the skill's author listed in the tool's input schema (JSON Schema's own
+   keyword), if they validate;
+3. hypothesis-jsonschema, which draws inputs from the schema itself: with the same seed
    it draws the same inputs, so the result is reproducible offline.
 
 The examples are stored as `<skills.examples_dir>/<skill>.json` (the skill's own folder
@@ -122,7 +124,8 @@ def generate_examples(
     llm: ChatClient | None = None,
     on_progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per tool, `per_tool` examples `{"input": ..., "source": "llm" | "schema"}`."""
+    """Per tool, `per_tool` examples `{"input": ..., "source": "llm" | "skill" | "schema"}`:
+    the LLM's first, then the `examples` listed in the tool's input schema, then drawn ones."""
     tools = [skill.tool(name) for name in tool_names] if tool_names else list(skill.tools.values())
     result: dict[str, list[dict[str, Any]]] = {}
     for done, tool in enumerate(tools, start=1):
@@ -133,6 +136,10 @@ def generate_examples(
                 key = json.dumps(candidate, sort_keys=True)
                 if len(chosen) < per_tool and validator.is_valid(candidate):
                     chosen.setdefault(key, {"input": candidate, "source": "llm"})
+        for candidate in tool.input_schema.get("examples", []):  # the skill author's own
+            key = json.dumps(candidate, sort_keys=True)
+            if len(chosen) < per_tool and validator.is_valid(candidate):
+                chosen.setdefault(key, {"input": candidate, "source": "skill"})
         if len(chosen) < per_tool:
             for candidate in schema_examples(tool.input_schema, per_tool, seed):
                 key = json.dumps(candidate, sort_keys=True)

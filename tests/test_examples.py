@@ -55,7 +55,15 @@ def test_generated_examples_all_validate() -> None:
         assert set(examples) == set(skill.tools)
         assert all(len(items) == 8 for items in examples.values()), skill.name
         all_valid(skill, examples)
-        assert {item["source"] for items in examples.values() for item in items} == {"schema"}
+        sources = {item["source"] for items in examples.values() for item in items}
+        assert sources <= {"skill", "schema"}
+
+
+def test_the_skill_authors_examples_come_first() -> None:
+    skill = SHIPPED.find("primes")
+    examples = generate_examples(skill, None, 4, seed=0)["count_primes"]
+    assert [item["source"] for item in examples] == ["skill", "skill", "schema", "schema"]
+    assert examples[0]["input"] == {"limit": 1000000}
 
 
 def test_the_same_seed_gives_the_same_examples() -> None:

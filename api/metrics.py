@@ -77,8 +77,9 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: Iterable[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        # Keyed by identity: an ASGI-class endpoint need not be hashable.
         self.templates = {
-            route.endpoint: route.path for route in routes if isinstance(route, Route)
+            id(route.endpoint): route.path for route in routes if isinstance(route, Route)
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,7 +90,7 @@ class RequestMetrics:
 
         async def observing_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                route = self.templates.get(scope.get("endpoint"), "unmatched")
+                route = self.templates.get(id(scope.get("endpoint")), "unmatched")
                 self.metrics.latency.labels(scope["method"], route, message["status"]).observe(
                     time.perf_counter() - started
                 )

@@ -207,7 +207,8 @@ def test_metrics_count_submissions_and_time_requests(client: TestClient) -> None
         return 0.0
 
     before = submitted()
-    submit(client)
+    job = submit(client)
+    client.get(f"/api/v1/jobs/{job['id']}")
     text = client.get("/metrics").text
     assert submitted() == before + 1
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")

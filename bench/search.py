@@ -12,6 +12,8 @@ Rows, each measured in this one run:
   - skillq (SQLite FTS5, one file, persisted): first index of every document; a second run
     of the same corpus with 1 % of the documents changed (only those are re-indexed); BM25
     search per query, k=10, each search opening the collection file as the API does;
+  - the same searches over HTTP (`GET /api/v1/collections/bench/search`), from the API run
+    as `skillq api` on 127.0.0.1 with one keep-alive httpx client;
   - bm25s (the peer, in memory, `pip install bm25s`): index build; a rebuild for the same
     1 % change (bm25s cannot update an index in place); search per query, k=10.
 """
@@ -19,15 +21,23 @@ Rows, each measured in this one run:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from skillq.search import Collections
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VOCABULARY = 20_000
 
@@ -93,6 +103,45 @@ def bench_skillq(docs: list, queries: list[str], root: Path) -> dict[str, Any]:
     }
 
 
+def bench_http(queries: list[str], data_dir: Path) -> tuple[float, float]:
+    """Search latency through the API process, which reads the collection the bench wrote."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = data_dir / "settings.toml"
+    settings.write_text(
+        f'[server]\nport = {port}\ndata_dir = "{data_dir}"\n[search]\npath = "{data_dir}"\n'
+    )
+    env = dict(os.environ, SKILLQ_SETTINGS=str(settings))
+    log = (data_dir / "api.log").open("wb")
+    command = [sys.executable, "-m", "skillq", "api", "--port", str(port)]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        sys.exit((data_dir / "api.log").read_text())
+                    time.sleep(0.1)
+            url = "/api/v1/collections/bench/search"
+            for query in queries[:50]:
+                client.get(url, params={"q": query, "k": 10}).raise_for_status()
+            samples = []
+            for query in queries:
+                started = time.perf_counter()
+                client.get(url, params={"q": query, "k": 10}).raise_for_status()
+                samples.append((time.perf_counter() - started) * 1000)
+        return percentiles(samples)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
 def bench_bm25s(docs: list, queries: list[str]) -> dict[str, Any] | None:
     try:
         import bm25s
@@ -140,6 +189,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         ours = bench_skillq(docs, queries, Path(tmp))
+        http = bench_http(queries, Path(tmp))
     peer = bench_bm25s(docs, queries)
     header = f"{'':34}{'index docs/s':>14}{'1% update s':>13}{'re-indexed':>12}"
     print(header + f"{'search p50 ms':>15}{'p99 ms':>9}")
@@ -152,6 +202,7 @@ def main() -> None:
             f"{name:34}{row['indexed'] / row['index_secs']:>14,.0f}{row['update_secs']:>13.3f}"
             f"{row['reindexed']:>12,}{p50:>15.3f}{p99:>9.3f}"
         )
+    print(f"{'skillq over HTTP (skillq api)':34}{'':>39}{http[0]:>15.3f}{http[1]:>9.3f}")
     print(f"\nskillq collection file: {ours['size_mb']:.1f} MiB")
     if peer is not None:
         print(

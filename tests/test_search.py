@@ -81,6 +81,20 @@ def test_a_second_run_reindexes_only_changed_documents(collections: Collections)
     assert forced.updated == 10
 
 
+def test_words_in_most_documents_do_not_drown_rare_ones(collections: Collections) -> None:
+    docs = [
+        {"id": f"d{i}", "text": f"shared words {'walrus' if i % 100 == 0 else 'other'} n{i}"}
+        for i in range(1000)
+    ]
+    collections.index("common", docs)
+    walrus = [hit.id for hit in collections.search("common", "walrus", k=20)]
+    assert sorted(walrus) == sorted(f"d{i}" for i in range(0, 1000, 100))
+    assert [hit.id for hit in collections.search("common", "Shared WORDS walrus", k=20)] == walrus
+    assert len(collections.search("common", "shared words", k=5)) == 5  # nothing rarer: kept
+    collections.index("common", [{"id": "d1", "text": "walrus alone"}])  # a new generation
+    assert "d1" in [hit.id for hit in collections.search("common", "shared walrus", k=20)]
+
+
 def test_search_from_another_process_sees_the_index(collections: Collections) -> None:
     collections.index("shared", corpus(500))
     code = (

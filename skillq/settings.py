@@ -155,6 +155,10 @@ class McpSettings:
     inline_wait_secs: _NonNegative = 5.0
     #: Streamable HTTP without sessions, so any of several API processes can answer any request.
     stateless: bool = False
+    #: Host / Origin headers MCP requests may carry (DNS-rebinding protection; "host:*" for any
+    #: port). Empty: loopback names when `server.host` is a loopback address, else unchecked.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

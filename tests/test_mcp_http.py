@@ -158,6 +158,20 @@ def test_mcp_has_its_own_body_limit(server: httpx.Client) -> None:
     assert rest.status_code == 413
 
 
+def test_a_loopback_server_refuses_foreign_hosts_and_origins(server: httpx.Client) -> None:
+    def post(**headers: str) -> int:
+        answer = server.post(
+            "/mcp", json=initialize("2025-11-25"), headers={"Accept": BOTH, **headers}
+        )
+        return answer.status_code
+
+    assert post(Host="evil.example:8000") == 421
+    assert post(Origin="http://evil.example") == 403
+    assert post(Origin="http://localhost:5173") == 200
+    assert post() == 200
+    assert server.get("/mcp/sse", headers={"Host": "evil.example"}).status_code == 421
+
+
 def test_mcp_switches(tmp_path: Path) -> None:
     base_url, processes = _start(tmp_path / "no-sse", {"legacy_sse": False})
     try:
@@ -165,6 +179,15 @@ def test_mcp_switches(tmp_path: Path) -> None:
             assert http.get("/mcp/sse").status_code == 404
             ok = http.post("/mcp", json=initialize("2025-11-25"), headers={"Accept": BOTH})
             assert ok.status_code == 200
+    finally:
+        processes[0].stop()
+    base_url, processes = _start(tmp_path / "named", {"allowed_hosts": ["mcp.example.com"]})
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            body, accept = initialize("2025-11-25"), {"Accept": BOTH}
+            named = http.post("/mcp", json=body, headers={**accept, "Host": "mcp.example.com"})
+            assert named.status_code == 200
+            assert http.post("/mcp", json=body, headers=accept).status_code == 421
     finally:
         processes[0].stop()
     base_url, processes = _start(tmp_path / "off", {"enabled": False})

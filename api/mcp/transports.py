@@ -23,6 +23,7 @@ from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.routing import Route
@@ -35,6 +36,25 @@ from skillq.jobs import JobCoordinator
 from skillq.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection: a web page must not reach a local MCP server through a
+    browser. Checked names come from `[mcp] allowed_hosts` / `allowed_origins`; unset, a
+    loopback-bound server accepts loopback names only (421 / 403 otherwise), and a server
+    bound elsewhere (behind a proxy, with auth) checks nothing."""
+    mcp = settings.mcp
+    if mcp.allowed_hosts or mcp.allowed_origins:
+        hosts, origins = list(mcp.allowed_hosts), list(mcp.allowed_origins)
+    elif settings.server.host in _LOOPBACK:
+        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
+        origins = [f"{scheme}://{host}" for scheme in ("http", "https") for host in hosts]
+    else:
+        return None
+    return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
 
 
 class LocalPrincipal:
@@ -129,11 +149,13 @@ class McpEndpoints:
         self.runtime = McpRuntime(coordinator, mcp)
         self.server = build_server(self.runtime)
         self.endpoint = mcp.endpoint.rstrip("/") or "/mcp"
+        security = transport_security(settings)
         self.managers = [
             StreamableHTTPSessionManager(
                 app=self.server,
                 json_response=json_response,
                 stateless=mcp.stateless,
+                security_settings=security,
                 max_request_body_size=mcp.max_body_size,
             )
             for json_response in (False, True)
@@ -141,7 +163,9 @@ class McpEndpoints:
         self.sse: SseServerTransport | None = None
         if mcp.legacy_sse:
             self.sse = SseServerTransport(
-                f"{self.endpoint}/message", max_request_body_size=mcp.max_body_size
+                f"{self.endpoint}/message",
+                security_settings=security,
+                max_request_body_size=mcp.max_body_size,
             )
         self.auth_mode = settings.auth.mode
 

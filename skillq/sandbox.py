@@ -40,6 +40,8 @@ _CHUNK = 65536
 _POLL_SECS = 0.1
 
 # Runs in the child (python -I -S): sets the limits, then becomes the tool's command.
+# On Linux it also asks for SIGKILL when the worker dies (PR_SET_PDEATHSIG), since the tool's
+# own session would otherwise outlive a SIGKILLed worker.
 _LAUNCHER = """
 import os, resource, sys
 def cap(which, soft, hard):
@@ -47,16 +49,21 @@ def cap(which, soft, hard):
     if current != resource.RLIM_INFINITY:
         hard = min(hard, current)
     resource.setrlimit(which, (min(soft, hard), hard))
-cpu, memory, fsize, nproc = (int(x) for x in sys.argv[1:5])
+cpu, memory, fsize, nproc, parent = (int(x) for x in sys.argv[1:6])
 cap(resource.RLIMIT_CPU, cpu, cpu + 1)
 cap(resource.RLIMIT_AS, memory, memory)
 cap(resource.RLIMIT_FSIZE, fsize, fsize)
 cap(resource.RLIMIT_NPROC, nproc, nproc)
 cap(resource.RLIMIT_CORE, 0, 0)
+if sys.platform == "linux":
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit(137)
 try:
-    os.execvp(sys.argv[5], sys.argv[5:])
+    os.execvp(sys.argv[6], sys.argv[6:])
 except OSError as error:
-    sys.stderr.write(f"cannot start {sys.argv[5]}: {error.strerror}\\n")
+    sys.stderr.write(f"cannot start {sys.argv[6]}: {error.strerror}\\n")
     sys.exit(127)
 """
 
@@ -223,8 +230,9 @@ def run_tool(
     """
     limits = limits or Limits()
     payload = json.dumps(input).encode()
-    cpu_secs = max(1, int(timeout_secs) + 1)
-    limit_args = [cpu_secs, limits.memory_bytes, limits.file_bytes, limits.processes]
+    # A backstop, not the timeout: all cores busy for the whole wall-clock timeout fit in it.
+    cpu_secs = int(timeout_secs * (os.cpu_count() or 1)) + 1
+    limit_args = [cpu_secs, limits.memory_bytes, limits.file_bytes, limits.processes, os.getpid()]
     launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, *map(str, limit_args)]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="skillq-tool-", ignore_cleanup_errors=True) as work:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -99,6 +100,27 @@ def test_children_left_behind_by_a_finished_tool_are_killed(tmp_path: Path) -> N
     )
     run = run_tool(argv, {}, timeout_secs=30)
     wait_for(lambda: gone(run.result["child"]), timeout=10, what="the orphan to be killed")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_tool_dies_with_a_sigkilled_worker(tmp_path: Path) -> None:
+    pid_file = tmp_path / "tool.pid"
+    tool = python_tool(
+        tmp_path,
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)",
+    )
+    worker_code = (
+        "import sys; from skillq.sandbox import run_tool; "
+        f"run_tool({tool!r}, {{}}, timeout_secs=300)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=ROOT)
+    try:
+        tool_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
+        assert not gone(tool_pid)
+    finally:
+        worker.kill()
+        worker.wait()
+    wait_for(lambda: gone(tool_pid), timeout=10, what="the tool to die with its worker")
 
 
 def test_a_tool_over_its_memory_limit_fails_cleanly(tmp_path: Path) -> None:

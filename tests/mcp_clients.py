@@ -23,8 +23,13 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import ROOT, child_env, wait_for
 
-TRANSPORTS = ["http", "http-2025", "sse", "stdio"]
-PROTOCOL = {"http": "2026-07-28", "http-2025": "2025-11-25", "sse": "2025-11-25"}
+TRANSPORTS = ["http", "http-2025", "sse", "sse-2026", "stdio"]
+PROTOCOL = {
+    "http": "2026-07-28",
+    "http-2025": "2025-11-25",
+    "sse": "2025-11-25",
+    "sse-2026": "2026-07-28",
+}
 
 
 def http_client(
@@ -53,9 +58,9 @@ async def connect(
         client = http_client(headers, keepalive=keepalive)
         stream = streamable_http_client(f"{base_url}/mcp", http_client=client)
         mode = "auto" if transport == "http" else "legacy"
-    elif transport == "sse":
+    elif transport in ("sse", "sse-2026"):
         stream = sse_client(f"{base_url}/mcp/sse", headers=headers, timeout=30)
-        mode = "legacy"
+        mode = "legacy" if transport == "sse" else "auto"
     elif transport == "stdio":
         assert settings_path is not None
         command = StdioServerParameters(

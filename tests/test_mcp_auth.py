@@ -132,9 +132,13 @@ def test_each_principal_sees_and_steers_only_its_own_jobs(secured, transport: st
             listed = await client.call_tool("list_jobs", {})
         async with connect(transport, base_url=base_url, headers=carol) as client:
             submit = await client.call_tool("sleep", {"seconds": 0})
-        return job_id, own, peek, cancel, listed, submit
+        async with connect(transport, base_url=base_url, headers=token("dave")) as client:
+            roleless = await client.call_tool("list_jobs", {})
+        return job_id, own, peek, cancel, listed, submit, roleless
 
-    job_id, own, peek, cancel, listed, submit = anyio.run(main)
+    job_id, own, peek, cancel, listed, submit, roleless = anyio.run(main)
+    assert roleless.is_error
+    assert roleless.structured_content["error"]["code"] == "forbidden"
     assert own.structured_content["owner"] == "alice"
     for refused in (peek, cancel):
         assert refused.is_error

@@ -15,8 +15,8 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 
 from api.mcp.catalogue import ToolCatalogue
-from api.principal import LOCAL, AuthenticatedPrincipal, Principal
-from skillq.errors import Unauthorized
+from api.principal import LOCAL, ROLES, AuthenticatedPrincipal, Principal
+from skillq.errors import Forbidden, Unauthorized
 from skillq.jobs import JobCoordinator
 from skillq.settings import McpSettings
 
@@ -54,7 +54,11 @@ class McpRuntime:
         if request is None:
             return self.local_principal
         user = request.scope.get("user")
-        if isinstance(user, AuthenticatedPrincipal):
-            return user.principal
-        # RequireAuthMiddleware lets no such request through; refuse rather than guess.
-        raise Unauthorized("this request carries no skillq principal")
+        if not isinstance(user, AuthenticatedPrincipal):
+            # RequireAuthMiddleware lets no such request through; refuse rather than guess.
+            raise Unauthorized("this request carries no skillq principal")
+        principal = user.principal
+        if not principal.roles & set(ROLES):
+            # As on REST: without a role a principal may do nothing with jobs.
+            raise Forbidden(f"{principal.subject!r} has no role (needs one of {', '.join(ROLES)})")
+        return principal

@@ -33,6 +33,7 @@ from api.mcp.catalogue import JobTool
 from api.mcp.job_calls import follow, submission, submit
 from api.mcp.results import outcome_result
 from api.mcp.runtime import McpRuntime
+from api.principal import Principal
 from skillq.errors import NotFound, SkillqError
 from skillq.jobs import iso
 from storage import Job, JobState
@@ -127,15 +128,19 @@ class TaskHandlers:
         server.add_request_handler("tasks/list", types.PaginatedRequestParams, self.list)
         server.extensions[TASKS_EXTENSION] = {}
 
+    def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
+        try:
+            return self.runtime.caller(ctx)
+        except SkillqError as error:
+            raise MCPError(code=types.INVALID_PARAMS, message=error.message) from None
+
     async def _job(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> Job:
         coordinator = self.runtime.coordinator
+        owner = self._caller(ctx).owner_filter
         try:
-            owner = self.runtime.caller(ctx).owner_filter
             return await anyio.to_thread.run_sync(lambda: coordinator.get_job(task_id, owner=owner))
         except NotFound:
             raise MCPError(code=types.INVALID_PARAMS, message=f"no task {task_id!r}") from None
-        except SkillqError as error:
-            raise MCPError(code=types.INVALID_PARAMS, message=error.message) from None
 
     async def get(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         job = await self._job(ctx, params.task_id)
@@ -160,7 +165,7 @@ class TaskHandlers:
 
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         job = await self._job(ctx, params.task_id)
-        if not self.runtime.caller(ctx).can_submit:
+        if not self._caller(ctx).can_submit:
             raise MCPError(code=types.INVALID_PARAMS, message="this principal cannot cancel jobs")
         coordinator = self.runtime.coordinator
         try:
@@ -174,7 +179,7 @@ class TaskHandlers:
         if not cursor.isdigit():
             raise MCPError(code=types.INVALID_PARAMS, message=f"invalid cursor {cursor!r}")
         offset = int(cursor)
-        owner = self.runtime.caller(ctx).owner_filter
+        owner = self._caller(ctx).owner_filter
         coordinator = self.runtime.coordinator
         page = await anyio.to_thread.run_sync(
             lambda: coordinator.list_jobs(owner=owner, limit=_LIST_PAGE, offset=offset)

@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import mcp_types as types
 
 from api.mcp.catalogue import JobTool
 from api.mcp.immediate import require_submitter
@@ -127,7 +126,10 @@ async def call_job_tool(
     inline_limit_secs: float,
     progress: ProgressSink,
     stopping: Callable[[], bool],
-) -> types.CallToolResult:
+    still_running: Callable[[Job], Any] = handle_result,
+) -> Any:
+    """The job's outcome if it ends within the inline wait, else `still_running(job)`: a job
+    handle, or for a client of the 2026 tasks extension, a task."""
     wait_secs = inline_wait_secs(inline_limit_secs, params)
     job = await submit(coordinator, caller, submission(tool, arguments, params))
     try:
@@ -136,4 +138,4 @@ async def call_job_tool(
         if not stopping():
             await cancel_quietly(coordinator, job.id, "the client cancelled its tools/call")
         raise
-    return outcome_result(job) if job.job_state.is_terminal else handle_result(job)
+    return outcome_result(job) if job.job_state.is_terminal else still_running(job)

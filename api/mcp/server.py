@@ -21,8 +21,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 
 from api.mcp.catalogue import JobTool
-from api.mcp.job_calls import call_job_tool, follow, submission, submit
-from api.mcp.results import data_result, error_result, outcome_result
+from api.mcp.job_calls import call_job_tool
+from api.mcp.results import data_result, error_result, handle_result
 from api.mcp.runtime import McpRuntime
 from api.mcp.tasks import (
     SERVER_TASKS_CAPABILITY,
@@ -95,8 +95,8 @@ class ToolCalls:
         if not isinstance(tool, JobTool):
             data = await anyio.to_thread.run_sync(tool, runtime.coordinator, caller, arguments)
             return data_result(data)
-        if client_wants_tasks(ctx):
-            return await self._as_task(ctx, tool, arguments)
+        # A client that declared the 2026 tasks extension gets a task where others get a handle.
+        still_running = modern_task_created if client_wants_tasks(ctx) else handle_result
         return await call_job_tool(
             runtime.coordinator,
             caller,
@@ -106,21 +106,8 @@ class ToolCalls:
             inline_limit_secs=runtime.inline_limit_secs,
             progress=ctx.session.report_progress,
             stopping=runtime.stopping,
+            still_running=still_running,
         )
-
-    async def _as_task(self, ctx: ServerRequestContext[Any, Any], tool: JobTool, arguments: dict):
-        """2026-07-28 with the tasks extension: the inline wait, then a task instead of a handle.
-
-        Leaving the wait does not cancel the job: it is the task the client now holds.
-        """
-        runtime = self.runtime
-        job = await submit(
-            runtime.coordinator, runtime.caller(ctx), submission(tool, arguments, ctx.params)
-        )
-        job = await follow(
-            runtime.coordinator, job, runtime.inline_limit_secs, ctx.session.report_progress
-        )
-        return outcome_result(job) if job.job_state.is_terminal else modern_task_created(job)
 
 
 def build_server(runtime: McpRuntime) -> Server[Any]:

@@ -158,6 +158,13 @@ class RawSession:
         assert response.status_code == 200, response.text
         return self._answer(response)
 
+    def messages(self, method: str, params: dict | None = None) -> list[dict]:
+        """Every message of the answer's SSE stream: notifications, then the response."""
+        response = self.http.post("/mcp", json=self._message(method, params), headers=self.headers)
+        assert response.headers["content-type"].startswith("text/event-stream"), response.text
+        data = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        return [json.loads(item) for item in data]
+
     def result(self, method: str, params: dict | None = None) -> dict:
         answer = self.request(method, params)
         assert "result" in answer, answer
@@ -195,6 +202,13 @@ def test_2025_task_methods_map_onto_the_job(system: str) -> None:
     assert session.result("tasks/get", {"taskId": task_id})["status"] == "completed"
     listed = session.result("tasks/list")
     assert task_id in {listed_task["taskId"] for listed_task in listed["tasks"]}
+
+    slow = {"name": "sleep", "arguments": {"seconds": 1.5, "steps": 6}, "task": task}
+    slow_id = session.result("tools/call", slow)["task"]["taskId"]
+    params = {"taskId": slow_id, "_meta": {"progressToken": "result-progress"}}
+    *notes, answer = session.messages("tasks/result", params)
+    assert answer["result"]["structuredContent"]["steps"] == 6
+    assert notes and {note["params"]["progressToken"] for note in notes} == {"result-progress"}
 
     long = {"name": "sleep", "arguments": {"seconds": 30, "steps": 300}, "task": task}
     long_id = session.result("tools/call", long)["task"]["taskId"]

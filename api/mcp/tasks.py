@@ -157,7 +157,13 @@ class TaskHandlers:
     async def result(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         """2025-11-25: blocks until the job is terminal, then answers what tools/call would have."""
         job = await self._job(ctx, params.task_id)
-        job = await follow(self.runtime.coordinator, job, self.runtime.settings.timeout_secs)
+        job = await follow(
+            self.runtime.coordinator,
+            job,
+            self.runtime.settings.timeout_secs,
+            # Sent when this tasks/result request carries its own progress token.
+            ctx.session.report_progress,
+        )
         if not job.job_state.is_terminal:
             message = f"task {job.id} is still {job.state}; poll tasks/get and ask again"
             raise MCPError(code=types.INTERNAL_ERROR, message=message)

@@ -40,7 +40,7 @@ MAX_PRIORITY = 10
 #: unacknowledged messages are requeued (dramatiq's default is 60 s).
 REDIS_HEARTBEAT_TIMEOUT_MS = 15_000
 #: Chance, out of 1,000,000 broker commands, of running the Redis dead-worker maintenance.
-REDIS_MAINTENANCE_CHANCE = 10_000
+REDIS_MAINTENANCE_CHANCE = 100_000
 
 
 def job_middleware(
@@ -82,6 +82,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
         return RedisBroker(
             url=broker_settings.url,
+            namespace=broker_settings.namespace,
             middleware=middleware,
             heartbeat_timeout=REDIS_HEARTBEAT_TIMEOUT_MS,
             maintenance_chance=REDIS_MAINTENANCE_CHANCE,

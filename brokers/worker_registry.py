@@ -53,7 +53,9 @@ class WorkerRegistry(Middleware):
         self.recover = recover
         self.worker_id = current_worker_id()
         self._lock = threading.Lock()
-        self._running: dict[str, int] = {}  # job id -> attempt
+        # job id -> (attempt, worker thread): a skipped duplicate of a running job must not
+        # remove the running attempt's entry.
+        self._running: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
 
@@ -76,10 +78,12 @@ class WorkerRegistry(Middleware):
         self._beater.start()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        # Runs only for messages JobStatus let through, i.e. attempts it marked running.
         job_id = message.options.get(JOB_ID_OPTION)
-        if job_id is not None and ATTEMPT_OPTION in message.options:
+        if job_id is not None:
             with self._lock:
-                self._running[job_id] = message.options[ATTEMPT_OPTION]
+                attempt = message.options[ATTEMPT_OPTION]
+                self._running[job_id] = (attempt, threading.get_ident())
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.Message, **kwargs: Any
@@ -87,17 +91,21 @@ class WorkerRegistry(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is not None:
             with self._lock:
-                self._running.pop(job_id, None)
+                entry = self._running.get(job_id)
+                if entry is not None and entry[1] == threading.get_ident():
+                    del self._running[job_id]
 
     after_skip_message = after_process_message
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.set()
+        if self._beater is not None:
+            self._beater.join(timeout=30)  # its last beat must not land after the stop
         with self._lock:
             abandoned = dict(self._running)
         try:
             with connection():
-                for job_id, attempt in abandoned.items():
+                for job_id, (attempt, _) in abandoned.items():
                     jobs.release_abandoned(job_id, attempt=attempt)
                 workers.mark_stopped(self.worker_id)
         except Exception:

@@ -84,6 +84,8 @@ class BrokerSettings:
     path: Annotated[Path, _R(in_data_dir="broker.db")] = field(default_factory=_home("broker.db"))
     url: str | None = None
     lease_secs: _Positive = 30.0
+    #: Redis only: the key prefix, so several deployments (or test runs) can share a server.
+    namespace: _Name = "dramatiq"
 
 
 @dataclass(frozen=True, slots=True)

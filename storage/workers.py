@@ -60,7 +60,7 @@ def register(worker_id: str, *, host: str, pid: int, queues: list[str], threads:
 def beat(worker_id: str, running_jobs: list[str]) -> None:
     """Record that the process lives, and refresh the heartbeat of the jobs it runs."""
     now = utcnow()
-    Worker.update(last_beat_at=now, running_jobs=running_jobs, stopped_at=None).where(
+    Worker.update(last_beat_at=now, running_jobs=running_jobs).where(
         Worker.id == worker_id
     ).execute()
     if running_jobs:

@@ -1,15 +1,19 @@
 """A whole skillq system on one broker, for the reliability suites (cancel, recovery, chaos).
 
-Each broker gets a place of its own so these tests neither see nor disturb other suites'
-messages: a temporary SQLite file, Redis database 14, RabbitMQ virtual host
-`skillq_reliability` (created with `rabbitmqctl` when missing).
+Each system gets a place of its own on the broker, so it neither sees nor disturbs other
+suites' messages, nor those of the same suite run by someone else at the same time: a
+temporary SQLite file, a Redis key namespace of its own in database 14, a RabbitMQ virtual
+host per test process (created with `rabbitmqctl`, deleted at exit).
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import signal
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,25 +24,23 @@ from tests.support import (
     ChildProcess,
     require_service,
     start_api,
-    start_worker,
     wait_for,
     write_settings,
 )
 
 BROKERS = ("sqlite", "redis", "rabbitmq")
 REDIS_URL = "redis://127.0.0.1:6379/14"
-RABBITMQ_VHOST = "skillq_reliability"
+RABBITMQ_VHOST = f"skillq_reliability_{os.getpid()}"
 RABBITMQ_URL = f"amqp://guest:guest@127.0.0.1:5672/{RABBITMQ_VHOST}"
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
+@functools.cache
 def ensure_rabbitmq_vhost() -> None:
-    listed = subprocess.run(
-        ["rabbitmqctl", "list_vhosts", "--quiet"], capture_output=True, text=True, timeout=60
-    )
-    if RABBITMQ_VHOST in listed.stdout.split():
-        return
     subprocess.run(["rabbitmqctl", "add_vhost", RABBITMQ_VHOST], check=True, timeout=60)
+    atexit.register(
+        subprocess.run, ["rabbitmqctl", "delete_vhost", RABBITMQ_VHOST], timeout=60, check=False
+    )
     subprocess.run(
         ["rabbitmqctl", "set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*"],
         check=True,
@@ -47,15 +49,11 @@ def ensure_rabbitmq_vhost() -> None:
 
 
 def prepare_broker(broker: str) -> None:
-    """Make sure the broker answers and starts empty (Redis) or exists (RabbitMQ vhost)."""
+    """Make sure the broker answers, and the RabbitMQ virtual host exists."""
     if broker == "sqlite":
         return
     require_service(broker)
-    if broker == "redis":
-        import redis
-
-        redis.Redis.from_url(REDIS_URL).flushdb()
-    else:
+    if broker == "rabbitmq":
         ensure_rabbitmq_vhost()
 
 
@@ -76,6 +74,7 @@ def settings_sections(broker: str, directory: Path, **workers: Any) -> dict[str,
     }
     if broker == "redis":
         sections["broker"]["url"] = REDIS_URL
+        sections["broker"]["namespace"] = f"skillq-test-{uuid.uuid4().hex[:12]}"
     elif broker == "rabbitmq":
         sections["broker"]["url"] = RABBITMQ_URL
     return sections
@@ -92,6 +91,7 @@ class Stack:
     base_url: str = ""
     client: httpx.Client | None = None
     workers: list[ChildProcess] = field(default_factory=list)
+    namespace: str | None = None
 
     @classmethod
     def create(
@@ -101,7 +101,9 @@ class Stack:
         sections = settings_sections(broker, directory, **kw)
         for section, values in (extra or {}).items():
             sections.setdefault(section, {}).update(values)
-        return cls(broker, directory, write_settings(directory, sections))
+        stack = cls(broker, directory, write_settings(directory, sections))
+        stack.namespace = sections["broker"].get("namespace")
+        return stack
 
     def start_api(self) -> None:
         self.api, self.base_url = start_api(self.settings_path, self.directory)
@@ -115,7 +117,15 @@ class Stack:
             self.api = None
 
     def start_worker(self, threads: int = 4) -> ChildProcess:
-        worker = start_worker(self.settings_path, self.directory, threads=threads)
+        """`skillq worker`: dramatiq with our shutdown grace period, as in production."""
+        args = ["-m", "skillq", "worker", "--processes", "1", "--threads", str(threads)]
+        worker = ChildProcess("worker", args, self.settings_path, self.directory)
+        wait_for(
+            lambda: "Worker process is ready" in worker.log() or not worker.alive(),
+            timeout=30,
+            what="the worker to boot",
+        )
+        assert worker.alive(), worker.log()
         self.workers.append(worker)
         return worker
 
@@ -125,6 +135,17 @@ class Stack:
         worker.process.wait()
         self.workers.remove(worker)
 
+    def stop_worker(self, worker: ChildProcess, timeout: float = 60) -> None:
+        """SIGTERM to dramatiq's main process only, as `skillq up` does: it passes one SIGTERM
+        to its worker processes (SIGTERM to the whole group would deliver two, and dramatiq
+        takes a second one as "exit now")."""
+        worker.process.send_signal(signal.SIGTERM)
+        try:
+            worker.process.wait(timeout=timeout)
+        finally:
+            worker.stop()
+            self.workers.remove(worker)
+
     def close(self) -> None:
         for worker in list(self.workers):
             worker.stop()
@@ -132,6 +153,12 @@ class Stack:
         self.stop_api()
         if self.client is not None:
             self.client.close()
+        if self.namespace is not None:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(f"{self.namespace}:*"):
+                client.delete(key)
 
     # --- the REST API ---
 

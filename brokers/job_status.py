@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
@@ -32,8 +33,21 @@ JOB_ID_OPTION = "job_id"
 ATTEMPT_OPTION = "job_attempt"
 #: Message option set when the job was cancelled while this message ran (brokers.cancellation).
 CANCELLED_OPTION = "job_cancelled"
+#: Actor option: the job type must not run again after a worker died while running it.
+RUN_ONCE_OPTION = "run_once"
 #: Message option holding the job's last allowed attempt (max_retries + 1).
 LAST_ATTEMPT_OPTION = "job_last_attempt"
+
+
+def run_once(broker: dramatiq.Broker, actor_name: str) -> bool:
+    """Whether a job type was declared `run_once=True`: delivery is at least once, so a job
+    whose worker died mid-run is normally run again; such a type fails with `WorkerLost`
+    instead, for work that must never happen twice (payments, e-mails, non-idempotent calls).
+    """
+    try:
+        return bool(broker.get_actor(actor_name).options.get(RUN_ONCE_OPTION))
+    except ActorNotFound:
+        return False
 
 
 def current_worker_id() -> str:
@@ -105,7 +119,8 @@ class JobStatus(Middleware):
     def actor_options(self) -> set[str]:
         # Declared here because a job type is an actor plus these: the catalogue of job
         # types (`skillq.job_types`) reads them back from each actor.
-        return {"params_schema", "description", "params_check"}
+        # `run_once=True` marks a job type that must not run twice (see `run_once`).
+        return {"params_schema", "description", "params_check", RUN_ONCE_OPTION}
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         # Forked worker processes must not report their parent's id.
@@ -138,6 +153,15 @@ class JobStatus(Middleware):
                 raise SkipMessage()
             if worker_alive(job.worker_id, job.heartbeat_at, self.dead_after_secs):
                 self._defer(broker, message, job)
+                raise SkipMessage()
+            if run_once(broker, message.actor_name):
+                jobs.fail_unfinished(
+                    job_id,
+                    attempt=job.attempts,
+                    error_type="WorkerLost",
+                    error_message=f"the worker running attempt {job.attempts} stopped; the job"
+                    " type is run_once, so it is not run again",
+                )
                 raise SkipMessage()
             logger.warning(
                 "Job %s: worker %s is gone; message %s takes over.",

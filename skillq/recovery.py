@@ -26,6 +26,7 @@ from datetime import timedelta
 
 import dramatiq
 
+from brokers.job_status import run_once
 from skillq.settings import Settings
 from storage import jobs
 from storage.database import connection
@@ -44,13 +45,14 @@ class Recovery:
 def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None) -> Recovery:
     from skillq.jobs import JobCoordinator
 
+    broker = broker or dramatiq.get_broker()
     workers = settings.workers
     released = failed = cancelled = resent = 0
     with connection():
         for job in jobs.stale_running(timedelta(seconds=workers.dead_after_secs)):
             if job.cancel_requested_at is not None:
                 cancelled += jobs.cancel_unfinished(job.id, attempt=job.attempts)
-            elif job.attempts >= job.max_retries + 1:
+            elif job.attempts >= job.max_retries + 1 or run_once(broker, job.type):
                 failed += jobs.fail_unfinished(
                     job.id,
                     attempt=job.attempts,
@@ -63,7 +65,7 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
                     error_message=f"worker {job.worker_id} stopped during attempt {job.attempts}",
                 )
         lost = jobs.lost_pending(timedelta(seconds=workers.requeue_pending_after_secs))
-        coordinator = JobCoordinator(broker or dramatiq.get_broker(), settings) if lost else None
+        coordinator = JobCoordinator(broker, settings) if lost else None
         for job in lost:
             if not jobs.claim_resend(job):
                 continue

@@ -145,6 +145,26 @@ def test_a_job_whose_attempts_a_dead_worker_spent_fails_with_worker_lost(system)
     assert (job.state, job.error_type) == ("failed", "WorkerLost")
 
 
+def test_a_run_once_job_of_a_dead_worker_fails_instead_of_running_again(system) -> None:
+    broker, _, runs = system
+
+    def charge(label: str) -> None:
+        runs.append(label)
+
+    actor = dramatiq.actor(
+        charge, broker=broker, actor_name="charge", queue_name="default", run_once=True
+    )
+    dead = _job("running", attempts=1, worker_id=f"{current_worker_id()}0", heartbeat_at=utcnow())
+    _send(actor, dead, "charged twice")
+    fresh = _job()
+    _send(actor, fresh, "charged once")
+    broker.join("default")
+    assert runs == ["charged once"]
+    job = _reload(dead)
+    assert (job.state, job.error_type, job.attempts) == ("failed", "WorkerLost", 1)
+    assert "run_once" in job.error_message
+
+
 def test_recovery_releases_stale_running_jobs_and_resends_lost_pending_ones(system) -> None:
     broker, _, runs = system
     settings = Settings(workers=WorkerSettings(dead_after_secs=2, requeue_pending_after_secs=60))

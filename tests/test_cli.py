@@ -81,12 +81,18 @@ def embedded(tmp_path: Path) -> Path:
 
 
 def test_db_commands_report_downgrade_and_upgrade_the_schema(embedded: Path) -> None:
-    assert skillq("db", "upgrade", settings=embedded).stdout.strip() == "applied [1]"
-    assert skillq("db", "status", settings=embedded).stdout.strip() == "schema version 1 of 1"
-    assert skillq("db", "downgrade", "--to", "0", settings=embedded).stdout.strip() == "undid [1]"
+    from storage.migrations import LATEST_VERSION, MIGRATIONS
+
+    versions = [migration.version for migration in MIGRATIONS]
+    latest = f"schema version {LATEST_VERSION} of {LATEST_VERSION}"
+    assert skillq("db", "upgrade", settings=embedded).stdout.strip() == f"applied {versions}"
+    assert skillq("db", "status", settings=embedded).stdout.strip() == latest
+    undid = skillq("db", "downgrade", "--to", "0", settings=embedded).stdout.strip()
+    assert undid == f"undid {versions[::-1]}"
     status = skillq("db", "status", settings=embedded).stdout
-    assert "schema version 0 of 1" in status and "pending 1: create the job table" in status
-    assert skillq("db", "upgrade", settings=embedded).stdout.strip() == "applied [1]"
+    assert f"schema version 0 of {LATEST_VERSION}" in status
+    assert "pending 1: create the job table" in status
+    assert skillq("db", "upgrade", settings=embedded).stdout.strip() == f"applied {versions}"
 
 
 def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path) -> None:

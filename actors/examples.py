@@ -47,13 +47,10 @@ def chat_client() -> ChatClient | None:
 
 
 def check_params(params: dict[str, Any]) -> None:
-    """At submission: refuse (422) an unknown skill or tool name."""
-    try:
-        found = skill_library().find(params["skill"])
-        for name in params.get("tool_names") or []:
-            found.tool(name)
-    except NotFound as error:
-        raise InvalidParams(error.message, error.details) from None
+    """At submission: refuse an unknown skill or tool name (404, a reference to nothing)."""
+    found = skill_library().find(params["skill"])
+    for name in params.get("tool_names") or []:
+        found.tool(name)
 
 
 @dramatiq.actor(

@@ -53,11 +53,9 @@ def resolve(skill: str, tool: str, input: dict[str, Any]) -> tuple[Skill, Tool]:
 
 
 def check_params(params: dict[str, Any]) -> None:
-    """At submission: refuse (422) a job whose skill, tool or input could never run."""
-    try:
-        resolve(params["skill"], params["tool"], params.get("input") or {})
-    except NotFound as error:
-        raise InvalidParams(error.message, error.details) from None
+    """At submission: refuse a job that could never run: an unknown skill or tool (404,
+    like any reference to nothing), or input that breaks the tool's schema (422)."""
+    resolve(params["skill"], params["tool"], params.get("input") or {})
 
 
 def execute(

@@ -152,9 +152,9 @@ def test_bad_tool_output_and_bad_input_fail_the_job_clearly(system: System) -> N
     assert job["error"]["type"] == "ToolBadOutput"
     assert "not JSON" in job["error"]["message"]
 
-    def refused(job_type: str, params: dict) -> dict:
+    def refused(job_type: str, params: dict, status: int = 422) -> dict:
         response = system.client.post("/api/v1/jobs", json={"type": job_type, "params": params})
-        assert response.status_code == 422, response.text
+        assert response.status_code == status, response.text
         return response.json()["error"]
 
     error = refused("execute_skill", {"skill": "text-stats", "tool": "word_count", "input": {}})
@@ -164,11 +164,11 @@ def test_bad_tool_output_and_bad_input_fail_the_job_clearly(system: System) -> N
     ]
     error = refused("execute_skill", {"skill": "../skills", "tool": "x"})
     assert error["details"][0]["path"] == "params.skill"
-    error = refused("execute_skill", {"skill": "nonexistent", "tool": "x"})
+    error = refused("execute_skill", {"skill": "nonexistent", "tool": "x"}, 404)
     assert error["message"] == "no skill named 'nonexistent'"
-    error = refused("execute_skill", {"skill": "primes", "tool": "nope"})
+    error = refused("execute_skill", {"skill": "primes", "tool": "nope"}, 404)
     assert error["message"] == "skill 'primes' has no tool 'nope'"
-    error = refused("generate_examples", {"skill": "primes", "tool_names": ["nope"]})
+    error = refused("generate_examples", {"skill": "primes", "tool_names": ["nope"]}, 404)
     assert error["message"] == "skill 'primes' has no tool 'nope'"
 
 

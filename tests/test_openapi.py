@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.testclient import TestClient
 
 import actors
@@ -113,6 +114,20 @@ def operations(target) -> list:
     return [result.ok() for result in schema.get_all_operations()]
 
 
+def fuzz(operation, mode: GenerationMode, headers: dict | None):
+    # A submission can match every schema and still name something that does not exist
+    # (an execute_skill job for an unknown skill): the documented 422 is right there.
+    excluded = [positive_data_acceptance] if operation.label == "POST /api/v1/jobs" else []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @FUZZ
+    def check(case) -> None:
+        response = case.call_and_validate(headers=headers, excluded_checks=excluded)
+        assert response.status_code < 500
+
+    return check
+
+
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda mode: mode.value)
 @pytest.mark.parametrize("target", ["auth-none", "auth-jwt", "postgres-process"])
 def test_the_api_keeps_to_its_document(request, target: str, mode: GenerationMode) -> None:
@@ -125,15 +140,8 @@ def test_the_api_keeps_to_its_document(request, target: str, mode: GenerationMod
     headers = {"Authorization": f"Bearer {admin_token()}"} if target == "auth-jwt" else None
     checked = []
     for operation in operations(app):
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @FUZZ
-        def check(case) -> None:
-            response = case.call_and_validate(headers=headers)
-            assert response.status_code < 500
-
         try:
-            check()
+            fuzz(operation, mode, headers)()
         except Unsatisfiable:
             # Nothing to get wrong (no parameters, no body): no invalid request exists.
             assert mode is GenerationMode.NEGATIVE and not operation.body

@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
 from api.auth.oidc import OidcVerifier, ProviderUnavailable
-from api.auth.tokens import ROLES_CLAIM, JwtVerifier, TokenError, roles_of
+from api.auth.tokens import LEEWAY_SECS, ROLES_CLAIM, JwtVerifier, TokenError, roles_of
 from api.principal import LOCAL, AuthenticatedPrincipal, Principal
 from skillq.settings import Settings
 from storage import api_keys
@@ -55,6 +55,8 @@ class SkillqAuthBackend(AuthenticationBackend):
         self.key_cache_secs = settings.auth.api_key_cache_secs
         #: digest -> (when checked, principal): keys checked recently skip the store.
         self._keys: dict[str, tuple[float, Principal]] = {}
+        #: token -> (principal, exp): verified tokens, until they expire.
+        self._tokens: dict[str, tuple[Principal, int | None]] = {}
         self._local = (AuthCredentials(sorted(LOCAL.roles)), AuthenticatedPrincipal(LOCAL))
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
@@ -101,6 +103,22 @@ class SkillqAuthBackend(AuthenticationBackend):
         return principal
 
     async def _token_principal(self, token: str) -> tuple[Principal, int | None]:
+        """Verifying a signature costs ~0.1 ms, so a verified token is remembered until it
+        expires (`exp` is required); a token refused once is checked again every time."""
+        cached = self._tokens.get(token)
+        if cached is not None:
+            expires_at = cached[1]
+            if expires_at is not None and time.time() <= expires_at + LEEWAY_SECS:
+                return cached
+            self._tokens.pop(token, None)
+        principal, expires_at = await self._verify_token(token)
+        if expires_at is not None:
+            if len(self._tokens) >= _MAX_CACHED_KEYS:
+                self._tokens.clear()
+            self._tokens[token] = (principal, expires_at)
+        return principal, expires_at
+
+    async def _verify_token(self, token: str) -> tuple[Principal, int | None]:
         try:
             if self.jwt is not None:
                 claims = self.jwt.verify(token)
@@ -118,7 +136,7 @@ class SkillqAuthBackend(AuthenticationBackend):
             raise InvalidCredentials("the token names no user")
         principal = Principal(subject=subject, roles=roles_of(roles), method=method)
         expires_at = claims.get("exp")
-        return principal, expires_at if isinstance(expires_at, int) else None
+        return principal, int(expires_at) if isinstance(expires_at, int | float) else None
 
 
 def _find_key(key: str) -> Any:

@@ -7,6 +7,7 @@ all run over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import threading
@@ -164,6 +165,11 @@ def test_symmetric_and_unsigned_tokens_are_refused(provider: Provider) -> None:
         assert "'HS256'" in whoami(client, forged).json()["error"]["message"]
         unsigned = jwt.encode({"sub": "x", "email": "x"}, None, algorithm="none")
         assert "'none'" in whoami(client, unsigned).json()["error"]["message"]
+        odd_kid = provider.token("k1").split(".")
+        header = {"alg": "RS256", "kid": ["k1"]}
+        odd_kid[0] = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+        response = whoami(client, ".".join(odd_kid))
+        assert response.status_code == 401  # never a 500 for a header we cannot use
         assert provider.jwks_fetches == 0
 
 

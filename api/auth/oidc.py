@@ -52,14 +52,17 @@ class OidcVerifier:
         algorithm = header.get("alg")
         if algorithm not in _ASYMMETRIC:
             raise TokenError(f"the token's algorithm {algorithm!r} is not accepted")
-        key = await self._key(header.get("kid"))
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError("the token's key id is not a string")
+        key = await self._key(kid)
         if key.algorithm_name != algorithm:
             raise TokenError(f"the signing key is for {key.algorithm_name}, not {algorithm}")
         return decode_claims(
             token, key.key, algorithm, issuer=self.issuer, audience=self.settings.audience
         )
 
-    async def _key(self, kid: Any) -> jwt.PyJWK:
+    async def _key(self, kid: str | None) -> jwt.PyJWK:
         async with self._lock:
             stale = self.fetched_at is None or self.clock() - self.fetched_at > JWKS_MAX_AGE_SECS
             if stale or (kid not in self.keys and self._may_refresh()):

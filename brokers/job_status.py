@@ -147,28 +147,20 @@ class JobStatus(Middleware):
             logger.info("Skipping message %s: job %s is %s.", message.message_id, job_id, state)
             raise SkipMessage()
         if job.job_state is JobState.RUNNING:
-            if job.cancel_requested_at is not None:
-                # Its worker died after a client cancelled it: cancel, do not run again.
-                jobs.cancel_unfinished(job_id, attempt=job.attempts)
-                raise SkipMessage()
-            if worker_alive(job.worker_id, job.heartbeat_at, self.dead_after_secs):
+            # dramatiq's retry of an attempt that just failed can arrive before that attempt's
+            # outcome is recorded; it follows on from it rather than duplicating it.
+            follows_on = int(message.options.get("retries", 0)) >= job.attempts
+            if not follows_on and worker_alive(
+                job.worker_id, job.heartbeat_at, self.dead_after_secs
+            ):
                 self._defer(broker, message, job)
                 raise SkipMessage()
-            if run_once(broker, message.actor_name):
-                jobs.fail_unfinished(
-                    job_id,
-                    attempt=job.attempts,
-                    error_type="WorkerLost",
-                    error_message=f"the worker running attempt {job.attempts} stopped; the job"
-                    " type is run_once, so it is not run again",
-                )
+            if job.cancel_requested_at is not None:
+                # Its attempt ended (worker died, or it failed) after a client cancelled it.
+                jobs.cancel_unfinished(job_id, attempt=job.attempts)
                 raise SkipMessage()
-            logger.warning(
-                "Job %s: worker %s is gone; message %s takes over.",
-                job_id,
-                job.worker_id,
-                message.message_id,
-            )
+            if not follows_on:
+                self._take_over(broker, message, job)
         attempt = job.attempts + 1
         if attempt > job.max_retries + 1:
             error = (job.error_type, job.error_message)
@@ -184,6 +176,25 @@ class JobStatus(Middleware):
         message.options[ATTEMPT_OPTION] = attempt
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
         return True
+
+    def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
+        """A delivery of a job whose worker died: run it again, unless its job type is
+        `run_once` (then it fails)."""
+        if run_once(broker, message.actor_name):
+            jobs.fail_unfinished(
+                job.id,
+                attempt=job.attempts,
+                error_type="WorkerLost",
+                error_message=f"the worker running attempt {job.attempts} stopped; the job"
+                " type is run_once, so it is not run again",
+            )
+            raise SkipMessage()
+        logger.warning(
+            "Job %s: worker %s is gone; message %s takes over.",
+            job.id,
+            job.worker_id,
+            message.message_id,
+        )
 
     def _defer(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
         """Look at this duplicate again once the running attempt could be declared dead."""

@@ -165,6 +165,25 @@ def test_a_run_once_job_of_a_dead_worker_fails_instead_of_running_again(system) 
     assert "run_once" in job.error_message
 
 
+def test_an_immediate_retry_follows_on_without_waiting_for_the_failed_attempt(
+    system, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, _, runs = system
+    caplog.set_level(logging.INFO, logger="brokers.job_status")
+
+    def flaky(label: str) -> None:
+        runs.append(label)
+        if len(runs) == 1:
+            raise RuntimeError("first attempt fails")
+
+    actor = dramatiq.actor(flaky, broker=broker, actor_name="flaky", queue_name="default")
+    job = _job()
+    _send(actor, job, "try")
+    wait_for(lambda: _reload(job).state == "completed", what="the retry to complete")
+    assert runs == ["try", "try"] and _reload(job).attempts == 2
+    assert "Deferring" not in caplog.text
+
+
 def test_recovery_releases_stale_running_jobs_and_resends_lost_pending_ones(system) -> None:
     broker, _, runs = system
     settings = Settings(workers=WorkerSettings(dead_after_secs=2, requeue_pending_after_secs=60))

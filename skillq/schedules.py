@@ -20,8 +20,9 @@ from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
 from brokers.job_status import current_worker_id
-from skillq.jobs import JobCoordinator
-from skillq.settings import ScheduleSettings, Settings
+from skillq.job_types import job_types_of
+from skillq.jobs import JobCoordinator, schema_errors
+from skillq.settings import ScheduleSettings, Settings, SettingsError
 from storage import schedules
 from storage.database import connection
 
@@ -70,8 +71,26 @@ def fire(schedule: ScheduleSettings, coordinator: JobCoordinator, fire_at: datet
     return submission.job.id
 
 
+def check_schedules(broker: dramatiq.Broker, settings: Settings) -> None:
+    """A schedule naming an unknown job type or invalid params would fail at every tick;
+    refuse it at start-up instead, naming the key like any other settings error."""
+    catalogue = job_types_of(broker)
+    for i, schedule in enumerate(settings.schedules):
+        job_type = catalogue.get(schedule.type)
+        if job_type is None:
+            known = ", ".join(catalogue) or "none"
+            problem = f"unknown job type {schedule.type!r} (known: {known})"
+            raise SettingsError(problem, f"schedules[{i}].type", settings.source)
+        details = schema_errors(job_type.validator, schedule.params, f"schedules[{i}].params")
+        if details:
+            problem = f"{details[0]['message']} (at {details[0]['path']})"
+            raise SettingsError(problem, f"schedules[{i}].params", settings.source)
+
+
 def declare_schedules(broker: dramatiq.Broker, settings: Settings) -> list[dramatiq.Actor]:
-    """One periodic actor per `[[schedules]]` entry, declared on `broker`."""
+    """One periodic actor per `[[schedules]]` entry, declared on `broker`; raises
+    SettingsError for a schedule that could never fire (see `check_schedules`)."""
+    check_schedules(broker, settings)
     coordinator: list[JobCoordinator] = []  # built on first fire, once every actor exists
 
     def coordinator_of() -> JobCoordinator:

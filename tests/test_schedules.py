@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,7 +19,9 @@ from storage import schedules as schedule_store
 from storage.database import database_proxy
 from storage.migrations import upgrade
 from tests.support import (
+    ROOT,
     ChildProcess,
+    child_env,
     create_postgres_schema,
     drop_postgres_schema,
     postgres_schema_url,
@@ -120,3 +124,29 @@ def test_two_schedulers_fire_a_schedule_once(tmp_path: Path) -> None:
         for scheduler in schedulers:
             scheduler.stop()
         worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ('type = "nope"', "schedules[0].type: unknown job type 'nope'"),
+        ('type = "sleep"\nparams = { seconds = -1 }', "schedules[0].params: -1 is less than"),
+    ],
+)
+def test_a_schedule_that_could_never_fire_stops_start_up(
+    tmp_path: Path, schedule: str, expected: str
+) -> None:
+    settings_path = write_settings(tmp_path, {"server": {"data_dir": str(tmp_path / "data")}})
+    with settings_path.open("a") as settings:
+        settings.write(f'\n[[schedules]]\nname = "bad"\ncron = "0 3 * * *"\n{schedule}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "skillq", "scheduler"],
+        cwd=ROOT,
+        env=child_env(settings_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

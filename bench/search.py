@@ -14,6 +14,8 @@ Rows, each measured in this one run:
     search per query, k=10, each search opening the collection file as the API does;
   - the same searches over HTTP (`GET /api/v1/collections/bench/search`), from the API run
     as `skillq api` on 127.0.0.1 with one keep-alive httpx client;
+  - with `--local-embeddings`, only skillq's hybrid search (BM25 fused with all-MiniLM-L6-v2
+    vectors computed on the CPU), for the cost of vectors;
   - bm25s (the peer, in memory, `pip install bm25s`): index build; a rebuild for the same
     1 % change (bm25s cannot update an index in place); search per query, k=10.
 """
@@ -77,8 +79,10 @@ def changed(docs: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]
     return docs
 
 
-def bench_skillq(docs: list, queries: list[str], root: Path) -> dict[str, Any]:
-    collections = Collections(root)
+def bench_skillq(
+    docs: list, queries: list[str], root: Path, embedder: Any = None
+) -> dict[str, Any]:
+    collections = Collections(root, embedder)
     started = time.perf_counter()
     first = collections.index("bench", docs)
     index_secs = time.perf_counter() - started
@@ -180,6 +184,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument(
+        "--local-embeddings",
+        action="store_true",
+        help="only measure hybrid search with the local MiniLM model (skillq[local-embeddings])",
+    )
     args = parser.parse_args()
     docs = make_corpus(args.docs)
     queries = make_queries(docs, args.queries)
@@ -187,6 +196,18 @@ def main() -> None:
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{args.docs} documents, {args.queries} queries, k=10\n"
     )
+    if args.local_embeddings:
+        from skillq.embeddings import LocalEmbedder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            row = bench_skillq(docs, queries, Path(tmp), LocalEmbedder())
+        p50, p99 = row["latency"]
+        print(f"{'':34}{'index docs/s':>14}{'1% update s':>13}{'search p50 ms':>15}{'p99 ms':>9}")
+        print(
+            f"{'skillq hybrid (BM25 + MiniLM)':34}{row['indexed'] / row['index_secs']:>14,.0f}"
+            f"{row['update_secs']:>13.3f}{p50:>15.3f}{p99:>9.3f}"
+        )
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ours = bench_skillq(docs, queries, Path(tmp))
         http = bench_http(queries, Path(tmp))

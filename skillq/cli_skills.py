@@ -157,6 +157,9 @@ def index(
     """Index documents into a search collection (an index_documents job)."""
     params: dict[str, Any] = {"collection": collection, "force_reindex": force}
     params["documents"] = read_documents(source) if source is not None else []
+    if source is not None and not params["documents"]:
+        suffixes = ", ".join(sorted(_TEXT_SUFFIXES))
+        typer.echo(f"warning: no documents in {source} (folders: {suffixes} files)", err=True)
     params["delete_ids"] = delete or []
     _submit("index_documents", params, background)
 

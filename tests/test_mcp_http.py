@@ -136,7 +136,13 @@ def test_sse_or_plain_json_as_the_client_asks(server: httpx.Client) -> None:
     assert answered.json()["result"]["isError"] is False
 
 
-def test_delete_ends_a_session(server: httpx.Client) -> None:
+def test_get_opens_the_session_stream_and_delete_ends_the_session(server: httpx.Client) -> None:
+    opened = server.post("/mcp", json=initialize("2025-11-25"), headers={"Accept": BOTH})
+    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+    with server.stream("GET", "/mcp", headers={**session, "Accept": "text/event-stream"}) as get:
+        assert get.status_code == 200
+        assert get.headers["content-type"].startswith("text/event-stream")
+    assert server.get("/mcp", headers={"Accept": "text/event-stream"}).status_code == 400
     for accept in (BOTH, JSON_ONLY):
         opened = server.post("/mcp", json=initialize("2025-11-25"), headers={"Accept": accept})
         session = {"Accept": accept, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
@@ -188,6 +194,18 @@ def test_mcp_switches(tmp_path: Path) -> None:
             named = http.post("/mcp", json=body, headers={**accept, "Host": "mcp.example.com"})
             assert named.status_code == 200
             assert http.post("/mcp", json=body, headers=accept).status_code == 421
+    finally:
+        processes[0].stop()
+    base_url, processes = _start(tmp_path / "moved", {"endpoint": "/agents/mcp"})
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as http:
+            body, accept = initialize("2025-11-25"), {"Accept": BOTH}
+            assert http.post("/agents/mcp", json=body, headers=accept).status_code == 200
+            assert http.post("/mcp", json=body, headers=accept).status_code in (404, 405)
+            with http.stream("GET", "/agents/mcp/sse") as stream:
+                assert stream.status_code == 200
+                endpoint = next(line for line in stream.iter_lines() if line.startswith("data:"))
+            assert endpoint.startswith("data: /agents/mcp/message?session_id=")
     finally:
         processes[0].stop()
     base_url, processes = _start(tmp_path / "off", {"enabled": False})

@@ -114,6 +114,8 @@ async def cancel_quietly(coordinator: JobCoordinator, job_id: str, reason: str) 
             logger.info("Cancelled job %s: %s.", job_id, reason)
         except SkillqError as error:
             logger.info("Job %s not cancelled (%s): %s", job_id, reason, error.message)
+        except Exception:
+            logger.exception("Job %s could not be cancelled (%s).", job_id, reason)
 
 
 async def call_job_tool(
@@ -131,7 +133,10 @@ async def call_job_tool(
     """The job's outcome if it ends within the inline wait, else `still_running(job)`: a job
     handle, or for a client of the 2026 tasks extension, a task."""
     wait_secs = inline_wait_secs(inline_limit_secs, params)
-    job = await submit(coordinator, caller, submission(tool, arguments, params))
+    request = submission(tool, arguments, params)
+    # Shielded, so a cancellation arriving during the submit is seen below, with the job known.
+    with anyio.CancelScope(shield=True):
+        job = await submit(coordinator, caller, request)
     try:
         job = await follow(coordinator, job, wait_secs, progress)
     except anyio.get_cancelled_exc_class():

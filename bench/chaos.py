@@ -131,12 +131,15 @@ class ChaosRun:
         started = time.monotonic()
         if self.broker == "redis":
             subprocess.run(["redis-cli", "shutdown", "nosave"], timeout=60, check=False)
+            for folder in ("/var/lib/redis", "/var/log/redis"):
+                os.makedirs(folder, exist_ok=True)
             subprocess.run(REDIS_START, timeout=60, check=True)
             wait_for(_redis_answers, timeout=60, what="Redis to answer")
         elif self.broker == "rabbitmq":
             subprocess.run(["rabbitmqctl", "stop"], timeout=120, check=False)
             subprocess.run(["rabbitmq-server", "-detached"], timeout=60, check=True)
-            subprocess.run(["rabbitmqctl", "await_startup"], timeout=180, check=True)
+            # await_startup fails at once while the node is still booting: ask again.
+            wait_for(_rabbitmq_answers, timeout=180, what="RabbitMQ to start")
         self.figures.broker_restart_secs = round(time.monotonic() - started, 1)
 
     # --- jobs ---
@@ -234,6 +237,11 @@ class ChaosRun:
             if restarts:
                 figures.recovery_secs.append(round(max(restarts), 1))
         return figures
+
+
+def _rabbitmq_answers() -> bool:
+    command = ["rabbitmqctl", "-q", "await_startup", "--timeout", "5"]
+    return subprocess.run(command, capture_output=True, timeout=30, check=False).returncode == 0
 
 
 def _redis_answers() -> bool:

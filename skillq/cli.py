@@ -300,6 +300,18 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     typer.echo(json.dumps(job_to_dict(job, position_in_queue=position), indent=2))
 
 
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job: a pending one at once, a running one by its worker (within a second)."""
+    from skillq.jobs import job_to_dict
+
+    try:
+        job = _coordinator().cancel_job(job_id)
+    except SkillqError as error:
+        _fail(error)
+    typer.echo(json.dumps(job_to_dict(job), indent=2))
+
+
 def _bind_store() -> None:
     from storage import bind_database, open_database
 

@@ -6,12 +6,15 @@ actor, kills a skill's subprocess group, and the job ends `cancelled` without a 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.reliability import BROKERS, Stack
-from tests.support import wait_for
+from tests.support import ROOT, child_env, wait_for
 
 NAP_TOOL = """\
 import json, subprocess, sys
@@ -126,3 +129,28 @@ def test_a_pending_job_is_cancelled_at_once(stack: Stack) -> None:
         for blocker in blockers:
             stack.wait_state(blocker["id"], {"cancelled"}, timeout=15)
     assert stack.job(waiting["id"])["attempts"] == 0
+
+
+def test_the_cli_cancels_a_running_job(stack: Stack) -> None:
+    job = stack.submit({"type": "sleep", "params": {"seconds": 100, "steps": 1000}})
+    wait_for(lambda: (stack.job(job["id"])["progress"] or 0) > 0, what="the job to run")
+    result = subprocess.run(
+        [sys.executable, "-m", "skillq", "jobs", "cancel", job["id"]],
+        cwd=ROOT,
+        env=child_env(stack.settings_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cancel_requested_at"] is not None
+    stack.wait_state(job["id"], {"cancelled"}, timeout=15)
+    again = subprocess.run(
+        [sys.executable, "-m", "skillq", "jobs", "cancel", job["id"]],
+        cwd=ROOT,
+        env=child_env(stack.settings_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 4 and "cancelled" in again.stderr

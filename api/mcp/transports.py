@@ -31,7 +31,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.mcp.runtime import McpRuntime
 from api.mcp.server import build_server
-from api.principal import LOCAL, AuthenticatedPrincipal
 from skillq.jobs import JobCoordinator
 from skillq.settings import Settings
 
@@ -55,22 +54,6 @@ def transport_security(settings: Settings) -> TransportSecuritySettings | None:
     else:
         return None
     return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
-
-
-class LocalPrincipal:
-    """Auth mode `none`: every request is the local principal.
-
-    The REST authentication middleware sets the same user once it runs in front of the app;
-    this only fills a scope nobody authenticated, and only in mode `none`.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not isinstance(scope.get("user"), AuthenticatedPrincipal):
-            scope["user"] = AuthenticatedPrincipal(LOCAL)
-        await self.app(scope, receive, send)
 
 
 class _StreamableHttp:
@@ -167,7 +150,6 @@ class McpEndpoints:
                 security_settings=security,
                 max_request_body_size=mcp.max_body_size,
             )
-        self.auth_mode = settings.auth.mode
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -176,8 +158,9 @@ class McpEndpoints:
         return (self.endpoint, f"{self.endpoint}/sse", f"{self.endpoint}/message")
 
     def _guarded(self, app: ASGIApp) -> ASGIApp:
-        guarded: ASGIApp = RequireAuthMiddleware(AuthContextMiddleware(app), required_scopes=[])
-        return LocalPrincipal(guarded) if self.auth_mode == "none" else guarded
+        """The app's authentication middleware has set `scope["user"]` (the local principal
+        in auth mode `none`); without a principal, 401 before the SDK reads anything."""
+        return RequireAuthMiddleware(AuthContextMiddleware(app), required_scopes=[])
 
     def routes(self) -> list[Route]:
         routes = [

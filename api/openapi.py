@@ -107,17 +107,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "responses": {
                 "202": _json("Accepted: the new job, pending.", job, **_LOCATION),
                 "200": _json("An earlier job with the same idempotency_key.", job, **_LOCATION),
-                "422": {
-                    **_error(422),
-                    "description": "The body breaks the submission schema or the type's "
-                    "params schema, or names something that does not exist (an unknown skill).",
-                },
                 "404": {
                     **_error(404),
-                    "description": "Some job types answer an unknown referenced object "
-                    "(e.g. generate_examples for an unknown skill) with 404.",
+                    "description": "The params name a skill or tool that does not exist.",
                 },
-                **{str(s): _error(s) for s in [400, *auth, 413, 503]},
+                **{str(s): _error(s) for s in [400, *auth, 413, 422, 503]},
             },
         },
         ("/api/v1/jobs", "get"): {

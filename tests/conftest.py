@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import write_settings
+import pytest
+
+from skillq.settings import StorageSettings
+from tests.support import bound_store, write_settings
 
 _session_dir = Path(tempfile.mkdtemp(prefix="skillq-tests-"))
 
@@ -26,3 +30,10 @@ def pytest_configure(config: object) -> None:
         },
     )
     os.environ["SKILLQ_SETTINGS"] = str(settings)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageSettings]:
+    """The job store on each backend, fresh and bound for one test."""
+    with bound_store(request.param, tmp_path) as settings:
+        yield settings

@@ -6,6 +6,7 @@ Service-backed tests skip when a server is not answering, unless SKILLQ_REQUIRE_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,12 +14,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from skillq.settings import StorageSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +107,34 @@ def drop_postgres_schema(schema: str) -> None:
     with conn.cursor() as cur:
         cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     conn.close()
+
+
+@contextlib.contextmanager
+def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
+    """A fresh, upgraded job store (SQLite file, or its own PostgreSQL schema) bound to the
+    models for the duration; the previous binding comes back afterwards."""
+    from storage import bind_database, open_database
+    from storage.database import database_proxy
+    from storage.migrations import upgrade
+
+    schema = None
+    if backend == "postgres":
+        require_service("postgres")
+        schema = create_postgres_schema()
+        settings = StorageSettings(backend="postgres", url=postgres_schema_url(schema))
+    else:
+        settings = StorageSettings(backend="sqlite", path=directory / "jobs.db")
+    previous = database_proxy.obj
+    database = bind_database(open_database(settings))
+    try:
+        upgrade()
+        yield settings
+    finally:
+        database.close_all()
+        if previous is not None:
+            bind_database(previous)
+        if schema:
+            drop_postgres_schema(schema)
 
 
 def child_env(settings_path: Path) -> dict[str, str]:

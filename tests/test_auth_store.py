@@ -8,11 +8,11 @@ import pytest
 from skillq.settings import StorageSettings
 from storage import api_keys, jobs
 from storage.database import connection
-from tests.test_store import new_job, store  # noqa: F401 (the parametrized store fixture)
+from tests.test_store import new_job
 
 
 def test_keys_are_stored_as_digests_found_while_active_and_revoked_once(
-    store: StorageSettings,  # noqa: F811
+    store: StorageSettings,
 ) -> None:
     with connection():
         row, key = api_keys.create_key("ci", "submitter")
@@ -30,7 +30,7 @@ def test_keys_are_stored_as_digests_found_while_active_and_revoked_once(
 
 
 def test_counts_group_by_type_queue_and_state_per_owner(
-    store: StorageSettings,  # noqa: F811
+    store: StorageSettings,
 ) -> None:
     with connection():
         first = new_job(owner="a")
@@ -47,7 +47,7 @@ def test_counts_group_by_type_queue_and_state_per_owner(
 
 
 def test_request_cancel_marks_only_running_jobs_and_keeps_the_first_time(
-    store: StorageSettings,  # noqa: F811
+    store: StorageSettings,
 ) -> None:
     with connection():
         job = new_job()

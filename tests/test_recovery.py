@@ -22,37 +22,20 @@ from brokers.factory import job_middleware
 from brokers.job_status import JOB_ID_OPTION, current_worker_id
 from skillq.recovery import recover_stale_jobs
 from skillq.settings import Settings, StorageSettings, WorkerSettings
-from storage import bind_database, jobs, open_database
-from storage.database import connection, database_proxy
-from storage.migrations import upgrade
+from storage import jobs
+from storage.database import connection
 from storage.models import Job, utcnow
 from tests.reliability import BROKERS, Stack
 from tests.support import (
-    create_postgres_schema,
-    drop_postgres_schema,
-    postgres_schema_url,
-    require_service,
     wait_for,
 )
 
 WORKERS = WorkerSettings(max_retries=2, retry_delay_secs=0, heartbeat_secs=0.2, dead_after_secs=2)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def system(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[StubBroker, dramatiq.Actor, list[str]]]:
+@pytest.fixture
+def system(store: StorageSettings) -> Iterator[tuple[StubBroker, dramatiq.Actor, list[str]]]:
     """A StubBroker with skillq's middleware, a real store, and an actor recording runs."""
-    schema = None
-    if request.param == "postgres":
-        require_service("postgres")
-        schema = create_postgres_schema()
-        store = StorageSettings(backend="postgres", url=postgres_schema_url(schema))
-    else:
-        store = StorageSettings(path=tmp_path / "jobs.db")
-    previous = database_proxy.obj
-    database = bind_database(open_database(store))
-    upgrade()
     broker = StubBroker(middleware=job_middleware(WORKERS))
     broker.emit_after("process_boot")
     runs: list[str] = []
@@ -76,11 +59,6 @@ def system(
         release.set()
         worker.stop()
         broker.close()
-        database.close_all()
-        if previous is not None:
-            bind_database(previous)
-        if schema:
-            drop_postgres_schema(schema)
 
 
 def _job(state: str = "pending", **fields: object) -> Job:

@@ -14,48 +14,25 @@ from pathlib import Path
 import pytest
 
 from skillq.settings import StorageSettings
-from storage import bind_database, open_database
 from storage import schedules as schedule_store
-from storage.database import database_proxy
-from storage.migrations import upgrade
+from storage.database import connection
 from tests.support import (
     ROOT,
     ChildProcess,
     child_env,
-    create_postgres_schema,
-    drop_postgres_schema,
-    postgres_schema_url,
-    require_service,
     start_worker,
     wait_for,
     write_settings,
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
-    schema = None
-    if request.param == "postgres":
-        require_service("postgres")
-        schema = create_postgres_schema()
-        settings = StorageSettings(backend="postgres", url=postgres_schema_url(schema))
-    else:
-        settings = StorageSettings(backend="sqlite", path=tmp_path / "jobs.db")
-    previous = database_proxy.obj
-    database = bind_database(open_database(settings))
-    upgrade()
-    try:
-        with database.connection_context():
-            yield
-    finally:
-        database.close_all()
-        if previous is not None:
-            bind_database(previous)
-        if schema:
-            drop_postgres_schema(schema)
+@pytest.fixture
+def store_connection(store: StorageSettings) -> Iterator[None]:
+    with connection():
+        yield
 
 
-def test_a_fire_is_claimed_once(store: None) -> None:
+def test_a_fire_is_claimed_once(store_connection: None) -> None:
     tick = datetime(2026, 11, 25, 3, 0)
     assert schedule_store.claim("nightly", tick, claimed_by="a")
     assert not schedule_store.claim("nightly", tick, claimed_by="b")

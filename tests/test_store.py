@@ -5,9 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import peewee
 import pytest
@@ -17,34 +15,6 @@ from storage import JobState, bind_database, jobs, open_database
 from storage.database import connection, database_proxy
 from storage.migrations import LATEST_VERSION, MIGRATIONS, downgrade, schema_status, upgrade
 from storage.models import Job, utcnow
-from tests.support import (
-    create_postgres_schema,
-    drop_postgres_schema,
-    postgres_schema_url,
-    require_service,
-)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageSettings]:
-    schema = None
-    if request.param == "postgres":
-        require_service("postgres")
-        schema = create_postgres_schema()
-        settings = StorageSettings(backend="postgres", url=postgres_schema_url(schema))
-    else:
-        settings = StorageSettings(backend="sqlite", path=tmp_path / "jobs.db")
-    previous = database_proxy.obj
-    database = bind_database(open_database(settings))
-    upgrade()
-    try:
-        yield settings
-    finally:
-        database.close_all()
-        if previous is not None:
-            bind_database(previous)
-        if schema:
-            drop_postgres_schema(schema)
 
 
 def new_job(**overrides: object) -> Job:

@@ -12,10 +12,13 @@ The coordinator raises these; the REST layer (status code and error envelope), t
     ├── Unauthorized          401
     ├── Forbidden             403
     └── ServiceUnavailable    503  the broker or the store cannot be reached
+
+    SettingsError                   a bad settings file: start-up stops with one line, exit 2
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -67,3 +70,18 @@ class Forbidden(SkillqError):
 class ServiceUnavailable(SkillqError):
     status_code = 503
     code = "service_unavailable"
+
+
+class SettingsError(Exception):
+    """A settings problem, rendered as one line so it reads well in logs and on a terminal."""
+
+    def __init__(self, problem: str, key: str | None = None, source: Path | str | None = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.key = key
+        self.source = source
+
+    def __str__(self) -> str:
+        where = f"settings error in {self.source}" if self.source else "settings error"
+        text = f"{where}: {self.key}: {self.problem}" if self.key else f"{where}: {self.problem}"
+        return " ".join(text.splitlines())

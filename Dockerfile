@@ -11,6 +11,7 @@ COPY api api
 COPY brokers brokers
 COPY skillq skillq
 COPY storage storage
+COPY skills skills
 RUN pip install . && useradd --create-home skillq
 COPY deploy/settings.compose.toml /etc/skillq/settings.toml
 

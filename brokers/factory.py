@@ -78,9 +78,9 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":
-        from dramatiq.brokers.redis import RedisBroker
+        from brokers.redis_priority import PriorityRedisBroker
 
-        return RedisBroker(
+        return PriorityRedisBroker(
             url=broker_settings.url,
             namespace=broker_settings.namespace,
             middleware=middleware,

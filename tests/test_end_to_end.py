@@ -202,8 +202,6 @@ def test_equal_priority_jobs_run_in_submission_order(system: System) -> None:
 
 
 def test_higher_priority_runs_first_then_fifo(system: System) -> None:
-    if system.broker == "redis":
-        pytest.skip("dramatiq's Redis broker has no message priority (FIFO only; see README)")
     priorities = ["low", 5, "high", 5, "low", "high", 9, 0]
     bodies = [
         {"type": "sleep", "params": {"seconds": 0.02, "steps": 1, "echo": i}, "priority": p}

@@ -1,0 +1,138 @@
+"""Dramatiq's Redis broker plus message priority: one Redis list per priority level.
+
+Dramatiq's Redis broker keeps one list per queue and so ignores `broker_priority`. Here a
+message of the default priority (5) goes on the queue's own list, as before, and any other
+priority on a list of its own (`<queue>.p8`); the consumer fetches from the highest
+non-empty level first, so a worker runs higher priorities first and FIFO within a level.
+Everything else is dramatiq's: the Lua dispatch script, acknowledgements per level, the
+heartbeats, and dead-worker maintenance (every level is fetched from while the queue is
+idle, so a dead worker's unacknowledged messages on any level get their maintenance pass).
+Delayed messages (retries with back-off) wait in the queue's delay queue as usual and take
+their level when they come due.
+"""
+
+from __future__ import annotations
+
+import time
+from uuid import uuid4
+
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff, dq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+DEFAULT_PRIORITY = 5
+MAX_PRIORITY = 10
+#: Message option naming the Redis list a message was queued on (its queue or a level).
+LEVEL_OPTION = "redis_level"
+
+
+def level_name(queue_name: str, priority: int) -> str:
+    return queue_name if priority == DEFAULT_PRIORITY else f"{queue_name}.p{priority}"
+
+
+def priority_of(message: Message) -> int:
+    priority = message.options.get("broker_priority", DEFAULT_PRIORITY)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        return DEFAULT_PRIORITY
+    return max(0, min(MAX_PRIORITY, priority))
+
+
+class PriorityRedisBroker(RedisBroker):
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _PriorityRedisConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _RedisConsumer:
+        if queue_name.endswith(".DQ"):
+            return _RedisConsumer(self, queue_name, prefetch, timeout)
+        return _PriorityRedisConsumer(self, queue_name, prefetch, timeout)
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        if delay is not None:
+            return super().enqueue(message, delay=delay)
+        level = level_name(message.queue_name, priority_of(message))
+        # Every enqueue needs its own id in Redis: retries reuse the dramatiq message id.
+        message = message.copy(options={"redis_message_id": str(uuid4()), LEVEL_OPTION: level})
+        self.emit_before("enqueue", message, None)
+        self.do_enqueue(level, message.options["redis_message_id"], message.encode())
+        self.emit_after("enqueue", message, None)
+        return message
+
+    def levels(self, queue_name: str) -> list[str]:
+        """The queue's lists, highest priority first."""
+        return [level_name(queue_name, p) for p in range(MAX_PRIORITY, -1, -1)]
+
+    def flush(self, queue_name: str) -> None:
+        for level in self.levels(queue_name):
+            self.do_purge(level)
+        self.do_purge(dq_name(queue_name))
+
+    def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:
+        for level in self.levels(queue_name):
+            super().join(level, interval=interval, timeout=timeout)
+
+
+class _PriorityRedisConsumer(_RedisConsumer):
+    def __init__(self, broker: PriorityRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.levels = broker.levels(queue_name)
+
+    def _level(self, message: Message) -> str:
+        return message.options.get(LEVEL_OPTION, self.queue_name)
+
+    def ack(self, message: Message) -> None:
+        try:
+            self.broker.do_ack(self._level(message), message.options["redis_message_id"])
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+
+    def nack(self, message: Message) -> None:
+        try:
+            self.broker.do_nack(self._level(message), message.options["redis_message_id"])
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+
+    def requeue(self, messages: list[Message]) -> None:
+        by_level: dict[str, list[str]] = {}
+        for message in messages:
+            by_level.setdefault(self._level(message), []).append(
+                message.options["redis_message_id"]
+            )
+        for level, message_ids in by_level.items():
+            self.broker.do_requeue(level, *message_ids)
+
+    def _fetch(self, wanted: int) -> list[bytes]:
+        for level in self.levels:
+            messages = self.broker.do_fetch(level, wanted)
+            if messages:
+                return messages
+        return []
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                messages = []
+                if self.outstanding_message_count < self.prefetch:
+                    messages = self._fetch(self.prefetch - self.outstanding_message_count)
+                    self.message_cache = messages
+                if not messages:
+                    self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                    time.sleep(backoff_ms / 1000)
+                    return None
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None

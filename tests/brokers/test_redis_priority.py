@@ -1,0 +1,105 @@
+"""Our Redis broker honours message priority, and keeps dramatiq's Redis guarantees."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+
+from brokers.redis_priority import PriorityRedisBroker
+from tests.support import require_service, wait_for
+
+REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
+def make_broker(cls: type[RedisBroker], namespace: str, **kwargs: object) -> RedisBroker:
+    return cls(url=REDIS_URL, namespace=namespace, **kwargs)
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    require_service("redis")
+    name = f"skillq-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        PriorityRedisBroker,
+        pytest.param(
+            RedisBroker,
+            marks=pytest.mark.xfail(strict=True, reason="dramatiq's Redis broker is FIFO only"),
+        ),
+    ],
+)
+def test_one_thread_runs_higher_priority_first_then_fifo(
+    cls: type[RedisBroker], namespace: str
+) -> None:
+    broker = make_broker(cls, namespace)
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name="record")
+    def record(i: int) -> None:
+        ran.append(i)
+
+    priorities = [2, 5, 8, 5, 2, 8, 10, 0]
+    for i, priority in enumerate(priorities):
+        record.send_with_options(args=(i,), broker_priority=priority)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        wait_for(lambda: len(ran) == len(priorities), timeout=20, what="every message")
+    finally:
+        worker.stop()
+    assert ran == sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))
+
+
+def test_a_retried_priority_message_comes_back_from_its_delay_queue(namespace: str) -> None:
+    retries = dramatiq.middleware.Retries(min_backoff=10, max_backoff=20)
+    broker = make_broker(PriorityRedisBroker, namespace, middleware=[retries])
+    calls: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name="flaky", max_retries=2)
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("not yet")
+
+    flaky.send_with_options(broker_priority=9)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        wait_for(lambda: len(calls) == 3, timeout=20, what="three attempts")
+        broker.join("q", timeout=10_000)
+    finally:
+        worker.stop()
+    assert len(calls) == 3
+
+
+def test_a_dead_consumers_message_on_a_level_is_requeued(namespace: str) -> None:
+    dead = make_broker(PriorityRedisBroker, namespace, heartbeat_timeout=500)
+    dead.declare_queue("q")
+    message = dramatiq.Message("q", "noop", (), {}, {"broker_priority": 8})
+    dead.enqueue(message)
+    consumer = dead.consume("q", prefetch=1, timeout=100)
+    taken = wait_for(lambda: next(consumer), timeout=10, what="the first delivery")
+    assert taken.options["redis_level"] == "q.p8"
+    # The consumer's process "dies": no ack, no more heartbeats from its broker id.
+
+    alive = make_broker(
+        PriorityRedisBroker, namespace, heartbeat_timeout=500, maintenance_chance=1_000_000
+    )
+    again = alive.consume("q", prefetch=1, timeout=100)
+    redelivered = wait_for(lambda: next(again), timeout=15, what="the redelivery")
+    assert redelivered.message_id == message.message_id
+    again.ack(redelivered)

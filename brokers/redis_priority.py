@@ -14,6 +14,7 @@ their level when they come due.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from uuid import uuid4
 
 import redis
@@ -84,16 +85,15 @@ class _PriorityRedisConsumer(_RedisConsumer):
         return message.options.get(LEVEL_OPTION, self.queue_name)
 
     def ack(self, message: Message) -> None:
-        try:
-            self.broker.do_ack(self._level(message), message.options["redis_message_id"])
-        except redis.ConnectionError as error:
-            raise ConnectionClosed(error) from None
-        finally:
-            self.queued_message_ids.discard(message.message_id)
+        self._settle(self.broker.do_ack, message)
 
     def nack(self, message: Message) -> None:
+        self._settle(self.broker.do_nack, message)
+
+    def _settle(self, command: Callable[..., object], message: Message) -> None:
+        """Ack or nack on the level the message was fetched from, not the queue's own list."""
         try:
-            self.broker.do_nack(self._level(message), message.options["redis_message_id"])
+            command(self._level(message), message.options["redis_message_id"])
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None
         finally:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -25,6 +24,7 @@ from api.app import create_app
 from api.auth.oidc import OidcVerifier
 from api.auth.tokens import TokenError
 from skillq.settings import AuthSettings, OidcSettings
+from tests.support import JsonHandler, serve_http
 
 AUDIENCE = "skillq-api"
 
@@ -38,7 +38,7 @@ class Provider:
         self.up = True
         provider = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 if not provider.up:
                     self.send_error(503)
@@ -51,19 +51,10 @@ class Provider:
                 else:
                     self.send_error(404)
                     return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(body)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._server = contextlib.ExitStack()
+        self.issuer = self._server.enter_context(serve_http(Handler))
 
     def jwk(self, kid: str) -> dict:
         key = self.keys[kid]
@@ -99,8 +90,7 @@ class Provider:
         return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.fixture

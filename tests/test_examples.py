@@ -4,9 +4,7 @@ an LLM (a local HTTP server speaking OpenAI chat-completions) only contributes v
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from skillq.examples import ChatClient, ExampleStore, generate_examples
 from skillq.skills import Skill, SkillLibrary, Tool
-from tests.support import ROOT
+from tests.support import ROOT, JsonHandler, serve_http
 
 SHIPPED = SkillLibrary([ROOT / "skills"])
 
@@ -89,7 +87,7 @@ def test_examples_are_stored_with_the_skill(tmp_path: Path) -> None:
 # --- the LLM: a local HTTP server speaking the OpenAI chat-completions format ---
 
 
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(JsonHandler):
     requests: list[dict] = []
     #: What the "model" answers: two valid examples, one invalid, one duplicate, in a fence.
     answer = {
@@ -103,7 +101,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         assert self.path == "/v1/chat/completions"
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         self.requests.append(body)
         content = "Here you are:\n```json\n" + json.dumps(self.answer) + "\n```"
         reply = {
@@ -118,25 +116,14 @@ class ChatHandler(BaseHTTPRequestHandler):
                 }
             ],
         }
-        payload = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json(reply)
 
 
 @pytest.fixture
 def llm_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     ChatHandler.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serve_http(ChatHandler) as url:
+        yield f"{url}/v1"
 
 
 def test_llm_examples_are_kept_only_when_they_validate(llm_url: str) -> None:

@@ -7,9 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from skillq.embeddings import LocalEmbedder, OpenAIEmbedder
 from skillq.errors import InvalidParams, NotFound
 from skillq.search import Collections
-from tests.support import ROOT
+from tests.support import ROOT, JsonHandler, serve_http
 
 WORDS = [
     hashlib.sha256(str(i).encode()).hexdigest()[:6] for i in range(400)
@@ -143,34 +141,22 @@ def embed(text: str) -> list[float]:
     return vector
 
 
-class EmbeddingsHandler(BaseHTTPRequestHandler):
+class EmbeddingsHandler(JsonHandler):
     calls: list[int] = []
 
     def do_POST(self) -> None:
         assert self.path == "/v1/embeddings"
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         self.calls.append(len(body["input"]))
         data = [{"index": i, "embedding": embed(text)} for i, text in enumerate(body["input"])]
-        payload = json.dumps({"object": "list", "data": data, "model": body["model"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_json({"object": "list", "data": data, "model": body["model"]})
 
 
 @pytest.fixture
 def embeddings_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingsHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     EmbeddingsHandler.calls = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serve_http(EmbeddingsHandler) as url:
+        yield f"{url}/v1"
 
 
 def test_hybrid_search_finds_by_meaning_and_by_keyword(tmp_path: Path, embeddings_url: str) -> None:

@@ -246,3 +246,18 @@ def start_api(settings_path: Path, log_dir: Path) -> tuple[ChildProcess, str]:
 
     wait_for(answers, timeout=30, what="the API to answer")
     return api, base_url
+
+
+@contextlib.contextmanager
+def api_with_worker(directory: Path, sections: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """A real API and worker process on one settings file; yields the API's base URL."""
+    settings_path = write_settings(directory, sections)
+    api, base_url = start_api(settings_path, directory)
+    try:
+        worker = start_worker(settings_path, directory)
+        try:
+            yield base_url
+        finally:
+            worker.stop()
+    finally:
+        api.stop()

@@ -18,7 +18,7 @@ import pytest
 
 import actors
 from skillq.job_types import job_types_of
-from tests.support import start_api, start_worker, write_settings
+from tests.support import api_with_worker
 
 VERSION = "2.12.0"
 PACKAGE = f"@modelcontextprotocol/inspector@{VERSION}"
@@ -48,15 +48,9 @@ def inspector() -> Path:
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("mcp-inspector")
-    settings_path = write_settings(
-        directory,
-        {"server": {"data_dir": str(directory / "data")}, "mcp": {"inline_wait_secs": 60}},
-    )
-    api, url = start_api(settings_path, directory)
-    worker = start_worker(settings_path, directory)
-    yield url
-    worker.stop()
-    api.stop()
+    sections = {"server": {"data_dir": str(directory / "data")}, "mcp": {"inline_wait_secs": 60}}
+    with api_with_worker(directory, sections) as url:
+        yield url
 
 
 def run(inspector: Path, tmp_path: Path, target: list[str], *args: str) -> dict:

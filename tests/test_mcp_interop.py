@@ -10,21 +10,15 @@ from fastmcp import Client
 from fastmcp.client.transports import SSETransport, StreamableHttpTransport
 from fastmcp.exceptions import ToolError
 
-from tests.support import start_api, start_worker, write_settings
+from tests.support import api_with_worker
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("mcp-interop")
-    settings_path = write_settings(
-        directory,
-        {"server": {"data_dir": str(directory / "data")}, "mcp": {"inline_wait_secs": 60}},
-    )
-    api, url = start_api(settings_path, directory)
-    worker = start_worker(settings_path, directory)
-    yield url
-    worker.stop()
-    api.stop()
+    sections = {"server": {"data_dir": str(directory / "data")}, "mcp": {"inline_wait_secs": 60}}
+    with api_with_worker(directory, sections) as url:
+        yield url
 
 
 VARIANTS = {

@@ -19,6 +19,7 @@ client cannot point a job at `../../etc` or at a symlink that leads out.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import tomllib
@@ -54,7 +55,7 @@ class Tool:
     timeout_secs: float
     kind: str
 
-    @property
+    @functools.cached_property
     def validator(self) -> Draft202012Validator:
         return Draft202012Validator(
             self.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER

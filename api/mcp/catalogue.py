@@ -78,7 +78,8 @@ def _skill_tools(coordinator: JobCoordinator) -> list[JobTool]:
                     input_schema=_as_object_schema(tool.input_schema),
                     job_type=SKILL_JOB_TYPE,
                     params=params,
-                    validator=Draft202012Validator(tool.input_schema),
+                    # The tool's own validator: the same check the submission will make.
+                    validator=tool.validator,
                 )
             )
     return tools

@@ -9,7 +9,7 @@ from typing import Any
 
 import dramatiq
 
-from brokers.progress import report_progress
+from skillq.brokers.progress import report_progress
 
 SLEEP_PARAMS = {
     "type": "object",

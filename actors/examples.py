@@ -11,12 +11,12 @@ from typing import Any
 
 import dramatiq
 
-from actors import settings
-from actors.skills import skill_library
-from brokers.progress import report_progress
+from skillq.actors import settings
+from skillq.actors.skills import skill_library
+from skillq.brokers.progress import report_progress
+from skillq.engine.examples import ChatClient, ExampleStore, generate_examples
+from skillq.engine.skills import NAME_PATTERN, SkillError
 from skillq.errors import InvalidParams, NotFound
-from skillq.examples import ChatClient, ExampleStore, generate_examples
-from skillq.skills import NAME_PATTERN, SkillError
 
 GENERATE_EXAMPLES_PARAMS = {
     "type": "object",

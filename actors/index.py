@@ -12,11 +12,11 @@ from typing import Any
 
 import dramatiq
 
-from actors import settings
-from brokers.progress import report_progress
-from skillq.embeddings import embedder_from_settings
+from skillq.actors import settings
+from skillq.brokers.progress import report_progress
+from skillq.engine.embeddings import embedder_from_settings
+from skillq.engine.search import COLLECTION_PATTERN, Collections
 from skillq.errors import InvalidParams
-from skillq.search import COLLECTION_PATTERN, Collections
 
 INDEX_DOCUMENTS_PARAMS = {
     "type": "object",

@@ -13,10 +13,10 @@ import logging
 import dramatiq
 from periodiq import cron
 
-from actors import settings
-from skillq import recovery
-from storage import jobs, schedules, workers
-from storage.database import connection
+from skillq.actors import settings
+from skillq.jobs import recovery
+from skillq.storage import jobs, schedules, workers
+from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def purge_expired_jobs() -> int:
 
 @dramatiq.actor(queue_name="maintenance", periodic=cron("* * * * *"), max_retries=0)
 def recover_stale_jobs() -> dict:
-    """Stale-job recovery (see `skillq.recovery`), once a minute."""
+    """Stale-job recovery (see `skillq.jobs.recovery`), once a minute."""
     return dataclasses.asdict(recovery.recover_stale_jobs(settings))
 
 

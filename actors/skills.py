@@ -13,12 +13,12 @@ from typing import Any
 
 import dramatiq
 
-from actors import settings
-from brokers.progress import current_job_id, report_progress
+from skillq.actors import settings
+from skillq.brokers.progress import current_job_id, report_progress
+from skillq.engine.sandbox import Limits, ToolFailed, run_tool
+from skillq.engine.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 from skillq.errors import InvalidParams, NotFound
-from skillq.jobs import schema_errors
-from skillq.sandbox import Limits, ToolFailed, run_tool
-from skillq.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
+from skillq.jobs.coordinator import schema_errors
 
 EXECUTE_SKILL_PARAMS = {
     "type": "object",

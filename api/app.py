@@ -9,13 +9,23 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 
-from api import collections, job_types, jobs, metrics, openapi, probes, stats, stream, workers
-from api.auth import build_auth_backend, on_auth_error
-from api.auth import routes as auth_routes
-from api.body_limit import BodySizeLimit
-from api.errors import EXCEPTION_HANDLERS
-from api.mcp import McpEndpoints
-from skillq.jobs import JobCoordinator
+from skillq.api import (
+    collections,
+    job_types,
+    jobs,
+    metrics,
+    openapi,
+    probes,
+    stats,
+    stream,
+    workers,
+)
+from skillq.api.auth import build_auth_backend, on_auth_error
+from skillq.api.auth import routes as auth_routes
+from skillq.api.body_limit import BodySizeLimit
+from skillq.api.errors import EXCEPTION_HANDLERS
+from skillq.api.mcp import McpEndpoints
+from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
 
@@ -26,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     effects; it is the same configuration step the worker performs. `settings` defaults to
     those `actors` loaded; tests pass variants (e.g. another auth mode) on the same store.
     """
-    import actors
+    from skillq import actors
 
     settings = settings or actors.settings
     coordinator = JobCoordinator(actors.broker, settings)

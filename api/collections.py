@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.auth.access import require_viewer
-from skillq.embeddings import embedder_from_settings
+from skillq.api.auth.access import require_viewer
+from skillq.engine.embeddings import embedder_from_settings
+from skillq.engine.search import Collections
 from skillq.errors import InvalidParams
-from skillq.search import Collections
 
 
 @functools.cache

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.auth.access import require_viewer
+from skillq.api.auth.access import require_viewer
 
 
 async def list_job_types(request: Request) -> JSONResponse:

@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.auth.access import require_submitter, require_viewer
+from skillq.api.auth.access import require_submitter, require_viewer
 from skillq.errors import InvalidParams, InvalidRequest
-from skillq.jobs import JobCoordinator, job_to_dict
+from skillq.jobs.coordinator import JobCoordinator, job_to_dict
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

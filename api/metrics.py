@@ -26,9 +26,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth.access import require_viewer
-from storage import jobs
-from storage.database import connection
+from skillq.api.auth.access import require_viewer
+from skillq.storage import jobs
+from skillq.storage.database import connection
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 

@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.openapi_schemas import SCHEMAS, STATES
-from skillq.job_types import JobType
-from skillq.jobs import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
-from skillq.search import COLLECTION_PATTERN, MAX_K
+from skillq.api.openapi_schemas import SCHEMAS, STATES
+from skillq.engine.search import COLLECTION_PATTERN, MAX_K
+from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
+from skillq.jobs.types import JobType
 from skillq.settings import Settings
 
 _ERRORS = {

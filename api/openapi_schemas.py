@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.models import JobState
+from skillq.storage.models import JobState
 
 STATES = [state.value for state in JobState]
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}

@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.settings import Settings
-from storage.database import connection
-from storage.migrations import schema_status
-from storage.models import Job
+from skillq.storage.database import connection
+from skillq.storage.migrations import schema_status
+from skillq.storage.models import Job
 
 #: Seconds a readiness check waits for the broker.
 BROKER_TIMEOUT_SECS = 2.0

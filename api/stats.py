@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.auth.access import require_viewer
-from storage import jobs
-from storage.database import in_connection
-from storage.models import JobState
+from skillq.api.auth.access import require_viewer
+from skillq.storage import jobs
+from skillq.storage.database import in_connection
+from skillq.storage.models import JobState
 
 
 def _by_state() -> dict[str, int]:

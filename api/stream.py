@@ -25,10 +25,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
-from api.auth.access import require_viewer
+from skillq.api.auth.access import require_viewer
 from skillq.errors import NotFound
-from skillq.jobs import JobCoordinator, job_to_dict
-from storage.models import Job
+from skillq.jobs.coordinator import JobCoordinator, job_to_dict
+from skillq.storage.models import Job
 
 
 @dataclass(frozen=True)

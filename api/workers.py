@@ -7,44 +7,13 @@ a hung process); its jobs are recovered by stale-job recovery. Only an unrestric
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.auth.access import require_viewer
-from skillq.jobs import iso
-from storage import workers
-from storage.database import in_connection
-
-
-@in_connection
-def worker_list(dead_after_secs: float, *, show_jobs: bool = True) -> dict[str, Any]:
-    listed = workers.list_workers(dead_after_secs)
-    rows = []
-    for entry in listed:
-        worker = entry.worker
-        row = {
-            "id": worker.id,
-            "host": worker.host,
-            "pid": worker.pid,
-            "status": entry.status,
-            "queues": worker.queues,
-            "threads": worker.threads,
-            "started_at": iso(worker.started_at),
-            "last_beat_at": iso(worker.last_beat_at),
-            "stopped_at": iso(worker.stopped_at),
-            "jobs_running": len(worker.running_jobs),
-        }
-        if show_jobs:
-            row["running_jobs"] = worker.running_jobs
-        rows.append(row)
-    counts = {status: 0 for status in ("alive", "stopped", "dead")}
-    for entry in listed:
-        counts[entry.status] += 1
-    return {"workers": rows, "counts": counts, "dead_after_secs": dead_after_secs}
+from skillq.api.auth.access import require_viewer
+from skillq.jobs.workers import worker_list
 
 
 async def list_workers(request: Request) -> JSONResponse:

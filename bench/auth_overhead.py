@@ -50,11 +50,11 @@ def build_rows(requests: int) -> dict[str, tuple[object, list[dict[str, str]]]]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    import actors
-    from api.app import create_app
+    from skillq import actors
+    from skillq.api.app import create_app
     from skillq.settings import AuthSettings, JwtSettings
-    from storage import api_keys
-    from storage.database import connection
+    from skillq.storage import api_keys
+    from skillq.storage.database import connection
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = (

@@ -38,7 +38,7 @@ from tests.reliability import TERMINAL, Stack  # noqa: E402
 from tests.support import ChildProcess, free_port, wait_for  # noqa: E402
 
 API_BOOT = (
-    "import sys, bench.chaos_probe; from skillq.cli import main;"
+    "import sys, bench.chaos_probe; from skillq.cli.main import main;"
     " sys.argv = ['skillq', 'api', *sys.argv[1:]]; main()"
 )
 REDIS_START = [
@@ -100,7 +100,7 @@ class ChaosRun:
         wait_for(answers, timeout=60, what="the API to answer")
 
     def start_worker(self) -> ChildProcess:
-        args = ["-m", "dramatiq", "actors", "bench.chaos_probe", "--processes", "1"]
+        args = ["-m", "dramatiq", "skillq.actors", "bench.chaos_probe", "--processes", "1"]
         args += ["--threads", str(THREADS), "--worker-shutdown-timeout", "5000"]
         worker = ChildProcess("worker", args, self.stack.settings_path, self.directory)
         wait_for(

@@ -15,8 +15,8 @@ import time
 
 import dramatiq
 
-import actors  # noqa: F401  (configures the broker this actor is declared on)
-from brokers.progress import current_job_id
+from skillq import actors  # noqa: F401  (configures the broker this actor is declared on)
+from skillq.brokers.progress import current_job_id
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS executions (
     id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, pid INTEGER NOT NULL,

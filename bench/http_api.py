@@ -121,8 +121,8 @@ def main() -> None:
         os.environ["SKILLQ_SETTINGS"] = str(write_settings(data_dir, port, args.broker))
 
         # Configures broker and store, and creates the schema before the API starts.
-        import actors
-        from skillq.jobs import JobCoordinator, job_to_dict
+        from skillq import actors
+        from skillq.jobs.coordinator import JobCoordinator, job_to_dict
 
         log_path = data_dir / "api.log"
         server = start_api(port, log_path)

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from skillq.search import Collections
+from skillq.engine.search import Collections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,7 +197,7 @@ def main() -> None:
         f"{args.docs} documents, {args.queries} queries, k=10\n"
     )
     if args.local_embeddings:
-        from skillq.embeddings import LocalEmbedder
+        from skillq.engine.embeddings import LocalEmbedder
 
         with tempfile.TemporaryDirectory() as tmp:
             row = bench_skillq(docs, queries, Path(tmp), LocalEmbedder())

@@ -33,7 +33,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 
 def make_broker(kind: str, db: str) -> dramatiq.Broker:
     if kind == "ours":
-        from brokers.sqlite import SQLiteBroker
+        from skillq.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(path=db)
     if kind == "plain":

@@ -7,7 +7,8 @@ request it
 
 - raises `JobCancelled` in the worker thread running the job (the way dramatiq's time limit
   interrupts an actor: it lands at the thread's next Python instruction),
-- kills the job's skill subprocess group, if it runs one (`skillq.sandbox.kill_running`), since
+- kills the job's skill subprocess group, if it runs one
+  (`skillq.engine.sandbox.kill_running`), since
   a thread blocked in a system call only sees the exception once the call returns,
 - flags the message, so that `JobStatus` records `cancelled` whatever the actor raised on the
   way out and `JobRetries` does not retry it.
@@ -31,9 +32,9 @@ import dramatiq
 from dramatiq.middleware import Interrupt, Middleware
 from dramatiq.threading import raise_thread_exception
 
-from brokers.job_status import CANCELLED_OPTION, JOB_ID_OPTION
-from storage import jobs
-from storage.database import connection
+from skillq.brokers.job_status import CANCELLED_OPTION, JOB_ID_OPTION
+from skillq.storage import jobs
+from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Cancellation(Middleware):
 
 def _kill_subprocess(job_id: str) -> None:
     try:
-        from skillq.sandbox import kill_running
+        from skillq.engine.sandbox import kill_running
     except ImportError:  # the sandbox is optional; without it no job runs a subprocess
         return
     try:

@@ -9,7 +9,6 @@ it running, and let go of it before anyone records its outcome.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,12 +24,11 @@ from dramatiq.middleware import (
 )
 from periodiq import PeriodiqMiddleware
 
-from brokers.cancellation import Cancellation
-from brokers.job_status import JobStatus
-from brokers.progress import JobProgress
-from brokers.retries import JobRetries
-from brokers.worker_registry import WorkerRegistry
-from skillq.recovery import recover_stale_jobs
+from skillq.brokers.cancellation import Cancellation
+from skillq.brokers.job_status import JobStatus
+from skillq.brokers.progress import JobProgress
+from skillq.brokers.retries import JobRetries
+from skillq.brokers.worker_registry import WorkerRegistry
 from skillq.settings import Settings, WorkerSettings
 
 #: Highest job priority; RabbitMQ queues are declared with it as `x-max-priority`.
@@ -72,13 +70,14 @@ def job_middleware(
     ]
 
 
-def build_broker(settings: Settings) -> dramatiq.Broker:
-    middleware = job_middleware(
-        settings.workers, recover=functools.partial(recover_stale_jobs, settings)
-    )
+def build_broker(
+    settings: Settings, *, recover: Callable[[], Any] | None = None
+) -> dramatiq.Broker:
+    """The configured broker; `recover` runs stale-job recovery from the worker registry."""
+    middleware = job_middleware(settings.workers, recover=recover)
     broker_settings = settings.broker
     if broker_settings.backend == "redis":
-        from brokers.redis_priority import PriorityRedisBroker
+        from skillq.brokers.redis_priority import PriorityRedisBroker
 
         return PriorityRedisBroker(
             url=broker_settings.url,
@@ -97,7 +96,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
             # Without confirms a message can vanish if RabbitMQ dies right after send().
             confirm_delivery=True,
         )
-    from brokers.sqlite import SQLiteBroker
+    from skillq.brokers.sqlite import SQLiteBroker
 
     return SQLiteBroker(
         path=broker_settings.path, lease_secs=broker_settings.lease_secs, middleware=middleware

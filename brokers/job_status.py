@@ -19,9 +19,9 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
-from storage import Job, JobState, jobs
-from storage.database import database_proxy
-from storage.models import utcnow
+from skillq.storage import Job, JobState, jobs
+from skillq.storage.database import database_proxy
+from skillq.storage.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class JobStatus(Middleware):
     @property
     def actor_options(self) -> set[str]:
         # Declared here because a job type is an actor plus these: the catalogue of job
-        # types (`skillq.job_types`) reads them back from each actor.
+        # types (`skillq.jobs.types`) reads them back from each actor.
         # `run_once=True` marks a job type that must not run twice (see `run_once`).
         return {"params_schema", "description", "params_check", RUN_ONCE_OPTION}
 

@@ -15,9 +15,9 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from brokers.cancellation import raise_if_cancelled
-from brokers.job_status import JOB_ID_OPTION
-from storage import jobs
+from skillq.brokers.cancellation import raise_if_cancelled
+from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.storage import jobs
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Retries, TimeLimitExceeded
 
-from brokers.job_status import CANCELLED_OPTION
+from skillq.brokers.job_status import CANCELLED_OPTION
 
 
 class JobRetries(Retries):

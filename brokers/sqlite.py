@@ -29,7 +29,7 @@ from dramatiq.errors import ConnectionFailed, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
-from storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
 
 #: Priority of messages without a ``broker_priority`` option (same option as RabbitMQ's broker).
 DEFAULT_PRIORITY = 5

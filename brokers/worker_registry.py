@@ -5,7 +5,7 @@ The row (id, host, pid, queues, threads, started, last beat, jobs running) is wh
 `heartbeat_at` of the jobs the process runs, which is how the rest of the system tells a live
 attempt from one whose worker died (`brokers.job_status.worker_alive`, stale-job recovery).
 
-The beat thread also runs stale-job recovery (`skillq.recovery`) at boot and then every
+The beat thread also runs stale-job recovery (`skillq.jobs.recovery`) at boot and then every
 `dead_after_secs`, so recovery needs no scheduler: wherever jobs can run, it runs.
 
 On a graceful shutdown, jobs still running when dramatiq gives up waiting for them
@@ -27,9 +27,9 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from brokers.job_status import ATTEMPT_OPTION, JOB_ID_OPTION, current_worker_id
-from storage import jobs, workers
-from storage.database import connection
+from skillq.brokers.job_status import ATTEMPT_OPTION, JOB_ID_OPTION, current_worker_id
+from skillq.storage import jobs, workers
+from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
 

@@ -1,3 +1,3 @@
-from skillq.cli import main
+from skillq.cli.main import main
 
 main()

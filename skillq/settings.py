@@ -9,6 +9,7 @@ allowed, so a new key is one line here.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import sys
 from collections.abc import Callable
@@ -74,6 +75,10 @@ class StorageSettings:
     path: Annotated[Path, _R(in_data_dir="jobs.db")] = field(default_factory=_home("jobs.db"))
     url: str | None = None
     pool_size: Annotated[int, _R(lo=1, hi=1000)] = 10
+
+    def database_args(self) -> dict[str, Any]:
+        """The plain values `skillq.storage.open_database` takes (the store reads no settings)."""
+        return {"path": self.path, "url": self.url, "pool_size": self.pool_size}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +155,8 @@ class JobsSettings:
 
 
 def _shipped_skills() -> tuple[Path, ...]:
-    """The example skills shipped inside the distribution (`skills/` beside the packages)."""
-    return (Path(__file__).resolve().parent.parent / "skills",)
+    """The example skills shipped with skillq (`skills/`, installed as `skillq.example_skills`)."""
+    return (Path(str(importlib.resources.files("skillq.example_skills"))),)
 
 
 @dataclass(frozen=True, slots=True)

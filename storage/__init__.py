@@ -3,7 +3,7 @@
 The broker only carries messages; the API, the CLI and MCP read job state from here.
 """
 
-from storage.database import bind_database, open_database
-from storage.models import Job, JobState
+from skillq.storage.database import bind_database, open_database
+from skillq.storage.models import Job, JobState
 
 __all__ = ["Job", "JobState", "bind_database", "open_database"]

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import peewee
 
-from storage.models import BaseModel, utcnow
+from skillq.storage.models import BaseModel, utcnow
 
 #: Every key starts with this, so a key pasted into `Authorization: Bearer` is recognisable
 #: and secret scanners can find leaked ones.

@@ -1,4 +1,7 @@
-"""Opening the store's database from settings, for SQLite and PostgreSQL alike.
+"""Opening the store's database, for SQLite and PostgreSQL alike.
+
+The store takes plain values (a backend name, a path or URL, a pool size), never the settings
+object: it sits below everything that reads settings.
 
 Models are bound to one `DatabaseProxy`, so a process opens its database once at start-up
 (`bind_database`) and every query module uses it without passing a handle around.
@@ -20,8 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from skillq.settings import StorageSettings
-from storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -30,11 +32,18 @@ database_proxy = peewee.DatabaseProxy()
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def open_database(settings: StorageSettings) -> peewee.Database:
-    """A database handle for the configured backend; connections open lazily per thread."""
-    if settings.backend == "postgres":
-        return _open_postgres(settings.url or "", settings.pool_size)
-    return open_sqlite(Path(settings.path))
+def open_database(
+    backend: str, *, path: Path | str | None = None, url: str | None = None, pool_size: int = 10
+) -> peewee.Database:
+    """A database handle for `backend` ("sqlite" at `path`, or "postgres" at `url`).
+
+    Connections open lazily, one per unit of work, from a pool of `pool_size`.
+    """
+    if backend == "postgres":
+        return _open_postgres(url or "", pool_size)
+    if path is None:
+        raise ValueError("a SQLite store needs a path")
+    return open_sqlite(Path(path))
 
 
 class _SqliteStore(PooledSqliteDatabase):
@@ -50,7 +59,7 @@ def open_sqlite(path: Path) -> PooledSqliteDatabase:
 
     `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
     last commits, which is the usual trade-off for an embedded job store. Checkpoints run in
-    the background (see `storage.sqlite_wal`), not in whichever request commits.
+    the background (see `skillq.storage.sqlite_wal`), not in whichever request commits.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     return _SqliteStore(

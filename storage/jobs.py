@@ -20,8 +20,8 @@ from typing import Any
 
 import peewee
 
-from storage.database import database_proxy
-from storage.models import Job, JobState, utcnow
+from skillq.storage.database import database_proxy
+from skillq.storage.models import Job, JobState, utcnow
 
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
 

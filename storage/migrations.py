@@ -16,8 +16,8 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from storage.database import database_proxy
-from storage.models import JSONField, utcnow
+from skillq.storage.database import database_proxy
+from skillq.storage.models import JSONField, utcnow
 
 
 class SchemaVersion(peewee.Model):

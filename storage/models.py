@@ -9,7 +9,7 @@ from typing import Any
 
 import peewee
 
-from storage.database import database_proxy
+from skillq.storage.database import database_proxy
 
 
 class JobState(StrEnum):

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from storage.models import BaseModel, utcnow
+from skillq.storage.models import BaseModel, utcnow
 
 
 class ScheduleFire(BaseModel):

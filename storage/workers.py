@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from storage.models import BaseModel, Job, JobState, JSONField, utcnow
+from skillq.storage.models import BaseModel, Job, JobState, JSONField, utcnow
 
 
 class Worker(BaseModel):

@@ -116,9 +116,9 @@ def drop_postgres_schema(schema: str) -> None:
 def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
     """A fresh, upgraded job store (SQLite file, or its own PostgreSQL schema) bound to the
     models for the duration; the previous binding comes back afterwards."""
-    from storage import bind_database, open_database
-    from storage.database import database_proxy
-    from storage.migrations import upgrade
+    from skillq.storage import bind_database, open_database
+    from skillq.storage.database import database_proxy
+    from skillq.storage.migrations import upgrade
 
     schema = None
     if backend == "postgres":
@@ -128,7 +128,7 @@ def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
     else:
         settings = StorageSettings(backend="sqlite", path=directory / "jobs.db")
     previous = database_proxy.obj
-    database = bind_database(open_database(settings))
+    database = bind_database(open_database(settings.backend, **settings.database_args()))
     try:
         upgrade()
         yield settings
@@ -213,7 +213,7 @@ class ChildProcess:
 def start_worker(settings_path: Path, log_dir: Path, *, threads: int = 4) -> ChildProcess:
     worker = ChildProcess(
         "worker",
-        ["-m", "dramatiq", "actors", "--processes", "1", "--threads", str(threads)],
+        ["-m", "dramatiq", "skillq.actors", "--processes", "1", "--threads", str(threads)],
         settings_path,
         log_dir,
     )

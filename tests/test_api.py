@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from api.app import create_app
-from storage import jobs
-from storage.database import connection
+from skillq.api.app import create_app
+from skillq.storage import jobs
+from skillq.storage.database import connection
 
 
 @pytest.fixture(scope="module")

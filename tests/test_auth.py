@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.testclient import TestClient
 
-import actors
-from api.app import create_app
+from skillq import actors
+from skillq.api.app import create_app
 from skillq.settings import AuthSettings, JwtSettings
-from storage import api_keys
-from storage.database import connection
+from skillq.storage import api_keys
+from skillq.storage.database import connection
 
 SECRET = "test-secret-" + "x" * 32
 ISSUER, AUDIENCE = "skillq", "skillq-api"

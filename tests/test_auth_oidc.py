@@ -19,11 +19,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.testclient import TestClient
 
-import actors
-from api.app import create_app
-from api.auth.oidc import OidcVerifier
-from api.auth.tokens import TokenError
+from skillq import actors
+from skillq.api.app import create_app
+from skillq.api.auth.oidc import OidcVerifier
 from skillq.settings import AuthSettings, OidcSettings
+from skillq.tokens import TokenError
 from tests.support import JsonHandler, serve_http
 
 AUDIENCE = "skillq-api"

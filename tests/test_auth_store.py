@@ -6,8 +6,8 @@ import peewee
 import pytest
 
 from skillq.settings import StorageSettings
-from storage import api_keys, jobs
-from storage.database import connection
+from skillq.storage import api_keys, jobs
+from skillq.storage.database import connection
 from tests.test_store import new_job
 
 

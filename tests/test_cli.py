@@ -33,6 +33,14 @@ ENTRY_POINTS = {
     "skillq": [sys.executable, "-m", "skillq", "jobs", "list"],
     "import actors": [sys.executable, "-c", "import actors"],
     "dramatiq actors": [sys.executable, "-m", "dramatiq", "actors", "--processes", "1"],
+    "dramatiq skillq.actors": [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "skillq.actors",
+        "--processes",
+        "1",
+    ],
 }
 
 
@@ -81,7 +89,7 @@ def embedded(tmp_path: Path) -> Path:
 
 
 def test_db_commands_report_downgrade_and_upgrade_the_schema(embedded: Path) -> None:
-    from storage.migrations import LATEST_VERSION, MIGRATIONS
+    from skillq.storage.migrations import LATEST_VERSION, MIGRATIONS
 
     versions = [migration.version for migration in MIGRATIONS]
     latest = f"schema version {LATEST_VERSION} of {LATEST_VERSION}"

@@ -8,15 +8,15 @@ import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-import actors
-from actors.diagnostics import SLEEP_PARAMS
-from brokers.factory import job_middleware
-from brokers.job_status import JOB_ID_OPTION
-from brokers.progress import JobProgress, report_progress
+from skillq import actors
+from skillq.actors.diagnostics import SLEEP_PARAMS
+from skillq.brokers.factory import job_middleware
+from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.progress import JobProgress, report_progress
 from skillq.errors import Conflict, InvalidParams, NotFound, ServiceUnavailable
-from skillq.jobs import JobCoordinator
-from storage import JobState, jobs
-from storage.database import connection
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.storage import JobState, jobs
+from skillq.storage.database import connection
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def _purge_broker(broker: str) -> None:
     elif broker == "rabbitmq":
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        from brokers.factory import MAX_PRIORITY
+        from skillq.brokers.factory import MAX_PRIORITY
 
         rabbit = RabbitmqBroker(url=RABBITMQ_URL, max_priority=MAX_PRIORITY)
         for queue in ("default", "maintenance"):

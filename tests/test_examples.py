@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from skillq.examples import ChatClient, ExampleStore, generate_examples
-from skillq.skills import Skill, SkillLibrary, Tool
+from skillq.engine.examples import ChatClient, ExampleStore, generate_examples
+from skillq.engine.skills import Skill, SkillLibrary, Tool
 from tests.support import ROOT, JsonHandler, serve_http
 
 SHIPPED = SkillLibrary([ROOT / "skills"])

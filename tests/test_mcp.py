@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from skillq.job_types import job_types_of
+from skillq.jobs.types import job_types_of
 from tests.mcp_clients import PROTOCOL, TRANSPORTS, Rest, connect
 from tests.support import ChildProcess, start_api, start_worker, wait_for, write_settings
 
@@ -73,7 +73,7 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 def _catalogue() -> dict:
-    import actors
+    from skillq import actors
 
     return job_types_of(actors.broker)
 
@@ -262,8 +262,8 @@ def test_cancelling_the_call_while_it_waits_inline_cancels_the_job(
 
 
 def test_skill_tools_run_as_execute_skill_jobs(busy: System) -> None:
+    from skillq.engine.skills import SkillLibrary
     from skillq.settings import load_settings
-    from skillq.skills import SkillLibrary
 
     skills, _ = SkillLibrary(load_settings(busy.settings_path).skills.paths).all()
     expected = {

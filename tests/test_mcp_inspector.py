@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import actors
-from skillq.job_types import job_types_of
+from skillq import actors
+from skillq.jobs.types import job_types_of
 from tests.support import api_with_worker
 
 VERSION = "2.12.0"

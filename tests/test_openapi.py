@@ -18,9 +18,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 from starlette.testclient import TestClient
 
-import actors
-from api.app import create_app
-from api.openapi import documented_routes
+from skillq import actors
+from skillq.api.app import create_app
+from skillq.api.openapi import documented_routes
 from skillq.settings import AuthSettings, JwtSettings
 from tests.support import (
     create_postgres_schema,

@@ -18,13 +18,13 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from brokers.factory import job_middleware
-from brokers.job_status import JOB_ID_OPTION, current_worker_id
-from skillq.recovery import recover_stale_jobs
+from skillq.brokers.factory import job_middleware
+from skillq.brokers.job_status import JOB_ID_OPTION, current_worker_id
+from skillq.jobs.recovery import recover_stale_jobs
 from skillq.settings import Settings, StorageSettings, WorkerSettings
-from storage import jobs
-from storage.database import connection
-from storage.models import Job, utcnow
+from skillq.storage import jobs
+from skillq.storage.database import connection
+from skillq.storage.models import Job, utcnow
 from tests.reliability import BROKERS, Stack
 from tests.support import (
     wait_for,
@@ -102,7 +102,7 @@ def test_a_duplicate_of_a_job_a_live_worker_runs_is_deferred_not_run(
     system, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, actor, runs = system
-    caplog.set_level(logging.INFO, logger="brokers.job_status")
+    caplog.set_level(logging.INFO, logger="skillq.brokers.job_status")
     job = _job()
     _send(actor, job, "original", wait=True)
     wait_for(lambda: runs == ["original"], what="the original attempt to start")
@@ -164,7 +164,7 @@ def test_an_immediate_retry_follows_on_without_waiting_for_the_failed_attempt(
     system, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker, _, runs = system
-    caplog.set_level(logging.INFO, logger="brokers.job_status")
+    caplog.set_level(logging.INFO, logger="skillq.brokers.job_status")
 
     def flaky(label: str) -> None:
         runs.append(label)

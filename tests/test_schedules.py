@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from skillq.settings import StorageSettings
-from storage import schedules as schedule_store
-from storage.database import connection
+from skillq.storage import schedules as schedule_store
+from skillq.storage.database import connection
 from tests.support import (
     ROOT,
     ChildProcess,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from skillq.embeddings import LocalEmbedder, OpenAIEmbedder
+from skillq.engine.embeddings import LocalEmbedder, OpenAIEmbedder
+from skillq.engine.search import Collections
 from skillq.errors import InvalidParams, NotFound
-from skillq.search import Collections
 from tests.support import ROOT, JsonHandler, serve_http
 
 WORDS = [
@@ -96,7 +96,7 @@ def test_words_in_most_documents_do_not_drown_rare_ones(collections: Collections
 def test_search_from_another_process_sees_the_index(collections: Collections) -> None:
     collections.index("shared", corpus(500))
     code = (
-        "import json, sys; from skillq.search import Collections; "
+        "import json, sys; from skillq.engine.search import Collections; "
         "hits = Collections(sys.argv[1]).search('shared', 'uniq42', 3); "
         "print(json.dumps([h.id for h in hits]))"
     )

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from skillq.errors import InvalidParams, NotFound
-from skillq.sandbox import (
+from skillq.engine.sandbox import (
     Limits,
     ToolBadOutput,
     ToolCancelled,
@@ -22,7 +21,8 @@ from skillq.sandbox import (
     run_tool,
     running_jobs,
 )
-from skillq.skills import SkillError, SkillLibrary
+from skillq.engine.skills import SkillError, SkillLibrary
+from skillq.errors import InvalidParams, NotFound
 from tests.support import ROOT, wait_for
 
 SHIPPED = SkillLibrary([ROOT / "skills"])
@@ -110,7 +110,7 @@ def test_a_tool_dies_with_a_sigkilled_worker(tmp_path: Path) -> None:
         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)",
     )
     worker_code = (
-        "import sys; from skillq.sandbox import run_tool; "
+        "import sys; from skillq.engine.sandbox import run_tool; "
         f"run_tool({tool!r}, {{}}, timeout_secs=300)"
     )
     worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=ROOT)

@@ -11,10 +11,10 @@ import peewee
 import pytest
 
 from skillq.settings import StorageSettings
-from storage import JobState, bind_database, jobs, open_database
-from storage.database import connection, database_proxy
-from storage.migrations import LATEST_VERSION, MIGRATIONS, downgrade, schema_status, upgrade
-from storage.models import Job, utcnow
+from skillq.storage import JobState, bind_database, jobs, open_database
+from skillq.storage.database import connection, database_proxy
+from skillq.storage.migrations import LATEST_VERSION, MIGRATIONS, downgrade, schema_status, upgrade
+from skillq.storage.models import Job, utcnow
 
 
 def new_job(**overrides: object) -> Job:
@@ -161,7 +161,7 @@ def test_concurrent_cancels_take_effect_exactly_once(store: StorageSettings) -> 
 
 
 def _insert_many(settings: StorageSettings, count: int) -> None:
-    bind_database(open_database(settings))
+    bind_database(open_database(settings.backend, **settings.database_args()))
     for _ in range(count):
         new_job()
 

@@ -4,6 +4,6 @@
 functions in `api.auth.access` are what a REST endpoint calls to demand a role.
 """
 
-from api.auth.backend import build_auth_backend, on_auth_error
+from skillq.api.auth.backend import build_auth_backend, on_auth_error
 
 __all__ = ["build_auth_backend", "on_auth_error"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from api.principal import ROLES, AuthenticatedPrincipal, Principal
+from skillq.api.principal import ROLES, AuthenticatedPrincipal, Principal
 from skillq.errors import Forbidden, Unauthorized
 
 

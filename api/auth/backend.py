@@ -25,12 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
-from api.auth.oidc import OidcVerifier, ProviderUnavailable
-from api.auth.tokens import LEEWAY_SECS, ROLES_CLAIM, JwtVerifier, TokenError, roles_of
-from api.principal import LOCAL, AuthenticatedPrincipal, Principal
+from skillq.api.auth.oidc import OidcVerifier, ProviderUnavailable
+from skillq.api.principal import LOCAL, AuthenticatedPrincipal, Principal
 from skillq.settings import Settings
-from storage import api_keys
-from storage.database import connection
+from skillq.storage import api_keys
+from skillq.storage.database import connection
+from skillq.tokens import LEEWAY_SECS, ROLES_CLAIM, JwtVerifier, TokenError, roles_of
 
 _MAX_CACHED_KEYS = 10_000
 #: The challenge sent with every 401 (RFC 6750).

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import jwt
 
-from api.auth.tokens import TokenError, decode_claims, unverified_header
 from skillq.settings import OidcSettings
+from skillq.tokens import TokenError, decode_claims, unverified_header
 
 #: Key sets older than this are fetched again on next use, even without an unknown key id.
 JWKS_MAX_AGE_SECS = 3600

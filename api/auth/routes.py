@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.auth.access import principal_of
+from skillq.api.auth.access import principal_of
 
 
 async def whoami(request: Request) -> JSONResponse:

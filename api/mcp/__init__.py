@@ -4,7 +4,7 @@
 same server on stdin/stdout for `skillq mcp`.
 """
 
-from api.mcp.stdio import serve_stdio
-from api.mcp.transports import McpEndpoints
+from skillq.api.mcp.stdio import serve_stdio
+from skillq.api.mcp.transports import McpEndpoints
 
 __all__ = ["McpEndpoints", "serve_stdio"]

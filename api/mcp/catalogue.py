@@ -16,9 +16,9 @@ from typing import Any
 import mcp_types as types
 from jsonschema import Draft202012Validator
 
-from api.mcp.immediate import IMMEDIATE_TOOLS, ImmediateTool
+from skillq.api.mcp.immediate import IMMEDIATE_TOOLS, ImmediateTool
 from skillq.errors import InvalidParams, NotFound
-from skillq.jobs import JobCoordinator, schema_errors
+from skillq.jobs.coordinator import JobCoordinator, schema_errors
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _skill_tools(coordinator: JobCoordinator) -> list[JobTool]:
     if SKILL_JOB_TYPE not in coordinator.job_types:
         return []
     try:
-        from skillq.skills import SkillLibrary
+        from skillq.engine.skills import SkillLibrary
     except ImportError:
         return []
     try:

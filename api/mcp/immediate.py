@@ -14,10 +14,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from api.principal import Principal
+from skillq.api.principal import Principal
 from skillq.errors import Forbidden, InvalidParams
-from skillq.jobs import MAX_PAGE_SIZE, JobCoordinator, job_to_dict, schema_errors
-from storage import JobState
+from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, job_to_dict, schema_errors
+from skillq.storage import JobState
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
 _JOB_ID_ONLY = {
@@ -88,8 +88,8 @@ def _list_job_types(coordinator: JobCoordinator, caller: Principal, args: dict) 
 
 @functools.cache
 def _collections(root: str, search_settings: Any) -> Any:
-    from skillq.embeddings import embedder_from_settings
-    from skillq.search import Collections
+    from skillq.engine.embeddings import embedder_from_settings
+    from skillq.engine.search import Collections
 
     return Collections(root, embedder_from_settings(search_settings))
 

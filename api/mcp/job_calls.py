@@ -19,13 +19,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from api.mcp.catalogue import JobTool
-from api.mcp.immediate import require_submitter
-from api.mcp.results import handle_result, outcome_result
-from api.principal import Principal
+from skillq.api.mcp.catalogue import JobTool
+from skillq.api.mcp.immediate import require_submitter
+from skillq.api.mcp.results import handle_result, outcome_result
+from skillq.api.principal import Principal
 from skillq.errors import InvalidParams, SkillqError
-from skillq.jobs import JobCoordinator
-from storage import Job
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.storage import Job
 
 logger = logging.getLogger(__name__)
 

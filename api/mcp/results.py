@@ -13,8 +13,8 @@ from typing import Any
 import mcp_types as types
 
 from skillq.errors import SkillqError
-from skillq.jobs import job_to_dict
-from storage import Job, JobState
+from skillq.jobs.coordinator import job_to_dict
+from skillq.storage import Job, JobState
 
 #: `_meta` key on a job tool's result naming the job behind it.
 JOB_META_KEY = "skillq/job"

@@ -14,10 +14,10 @@ from typing import Any
 
 from mcp.server.context import ServerRequestContext
 
-from api.mcp.catalogue import ToolCatalogue
-from api.principal import LOCAL, ROLES, AuthenticatedPrincipal, Principal
+from skillq.api.mcp.catalogue import ToolCatalogue
+from skillq.api.principal import LOCAL, ROLES, AuthenticatedPrincipal, Principal
 from skillq.errors import Forbidden, Unauthorized
-from skillq.jobs import JobCoordinator
+from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import McpSettings
 
 

@@ -20,11 +20,11 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 
-from api.mcp.catalogue import JobTool
-from api.mcp.job_calls import call_job_tool
-from api.mcp.results import data_result, error_result, handle_result
-from api.mcp.runtime import McpRuntime
-from api.mcp.tasks import (
+from skillq.api.mcp.catalogue import JobTool
+from skillq.api.mcp.job_calls import call_job_tool
+from skillq.api.mcp.results import data_result, error_result, handle_result
+from skillq.api.mcp.runtime import McpRuntime
+from skillq.api.mcp.tasks import (
     SERVER_TASKS_CAPABILITY,
     TaskAugmentedCalls,
     TaskHandlers,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import anyio
 from mcp.server.stdio import stdio_server
 
-from api.mcp.runtime import McpRuntime
-from api.mcp.server import build_server
+from skillq.api.mcp.runtime import McpRuntime
+from skillq.api.mcp.server import build_server
 
 
 async def _serve(runtime: McpRuntime) -> None:
@@ -21,8 +21,8 @@ async def _serve(runtime: McpRuntime) -> None:
 
 def serve_stdio() -> None:
     """Serve until the client closes stdin."""
-    import actors
-    from skillq.jobs import JobCoordinator
+    from skillq import actors
+    from skillq.jobs.coordinator import JobCoordinator
 
     coordinator = JobCoordinator(actors.broker, actors.settings)
     anyio.run(_serve, McpRuntime(coordinator, actors.settings.mcp))

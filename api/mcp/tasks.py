@@ -29,14 +29,14 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from api.mcp.catalogue import JobTool
-from api.mcp.job_calls import follow, submission, submit
-from api.mcp.results import outcome_result
-from api.mcp.runtime import McpRuntime
-from api.principal import Principal
+from skillq.api.mcp.catalogue import JobTool
+from skillq.api.mcp.job_calls import follow, submission, submit
+from skillq.api.mcp.results import outcome_result
+from skillq.api.mcp.runtime import McpRuntime
+from skillq.api.principal import Principal
 from skillq.errors import NotFound, SkillqError
-from skillq.jobs import iso
-from storage import Job, JobState
+from skillq.jobs.coordinator import iso
+from skillq.storage import Job, JobState
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"

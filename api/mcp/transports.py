@@ -29,9 +29,9 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.mcp.runtime import McpRuntime
-from api.mcp.server import build_server
-from skillq.jobs import JobCoordinator
+from skillq.api.mcp.runtime import McpRuntime
+from skillq.api.mcp.server import build_server
+from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from brokers.redis_priority import PriorityRedisBroker
+from skillq.brokers.redis_priority import PriorityRedisBroker
 from tests.support import require_service, wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/9"

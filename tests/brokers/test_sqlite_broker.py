@@ -22,7 +22,7 @@ from dramatiq.encoder import JSONEncoder, PickleEncoder
 from dramatiq.errors import QueueJoinTimeout
 from dramatiq.message import Message
 
-from brokers.sqlite import SQLiteBroker
+from skillq.brokers.sqlite import SQLiteBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE_SECS = 1.0
@@ -231,7 +231,7 @@ import dramatiq
 
 kind, db, record, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if kind == "ours":
-    from brokers.sqlite import SQLiteBroker
+    from skillq.brokers.sqlite import SQLiteBroker
     broker = SQLiteBroker(path=db, lease_secs={lease})
 else:
     import dramatiq_sqlite

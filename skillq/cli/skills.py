@@ -19,7 +19,7 @@ from skillq.errors import InvalidRequest, SkillqError
 
 skills_app = typer.Typer(help="The skills found under skills.paths.", no_args_is_help=True)
 
-#: Exit status per error code, as in `skillq.cli`.
+#: Exit status per error code, as in `skillq.cli.main`.
 _EXIT_CODES = {"not_found": 3, "conflict": 4, "service_unavailable": 5}
 _TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".markdown"}
 
@@ -43,8 +43,8 @@ def _settings() -> Any:
 
 def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
     """Submits through the coordinator; waits with a progress bar unless `background`."""
-    import actors
-    from skillq.jobs import JobCoordinator, job_to_dict
+    from skillq import actors
+    from skillq.jobs.coordinator import JobCoordinator, job_to_dict
 
     coordinator = JobCoordinator(actors.broker, actors.settings)
     try:
@@ -85,7 +85,7 @@ def skills_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from skillq.skills import SkillLibrary
+    from skillq.engine.skills import SkillLibrary
 
     skills, problems = SkillLibrary(_settings().skills.paths).all()
     table = Table("skill", "tool", "kind", "timeout", "description")
@@ -102,7 +102,7 @@ def skills_list() -> None:
 @skills_app.command("show")
 def skills_show(name: Annotated[str, typer.Argument(help="Skill name.")]) -> None:
     """Show one skill, its tools and their input schemas, as JSON."""
-    from skillq.skills import SkillLibrary
+    from skillq.engine.skills import SkillLibrary
 
     try:
         skill = SkillLibrary(_settings().skills.paths).find(name)
@@ -114,7 +114,7 @@ def skills_show(name: Annotated[str, typer.Argument(help="Skill name.")]) -> Non
 @skills_app.command("examples")
 def skills_examples(name: Annotated[str, typer.Argument(help="Skill name.")]) -> None:
     """Show the stored example inputs of a skill (made by `skillq enhance NAME`)."""
-    from skillq.examples import ExampleStore
+    from skillq.engine.examples import ExampleStore
 
     try:
         stored = ExampleStore(_settings().skills.examples_dir).load(name)
@@ -170,8 +170,8 @@ def search(
     k: Annotated[int, typer.Option("-k", help="How many hits (1-100).")] = 10,
 ) -> None:
     """Search a collection now (no job): ranked hits with scores and metadata, as JSON."""
-    from skillq.embeddings import embedder_from_settings
-    from skillq.search import Collections
+    from skillq.engine.embeddings import embedder_from_settings
+    from skillq.engine.search import Collections
 
     search_settings = _settings().search
     collections = Collections(search_settings.path, embedder_from_settings(search_settings))

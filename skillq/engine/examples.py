@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from skillq.skills import Skill, Tool, check_name
+from skillq.engine.skills import Skill, Tool, check_name
 
 #: hypothesis keeps global state while it runs a search; one generation at a time.
 _hypothesis_lock = threading.Lock()

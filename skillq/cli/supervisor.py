@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-logger = logging.getLogger("skillq.supervisor")
+logger = logging.getLogger("skillq.cli.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 #: A child up for this long is considered healthy again, and its back-off starts over.

@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from skillq.auth_cli import auth_app
+from skillq.cli.auth import auth_app
 from skillq.errors import SkillqError
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings, settings_error_exit
 
@@ -78,7 +78,7 @@ def up(
     scheduler: Annotated[bool, typer.Option(help="Also run the scheduler.")] = True,
 ) -> None:
     """Run the API, the worker(s) and the scheduler until Ctrl-C or SIGTERM."""
-    from skillq.supervisor import Child, Supervisor, python_command
+    from skillq.cli.supervisor import Child, Supervisor, python_command
 
     settings = _settings()
     _upgrade_schema()
@@ -114,7 +114,7 @@ def api(
             err=True,
         )
     uvicorn.run(
-        "api.app:create_app",
+        "skillq.api.app:create_app",
         factory=True,
         host=host or settings.server.host,
         port=port or settings.server.port,
@@ -145,7 +145,7 @@ def worker(
         sys.executable,
         "-m",
         "dramatiq",
-        "actors",
+        "skillq.actors",
         "--processes",
         str(processes or settings.workers.processes),
         "--threads",
@@ -162,7 +162,7 @@ def worker(
 @app.command()
 def mcp() -> None:
     """Serve MCP over stdin/stdout for a local client, on the same store and broker."""
-    from api.mcp import serve_stdio
+    from skillq.api.mcp import serve_stdio
 
     serve_stdio()
 
@@ -173,7 +173,7 @@ def scheduler() -> None:
     import periodiq
 
     # periodiq has no `python -m` entry; its console entry point reads sys.argv.
-    sys.argv = ["periodiq", "actors"]
+    sys.argv = ["periodiq", "skillq.actors"]
     periodiq.entrypoint()
 
 
@@ -185,7 +185,7 @@ def workers_status(
     from rich.console import Console
     from rich.table import Table
 
-    from api.workers import worker_list
+    from skillq.jobs.workers import worker_list
 
     settings = _settings()
     _upgrade_schema()
@@ -211,8 +211,8 @@ def workers_status(
 
 
 def _coordinator() -> Any:
-    import actors
-    from skillq.jobs import JobCoordinator
+    from skillq import actors
+    from skillq.jobs.coordinator import JobCoordinator
 
     return JobCoordinator(actors.broker, actors.settings)
 
@@ -225,7 +225,7 @@ def jobs_submit(
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
 ) -> None:
     """Submit a job; prints its id (or, with --wait, its final state)."""
-    from skillq.jobs import job_to_dict
+    from skillq.jobs.coordinator import job_to_dict
 
     try:
         parsed_params = json.loads(params)
@@ -289,7 +289,7 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Show one job as JSON."""
-    from skillq.jobs import job_to_dict
+    from skillq.jobs.coordinator import job_to_dict
 
     coordinator = _coordinator()
     try:
@@ -303,7 +303,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Cancel a job: a pending one at once, a running one by its worker (within a second)."""
-    from skillq.jobs import job_to_dict
+    from skillq.jobs.coordinator import job_to_dict
 
     try:
         job = _coordinator().cancel_job(job_id)
@@ -313,13 +313,14 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 
 
 def _bind_store() -> None:
-    from storage import bind_database, open_database
+    from skillq.storage import bind_database, open_database
 
-    bind_database(open_database(_settings().storage))
+    storage = _settings().storage
+    bind_database(open_database(storage.backend, **storage.database_args()))
 
 
 def _upgrade_schema() -> list[int]:
-    from storage.migrations import upgrade
+    from skillq.storage.migrations import upgrade
 
     _bind_store()
     return upgrade()
@@ -330,7 +331,7 @@ def db_upgrade(
     to: Annotated[int | None, typer.Option("--to", help="Target version.")] = None,
 ) -> None:
     """Apply pending schema migrations."""
-    from storage.migrations import upgrade
+    from skillq.storage.migrations import upgrade
 
     _bind_store()
     applied = upgrade(to)
@@ -342,7 +343,7 @@ def db_downgrade(
     to: Annotated[int, typer.Option("--to", help="Target version (0 drops everything).")],
 ) -> None:
     """Undo schema migrations above a version."""
-    from storage.migrations import downgrade
+    from skillq.storage.migrations import downgrade
 
     _bind_store()
     undone = downgrade(to)
@@ -352,7 +353,7 @@ def db_downgrade(
 @db_app.command("status")
 def db_status() -> None:
     """Show the schema version and any pending migrations."""
-    from storage.migrations import schema_status
+    from skillq.storage.migrations import schema_status
 
     _bind_store()
     status = schema_status()
@@ -362,7 +363,7 @@ def db_status() -> None:
 
 
 def _register_skill_engine() -> None:
-    from skillq.cli_skills import register
+    from skillq.cli.skills import register
 
     register(app)
 

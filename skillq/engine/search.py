@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from skillq.embeddings import Embedder
+from skillq.engine.embeddings import Embedder
 from skillq.errors import InvalidParams, NotFound
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"

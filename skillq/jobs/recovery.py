@@ -26,10 +26,10 @@ from datetime import timedelta
 
 import dramatiq
 
-from brokers.job_status import run_once
+from skillq.brokers.job_status import run_once
 from skillq.settings import Settings
-from storage import jobs
-from storage.database import connection
+from skillq.storage import jobs
+from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Recovery:
 
 
 def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None) -> Recovery:
-    from skillq.jobs import JobCoordinator
+    from skillq.jobs.coordinator import JobCoordinator
 
     broker = broker or dramatiq.get_broker()
     workers = settings.workers

@@ -19,12 +19,12 @@ import pendulum
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
-from brokers.job_status import current_worker_id
-from skillq.job_types import job_types_of
-from skillq.jobs import JobCoordinator, schema_errors
+from skillq.brokers.job_status import current_worker_id
+from skillq.jobs.coordinator import JobCoordinator, schema_errors
+from skillq.jobs.types import job_types_of
 from skillq.settings import ScheduleSettings, Settings, SettingsError
-from storage import schedules
-from storage.database import connection
+from skillq.storage import schedules
+from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
 

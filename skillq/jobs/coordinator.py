@@ -18,7 +18,7 @@ import dramatiq
 import peewee
 from jsonschema import Draft202012Validator
 
-from brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.errors import (
     Conflict,
     InvalidParams,
@@ -26,11 +26,11 @@ from skillq.errors import (
     ServiceUnavailable,
     UnknownJobType,
 )
-from skillq.job_types import JobType, job_types_of
+from skillq.jobs.types import JobType, job_types_of
 from skillq.settings import Settings
-from storage import Job, JobState, jobs
-from storage.database import in_connection
-from storage.models import utcnow
+from skillq.storage import Job, JobState, jobs
+from skillq.storage.database import in_connection
+from skillq.storage.models import utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,11 @@ def _settings() -> Settings:
 
 
 def _open_store() -> None:
-    from storage import bind_database, open_database
-    from storage.migrations import ensure_schema
+    from skillq.storage import bind_database, open_database
+    from skillq.storage.migrations import ensure_schema
 
-    bind_database(open_database(_settings().storage))
+    storage = _settings().storage
+    bind_database(open_database(storage.backend, **storage.database_args()))
     ensure_schema()
 
 
@@ -61,7 +62,7 @@ def api_key_create(
     role: Annotated[str, typer.Option(help="admin, submitter or viewer.")] = "submitter",
 ) -> None:
     """Create a key and print it (the only time it is shown)."""
-    from storage.api_keys import create_key
+    from skillq.storage.api_keys import create_key
 
     _check_role(role)
     if not name.strip() or len(name) > 200:
@@ -79,7 +80,7 @@ def api_key_create(
 @api_key_app.command("revoke")
 def api_key_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke a key at once; requests with it get 401."""
-    from storage.api_keys import revoke_key
+    from skillq.storage.api_keys import revoke_key
 
     _open_store()
     if not revoke_key(name):
@@ -91,7 +92,7 @@ def api_key_revoke(name: Annotated[str, typer.Argument(help="The key's name.")])
 @api_key_app.command("list")
 def api_key_list() -> None:
     """Every key's name, role and dates (never the key)."""
-    from storage.api_keys import list_keys
+    from skillq.storage.api_keys import list_keys
 
     _open_store()
     for row in list_keys():
@@ -107,7 +108,7 @@ def token_create(
     ttl: Annotated[str | None, typer.Option(help="Lifetime: 90s, 30m, 8h, 7d.")] = None,
 ) -> None:
     """Print an HS256 token for auth.mode = "jwt" (default lifetime auth.jwt.expiry_hours)."""
-    from api.auth.tokens import mint_token
+    from skillq.tokens import mint_token
 
     roles = [_check_role(r) for r in role]
     settings = _settings()

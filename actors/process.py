@@ -1,0 +1,33 @@
+"""Configures a worker (or API) process from its settings, once, on first import.
+
+Loads the settings (`SKILLQ_SETTINGS`, else ./settings.toml, else the embedded default),
+builds the broker they name with skillq's middleware, and binds the job store, upgrading its
+schema if it is behind. A bad settings file or an unreachable store ends the process with
+one line and exit status 2, before any actor is declared.
+"""
+
+import functools
+import sys
+
+import dramatiq
+import peewee
+
+from skillq.brokers.factory import build_broker
+from skillq.jobs.recovery import recover_stale_jobs
+from skillq.settings import SettingsError, load_settings, settings_error_exit
+from skillq.storage import bind_database, open_database
+from skillq.storage.migrations import ensure_schema
+
+try:
+    settings = load_settings()
+except SettingsError as error:
+    settings_error_exit(error)
+
+broker = build_broker(settings, recover=functools.partial(recover_stale_jobs, settings))
+dramatiq.set_broker(broker)
+bind_database(open_database(settings.storage.backend, **settings.storage.database_args()))
+try:
+    ensure_schema()
+except peewee.OperationalError as error:
+    print(f"job store unavailable ({settings.storage.backend}): {error}".strip(), file=sys.stderr)
+    raise SystemExit(2) from None

@@ -12,6 +12,7 @@ COPY brokers brokers
 COPY skillq skillq
 COPY storage storage
 COPY skills skills
+# The folders above install as one package, skillq (skillq.actors, skillq.api, ...).
 RUN pip install . && useradd --create-home skillq
 COPY deploy/settings.compose.toml /etc/skillq/settings.toml
 

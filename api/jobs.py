@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from skillq.api.auth.access import require_submitter, require_viewer
 from skillq.errors import InvalidParams, InvalidRequest
-from skillq.jobs.coordinator import JobCoordinator, job_to_dict
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.fields import job_to_dict
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from skillq.storage.models import JobState
+from skillq.jobs.fields import JOB_SCHEMA, STATES
 
-STATES = [state.value for state in JobState]
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNTS = {
     "type": "object",
@@ -37,43 +36,7 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["error"],
     },
-    "Job": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "type": {"type": "string"},
-            "queue": {"type": "string"},
-            "params": {"type": "object"},
-            "state": {"type": "string", "enum": STATES},
-            "priority": {"type": "integer", "minimum": 0, "maximum": 10},
-            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-            "message": {"type": ["string", "null"]},
-            "result": {"description": "The job's return value (any JSON) once completed."},
-            "error": {
-                "type": ["object", "null"],
-                "properties": {"type": {"type": "string"}, "message": {"type": ["string", "null"]}},
-                "required": ["type", "message"],
-            },
-            "attempts": {"type": "integer", "minimum": 0},
-            "max_retries": {"type": "integer", "minimum": 0},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": _DATETIME,
-            "completed_at": _DATETIME,
-            "expires_at": {"type": "string", "format": "date-time"},
-            "duration_ms": {"type": ["integer", "null"]},
-            "position_in_queue": {
-                "type": ["integer", "null"],
-                "description": "Pending jobs of its queue ahead of it (single job only).",
-            },
-            "owner": {"type": "string"},
-            "trace_id": {"type": ["string", "null"]},
-            "idempotency_key": {"type": ["string", "null"]},
-            "worker_id": {"type": ["string", "null"]},
-            "heartbeat_at": _DATETIME,
-            "cancel_requested_at": _DATETIME,
-        },
-        "required": ["id", "type", "queue", "params", "state", "priority", "attempts"],
-    },
+    "Job": JOB_SCHEMA,
     "JobPage": {
         "type": "object",
         "properties": {

@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from skillq.api.auth.access import require_viewer
 from skillq.errors import NotFound
-from skillq.jobs.coordinator import JobCoordinator, job_to_dict
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.fields import job_to_dict
 from skillq.storage.models import Job
 
 

@@ -122,7 +122,8 @@ def main() -> None:
 
         # Configures broker and store, and creates the schema before the API starts.
         from skillq import actors
-        from skillq.jobs.coordinator import JobCoordinator, job_to_dict
+        from skillq.jobs.coordinator import JobCoordinator
+        from skillq.jobs.fields import job_to_dict
 
         log_path = data_dir / "api.log"
         server = start_api(port, log_path)

@@ -175,3 +175,24 @@ def test_many_processes_write_the_store_at_once(store: StorageSettings) -> None:
         process.join(timeout=60)
     assert [p.exitcode for p in processes] == [0, 0, 0, 0]
     assert jobs.list_jobs().total == 160
+
+
+def test_every_serialised_job_matches_the_documented_schema(store: StorageSettings) -> None:
+    """The OpenAPI `Job` schema and `job_to_dict` come from one table; a job in each state,
+    with every optional field set, still validates against what the document promises."""
+    from jsonschema import Draft202012Validator
+
+    from skillq.jobs.fields import JOB_FIELDS, JOB_SCHEMA, job_to_dict
+
+    validator = Draft202012Validator(JOB_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    pending = new_job()
+    running = new_job()
+    assert jobs.mark_running(running.id, worker_id="w-1", attempt=1)
+    failed = new_job()
+    assert jobs.mark_running(failed.id, worker_id="w-1", attempt=1)
+    assert jobs.mark_failed(failed.id, attempt=1, error_type="Boom", error_message="it broke")
+    for job in (pending, running, failed):
+        shown = job_to_dict(jobs.get_job(job.id), position_in_queue=3)
+        assert list(shown) == [field.name for field in JOB_FIELDS]
+        assert sorted(validator.iter_errors(shown), key=str) == []
+    assert job_to_dict(jobs.get_job(failed.id))["error"] == {"type": "Boom", "message": "it broke"}

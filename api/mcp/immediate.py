@@ -16,7 +16,8 @@ from jsonschema import Draft202012Validator
 
 from skillq.api.principal import Principal
 from skillq.errors import Forbidden, InvalidParams
-from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, job_to_dict, schema_errors
+from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, schema_errors
+from skillq.jobs.fields import job_to_dict
 from skillq.storage import JobState
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}

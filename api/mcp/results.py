@@ -13,7 +13,7 @@ from typing import Any
 import mcp_types as types
 
 from skillq.errors import SkillqError
-from skillq.jobs.coordinator import job_to_dict
+from skillq.jobs.fields import job_to_dict
 from skillq.storage import Job, JobState
 
 #: `_meta` key on a job tool's result naming the job behind it.

@@ -35,7 +35,7 @@ from skillq.api.mcp.results import outcome_result
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.principal import Principal
 from skillq.errors import NotFound, SkillqError
-from skillq.jobs.coordinator import iso
+from skillq.jobs.fields import iso
 from skillq.storage import Job, JobState
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"

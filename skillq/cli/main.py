@@ -225,7 +225,7 @@ def jobs_submit(
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
 ) -> None:
     """Submit a job; prints its id (or, with --wait, its final state)."""
-    from skillq.jobs.coordinator import job_to_dict
+    from skillq.jobs.fields import job_to_dict
 
     try:
         parsed_params = json.loads(params)
@@ -289,7 +289,7 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Show one job as JSON."""
-    from skillq.jobs.coordinator import job_to_dict
+    from skillq.jobs.fields import job_to_dict
 
     coordinator = _coordinator()
     try:
@@ -303,7 +303,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Cancel a job: a pending one at once, a running one by its worker (within a second)."""
-    from skillq.jobs.coordinator import job_to_dict
+    from skillq.jobs.fields import job_to_dict
 
     try:
         job = _coordinator().cancel_job(job_id)

@@ -44,7 +44,8 @@ def _settings() -> Any:
 def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
     """Submits through the coordinator; waits with a progress bar unless `background`."""
     from skillq import actors
-    from skillq.jobs.coordinator import JobCoordinator, job_to_dict
+    from skillq.jobs.coordinator import JobCoordinator
+    from skillq.jobs.fields import job_to_dict
 
     coordinator = JobCoordinator(actors.broker, actors.settings)
     try:

@@ -11,7 +11,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -254,46 +254,3 @@ class JobCoordinator:
             logger.exception("Enqueue of job %s failed.", job.id)
             jobs.mark_enqueue_failed(job.id, f"the broker refused the job: {error}")
             raise ServiceUnavailable("the broker is unavailable; the job was not queued") from error
-
-
-def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-
-
-def job_to_dict(job: Job, *, position_in_queue: int | None = None) -> dict[str, Any]:
-    """The job as clients see it (REST, CLI, MCP): DESIGN.md's job model plus timings."""
-    duration_ms = None
-    if job.started_at is not None:
-        end = job.completed_at or utcnow()
-        duration_ms = int((end - job.started_at).total_seconds() * 1000)
-    error = None
-    if job.error_type is not None:
-        error = {"type": job.error_type, "message": job.error_message}
-    return {
-        "id": job.id,
-        "type": job.type,
-        "queue": job.queue,
-        "params": job.params,
-        "state": job.state,
-        "priority": job.priority,
-        "progress": job.progress,
-        "message": job.message,
-        "result": job.result,
-        "error": error,
-        "attempts": job.attempts,
-        "max_retries": job.max_retries,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "completed_at": iso(job.completed_at),
-        "expires_at": iso(job.expires_at),
-        "duration_ms": duration_ms,
-        "position_in_queue": position_in_queue,
-        "owner": job.owner,
-        "trace_id": job.trace_id,
-        "idempotency_key": job.idempotency_key,
-        "worker_id": job.worker_id,
-        "heartbeat_at": iso(job.heartbeat_at),
-        "cancel_requested_at": iso(job.cancel_requested_at),
-    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from skillq.jobs.coordinator import iso
+from skillq.jobs.fields import iso
 from skillq.storage import workers
 from skillq.storage.database import in_connection
 

@@ -193,7 +193,7 @@ def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
         children = _children(supervisor.pid)
         assert len(children) == 3
         # `skillq worker` execs dramatiq, so the worker child's command line is dramatiq's.
-        worker = next(pid for pid in children if "dramatiq actors" in _command_line(pid))
+        worker = next(pid for pid in children if "dramatiq skillq.actors" in _command_line(pid))
 
         job = httpx.post(
             f"{base_url}/api/v1/jobs", json={"type": "sleep", "params": {"seconds": 0.1}}

@@ -13,7 +13,8 @@ COPY skillq skillq
 COPY storage storage
 COPY skills skills
 # The folders above install as one package, skillq (skillq.actors, skillq.api, ...).
-RUN pip install . && useradd --create-home skillq
+RUN pip install . && useradd --create-home --uid 1000 skillq \
+    && install -d -o skillq -g skillq /var/lib/skillq
 COPY deploy/settings.compose.toml /etc/skillq/settings.toml
 
 USER skillq

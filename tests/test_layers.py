@@ -292,3 +292,10 @@ def sysconfig_purelib() -> str:
     import sysconfig
 
     return sysconfig.get_path("purelib")
+
+
+def test_the_python_client_loads_no_server_parts() -> None:
+    loaded = loaded_after("import skillq.client")
+    heavy = {m for m in loaded if under(m, "starlette", "dramatiq", "peewee", "mcp", "skillq.api")}
+    assert heavy == set()
+    assert "httpx" in loaded

@@ -19,8 +19,16 @@ else:
 
     # Declared on the broker configured above, so they must be imported after it.
     from skillq.actors import diagnostics, examples, index, maintenance, skills
+    from skillq.jobs.plugins import PluginError, declare_plugins
     from skillq.jobs.schedules import declare_schedules
     from skillq.settings import SettingsError, settings_error_exit
+
+    # Job types of installed plugins (entry points) and of `[jobs] modules`.
+    try:
+        plugins = declare_plugins(broker, settings.jobs.modules)
+    except PluginError as error:
+        print(f"plugin error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     # User schedules ([[schedules]]): one periodic actor each, run by `skillq scheduler`.
     try:

@@ -152,6 +152,9 @@ class McpSettings:
 class JobsSettings:
     default_ttl_hours: _Hours = 24
     max_ttl_hours: _Hours = 168
+    #: Modules declaring job types with `@skillq.job_type` (besides the `skillq.job_types`
+    #: entry points of installed packages).
+    modules: tuple[str, ...] = ()
 
 
 def _shipped_skills() -> tuple[Path, ...]:

@@ -1,0 +1,1 @@
+"""An example skillq plugin (see `jobs`)."""

@@ -131,10 +131,11 @@ SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "properties": {
+                        "owner": {"type": "string"},
                         "name": {"type": "string"},
                         "documents": {"type": "integer", "minimum": 0},
                     },
-                    "required": ["name", "documents"],
+                    "required": ["owner", "name", "documents"],
                 },
             }
         },
@@ -143,6 +144,7 @@ SCHEMAS: dict[str, Any] = {
     "SearchResult": {
         "type": "object",
         "properties": {
+            "owner": {"type": "string"},
             "collection": {"type": "string"},
             "query": {"type": "string"},
             "k": {"type": "integer"},
@@ -162,7 +164,7 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
-        "required": ["collection", "query", "k", "hits"],
+        "required": ["owner", "collection", "query", "k", "hits"],
     },
     "Workers": {
         "type": "object",

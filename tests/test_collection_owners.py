@@ -107,19 +107,25 @@ def test_collections_made_before_owners_move_to_the_local_owner(tmp_path: Path) 
     assert collections.owners() == ["local"]
     # Another process (a fresh instance) finds it where it now is; nothing moves twice.
     assert Collections(root).count("notes", owner="local") == 2
+    # A process that listed the old file before this one moved it makes no empty one.
+    Collections(root).files._move(root / "notes.db")
+    assert not (root / "notes.db").exists()
+    assert Collections(root).count("notes", owner="local") == 2
 
 
-def test_a_legacy_file_never_overwrites_a_collection_of_the_same_name(tmp_path: Path) -> None:
+def test_a_legacy_file_never_overwrites_a_collection_nor_stops_the_others(tmp_path: Path) -> None:
     root = tmp_path / "collections"
     current = Collections(root)
     current.index("notes", [{"id": "new", "text": "current"}], owner="local")
     _legacy_collection(root, "notes", [{"id": "old", "text": "legacy"}])
     _legacy_collection(root, "other", [{"id": "o", "text": "kept"}])
+    (root / "garbage.db").write_bytes(b"not a database at all, " * 100)
     later = Collections(root)
     assert [hit.id for hit in later.search("notes", "current", owner="local")] == ["new"]
     assert later.search("notes", "legacy", owner="local") == []
     assert (root / "notes.db").is_file()  # left for the operator, with a warning
     assert [hit.id for hit in later.search("other", "kept", owner="local")] == ["o"]
+    assert (root / "garbage.db").is_file() and later.names(owner="local") == ["notes", "other"]
 
 
 def test_an_operator_can_pick_the_owner_of_legacy_collections(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ class CollectionFiles:
         folder.mkdir(parents=True, exist_ok=True)
         owner_file = folder / _OWNER_FILE
         if not owner_file.is_file():
-            temporary = folder / f".{_OWNER_FILE}.{os.getpid()}"
+            temporary = folder / f".{_OWNER_FILE}.{uuid.uuid4().hex}"  # one per writer
             temporary.write_text(owner, encoding="utf-8", errors="surrogatepass")
             os.replace(temporary, owner_file)
 
@@ -138,16 +139,21 @@ class CollectionFiles:
 
     def _move(self, path: Path) -> None:
         target = self.folder(self.legacy_owner) / path.name
+        if not path.is_file():
+            return  # another process moved it a moment ago
         try:
-            # mode=rw: never create the file if another process moved it a moment ago.
+            # mode=rw: never create the file if it went meanwhile.
             db = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None)
-        except sqlite3.OperationalError:
-            return  # gone already
-        try:
-            # Fold the write-ahead log into the file, so the one file is the whole collection.
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            db.close()
+            try:
+                # Fold the write-ahead log into the file: the one file is the whole collection.
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            # Not a database, or unreadable: left for the operator, not a failure of every
+            # search.
+            logger.warning("Not moving collection file %s: %s", path, error)
+            return
         if target.exists():
             logger.warning(
                 "Not moving collection file %s: %r already has a collection %r at %s.",

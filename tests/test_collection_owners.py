@@ -64,6 +64,10 @@ def test_any_subject_gets_its_own_folder_inside_the_root(tmp_path: Path) -> None
     assert all(folder.parent == root for folder in folders)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["collections"]  # nothing escaped
     assert collections.owners() == sorted(owners)
+    # An owner file that does not match its folder (edited, copied) names nobody.
+    (collections.path("docs", owner="a/b").parent / "owner").write_text("alice")
+    (collections.path("docs", owner="Alice").parent / "owner").write_text("")
+    assert collections.owners() == sorted(set(owners) - {"a/b", "Alice"})
     for i, owner in enumerate(owners):
         assert [hit.id for hit in collections.search("docs", f"word{i}", owner=owner)] == [str(i)]
     for bad in ("", "x" * 201, "nul\x00"):

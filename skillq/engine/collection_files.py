@@ -99,10 +99,10 @@ class CollectionFiles:
         for folder in self.root.glob("o-*"):
             try:
                 owner = (folder / _OWNER_FILE).read_text(encoding="utf-8", errors="surrogatepass")
-            except OSError:
+                if folder == self.folder(owner):  # not a file edited or copied by hand
+                    found.append(owner)
+            except (OSError, UnicodeDecodeError, InvalidParams):
                 continue
-            if folder == self.folder(owner):
-                found.append(owner)
         return sorted(found)
 
     def names(self, owner: str) -> list[str]:

@@ -3,6 +3,10 @@
 Incremental: a document whose text and metadata hash the same as last time is skipped, so
 re-sending a whole corpus re-indexes only what changed. The index lives in SQLite files
 under `search.path`, where the API's search endpoint reads it.
+
+A collection belongs to an owner: the job's owner (whoever submitted it), read from the job's
+row, or the `owner` param, which the coordinator accepts only from an admin (or the
+submitter naming itself). So a job naming another tenant's collection makes its own.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Any
 import dramatiq
 
 from skillq.actors import settings
+from skillq.brokers.job_status import current_job_owner
 from skillq.brokers.progress import report_progress
+from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.embeddings import embedder_from_settings
-from skillq.engine.search import COLLECTION_PATTERN, Collections
+from skillq.engine.search import Collections
 from skillq.errors import InvalidParams
 
 INDEX_DOCUMENTS_PARAMS = {
@@ -47,6 +53,13 @@ INDEX_DOCUMENTS_PARAMS = {
             "default": [],
             "description": "ids of documents to remove from the collection",
         },
+        "owner": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_OWNER_LENGTH,
+            "pattern": "^[^\\x00]*$",
+            "description": "whose collection (admin only); default: the job's owner",
+        },
     },
     "required": ["collection"],
     "additionalProperties": False,
@@ -66,16 +79,19 @@ def collections() -> Collections:
     description="Index documents into a search collection (BM25, plus vectors if configured); "
     "only new or changed documents are re-indexed.",
     throws=(InvalidParams,),
+    owner_param="owner",
 )
 def index_documents(
     collection: str,
     documents: list[dict[str, Any]] | None = None,
     force_reindex: bool = False,
     delete_ids: list[str] | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     report = collections().index(
         collection,
         documents or [],
+        owner=owner or current_job_owner(),
         force_reindex=force_reindex,
         delete_ids=delete_ids or (),
         on_progress=report_progress,

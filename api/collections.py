@@ -2,6 +2,10 @@
 
 Indexing is a job (`index_documents`); searching reads the collection's SQLite file
 directly, so it answers at once with whatever the workers have committed.
+
+A collection belongs to an owner. Everyone reaches their own by name; another owner's
+answers 404 like a missing one. An admin may pass `?owner=` to reach anyone's (and lists
+every owner's); anyone else naming another owner is refused with 403, whatever exists.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.auth.access import require_viewer
+from skillq.api.principal import Principal
+from skillq.engine.collection_files import check_owner
 from skillq.engine.embeddings import embedder_from_settings
 from skillq.engine.search import Collections
 from skillq.errors import InvalidParams
@@ -39,16 +45,23 @@ def _k(request: Request) -> int:
         ) from None
 
 
+def _named_owner(request: Request) -> str | None:
+    named = request.query_params.get("owner")
+    return None if named is None else check_owner(named)
+
+
 async def search_collection(request: Request) -> JSONResponse:
-    require_viewer(request)
+    principal = require_viewer(request)
+    owner = principal.data_owner(_named_owner(request))
     name = request.path_params["name"]
     query = request.query_params.get("q")
     if query is None:
         raise InvalidParams("q is required", [{"path": "q", "message": "the search text"}])
     k = _k(request)
-    hits = await run_in_threadpool(collections_of(request).search, name, query, k)
+    hits = await run_in_threadpool(collections_of(request).search, name, query, k, owner=owner)
     return JSONResponse(
         {
+            "owner": owner,
             "collection": name,
             "query": query,
             "k": k,
@@ -57,13 +70,22 @@ async def search_collection(request: Request) -> JSONResponse:
     )
 
 
+def _owners_listed(principal: Principal, named: str | None, collections: Collections) -> list[str]:
+    if named is None and principal.is_admin:
+        return collections.owners()
+    return [principal.data_owner(named)]
+
+
 async def list_collections(request: Request) -> JSONResponse:
-    require_viewer(request)
+    principal = require_viewer(request)
+    named = _named_owner(request)
     collections = collections_of(request)
 
     def load() -> list[dict]:
         return [
-            {"name": name, "documents": collections.count(name)} for name in collections.names()
+            {"owner": owner, "name": name, "documents": collections.count(name, owner=owner)}
+            for owner in _owners_listed(principal, named, collections)
+            for name in collections.names(owner=owner)
         ]
 
     return JSONResponse({"collections": await run_in_threadpool(load)})

@@ -72,7 +72,9 @@ async def submit_job(request: Request) -> JSONResponse:
     principal = require_submitter(request)
     body = await read_json(request)
     coordinator = coordinator_of(request)
-    submission = await run_in_threadpool(coordinator.submit_job, body, owner=principal.subject)
+    submission = await run_in_threadpool(
+        coordinator.submit_job, body, owner=principal.subject, any_owner=principal.is_admin
+    )
     job = submission.job
     if submission.created:
         request.app.state.metrics.job_submitted(job.type)

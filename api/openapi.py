@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.openapi_schemas import SCHEMAS, STATES
-from skillq.engine.search import COLLECTION_PATTERN, MAX_K
+from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
+from skillq.engine.search import MAX_K
 from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
 from skillq.jobs.types import JobType
 from skillq.settings import Settings
@@ -27,11 +28,25 @@ _ERRORS = {
     400: "The request body is not JSON, or is nested too deeply.",
     401: "No credentials, or wrong ones (see WWW-Authenticate).",
     403: "The caller's role does not allow this.",
-    404: "No such job, or not the caller's.",
+    404: "No such job or collection, or not the caller's.",
     409: "The job's state does not allow this.",
     413: "The request body is larger than server.max_body_size.",
     422: "The request breaks a schema; details name each failing path.",
     503: "The broker, the store or the identity provider cannot be reached.",
+}
+
+
+_OWNER_PARAMETER: dict[str, Any] = {
+    "name": "owner",
+    "in": "query",
+    "description": "Whose collection. Only an admin may name another owner than itself "
+    "(anyone else: 403); default: the caller.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_OWNER_LENGTH,
+        "pattern": "^[^\\x00]*$",
+    },
 }
 
 
@@ -223,14 +238,19 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         },
         ("/api/v1/collections", "get"): {
             "summary": "Search collections and their sizes",
+            "description": "The caller's own collections; an admin's list holds every "
+            "owner's unless `owner` names one.",
             "tags": ["search"],
+            "parameters": [_OWNER_PARAMETER],
             "responses": {
                 "200": _json("The collections.", _ref("CollectionList")),
-                **_auth_errors(auth),
+                **{str(s): _error(s) for s in [*auth, 422]},
             },
         },
         ("/api/v1/collections/{name}/search", "get"): {
             "summary": "Search a collection now (not a job)",
+            "description": "The caller's own collection of that name; another owner's "
+            "answers 404 as a missing one does.",
             "tags": ["search"],
             "parameters": [
                 {
@@ -251,6 +271,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K},
                 },
+                _OWNER_PARAMETER,
             ],
             "responses": {
                 "200": _json("The best hits, best first.", _ref("SearchResult")),

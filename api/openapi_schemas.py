@@ -94,10 +94,11 @@ SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "properties": {
+                        "owner": {"type": "string"},
                         "name": {"type": "string"},
                         "documents": {"type": "integer", "minimum": 0},
                     },
-                    "required": ["name", "documents"],
+                    "required": ["owner", "name", "documents"],
                 },
             }
         },
@@ -106,6 +107,7 @@ SCHEMAS: dict[str, Any] = {
     "SearchResult": {
         "type": "object",
         "properties": {
+            "owner": {"type": "string"},
             "collection": {"type": "string"},
             "query": {"type": "string"},
             "k": {"type": "integer"},
@@ -125,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
-        "required": ["collection", "query", "k", "hits"],
+        "required": ["owner", "collection", "query", "k", "hits"],
     },
     "Workers": {
         "type": "object",

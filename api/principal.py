@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
+from skillq.errors import Forbidden
+
 #: Roles, from most to least powerful.
 ADMIN, SUBMITTER, VIEWER = "admin", "submitter", "viewer"
 ROLES = (ADMIN, SUBMITTER, VIEWER)
@@ -38,6 +40,16 @@ class Principal:
     def owner_filter(self) -> str | None:
         """The owner whose jobs this principal may see; None means every owner."""
         return None if self.is_admin else self.subject
+
+    def data_owner(self, named: str | None) -> str:
+        """Whose data (a search collection) a call acts on: the caller's own, or the owner
+        it names, which only an admin may make another than itself. Refused whether or not
+        that owner exists, so the answer tells nothing about other tenants."""
+        if named is None or named == self.subject:
+            return self.subject
+        if not self.is_admin:
+            raise Forbidden(f"{self.subject!r} may not name another owner (admin only)")
+        return named
 
 
 #: Auth mode `none`: one local user who may do everything.

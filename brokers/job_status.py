@@ -17,7 +17,7 @@ from typing import Any
 import dramatiq
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
-from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
+from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage, TimeLimitExceeded
 
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import database_proxy
@@ -48,6 +48,19 @@ def run_once(broker: dramatiq.Broker, actor_name: str) -> bool:
         return bool(broker.get_actor(actor_name).options.get(RUN_ONCE_OPTION))
     except ActorNotFound:
         return False
+
+
+def current_job_owner() -> str:
+    """The owner of the job the calling actor body runs for: whose data it acts on.
+
+    Read from the job's row, the record of who submitted it, rather than trusted from the
+    message; it needs the `CurrentMessage` middleware (in `job_middleware`)."""
+    message = CurrentMessage.get_current_message()
+    job_id = None if message is None else message.options.get(JOB_ID_OPTION)
+    job = None if job_id is None else jobs.get_job(job_id)
+    if job is None:
+        raise LookupError("not running for a job: the owner is unknown")
+    return job.owner
 
 
 def current_worker_id() -> str:
@@ -120,7 +133,7 @@ class JobStatus(Middleware):
         # Declared here because a job type is an actor plus these: the catalogue of job
         # types (`skillq.jobs.types`) reads them back from each actor.
         # `run_once=True` marks a job type that must not run twice (see `run_once`).
-        return {"params_schema", "description", "params_check", RUN_ONCE_OPTION}
+        return {"params_schema", "description", "params_check", "owner_param", RUN_ONCE_OPTION}
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         # Forked worker processes must not report their parent's id.

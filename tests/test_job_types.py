@@ -127,6 +127,24 @@ def test_indexed_documents_are_searchable_through_the_api(system: System) -> Non
     assert system.cli("search", "nothing", "walrus").returncode == 3
 
 
+def test_cli_indexes_and_searches_the_owner_it_names(system: System, tmp_path: Path) -> None:
+    source = tmp_path / "docs.json"
+    source.write_text(json.dumps([{"id": "o1", "text": "ocelot den"}]))
+    done = system.cli("index", "theirs", str(source), "--owner", "alice")
+    assert done.returncode == 0, done.stderr
+    found = system.cli("search", "theirs", "ocelot", "--owner", "alice")
+    assert found.returncode == 0, found.stderr
+    assert [hit["id"] for hit in json.loads(found.stdout)] == ["o1"]
+    # Not local's (the CLI's and auth mode none's owner), so not the API caller's either.
+    assert system.cli("search", "theirs", "ocelot").returncode == 3
+    api = system.client.get("/api/v1/collections/theirs/search", params={"q": "ocelot"})
+    assert api.status_code == 404
+    named = system.client.get(
+        "/api/v1/collections/theirs/search", params={"q": "ocelot", "owner": "alice"}
+    )
+    assert [hit["id"] for hit in named.json()["hits"]] == ["o1"]
+
+
 def test_cli_lists_and_shows_skills(system: System) -> None:
     listed = system.cli("skills", "list")
     assert listed.returncode == 0, listed.stderr

@@ -17,6 +17,8 @@ from skillq.engine.search import Collections
 from skillq.errors import InvalidParams, NotFound
 from tests.support import ROOT, JsonHandler, serve_http
 
+OWNER = "t"
+
 WORDS = [
     hashlib.sha256(str(i).encode()).hexdigest()[:6] for i in range(400)
 ]  # a vocabulary of made-up words, so each document has a distinct mix
@@ -44,16 +46,16 @@ def collections(tmp_path: Path) -> Collections:
 
 def test_known_queries_rank_the_right_document_first(collections: Collections) -> None:
     docs = corpus(3000)
-    report = collections.index("docs", docs)
+    report = collections.index("docs", docs, owner=OWNER)
     assert (report.added, report.updated, report.total) == (3000, 0, 3000)
     for i in (0, 17, 1234, 2999):
-        hits = collections.search("docs", f"uniq{i}", k=5)
+        hits = collections.search("docs", f"uniq{i}", k=5, owner=OWNER)
         assert hits[0].id == f"doc-{i}"
         assert hits[0].metadata == {"n": i, "even": i % 2 == 0}
         assert hits[0].score > 0
     # Several words: the document holding both outranks the many holding one.
     common = docs[2500]["text"].split()[0]
-    hits = collections.search("docs", f"{common} uniq2500", k=10)
+    hits = collections.search("docs", f"{common} uniq2500", k=10, owner=OWNER)
     assert hits[0].id == "doc-2500"
     assert len(hits) == 10 and all(common in hit.text for hit in hits)
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
@@ -61,21 +63,23 @@ def test_known_queries_rank_the_right_document_first(collections: Collections) -
 
 def test_a_second_run_reindexes_only_changed_documents(collections: Collections) -> None:
     docs = corpus(3000)
-    collections.index("docs", docs)
+    collections.index("docs", docs, owner=OWNER)
     for i in (3, 333, 2222):
         docs[i] = {**docs[i], "text": f"now about zebra{i} instead"}
     docs[10] = {**docs[10], "metadata": {"n": 10, "moved": True}}  # metadata counts too
     docs.append({"id": "new-doc", "text": "brand new okapi"})
-    report = collections.index("docs", docs, delete_ids=["doc-5", "no-such-doc"])
+    report = collections.index("docs", docs, delete_ids=["doc-5", "no-such-doc"], owner=OWNER)
     assert (report.added, report.updated, report.unchanged) == (1, 4, 2996)
     assert (report.deleted, report.total) == (1, 3000)
-    assert collections.search("docs", "zebra333")[0].id == "doc-333"
-    assert collections.search("docs", "uniq333") == []  # the old text is gone from the index
-    assert collections.search("docs", "uniq5") == []
-    assert collections.search("docs", "uniq10")[0].metadata == {"n": 10, "moved": True}
-    again = collections.index("docs", docs)
+    assert collections.search("docs", "zebra333", owner=OWNER)[0].id == "doc-333"
+    assert (
+        collections.search("docs", "uniq333", owner=OWNER) == []
+    )  # the old text is gone from the index
+    assert collections.search("docs", "uniq5", owner=OWNER) == []
+    assert collections.search("docs", "uniq10", owner=OWNER)[0].metadata == {"n": 10, "moved": True}
+    again = collections.index("docs", docs, owner=OWNER)
     assert (again.added, again.updated, again.unchanged) == (1, 0, 3000)  # doc-5 is back
-    forced = collections.index("docs", docs[:10], force_reindex=True)
+    forced = collections.index("docs", docs[:10], force_reindex=True, owner=OWNER)
     assert forced.updated == 10
 
 
@@ -84,20 +88,28 @@ def test_words_in_most_documents_do_not_drown_rare_ones(collections: Collections
         {"id": f"d{i}", "text": f"shared words {'walrus' if i % 100 == 0 else 'other'} n{i}"}
         for i in range(1000)
     ]
-    collections.index("common", docs)
-    walrus = [hit.id for hit in collections.search("common", "walrus", k=20)]
+    collections.index("common", docs, owner=OWNER)
+    walrus = [hit.id for hit in collections.search("common", "walrus", k=20, owner=OWNER)]
     assert sorted(walrus) == sorted(f"d{i}" for i in range(0, 1000, 100))
-    assert [hit.id for hit in collections.search("common", "Shared WORDS walrus", k=20)] == walrus
-    assert len(collections.search("common", "shared words", k=5)) == 5  # nothing rarer: kept
-    collections.index("common", [{"id": "d1", "text": "walrus alone"}])  # a new generation
-    assert "d1" in [hit.id for hit in collections.search("common", "shared walrus", k=20)]
+    assert [
+        hit.id for hit in collections.search("common", "Shared WORDS walrus", k=20, owner=OWNER)
+    ] == walrus
+    assert (
+        len(collections.search("common", "shared words", k=5, owner=OWNER)) == 5
+    )  # nothing rarer: kept
+    collections.index(
+        "common", [{"id": "d1", "text": "walrus alone"}], owner=OWNER
+    )  # new generation
+    assert "d1" in [
+        hit.id for hit in collections.search("common", "shared walrus", k=20, owner=OWNER)
+    ]
 
 
 def test_search_from_another_process_sees_the_index(collections: Collections) -> None:
-    collections.index("shared", corpus(500))
+    collections.index("shared", corpus(500), owner=OWNER)
     code = (
         "import json, sys; from skillq.engine.search import Collections; "
-        "hits = Collections(sys.argv[1]).search('shared', 'uniq42', 3); "
+        "hits = Collections(sys.argv[1]).search('shared', 'uniq42', 3, owner='t'); "
         "print(json.dumps([h.id for h in hits]))"
     )
     out = subprocess.run(
@@ -113,19 +125,19 @@ def test_search_from_another_process_sees_the_index(collections: Collections) ->
 
 def test_bad_requests_are_refused_precisely(collections: Collections) -> None:
     with pytest.raises(NotFound):
-        collections.search("missing", "anything")
-    collections.index("docs", corpus(5))
+        collections.search("missing", "anything", owner=OWNER)
+    collections.index("docs", corpus(5), owner=OWNER)
     with pytest.raises(InvalidParams, match="no words"):
-        collections.search("docs", '"*( )')
+        collections.search("docs", '"*( )', owner=OWNER)
     with pytest.raises(InvalidParams, match="k is out of range"):
-        collections.search("docs", "uniq1", k=0)
+        collections.search("docs", "uniq1", k=0, owner=OWNER)
     for name in ("../etc", "a/b", "", "x" * 65):
         with pytest.raises(InvalidParams, match="invalid collection name"):
-            collections.index(name, [])
+            collections.index(name, [], owner=OWNER)
     with pytest.raises(InvalidParams, match="appears twice"):
-        collections.index("docs", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+        collections.index("docs", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], owner=OWNER)
     # FTS5 query syntax in user text is inert.
-    assert collections.search("docs", 'uniq1 OR NEAR("x" AND')[0].id == "doc-1"
+    assert collections.search("docs", 'uniq1 OR NEAR("x" AND', owner=OWNER)[0].id == "doc-1"
 
 
 # --- vector search against an OpenAI-compatible embeddings server on 127.0.0.1 ---
@@ -167,17 +179,17 @@ def test_hybrid_search_finds_by_meaning_and_by_keyword(tmp_path: Path, embedding
         {"id": "dogs", "text": "puppy training classes"},
         {"id": "misc", "text": "quarterly tax filing"},
     ]
-    report = collections.index("hybrid", docs)
+    report = collections.index("hybrid", docs, owner=OWNER)
     assert report.embedded == 3
-    hits = collections.search("hybrid", "canine", k=3)  # no keyword in common
+    hits = collections.search("hybrid", "canine", k=3, owner=OWNER)  # no keyword in common
     assert hits[0].id == "dogs" and hits[0].bm25 is None and hits[0].similarity > 0.5
     assert all(hit.similarity < 0.5 for hit in hits[1:])
-    hits = collections.search("hybrid", "tax", k=3)
+    hits = collections.search("hybrid", "tax", k=3, owner=OWNER)
     assert hits[0].id == "misc" and hits[0].bm25 is not None
     # Unchanged documents are not embedded again; keyword-only search still works.
-    assert collections.index("hybrid", docs).embedded == 0
+    assert collections.index("hybrid", docs, owner=OWNER).embedded == 0
     assert sum(EmbeddingsHandler.calls) == 3 + 2  # 3 documents, 2 queries
-    assert Collections(tmp_path).search("hybrid", "puppy")[0].id == "dogs"
+    assert Collections(tmp_path).search("hybrid", "puppy", owner=OWNER)[0].id == "dogs"
 
 
 def test_local_embedding_model_when_installed(tmp_path: Path) -> None:
@@ -189,5 +201,6 @@ def test_local_embedding_model_when_installed(tmp_path: Path) -> None:
             {"id": "cars", "text": "automobile repair shop"},
             {"id": "dogs", "text": "puppy training classes"},
         ],
+        owner=OWNER,
     )
-    assert collections.search("local", "canine obedience", k=2)[0].id == "dogs"
+    assert collections.search("local", "canine obedience", k=2, owner=OWNER)[0].id == "dogs"

@@ -15,6 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from skillq.api.principal import Principal
+from skillq.engine.collection_files import MAX_OWNER_LENGTH
 from skillq.errors import Forbidden, InvalidParams
 from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, schema_errors
 from skillq.jobs.fields import job_to_dict
@@ -96,11 +97,14 @@ def _collections(root: str, search_settings: Any) -> Any:
 
 
 def _search(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
-    """Search reads the collection the index workers wrote, so it never waits for a job."""
+    """Search reads the collection the index workers wrote, so it never waits for a job.
+    The caller's own collection, or (an admin only) the `owner` it names, as over REST."""
     search = coordinator.settings.search
     k = args.get("k", 10)
-    hits = _collections(str(search.path), search).search(args["collection"], args["query"], k)
-    query = {"collection": args["collection"], "query": args["query"], "k": k}
+    owner = caller.data_owner(args.get("owner"))
+    collections = _collections(str(search.path), search)
+    hits = collections.search(args["collection"], args["query"], k, owner=owner)
+    query = {"owner": owner, "collection": args["collection"], "query": args["query"], "k": k}
     return {**query, "hits": [asdict(hit) for hit in hits]}
 
 
@@ -151,6 +155,13 @@ IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
                     "collection": {"type": "string", "minLength": 1},
                     "query": {"type": "string", "minLength": 1},
                     "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "owner": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_OWNER_LENGTH,
+                        "pattern": "^[^\\x00]*$",
+                        "description": "Whose collection (admin only); default: the caller's.",
+                    },
                 },
                 "required": ["collection", "query"],
                 "additionalProperties": False,

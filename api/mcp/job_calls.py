@@ -77,7 +77,7 @@ def submission(tool: JobTool, arguments: dict[str, Any], params: Mapping[str, An
 async def submit(coordinator: JobCoordinator, caller: Principal, request: dict) -> Job:
     require_submitter(caller)
     result = await anyio.to_thread.run_sync(
-        lambda: coordinator.submit_job(request, owner=caller.subject)
+        lambda: coordinator.submit_job(request, owner=caller.subject, any_owner=caller.is_admin)
     )
     return result.job
 

@@ -4,6 +4,10 @@
 `index`, `run` and `enhance` submit a job through the jobs coordinator (like the REST API)
 and, by default, wait for it with a progress bar; `--background` prints the job id and how
 to follow it instead. `search` and `skills ...` read the files directly: no job involved.
+
+The CLI is the operator's (it reads the settings and the store directly), so it acts as an
+admin: its jobs are owned by `local`, and `index`/`search` take `--owner` to reach another
+owner's collection.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ skills_app = typer.Typer(help="The skills found under skills.paths.", no_args_is
 
 #: Exit status per error code, as in `skillq.cli.main`.
 _EXIT_CODES = {"not_found": 3, "conflict": 4, "service_unavailable": 5}
+_OWNER_HELP = "Whose collection (default: local, the owner of the CLI's jobs)."
 _TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".markdown"}
 
 
@@ -49,7 +54,7 @@ def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
 
     coordinator = JobCoordinator(actors.broker, actors.settings)
     try:
-        job = coordinator.submit_job({"type": job_type, "params": params}).job
+        job = coordinator.submit_job({"type": job_type, "params": params}, any_owner=True).job
     except SkillqError as error:
         _fail(error)
     if background:
@@ -153,10 +158,13 @@ def index(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-index unchanged documents.")] = False,
     delete: Annotated[list[str] | None, typer.Option("--delete", help="Remove this id.")] = None,
+    owner: Annotated[str | None, typer.Option(help=_OWNER_HELP)] = None,
     background: Annotated[bool, typer.Option(help="Print the job id, don't wait.")] = False,
 ) -> None:
     """Index documents into a search collection (an index_documents job)."""
     params: dict[str, Any] = {"collection": collection, "force_reindex": force}
+    if owner is not None:
+        params["owner"] = owner
     params["documents"] = read_documents(source) if source is not None else []
     if source is not None and not params["documents"]:
         suffixes = ", ".join(sorted(_TEXT_SUFFIXES))
@@ -169,15 +177,17 @@ def search(
     collection: Annotated[str, typer.Argument(help="Collection name.")],
     query: Annotated[str, typer.Argument(help="Search text.")],
     k: Annotated[int, typer.Option("-k", help="How many hits (1-100).")] = 10,
+    owner: Annotated[str | None, typer.Option(help=_OWNER_HELP)] = None,
 ) -> None:
     """Search a collection now (no job): ranked hits with scores and metadata, as JSON."""
+    from skillq.engine.collection_files import LEGACY_OWNER
     from skillq.engine.embeddings import embedder_from_settings
     from skillq.engine.search import Collections
 
     search_settings = _settings().search
     collections = Collections(search_settings.path, embedder_from_settings(search_settings))
     try:
-        hits = collections.search(collection, query, k)
+        hits = collections.search(collection, query, k, owner=owner or LEGACY_OWNER)
     except SkillqError as error:
         _fail(error)
     typer.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))

@@ -7,8 +7,11 @@ with no extra files or formats; and any process that opens the file (the API ser
 search, a worker indexing) sees the latest commit, with WAL letting reads run during
 writes. It ships with Python's sqlite3, so keyword search needs no extra dependency.
 
-One SQLite file per collection under `search.path` (`<name>.db`), so term statistics are
-per collection and a collection can be copied or deleted as one file:
+A collection is identified by its owner and name (two owners may both have `docs`); every
+method takes the owner explicitly, so no call can reach a collection without saying whose.
+One SQLite file per collection, in its owner's folder under `search.path`
+(`skillq.engine.collection_files`), so term statistics are per collection and a collection
+can be copied or deleted as one file:
 
 - `documents`: id, content hash, text, metadata (JSON), embedding (float32 blob or NULL)
 - `documents_fts`: an FTS5 external-content index over `documents.text`, kept in step by
@@ -35,11 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from skillq.engine.collection_files import LEGACY_OWNER, CollectionFiles, check_collection
 from skillq.engine.embeddings import Embedder
 from skillq.errors import InvalidParams, NotFound
 
-COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-_COLLECTION = re.compile(COLLECTION_PATTERN)
 _WORD = re.compile(r"\w+")
 BATCH = 500
 RRF_K = 60
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 @dataclass(frozen=True)
 class IndexReport:
+    owner: str
     collection: str
     received: int
     added: int
@@ -101,15 +104,6 @@ class Hit:
     similarity: float | None = None
 
 
-def check_collection(name: Any) -> str:
-    if not isinstance(name, str) or not _COLLECTION.match(name):
-        raise InvalidParams(
-            f"invalid collection name {name!r}",
-            [{"path": "collection", "message": f"must match {COLLECTION_PATTERN}"}],
-        )
-    return name
-
-
 def content_hash(text: str, metadata: dict[str, Any]) -> str:
     canonical = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -130,24 +124,34 @@ def _to_query(words: list[str]) -> str:
 
 
 class Collections:
-    """The collections stored under one folder; thread-safe, one connection per call."""
+    """The collections stored under one folder; thread-safe, one connection per call.
 
-    def __init__(self, root: Path, embedder: Embedder | None = None) -> None:
+    Every public method takes the collection's `owner` as a keyword: a name alone never
+    reaches a collection, and another owner's collection answers as a missing one does.
+    """
+
+    def __init__(
+        self, root: Path, embedder: Embedder | None = None, *, legacy_owner: str = LEGACY_OWNER
+    ) -> None:
         self.root = Path(root)
         self.embedder = embedder
-        self._vectors: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-        #: Per collection: generation, document count, document frequency per query word.
-        self._frequencies: dict[str, tuple[int, int, dict[str, int]]] = {}
+        self.files = CollectionFiles(self.root, legacy_owner=legacy_owner)
+        #: Per (owner, collection): generation, row ids and vector matrix.
+        self._vectors: dict[tuple[str, str], tuple[int, np.ndarray, np.ndarray]] = {}
+        #: Per (owner, collection): generation, document count, document frequency per word.
+        self._frequencies: dict[tuple[str, str], tuple[int, int, dict[str, int]]] = {}
         self._lock = threading.Lock()
 
-    def path(self, collection: str) -> Path:
-        return self.root / f"{check_collection(collection)}.db"
+    def path(self, collection: str, *, owner: str) -> Path:
+        return self.files.path(collection, owner=owner)
 
-    def _connect(self, collection: str, *, create: bool) -> sqlite3.Connection:
-        path = self.path(collection)
+    def _connect(self, collection: str, *, owner: str, create: bool) -> sqlite3.Connection:
+        path = self.path(collection, owner=owner)
         if not create and not path.is_file():
+            # The same answer for another owner's collection: existence does not leak.
             raise NotFound(f"no collection named {collection!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.files.prepare(owner)
         db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -155,13 +159,16 @@ class Collections:
             db.executescript(_SCHEMA)
         return db
 
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.stem for p in self.root.glob("*.db") if _COLLECTION.match(p.stem))
+    def owners(self) -> list[str]:
+        """Every owner that has collections."""
+        return self.files.owners()
 
-    def count(self, collection: str) -> int:
-        db = self._connect(collection, create=False)
+    def names(self, *, owner: str) -> list[str]:
+        """The names of one owner's collections."""
+        return self.files.names(owner)
+
+    def count(self, collection: str, *, owner: str) -> int:
+        db = self._connect(collection, owner=owner, create=False)
         try:
             return db.execute("SELECT count(*) FROM documents").fetchone()[0]
         finally:
@@ -172,12 +179,14 @@ class Collections:
         collection: str,
         documents: list[dict[str, Any]],
         *,
+        owner: str,
         force_reindex: bool = False,
         delete_ids: Iterable[str] = (),
         on_progress: Callable[[float, str], None] | None = None,
     ) -> IndexReport:
-        """Adds new documents, re-indexes changed ones, skips unchanged ones (same content
-        hash of text and metadata) unless `force_reindex`, and deletes `delete_ids`.
+        """Adds new documents to `owner`'s collection (made if missing), re-indexes changed
+        ones, skips unchanged ones (same content hash of text and metadata) unless
+        `force_reindex`, and deletes `delete_ids`.
 
         Each batch of `BATCH` documents commits on its own, so a crash keeps the batches
         already done and a re-run only does the rest.
@@ -191,21 +200,21 @@ class Collections:
                     [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
                 )
             seen.add(doc["id"])
-        db = self._connect(collection, create=True)
+        db = self._connect(collection, owner=owner, create=True)
         try:
-            return self._index(db, collection, documents, force_reindex, delete_ids, on_progress)
+            report = self._index(db, documents, force_reindex, delete_ids, on_progress)
         finally:
             db.close()
+        return IndexReport(owner=owner, collection=collection, **report)
 
     def _index(
         self,
         db: sqlite3.Connection,
-        collection: str,
         documents: list[dict[str, Any]],
         force: bool,
         delete_ids: Iterable[str],
         on_progress: Callable[[float, str], None] | None,
-    ) -> IndexReport:
+    ) -> dict[str, int]:
         known = dict(db.execute("SELECT doc_id, content_hash FROM documents"))
         model = self.embedder.model if self.embedder else None
         stored_model = self._meta(db, "embedding_model")
@@ -264,16 +273,15 @@ class Collections:
             self._bump(db, model)
             db.execute("COMMIT")
         total = db.execute("SELECT count(*) FROM documents").fetchone()[0]
-        return IndexReport(
-            collection=collection,
-            received=len(documents),
-            added=added,
-            updated=updated,
-            unchanged=len(documents) - added - updated,
-            deleted=deleted,
-            embedded=embedded,
-            total=total,
-        )
+        return {
+            "received": len(documents),
+            "added": added,
+            "updated": updated,
+            "unchanged": len(documents) - added - updated,
+            "deleted": deleted,
+            "embedded": embedded,
+            "total": total,
+        }
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> str | None:
@@ -289,15 +297,16 @@ class Collections:
         if model is not None:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('embedding_model', ?)", (model,))
 
-    def search(self, collection: str, query: str, k: int = 10) -> list[Hit]:
-        """The `k` best documents for `query`: BM25, fused with vector similarity when this
-        collection has vectors of the configured embedder's model."""
+    def search(self, collection: str, query: str, k: int = 10, *, owner: str) -> list[Hit]:
+        """The `k` best documents of `owner`'s collection for `query`: BM25, fused with vector
+        similarity when the collection has vectors of the configured embedder's model."""
         if not 1 <= k <= MAX_K:
             raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
         words = _words(query)
-        db = self._connect(collection, create=False)
+        db = self._connect(collection, owner=owner, create=False)
+        key = (owner, collection)
         try:
-            match = _to_query(self._informative(db, collection, words))
+            match = _to_query(self._informative(db, key, words))
             depth = k if self.embedder is None else max(4 * k, 50)
             keyword = db.execute(
                 "SELECT documents_fts.rowid, bm25(documents_fts) FROM documents_fts"
@@ -305,7 +314,7 @@ class Collections:
                 (match, depth),
             ).fetchall()
             bm25 = {rowid: -score for rowid, score in keyword}
-            similarity = self._vector_ranking(db, collection, query, depth)
+            similarity = self._vector_ranking(db, key, query, depth)
             if similarity:
                 fused: dict[int, float] = {}
                 for ranking in (list(bm25), list(similarity)):
@@ -319,7 +328,9 @@ class Collections:
         finally:
             db.close()
 
-    def _informative(self, db: sqlite3.Connection, collection: str, words: list[str]) -> list[str]:
+    def _informative(
+        self, db: sqlite3.Connection, key: tuple[str, str], words: list[str]
+    ) -> list[str]:
         """Leaves out words found in at least half the documents when rarer words remain.
 
         FTS5's BM25 floors the IDF of such words at 1e-6, so they hardly move a score, yet
@@ -330,12 +341,12 @@ class Collections:
             return words
         generation = int(self._meta(db, "generation") or 0)
         with self._lock:
-            cached = self._frequencies.get(collection)
+            cached = self._frequencies.get(key)
         if cached is None or cached[0] != generation or len(cached[2]) > 100_000:
             total = db.execute("SELECT count(*) FROM documents").fetchone()[0]
             cached = (generation, total, {})
             with self._lock:
-                self._frequencies[collection] = cached
+                self._frequencies[key] = cached
         _, total, frequency = cached
         for word in words:
             if word not in frequency:
@@ -378,22 +389,24 @@ class Collections:
         ]
 
     def _vector_ranking(
-        self, db: sqlite3.Connection, collection: str, query: str, depth: int
+        self, db: sqlite3.Connection, key: tuple[str, str], query: str, depth: int
     ) -> dict[int, float]:
         if self.embedder is None or self._meta(db, "embedding_model") != self.embedder.model:
             return {}
-        rowids, matrix = self._matrix(db, collection)
+        rowids, matrix = self._matrix(db, key)
         if not len(rowids):
             return {}
         scores = matrix @ self.embedder.embed([query])[0]
         top = np.argsort(-scores)[:depth]
         return {int(rowids[i]): float(scores[i]) for i in top}
 
-    def _matrix(self, db: sqlite3.Connection, collection: str) -> tuple[np.ndarray, np.ndarray]:
+    def _matrix(
+        self, db: sqlite3.Connection, key: tuple[str, str]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The collection's vectors, cached per process until its generation moves."""
         generation = int(self._meta(db, "generation") or 0)
         with self._lock:
-            cached = self._vectors.get(collection)
+            cached = self._vectors.get(key)
         if cached is not None and cached[0] == generation:
             return cached[1], cached[2]
         rows = db.execute(
@@ -406,5 +419,5 @@ class Collections:
             else np.zeros((0, 0), dtype=np.float32)
         )
         with self._lock:
-            self._vectors[collection] = (generation, rowids, matrix)
+            self._vectors[key] = (generation, rowids, matrix)
         return rowids, matrix

@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.errors import (
     Conflict,
+    Forbidden,
     InvalidParams,
     NotFound,
     ServiceUnavailable,
@@ -84,6 +85,15 @@ def schema_errors(validator: Draft202012Validator, instance: Any, root: str) -> 
     return details
 
 
+def _check_acts_for_itself(job_type: JobType, params: dict[str, Any], owner: str) -> None:
+    named = params.get(job_type.owner_param) if job_type.owner_param else None
+    if named is not None and named != owner:
+        # Refused whether or not that owner or its data exist, so nothing leaks.
+        raise Forbidden(
+            f"only an admin may act on another owner's data (params.{job_type.owner_param})"
+        )
+
+
 class JobCoordinator:
     def __init__(self, broker: dramatiq.Broker, settings: Settings) -> None:
         self.broker = broker
@@ -91,8 +101,15 @@ class JobCoordinator:
         self.job_types: dict[str, JobType] = job_types_of(broker)
 
     @in_connection
-    def submit_job(self, request: Any, *, owner: str = "local") -> Submission:
+    def submit_job(
+        self, request: Any, *, owner: str = "local", any_owner: bool = False
+    ) -> Submission:
+        """Writes and enqueues a job owned by `owner`. `any_owner` says the submitter may act
+        on every owner's data (an admin, the operator's CLI or schedules); anyone else may
+        name only themselves in a job type's `owner_param`."""
         job_type, fields = self._validate_submission(request)
+        if not any_owner:
+            _check_acts_for_itself(job_type, fields["params"], owner)
         key = fields.get("idempotency_key")
         if key is not None:
             existing = jobs.find_by_idempotency_key(owner, key)

@@ -28,6 +28,9 @@ class JobType:
     #: Optional `check(params)` run at submission after the schema, for what a schema cannot
     #: say (e.g. a skill tool's own input schema); raises InvalidParams.
     params_check: Callable[[dict[str, Any]], None] | None = None
+    #: The param, if any, naming whose data the job acts on (e.g. `index_documents`'s
+    #: `owner`): absent means the job's own owner, and only an admin may name another.
+    owner_param: str | None = None
 
     @functools.cached_property
     def validator(self) -> Draft202012Validator:
@@ -62,5 +65,6 @@ def job_types_of(broker: dramatiq.Broker) -> dict[str, JobType]:
             time_limit_secs=None if time_limit_ms is None else time_limit_ms / 1000,
             max_retries=actor.options.get("max_retries"),
             params_check=actor.options.get("params_check"),
+            owner_param=actor.options.get("owner_param"),
         )
     return dict(sorted(catalogue.items()))

@@ -148,6 +148,11 @@ def test_search_finds_what_a_job_indexed(server: str) -> None:
         assert skillq.wait(job.id, timeout=60).state == "completed"
         hits = skillq.search("zoo", "walrus", k=1)
     assert hits and isinstance(hits[0], SearchHit) and hits[0].id == "walrus"
+    with client_for(server, subject="mallory") as other, pytest.raises(errors.NotFound):
+        other.search("zoo", "walrus")
+    admin = client_for(server, subject="root", roles=("admin",))
+    with admin:
+        assert admin.search("zoo", "walrus", owner="alice")[0].id == "walrus"
 
 
 def test_wait_gives_up_at_its_timeout(server: str) -> None:

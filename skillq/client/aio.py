@@ -174,6 +174,9 @@ class AsyncClient:
             if job.finished:
                 return job
 
-    async def search(self, collection: str, query: str, *, k: int = 10) -> list[SearchHit]:
-        answer = await self._send(wire.search_call(collection, query, k))
+    async def search(
+        self, collection: str, query: str, *, k: int = 10, owner: str | None = None
+    ) -> list[SearchHit]:
+        """Search one of your collections (an admin may name another `owner`'s)."""
+        answer = await self._send(wire.search_call(collection, query, k, owner))
         return [SearchHit.from_json(hit) for hit in answer["hits"]]

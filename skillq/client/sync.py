@@ -171,6 +171,9 @@ class Client:
             if job.finished:
                 return job
 
-    def search(self, collection: str, query: str, *, k: int = 10) -> list[SearchHit]:
-        answer = self._send(wire.search_call(collection, query, k))
+    def search(
+        self, collection: str, query: str, *, k: int = 10, owner: str | None = None
+    ) -> list[SearchHit]:
+        """Search one of your collections (an admin may name another `owner`'s)."""
+        answer = self._send(wire.search_call(collection, query, k, owner))
         return [SearchHit.from_json(hit) for hit in answer["hits"]]

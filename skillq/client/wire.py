@@ -95,9 +95,10 @@ def job_path(job_id: str, suffix: str = "") -> str:
     return f"/api/v1/jobs/{httpx.URL(path=job_id).raw_path.decode()}{suffix}"
 
 
-def search_call(collection: str, query: str, k: int) -> Call:
+def search_call(collection: str, query: str, k: int, owner: str | None) -> Call:
     name = httpx.URL(path=collection).raw_path.decode()
-    return Call("GET", f"/api/v1/collections/{name}/search", params={"q": query, "k": k})
+    params = {"q": query, "k": k, "owner": owner}
+    return Call("GET", f"/api/v1/collections/{name}/search", params=params)
 
 
 def auth_headers(api_key: str | None, token: str | None, key_header: str) -> dict[str, str]:

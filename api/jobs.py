@@ -111,15 +111,17 @@ def list_param(request: Request, name: str) -> list[str]:
 
 
 async def list_jobs(request: Request) -> JSONResponse:
+    """`owner` narrows an admin's list to one owner; anyone else may only name itself."""
     principal = require_viewer(request)
     coordinator = coordinator_of(request)
     limit = int_param(request, "limit", 50)
     offset = int_param(request, "offset", 0)
+    named = request.query_params.get("owner")
     page = await run_in_threadpool(
         coordinator.list_jobs,
         states=list_param(request, "state"),
         types=list_param(request, "type"),
-        owner=principal.owner_filter,
+        owner=principal.owner_filter if named is None else principal.data_owner(named),
         limit=limit,
         offset=offset,
     )

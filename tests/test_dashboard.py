@@ -50,7 +50,11 @@ def test_the_page_is_open_and_its_data_is_not(client: TestClient) -> None:
     assert page.url.path == "/dashboard/"
     assert page.headers["content-type"].startswith("text/html")
     assert '<script src="dashboard.js" defer></script>' in page.text
-    for name, kind in [("dashboard.js", "javascript"), ("dashboard.css", "text/css")]:
+    for name, kind in [
+        ("api.js", "javascript"),
+        ("dashboard.js", "javascript"),
+        ("dashboard.css", "text/css"),
+    ]:
         response = client.get(f"/dashboard/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
     for path in ["/api/v1/jobs", "/api/v1/stats", "/api/v1/stats/history", "/api/v1/workers"]:
@@ -85,7 +89,7 @@ def test_nothing_outside_the_static_folder_is_served(client: TestClient, path: s
 def test_nothing_is_loaded_from_elsewhere() -> None:
     """The machine may be offline: no CDN, no font service, no inline script or style."""
     html = (STATIC / "index.html").read_text()
-    assert not re.search(r"<script(?![^>]*\bsrc=\"dashboard\.js\")", html)
+    assert not re.search(r"<script(?![^>]*\bsrc=\"[\w-]+\.js\")", html)
     assert " style=" not in html and "<style" not in html
     for path in STATIC.iterdir():
         text = path.read_text()

@@ -180,6 +180,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
         "skillq/example_skills/text-stats/text_stats.py",
         "skillq/api/static/index.html",
         "skillq/api/static/dashboard.js",
+        "skillq/api/static/api.js",
         "skillq/api/static/dashboard.css",
     ]:
         assert expected in names

@@ -1,11 +1,10 @@
-// skillq dashboard: reads the REST API with the credential typed into the login box.
+// skillq dashboard: the pages, drawn from the REST API (api.js) with the credential typed
+// into the login box.
 //
 // Everything the server sends is shown with textContent (never as markup): params, results
-// and error messages are anyone's text. Event streams are read with fetch, because
-// EventSource cannot send an Authorization header.
+// and error messages are anyone's text.
 "use strict";
 
-const CREDENTIAL = "skillq.credential"; // sessionStorage: this tab only, gone when it closes
 const PAGE_SIZE = 25;
 const REFRESH_MS = 5000;
 // Browsers open at most six HTTP/1.1 connections per host; the table follows a few active
@@ -14,7 +13,6 @@ const TABLE_STREAMS = 3;
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
 const $ = (id) => document.getElementById(id);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let me = null; // the principal, from /api/v1/auth/whoami
 let offset = 0;
@@ -22,82 +20,6 @@ let filters = {};
 let refreshTimer = null;
 let viewStreams = new AbortController(); // the job page's streams
 const tableStreams = new Map(); // job id -> AbortController
-
-// --- talking to the API ---------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, body) {
-    super(body?.error?.message || `the server answered ${status}`);
-    this.status = status;
-  }
-}
-
-function authHeaders(extra = {}) {
-  const headers = new Headers(extra);
-  const credential = sessionStorage.getItem(CREDENTIAL);
-  // API keys are accepted as bearer credentials too (`Bearer skq_...`).
-  if (credential) headers.set("Authorization", `Bearer ${credential}`);
-  return headers;
-}
-
-async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: authHeaders(options.headers) });
-  if (response.status === 401) {
-    signIn("The server did not accept that credential. Sign in again.");
-    throw new ApiError(401, null);
-  }
-  const type = response.headers.get("content-type") || "";
-  const body = type.includes("json") ? await response.json() : await response.text();
-  if (!response.ok) throw new ApiError(response.status, body);
-  return body;
-}
-
-// Reads a Server-Sent Events stream, calling onEvent(name, data) per event; reconnects with
-// Last-Event-ID after a network error. Resolves with the HTTP status if the stream was
-// refused, or "ended" once the server closed it.
-async function follow(path, onEvent, signal) {
-  let lastId = null;
-  for (let failures = 0; failures < 5 && !signal.aborted; failures++) {
-    try {
-      const extra = lastId ? { "Last-Event-ID": lastId } : {};
-      const response = await fetch(path, { headers: authHeaders(extra), signal });
-      if (response.status === 401) signIn("Your session has ended. Sign in again.");
-      if (!response.ok) return response.status;
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return "ended";
-        buffer += value;
-        let cut;
-        while ((cut = /\r?\n\r?\n/.exec(buffer))) {
-          const event = parseEvent(buffer.slice(0, cut.index));
-          buffer = buffer.slice(cut.index + cut[0].length);
-          if (event.id) lastId = event.id;
-          if (event.data !== null) onEvent(event.name, event.data);
-        }
-      }
-    } catch (error) {
-      if (signal.aborted) return "aborted";
-      await sleep(1000);
-    }
-  }
-  return "gave up";
-}
-
-function parseEvent(block) {
-  const event = { name: "message", data: null, id: null };
-  for (const line of block.split(/\r?\n/)) {
-    if (!line || line.startsWith(":")) continue; // a comment: keep-alive
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-    if (field === "event") event.name = value;
-    else if (field === "id") event.id = value;
-    else if (field === "data") event.data = event.data === null ? value : `${event.data}\n${value}`;
-  }
-  return event;
-}
 
 // --- small DOM helpers ------------------------------------------------------------------------
 
@@ -405,12 +327,15 @@ async function showJob(id) {
 }
 
 function followJob(id) {
+  let logged = null; // the state and attempt last written to the log
   follow(`/api/v1/jobs/${id}/stream`, (name, data) => {
     const change = JSON.parse(data);
     if (name === "state") {
-      if (!shown || shown.state !== change.state || shown.attempts !== change.attempts) {
+      const now = `${change.state}/${change.attempts}`;
+      if (now !== logged) {
         const attempt = change.attempts ? ` (attempt ${change.attempts})` : "";
         logLine(`state: ${change.state}${attempt}`);
+        logged = now;
       }
       renderJob(change);
     } else if (name === "progress") {
@@ -450,7 +375,7 @@ function renderJob(job) {
   $("outcome-title").textContent = failed ? "Error" : "Result";
   $("job-outcome").textContent = failed
     ? `${job.error.type}: ${job.error.message ?? ""}`
-    : job.result === null || job.result === undefined ? "(none yet)" : JSON.stringify(job.result, null, 2);
+    : job.result === null || job.result === undefined ? (active ? "(none yet)" : "(none)") : JSON.stringify(job.result, null, 2);
   renderTimeline(job);
 }
 
@@ -579,6 +504,7 @@ function wire() {
     }
   });
   window.addEventListener("hashchange", () => me && route());
+  window.addEventListener("skillq:unauthorized", (event) => signIn(event.detail));
 }
 
 wire();

@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support import ROOT, api_with_worker
+from tests.support import ROOT, api_with_worker, start_api, write_settings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -247,3 +247,16 @@ def test_an_unknown_id_is_reported_and_a_dead_credential_asks_again(
     assert not visible(browser, "#owner-filter")  # only admins filter by owner
     # None of the other owners' jobs.
     until(browser, lambda: "No jobs match." in text_of(browser, "#jobs tbody"), "an empty list")
+
+
+def test_in_auth_none_it_just_opens(tmp_path: Path, browser: WebDriver) -> None:
+    settings = write_settings(tmp_path, {"server": {"data_dir": str(tmp_path / "data")}})
+    process, url = start_api(settings, tmp_path)
+    try:
+        browser.get(f"{url}/dashboard")
+        until(browser, lambda: visible(browser, "#overview"), "the overview")
+        assert not visible(browser, "#login") and not visible(browser, "#sign-out")
+        assert "auth none" in text_of(browser, "#who")
+        until(browser, lambda: "No jobs match." in text_of(browser, "#jobs tbody"), "the table")
+    finally:
+        process.stop()

@@ -94,7 +94,7 @@ async function start() {
   $("sign-out").hidden = me.method === "none";
   $("owner-filter").hidden = !me.admin;
   document.querySelectorAll(".owner-col").forEach((th) => (th.hidden = !me.admin));
-  loadJobTypes();
+  loadJobTypes().catch(reportError);
   route();
 }
 
@@ -313,6 +313,7 @@ async function showJob(id) {
   $("log").replaceChildren();
   $("log-status").textContent = "";
   shown = null;
+  const signal = viewStreams.signal; // aborted if the user moves on meanwhile
   let job;
   try {
     job = await api(`/api/v1/jobs/${id}`);
@@ -321,12 +322,13 @@ async function showJob(id) {
     else reportError(error);
     return;
   }
+  if (signal.aborted) return;
   renderJob(job);
-  followJob(id);
-  followLogs(id);
+  followJob(id, signal);
+  followLogs(id, signal);
 }
 
-function followJob(id) {
+function followJob(id, signal) {
   let logged = null; // the state and attempt last written to the log
   follow(`/api/v1/jobs/${id}/stream`, (name, data) => {
     const change = JSON.parse(data);
@@ -342,7 +344,7 @@ function followJob(id) {
       logLine(`${percent(change.progress) || "…"} ${change.message ?? ""}`.trim());
       renderJob({ ...shown, ...change });
     }
-  }, viewStreams.signal);
+  }, signal);
 }
 
 function renderJob(job) {
@@ -397,8 +399,7 @@ function renderTimeline(job) {
 
 // The job's log, from GET .../logs and .../logs/stream; until the server has them (404),
 // the panel shows the job's own progress messages from its event stream.
-async function followLogs(id) {
-  const signal = viewStreams.signal;
+async function followLogs(id, signal) {
   let response;
   try {
     response = await fetch(`/api/v1/jobs/${id}/logs`, { headers: authHeaders(), signal });
@@ -500,7 +501,7 @@ function wire() {
     const job = await act("POST", `/api/v1/jobs/${shown.id}/retry`);
     if (job) {
       logLine("retried");
-      followJob(job.id);
+      followJob(job.id, viewStreams.signal);
     }
   });
   window.addEventListener("hashchange", () => me && route());

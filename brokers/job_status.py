@@ -19,6 +19,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
+from skillq.brokers.running import RunningJobs
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import utcnow
@@ -106,11 +107,15 @@ class JobStatus(Middleware):
     delivery: the Redis broker requeues a stalled worker's messages, stale-job recovery re-sends
     lost ones); a message whose job's worker is dead takes the job over.
 
+    A job it marks running joins the worker's `RunningJobs` until its outcome is recorded.
+
     Parameters:
+      running(RunningJobs): The jobs this process runs (shared with the other middleware).
       dead_after_secs(float): A worker silent this long is dead (`workers.dead_after_secs`).
     """
 
-    def __init__(self, *, dead_after_secs: float = 15.0) -> None:
+    def __init__(self, running: RunningJobs, *, dead_after_secs: float = 15.0) -> None:
+        self.running = running
         self.dead_after_secs = dead_after_secs
         self.worker_id = current_worker_id()
         logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_StoredResultsFilter())
@@ -175,6 +180,7 @@ class JobStatus(Middleware):
             return False
         message.options[ATTEMPT_OPTION] = attempt
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
+        self.running.start(job_id, message, attempt=attempt)
         return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
@@ -221,10 +227,13 @@ class JobStatus(Middleware):
         try:
             self._record_outcome(job_id, message, result, exception)
         finally:
+            self.running.finish(job_id)
             database_proxy.close()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        if message.options.get(JOB_ID_OPTION) is not None:
+        job_id = message.options.get(JOB_ID_OPTION)
+        if job_id is not None:
+            self.running.finish(job_id)
             database_proxy.close()
 
     def _record_outcome(

@@ -13,6 +13,7 @@ from skillq.actors.diagnostics import SLEEP_PARAMS
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.brokers.progress import JobProgress, report_progress
+from skillq.brokers.running import RunningJobs
 from skillq.errors import Conflict, InvalidParams, NotFound, ServiceUnavailable
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.storage import JobState, jobs
@@ -114,6 +115,8 @@ def test_progress_writes_are_throttled_and_the_last_value_is_kept(
         kwargs={},
         options={JOB_ID_OPTION: job.id},
     )
+    running = RunningJobs()
+    running.start(job.id, message, attempt=1)  # what JobStatus does once the job is running
     middleware.before_process_message(actors.broker, message)
     with connection():
         for step in range(1, 1001):
@@ -121,7 +124,10 @@ def test_progress_writes_are_throttled_and_the_last_value_is_kept(
         stored = jobs.get_job(job.id)
         assert (stored.progress, stored.message) == (0.001, "step 1")  # one write, then throttled
         middleware.after_process_message(actors.broker, message)
+        running.finish(job.id)
         stored = jobs.get_job(job.id)
         assert (stored.progress, stored.message) == (1.0, "step 1000")
+        report_progress(0.5, "after the job")  # outside a job: nowhere
+        assert jobs.get_job(job.id).progress == 1.0
     with pytest.raises(ValueError, match=r"between 0\.0 and 1\.0"):
         report_progress(1.5)

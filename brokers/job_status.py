@@ -122,10 +122,8 @@ class JobStatus(Middleware):
 
     @property
     def actor_options(self) -> set[str]:
-        # Declared here because a job type is an actor plus these: the catalogue of job
-        # types (`skillq.jobs.types`) reads them back from each actor.
         # `run_once=True` marks a job type that must not run twice (see `run_once`).
-        return {"params_schema", "description", "params_check", RUN_ONCE_OPTION}
+        return {RUN_ONCE_OPTION}
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         # Forked worker processes must not report their parent's id.

@@ -16,6 +16,7 @@ from skillq.brokers.progress import JobProgress, report_progress
 from skillq.brokers.running import RunningJobs
 from skillq.errors import Conflict, InvalidParams, NotFound, ServiceUnavailable
 from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.types import JobTypeOptions
 from skillq.storage import JobState, jobs
 from skillq.storage.database import connection
 
@@ -28,7 +29,8 @@ def coordinator() -> JobCoordinator:
 def test_refused_enqueue_fails_the_job_instead_of_leaving_it_pending() -> None:
     # A real Redis broker on a port where nothing listens: enqueue raises.
     unreachable = RedisBroker(
-        url="redis://127.0.0.1:1/0", middleware=job_middleware(actors.settings.workers)
+        url="redis://127.0.0.1:1/0",
+        middleware=[*job_middleware(actors.settings.workers), JobTypeOptions()],
     )
     dramatiq.actor(
         lambda **params: None, broker=unreachable, actor_name="sleep", params_schema=SLEEP_PARAMS

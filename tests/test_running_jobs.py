@@ -21,6 +21,7 @@ from skillq.brokers.progress import current_job_id, report_progress
 from skillq.brokers.running import RunningJob, RunningJobs, current_job
 from skillq.brokers.worker_registry import WorkerRegistry
 from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, StorageSettings, WorkerSettings
 from skillq.storage import jobs, workers
 from skillq.storage.database import connection
@@ -103,6 +104,18 @@ def test_the_middleware_of_one_stack_share_one_running_jobs() -> None:
     assert not shared & {id(m.running) for m in other if isinstance(m, JobStatus)}
 
 
+def test_only_the_catalogue_declares_the_job_type_options() -> None:
+    declared = {name for m in job_middleware(WorkerSettings()) for name in m.actor_options}
+    assert not declared & {"params_schema", "description", "params_check"}
+    status = next(m for m in job_middleware(WorkerSettings()) if isinstance(m, JobStatus))
+    assert status.actor_options == {"run_once"}
+    broker = StubBroker(middleware=job_middleware(WorkerSettings()))
+    with pytest.raises(ValueError, match="params_schema"):
+        dramatiq.actor(lambda: None, broker=broker, actor_name="t", params_schema={})
+    broker.add_middleware(JobTypeOptions())
+    dramatiq.actor(lambda: None, broker=broker, actor_name="t", params_schema={})
+
+
 # -- the whole stack, on a StubBroker and a real store ------------------------------------
 
 WORKER = WorkerSettings(
@@ -134,7 +147,7 @@ class Stack:
 
 @pytest.fixture
 def stack(store: StorageSettings) -> Iterator[Stack]:
-    broker = StubBroker(middleware=job_middleware(WORKER))
+    broker = StubBroker(middleware=[*job_middleware(WORKER), JobTypeOptions()])
     broker.emit_after("process_boot")
     release = threading.Event()
     schema = {"type": "object"}

@@ -48,7 +48,11 @@ REDIS_MAINTENANCE_CHANCE = 100_000
 def job_middleware(
     workers: WorkerSettings, *, recover: Callable[[], Any] | None = None
 ) -> list[Middleware]:
-    """skillq's middleware stack, sharing one new `RunningJobs`."""
+    """skillq's middleware stack, sharing one new `RunningJobs`.
+
+    `TimeLimit` holds the worker's `workers.job_timeout_secs`: messages carry no time limit
+    of their own, so a queued job follows the settings of the worker that runs it.
+    """
     running = RunningJobs()
     retry_delay_ms = workers.retry_delay_secs * 1000
     return [

@@ -17,7 +17,7 @@ from typing import Any
 import dramatiq
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
-from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
+from dramatiq.middleware import Middleware, SkipMessage, TimeLimit, TimeLimitExceeded
 
 from skillq.brokers.running import RunningJobs
 from skillq.storage import Job, JobState, jobs
@@ -223,7 +223,7 @@ class JobStatus(Middleware):
         if job_id is None:
             return
         try:
-            self._record_outcome(job_id, message, result, exception)
+            self._record_outcome(broker, job_id, message, result, exception)
         finally:
             self.running.finish(job_id)
             database_proxy.close()
@@ -236,6 +236,7 @@ class JobStatus(Middleware):
 
     def _record_outcome(
         self,
+        broker: dramatiq.Broker,
         job_id: str,
         message: dramatiq.Message,
         result: Any,
@@ -258,7 +259,8 @@ class JobStatus(Middleware):
         if message.options.get(CANCELLED_OPTION):
             jobs.mark_cancelled(job_id, attempt=attempt)
             return
-        error_type, error_message = describe_error(exception, message)
+        limit_ms = time_limit(broker, message) if isinstance(exception, TimeLimitExceeded) else None
+        error_type, error_message = describe_error(exception, limit_ms)
         if message.failed or attempt >= message.options.get(LAST_ATTEMPT_OPTION, attempt + 1):
             jobs.mark_failed(
                 job_id, attempt=attempt, error_type=error_type, error_message=error_message
@@ -269,9 +271,23 @@ class JobStatus(Middleware):
             )
 
 
-def describe_error(exception: BaseException, message: dramatiq.Message) -> tuple[str, str]:
+def time_limit(broker: dramatiq.Broker, message: dramatiq.Message) -> float | None:
+    """The time limit, in milliseconds, the worker's `TimeLimit` gave this message: the
+    message's own, else its actor's, else the worker's `workers.job_timeout_secs`."""
+    limit = message.options.get("time_limit")
+    if limit:
+        return limit
+    try:
+        actor_limit = broker.get_actor(message.actor_name).options.get("time_limit")
+    except ActorNotFound:
+        actor_limit = None
+    if actor_limit:
+        return actor_limit
+    return next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), None)
+
+
+def describe_error(exception: BaseException, time_limit_ms: float | None) -> tuple[str, str]:
     if isinstance(exception, TimeLimitExceeded):
-        limit_ms = message.options.get("time_limit")
-        limit = f" of {limit_ms / 1000:g} s" if limit_ms else ""
+        limit = f" of {time_limit_ms / 1000:g} s" if time_limit_ms else ""
         return "TimeLimitExceeded", f"the job ran past its time limit{limit}"
     return type(exception).__name__, str(exception) or type(exception).__name__

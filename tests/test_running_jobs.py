@@ -16,7 +16,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from skillq.brokers.cancellation import Cancellation, JobCancelled, raise_if_cancelled
 from skillq.brokers.factory import job_middleware
-from skillq.brokers.job_status import CANCELLED_OPTION, JOB_ID_OPTION, JobStatus
+from skillq.brokers.job_status import CANCELLED_OPTION, JOB_ID_OPTION, JobStatus, time_limit
 from skillq.brokers.progress import current_job_id, report_progress
 from skillq.brokers.running import RunningJob, RunningJobs, current_job
 from skillq.brokers.worker_registry import WorkerRegistry
@@ -206,3 +206,38 @@ def test_the_heartbeat_lists_the_running_job_and_forgets_it_after(stack: Stack) 
     stack.release.set()
     stack.wait_state(job_id, "completed")
     wait_for(lambda: beat() == [], what="the beat to drop the job")
+
+
+def test_a_queued_job_follows_the_time_limit_of_the_worker_that_runs_it(stack: Stack) -> None:
+    job_id = stack.submit("busy", seconds=30)
+    job = stack.wait_state(job_id, "failed", "completed")
+    assert job.error_type == "TimeLimitExceeded"
+    assert job.error_message == "the job ran past its time limit of 1 s"  # not the API's 3600
+
+
+def test_a_job_types_own_time_limit_beats_the_workers(stack: Stack) -> None:
+    # Past the worker's 1 s (its TimeLimit looks once a second), well within its own hour.
+    job_id = stack.submit("own_limit", seconds=3)
+    assert stack.wait_state(job_id, "failed", "completed").state == "completed"
+
+
+def test_the_time_limit_is_the_messages_then_the_actors_then_the_workers() -> None:
+    broker = StubBroker(middleware=job_middleware(WORKER))
+    plain = dramatiq.actor(lambda: None, broker=broker, actor_name="plain")
+    typed = dramatiq.actor(lambda: None, broker=broker, actor_name="typed", time_limit=7000)
+    assert time_limit(broker, plain.message()) == 1000
+    assert time_limit(broker, typed.message()) == 7000
+    assert time_limit(broker, typed.message_with_options(time_limit=300)) == 300
+    unknown = dramatiq.Message(
+        queue_name="default", actor_name="gone", args=(), kwargs={}, options={}
+    )
+    assert time_limit(broker, unknown) == 1000
+
+
+def test_a_queued_message_carries_no_time_limit(store: StorageSettings) -> None:
+    broker = StubBroker(middleware=[*job_middleware(WORKER), JobTypeOptions()])
+    dramatiq.actor(lambda: None, broker=broker, actor_name="typed", params_schema={})
+    job = JobCoordinator(broker, API).submit_job({"type": "typed"}).job
+    message = dramatiq.Message.decode(broker.queues["default"].get(timeout=1))
+    assert message.options[JOB_ID_OPTION] == job.id
+    assert "time_limit" not in message.options

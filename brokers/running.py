@@ -40,7 +40,9 @@ class RunningJob:
         self.lock = threading.Lock()
         #: Cancellation interrupted the job's thread.
         self.interrupted = False
-        #: The actor has returned: no interrupt may land in the thread any more.
+        #: The actor has returned and its outcome is being recorded: no interrupt may land in
+        #: the thread any more, and a shutdown must not release the job (set by
+        #: `Cancellation`, whose after-hook runs first).
         self.finishing = False
         #: Where `report_progress` sends the job's progress (set by `JobProgress`).
         self.on_progress: ProgressCallback | None = None

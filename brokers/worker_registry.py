@@ -83,7 +83,9 @@ class WorkerRegistry(Middleware):
         self._stop.set()
         if self._beater is not None:
             self._beater.join(timeout=30)  # its last beat must not land after the stop
-        abandoned = self.running.snapshot()
+        # A job whose actor has returned is recording its outcome: releasing it now would
+        # make that write miss and leave the job pending, to run again.
+        abandoned = [job for job in self.running.snapshot() if not job.finishing]
         try:
             with connection():
                 for job in abandoned:

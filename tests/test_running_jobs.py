@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dramatiq
 import pytest
@@ -25,6 +27,7 @@ from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, StorageSettings, WorkerSettings
 from skillq.storage import jobs, workers
 from skillq.storage.database import connection
+from skillq.storage.models import utcnow
 from tests.support import wait_for
 
 
@@ -241,3 +244,37 @@ def test_a_queued_message_carries_no_time_limit(store: StorageSettings) -> None:
     message = dramatiq.Message.decode(broker.queues["default"].get(timeout=1))
     assert message.options[JOB_ID_OPTION] == job.id
     assert "time_limit" not in message.options
+
+
+def test_a_shutdown_releases_running_jobs_but_not_one_recording_its_outcome(
+    store: StorageSettings,
+) -> None:
+    running = RunningJobs()
+    registry = WorkerRegistry(running, heartbeat_secs=1, dead_after_secs=5)
+    ids = []
+    with connection():
+        for _ in range(2):
+            job = jobs.insert_job(
+                id=str(uuid.uuid4()),
+                type="busy",
+                queue="default",
+                params={},
+                priority=5,
+                max_retries=0,
+                expires_at=utcnow() + timedelta(hours=1),
+                owner="local",
+            )
+            assert jobs.mark_running(job.id, attempt=1, worker_id=registry.worker_id)
+            ids.append(job.id)
+    stuck, returning = (
+        _in_thread(lambda job_id=job_id: running.start(job_id, _message(job_id), attempt=1))
+        for job_id in ids
+    )
+    returning.finishing = True  # what Cancellation's after-hook marks first
+
+    registry.after_worker_shutdown(StubBroker(), None)  # type: ignore[arg-type]
+
+    with connection():
+        assert jobs.get_job(stuck.job_id).state == "pending"  # the broker redelivers it
+        assert jobs.get_job(returning.job_id).state == "running"  # its outcome is on the way
+        assert jobs.mark_completed(returning.job_id, attempt=1, result=None)

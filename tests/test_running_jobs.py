@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import dramatiq
@@ -25,7 +25,7 @@ from skillq.brokers.worker_registry import WorkerRegistry
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, StorageSettings, WorkerSettings
-from skillq.storage import jobs, workers
+from skillq.storage import Job, jobs, workers
 from skillq.storage.database import connection
 from skillq.storage.models import utcnow
 from tests.support import wait_for
@@ -37,7 +37,8 @@ def _message(job_id: str) -> dramatiq.Message:
     )
 
 
-def _in_thread(fn) -> object:
+def _in_thread(fn: Callable[[], object]) -> object:
+    """`fn()`, run in a thread of its own (another worker thread)."""
     box: list[object] = []
     thread = threading.Thread(target=lambda: box.append(fn()))
     thread.start()
@@ -138,11 +139,11 @@ class Stack:
     def submit(self, job_type: str, **params: object) -> str:
         return self.coordinator.submit_job({"type": job_type, "params": params}).job.id
 
-    def job(self, job_id: str) -> jobs.Job:
+    def job(self, job_id: str) -> Job:
         with connection():
             return jobs.get_job(job_id)
 
-    def wait_state(self, job_id: str, *states: str) -> jobs.Job:
+    def wait_state(self, job_id: str, *states: str) -> Job:
         return wait_for(
             lambda: (job := self.job(job_id)).state in states and job, what=f"{job_id} {states}"
         )

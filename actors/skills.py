@@ -9,13 +9,15 @@ never succeed (unknown skill, invalid input): both are in `throws`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import dramatiq
 
 from skillq.actors import settings
-from skillq.brokers.progress import current_job_id, report_progress
-from skillq.engine.sandbox import Limits, ToolFailed, run_tool
+from skillq.brokers.progress import report_progress
+from skillq.brokers.running import current_job
+from skillq.engine.sandbox import Limits, ToolFailed, kill_running, run_tool
 from skillq.engine.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 from skillq.errors import InvalidParams, NotFound
 from skillq.jobs.coordinator import schema_errors
@@ -99,4 +101,10 @@ def execute(
 def execute_skill(
     skill: str, tool: str, input: dict[str, Any] | None = None, timeout_secs: float | None = None
 ) -> dict[str, Any]:
-    return execute(skill, tool, input, timeout_secs, job_id=current_job_id())
+    job = current_job()
+    if job is None:  # called outside a worker's job
+        return execute(skill, tool, input, timeout_secs)
+    # Cancelling the job kills the tool's process group: the thread exception alone would
+    # wait for the tool to finish.
+    with job.on_cancel(functools.partial(kill_running, job.job_id)):
+        return execute(skill, tool, input, timeout_secs, job_id=job.job_id)

@@ -17,9 +17,7 @@ broker-generic tests run against this broker (tests/dramatiq_suite).
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from uuid import uuid4
 
@@ -30,15 +28,14 @@ from dramatiq.common import compute_backoff, dq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
 
+from skillq.brokers.failures import RecentFailures
+
 DEFAULT_PRIORITY = 5
 MAX_PRIORITY = 10
 #: Message option naming the Redis list a message was queued on (its queue or a level).
 LEVEL_OPTION = "redis_level"
 #: Options only this broker reads; `dead_letters` hands messages back without them.
 _BOOKKEEPING_OPTIONS = ("redis_message_id", LEVEL_OPTION)
-#: Exceptions of dead-lettered messages kept for `join(fail_fast=True)` (a test helper, so only
-#: the latest few, not one traceback per failure for the life of a worker).
-REMEMBERED_FAILURES = 100
 
 
 def level_name(queue_name: str, priority: int) -> str:
@@ -59,8 +56,7 @@ class PriorityRedisBroker(RedisBroker):
     def __init__(self, *args: object, fail_fast_default: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fail_fast_default = fail_fast_default
-        self._failures: OrderedDict[str, BaseException] = OrderedDict()
-        self._failures_lock = threading.Lock()
+        self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -93,8 +89,7 @@ class PriorityRedisBroker(RedisBroker):
 
     def flush_all(self) -> None:
         super().flush_all()
-        with self._failures_lock:
-            self._failures.clear()
+        self.failures.clear()
 
     def join(
         self,
@@ -123,22 +118,13 @@ class PriorityRedisBroker(RedisBroker):
         dead = self._dead_letters_of(queue_name)
         if dead:
             redis_id, message = dead[0]
-            with self._failures_lock:
-                failure = self._failures.get(redis_id)
-            raise failure or Exception(f"Message {message.message_id} was dead-lettered")
+            unknown = Exception(f"Message {message.message_id} was dead-lettered")
+            raise self.failures.get(redis_id) or unknown
 
     @property
     def dead_letters(self) -> list[Message]:
         """Dead-lettered messages of every declared queue, oldest first per queue."""
         return [message for queue in self.queues for _, message in self._dead_letters_of(queue)]
-
-    def remember_failure(self, redis_id: str, exception: BaseException | None) -> None:
-        if exception is None:
-            return
-        with self._failures_lock:
-            self._failures[redis_id] = exception
-            while len(self._failures) > REMEMBERED_FAILURES:
-                self._failures.popitem(last=False)
 
     def _dead_letters_of(self, queue_name: str) -> list[tuple[str, Message]]:
         """(redis message id, message without our bookkeeping options), oldest first."""
@@ -175,7 +161,7 @@ class _PriorityRedisConsumer(_RedisConsumer):
 
     def nack(self, message: MessageProxy) -> None:
         self._settle(self.broker.do_nack, message)
-        self.broker.remember_failure(message.options["redis_message_id"], message._exception)
+        self.broker.failures.remember(message.options["redis_message_id"], message._exception)
 
     def _settle(self, command: Callable[..., object], message: Message) -> None:
         """Ack or nack on the level the message was fetched from, not the queue's own list."""

@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,6 +31,7 @@ from dramatiq.errors import ConnectionFailed, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from skillq.brokers.failures import RecentFailures
 from skillq.brokers.sqlite_consumer import SQLiteConsumer
 from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
 
@@ -40,9 +40,6 @@ logger = logging.getLogger(__name__)
 #: Priority of messages without a ``broker_priority`` option (same option as RabbitMQ's broker).
 DEFAULT_PRIORITY = 5
 BUSY_TIMEOUT_SECS = 10.0
-#: Exceptions of dead-lettered messages kept for `join(fail_fast=True)`: a test helper, so a
-#: long-running worker keeps only the latest few, not one traceback per failure forever.
-REMEMBERED_FAILURES = 100
 #: How often `join` looks at the queue again, in seconds.
 JOIN_POLL_SECS = 0.005
 
@@ -187,7 +184,7 @@ class SQLiteBroker(Broker):
             _adopt_dramatiq_sqlite_rows(conn)
         self._changed = threading.Condition()
         self.generation = 0
-        self._failures: OrderedDict[int, BaseException] = OrderedDict()
+        self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
         self._owner_pid = -1
         self._owner = ""
         self._closed = threading.Event()
@@ -236,7 +233,7 @@ class SQLiteBroker(Broker):
     def flush_all(self) -> None:
         with self._db() as conn:
             conn.execute("DELETE FROM skillq_messages")
-        self._failures.clear()
+        self.failures.clear()
 
     def join(
         self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None
@@ -268,7 +265,7 @@ class SQLiteBroker(Broker):
             time.sleep(JOIN_POLL_SECS)
         if dead and (self.fail_fast_default if fail_fast is None else fail_fast):
             seq, message_id = dead
-            raise self._failures.get(seq) or Exception(f"Message {message_id} was dead-lettered")
+            raise self.failures.get(seq) or Exception(f"Message {message_id} was dead-lettered")
 
     @property
     def dead_letters(self) -> list[Message]:
@@ -304,15 +301,6 @@ class SQLiteBroker(Broker):
         with self._changed:
             if self.generation == seen_generation:
                 self._changed.wait(timeout)
-
-    def remember_failure(self, seq: int, exception: BaseException | None) -> None:
-        """Keep a dead letter's exception for `join`; only the latest few (see the constant)."""
-        if exception is None:
-            return
-        with self._changed:
-            self._failures[seq] = exception
-            while len(self._failures) > REMEMBERED_FAILURES:
-                self._failures.popitem(last=False)
 
     def _start_renewer(self) -> None:
         """One thread per process extends all of its leases, so only dead processes lose them.

@@ -103,7 +103,7 @@ class SQLiteConsumer(Consumer):
             " lease_expires = NULL, message = ?, mtime = ? WHERE seq = ? AND lease_owner = ?",
             (message.encode(), current_millis()),
         )
-        self.broker.remember_failure(message.seq, message._exception)
+        self.broker.failures.remember(message.seq, message._exception)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put rows back where they were (same seq), so a restart does not reorder the queue."""

@@ -14,6 +14,7 @@ import dramatiq
 import pytest
 from dramatiq.errors import QueueJoinTimeout
 
+from skillq.brokers.failures import RecentFailures
 from skillq.brokers.redis_priority import PriorityRedisBroker
 from skillq.brokers.sqlite import SQLiteBroker
 from tests.support import require_service
@@ -124,3 +125,27 @@ def test_join_times_out_while_a_delayed_message_waits(make_broker: MakeBroker) -
     later.send_with_options(delay=60_000, broker_priority=8)
     with pytest.raises(QueueJoinTimeout):
         broker.join("q", timeout=300)
+
+
+class NeedsAKeyword(Exception):
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def test_remembered_failures_are_bounded_and_rebuilt_without_the_original() -> None:
+    failures = RecentFailures(size=2)
+    original = Boom("first")
+    failures.remember("a", original)
+    failures.remember("b", NeedsAKeyword("second", code=7))
+    failures.remember("none", None)  # a nack without an exception (e.g. a skipped message)
+
+    rebuilt = failures.get("a")
+    assert type(rebuilt) is Boom and rebuilt.args == ("first",) and rebuilt is not original
+    # Cannot be built from its args: a plain Exception that still says what it was.
+    assert str(failures.get("b")) == "NeedsAKeyword('second',)"
+    assert failures.get("none") is None
+
+    failures.remember("c", Boom("third"))
+    assert failures.get("a") is None  # the oldest went
+    assert failures.get("c").args == ("third",)

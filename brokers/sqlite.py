@@ -339,11 +339,13 @@ def _adopt_dramatiq_sqlite_rows(conn: sqlite3.Connection) -> None:
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dramatiq_messages'"
     ).fetchone():
         return
+    live = "state IN ('queued', 'consumed', 'rejected')"
+    if not conn.execute(f"SELECT 1 FROM dramatiq_messages WHERE {live}").fetchone():
+        return  # every later open of a migrated file: a read, no write lock
     conn.execute("BEGIN IMMEDIATE")
     try:
         rows = conn.execute(
-            "SELECT rowid, state, message FROM dramatiq_messages"
-            " WHERE state IN ('queued', 'consumed', 'rejected') ORDER BY rowid"
+            f"SELECT rowid, state, message FROM dramatiq_messages WHERE {live} ORDER BY rowid"
         ).fetchall()
         now = current_millis()
         for rowid, state, data in rows:

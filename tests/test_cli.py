@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from skillq.settings import load_settings
 from tests.support import (
     ROOT,
     child_env,
@@ -193,7 +194,7 @@ def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
         children = _children(supervisor.pid)
         assert len(children) == 3
         # `skillq worker` execs dramatiq, so the worker child's command line is dramatiq's.
-        worker = next(pid for pid in children if "dramatiq actors" in _command_line(pid))
+        worker = next(pid for pid in children if "dramatiq skillq.actors" in _command_line(pid))
 
         job = httpx.post(
             f"{base_url}/api/v1/jobs", json={"type": "sleep", "params": {"seconds": 0.1}}
@@ -219,6 +220,11 @@ def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
         wait_for(lambda: not any(_alive(pid) for pid in descendants), timeout=30, what="exit")
+        # A clean stop leaves no write-ahead log behind (each process truncates its own).
+        settings = load_settings(embedded)
+        for database in (settings.storage.path, settings.broker.path):
+            wal = Path(f"{database}-wal")
+            assert not wal.exists() or wal.stat().st_size == 0, wal
     finally:
         if supervisor.poll() is None:
             supervisor.kill()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -172,9 +173,16 @@ def scheduler() -> None:
     """Run the periodiq scheduler that enqueues periodic jobs."""
     import periodiq
 
+    # periodiq leaves SIGTERM at its default, which ends the process without running exit
+    # hooks (truncating the SQLite WALs among them); stop it as a clean exit instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     # periodiq has no `python -m` entry; its console entry point reads sys.argv.
     sys.argv = ["periodiq", "skillq.actors"]
     periodiq.entrypoint()
+
+
+def _exit_on_signal(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(0)
 
 
 @workers_app.command("status")

@@ -20,19 +20,22 @@ WRITER_PROCESSES = 2
 THREADS_PER_FILE = 2
 WRITES_PER_THREAD = 1_200
 WRITES = WRITER_PROCESSES * THREADS_PER_FILE * WRITES_PER_THREAD
+WORK_SECS = 0.0005
 
 # One writer process: threads writing the store through the store's own pool, and threads
 # enqueueing on the SQLite broker (and flushing its queue now and then, as acks would, so the
 # database itself stays small while its WAL takes every write). Exits normally when done.
+# Each write is followed by WORK_SECS of something else, as a request or a job is: writers
+# that hold SQLite's write lock back to back, every moment, would starve any checkpoint.
 WRITER = """
-import sys, threading
+import sys, threading, time
 from pathlib import Path
 from dramatiq.message import Message
 from skillq.brokers.sqlite import SQLiteBroker
 from skillq.storage.database import open_sqlite
 
-store_path, broker_path, threads, writes, size = sys.argv[1:]
-threads, writes, size = int(threads), int(writes), int(size)
+store_path, broker_path, threads, writes, size, work_secs = sys.argv[1:]
+threads, writes, size, work_secs = int(threads), int(writes), int(size), float(work_secs)
 store = open_sqlite(Path(store_path))
 with store.connection_context():
     store.execute_sql("CREATE TABLE IF NOT EXISTS filler (id INTEGER PRIMARY KEY, body BLOB)")
@@ -45,12 +48,14 @@ def write_store():
             cursor = store.execute_sql("INSERT INTO filler (body) VALUES (?)", (bytes(size),))
             if i % 8 == 7:
                 store.execute_sql("DELETE FROM filler WHERE id < ?", (cursor.lastrowid - 4,))
+        time.sleep(work_secs)
 
 def write_broker():
     for i in range(writes):
         broker.enqueue(Message("wal", "filler", ("x" * size,), {}, {}))
         if i % 8 == 7:
             broker.flush("wal")
+        time.sleep(work_secs)
 
 pool = [threading.Thread(target=f) for f in [write_store, write_broker] * threads]
 for thread in pool:
@@ -74,7 +79,7 @@ def test_wals_stay_under_the_bound_under_continuous_writes_and_are_empty_after_e
     store_path, broker_path = tmp_path / "jobs.db", tmp_path / "broker.db"
     wals = [Path(f"{store_path}-wal"), Path(f"{broker_path}-wal")]
     args = [str(store_path), str(broker_path), str(THREADS_PER_FILE), str(WRITES_PER_THREAD)]
-    command = [sys.executable, "-c", WRITER, *args, str(PAYLOAD_BYTES)]
+    command = [sys.executable, "-c", WRITER, *args, str(PAYLOAD_BYTES), str(WORK_SECS)]
     writers = [
         subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         for _ in range(WRITER_PROCESSES)
@@ -134,3 +139,14 @@ def test_wals_stay_under_the_bound_under_continuous_writes_and_are_empty_after_e
         assert store.execute("SELECT count(*) FROM filler").fetchone()[0] > 0
     finally:
         store.close()
+
+
+def test_store_connections_leave_checkpoints_to_the_background_thread(tmp_path: Path) -> None:
+    from skillq.storage.database import open_sqlite
+
+    store = open_sqlite(tmp_path / "jobs.db")
+    for _ in range(3):  # a fresh connection, then checkouts of the same one from the pool
+        with store.connection_context():
+            assert store.execute_sql("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            assert store.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close_all()

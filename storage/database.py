@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+from skillq.storage.sqlite_wal import start_checkpointer
 
 database_proxy = peewee.DatabaseProxy()
 
@@ -47,11 +47,11 @@ def open_database(
 
 
 class _SqliteStore(PooledSqliteDatabase):
-    def _connect(self) -> object:
-        conn = super()._connect()
-        conn.execute(NO_AUTOCHECKPOINT)
+    def _add_conn_hooks(self, conn: object) -> None:
+        # Runs once per new connection (a checkout from the pool does not come here), after
+        # the pragmas, so this process's checkpointer starts once the file is in WAL mode.
+        super()._add_conn_hooks(conn)
         start_checkpointer(self.database)
-        return conn
 
 
 def open_sqlite(path: Path) -> PooledSqliteDatabase:
@@ -59,7 +59,8 @@ def open_sqlite(path: Path) -> PooledSqliteDatabase:
 
     `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
     last commits, which is the usual trade-off for an embedded job store. Checkpoints run in
-    the background (see `skillq.storage.sqlite_wal`), not in whichever request commits.
+    the background (see `skillq.storage.sqlite_wal`, which also bounds the WAL's size), not
+    in whichever request commits.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     return _SqliteStore(
@@ -73,6 +74,8 @@ def open_sqlite(path: Path) -> PooledSqliteDatabase:
             "synchronous": "normal",
             "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
             "foreign_keys": 1,
+            # Checkpoints are the background thread's job (`skillq.storage.sqlite_wal`).
+            "wal_autocheckpoint": 0,
         },
     )
 

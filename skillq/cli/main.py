@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from skillq.cli.auth import auth_app
+from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
 from skillq.errors import SkillqError
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings, settings_error_exit
 
@@ -58,15 +60,19 @@ def _fail(error: SkillqError) -> NoReturn:
 
 @app.callback()
 def configure(
+    ctx: typer.Context,
     settings: Annotated[
         Path | None, typer.Option("--settings", help="Settings file (else $SKILLQ_SETTINGS).")
     ] = None,
 ) -> None:
-    # Fail on bad settings here, with one line, before any command does work.
+    # Fail on bad settings here, with one line, before any command does work; a schedule
+    # that could never fire is a bad setting too, for every command.
     try:
-        load_settings(settings)
+        loaded = load_settings(settings)
     except SettingsError as error:
         settings_error_exit(error)
+    if ctx.invoked_subcommand not in CHECKED_ON_IMPORT:
+        refuse_bad_schedules(loaded)
     if settings is not None:
         os.environ[ENV_VAR] = str(settings.resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -172,9 +178,16 @@ def scheduler() -> None:
     """Run the periodiq scheduler that enqueues periodic jobs."""
     import periodiq
 
+    # periodiq leaves SIGTERM at its default, which ends the process without running exit
+    # hooks (truncating the SQLite WALs among them); stop it as a clean exit instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     # periodiq has no `python -m` entry; its console entry point reads sys.argv.
     sys.argv = ["periodiq", "skillq.actors"]
     periodiq.entrypoint()
+
+
+def _exit_on_signal(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(0)
 
 
 @workers_app.command("status")

@@ -32,7 +32,7 @@ EXIT_STATUS: dict[type[Exception], int] = {
     UnknownJobType: 2,
     NotFound: 3,
     Conflict: 4,
-    # The CLI acts as the local admin; these arrive only from a service that refuses it.
+    # The CLI acts as the local admin and does not meet these; should it, they are 'other'.
     Unauthorized: 1,
     Forbidden: 1,
     ServiceUnavailable: 5,

@@ -16,7 +16,10 @@ an error leaves skillq is decided by the surface it leaves through, each in one 
     └── ServiceUnavailable    service_unavailable  the broker or the store cannot be reached
 
     SettingsError             (not a SkillqError)  a bad settings file: start-up stops with
-                                                   one line
+                                                   one line (a row in the CLI table only)
+
+Outages are translated where they happen: the store's driver errors in
+`skillq.storage.database.in_connection`, the broker's in the coordinator's enqueue.
 
 The three tables, one row per class above (tests/test_error_tables.py fails while a class
 lacks a row in any of them):

@@ -155,6 +155,16 @@ def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path
     assert again.returncode == 4 and "only a pending or running job" in again.stderr
 
 
+def test_skill_commands_exit_through_the_same_table(embedded: Path) -> None:
+    none_yet = skillq("skills", "examples", "primes", settings=embedded)
+    assert none_yet.returncode == 3
+    assert none_yet.stderr.startswith("error: no examples for 'primes' yet")
+    bad_input = skillq("run", "primes", "count_primes", "--input", "[", settings=embedded)
+    assert bad_input.returncode == 2 and "--input is not valid JSON" in bad_input.stderr
+    unreadable = skillq("index", "notes", str(embedded.parent / "nope.json"), settings=embedded)
+    assert unreadable.returncode == 2 and "cannot read documents" in unreadable.stderr
+
+
 @pytest.mark.parametrize("command", [("db", "status"), ("workers", "status")])
 def test_a_store_outage_exits_5_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
     settings = write_settings(

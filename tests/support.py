@@ -140,6 +140,26 @@ def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
             drop_postgres_schema(schema)
 
 
+def unreachable_store_url() -> str:
+    """A PostgreSQL URL nobody answers at: connections are refused at once."""
+    return f"postgresql://skillq@127.0.0.1:{free_port()}/skillq?connect_timeout=2"
+
+
+@contextlib.contextmanager
+def store_outage() -> Iterator[None]:
+    """The job store stops answering: the models point at a server that refuses connections;
+    the previous binding comes back afterwards."""
+    from skillq.storage import bind_database, open_database
+    from skillq.storage.database import database_proxy
+
+    previous = database_proxy.obj
+    bind_database(open_database("postgres", url=unreachable_store_url()))
+    try:
+        yield
+    finally:
+        bind_database(previous)
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Base of the local HTTP test doubles (OIDC issuer, OpenAI-compatible endpoints)."""
 

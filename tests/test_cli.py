@@ -21,6 +21,7 @@ from tests.support import (
     child_env,
     free_port,
     start_worker,
+    unreachable_store_url,
     wait_for,
     write_settings,
 )
@@ -150,6 +151,34 @@ def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path
     assert "params.seconds" in bad.stderr and "Traceback" not in bad.stderr
     assert skillq("jobs", "show", "no-such-id", settings=embedded).returncode == 3
     assert "4 jobs" not in skillq("jobs", "list", settings=embedded).stdout
+    # A bad request is 2 (README), whether the coordinator or the command finds it.
+    not_json = skillq("jobs", "submit", "sleep", "--params", "{", settings=embedded)
+    assert not_json.returncode == 2 and "--params is not valid JSON" in not_json.stderr
+    assert skillq("jobs", "submit", "nope", settings=embedded).returncode == 2
+    assert skillq("jobs", "cancel", job_id, settings=embedded).returncode == 0
+    again = skillq("jobs", "cancel", job_id, settings=embedded)
+    assert again.returncode == 4 and "only a pending or running job" in again.stderr
+
+
+def test_skill_commands_exit_through_the_same_table(embedded: Path) -> None:
+    none_yet = skillq("skills", "examples", "primes", settings=embedded)
+    assert none_yet.returncode == 3
+    assert none_yet.stderr.startswith("error: no examples for 'primes' yet")
+    bad_input = skillq("run", "primes", "count_primes", "--input", "[", settings=embedded)
+    assert bad_input.returncode == 2 and "--input is not valid JSON" in bad_input.stderr
+    unreadable = skillq("index", "notes", str(embedded.parent / "nope.json"), settings=embedded)
+    assert unreadable.returncode == 2 and "cannot read documents" in unreadable.stderr
+
+
+@pytest.mark.parametrize("command", [("db", "status"), ("workers", "status")])
+def test_a_store_outage_exits_5_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    settings = write_settings(
+        tmp_path, {"storage": {"backend": "postgres", "url": unreachable_store_url()}}
+    )
+    result = skillq(*command, settings=settings)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.startswith("error: the job store is unavailable: ")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def _children(pid: int) -> set[int]:

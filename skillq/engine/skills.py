@@ -30,7 +30,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from skillq.errors import InvalidParams, NotFound, SkillqError
+from skillq.errors import InvalidParams, NotFound
 
 MANIFEST = "skill.toml"
 #: Skill and tool names: a letter or digit, then letters, digits, `_`, `-`, `.`; never `..`.
@@ -39,10 +39,11 @@ _NAME = re.compile(NAME_PATTERN)
 KINDS = ("fast", "long")
 
 
-class SkillError(SkillqError):
-    """A `skill.toml` that cannot be used; the message names the file and the key."""
+class SkillError(InvalidParams):
+    """A `skill.toml` that cannot be used; the message names the file and the key.
 
-    status_code = 422
+    Every surface answers it as it answers `InvalidParams` (REST 422), with its own code."""
+
     code = "invalid_skill"
 
 

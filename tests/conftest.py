@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from skillq.engine import bubblewrap
 from skillq.settings import StorageSettings
 from tests.support import bound_store, write_settings
 
@@ -37,3 +38,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageSet
     """The job store on each backend, fresh and bound for one test."""
     with bound_store(request.param, tmp_path) as settings:
         yield settings
+
+
+@pytest.fixture(params=["bwrap", "process"])
+def sandbox_mode(request: pytest.FixtureRequest) -> str:
+    """Each sandbox mode; bwrap must work here when services are required (CI installs it)."""
+    if request.param == "bwrap":
+        probe = bubblewrap.probe_bwrap()
+        if not probe.works:
+            message = f"bwrap cannot run here: {probe.problem}"
+            if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
+                pytest.fail(message)
+            pytest.skip(message)
+    return request.param

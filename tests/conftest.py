@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from skillq.engine import bubblewrap
 from skillq.settings import StorageSettings
-from tests.support import bound_store, write_settings
+from tests.support import bound_store, require_bwrap, write_settings
 
 _session_dir = Path(tempfile.mkdtemp(prefix="skillq-tests-"))
 
@@ -44,10 +43,5 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageSet
 def sandbox_mode(request: pytest.FixtureRequest) -> str:
     """Each sandbox mode; bwrap must work here when services are required (CI installs it)."""
     if request.param == "bwrap":
-        probe = bubblewrap.probe_bwrap()
-        if not probe.works:
-            message = f"bwrap cannot run here: {probe.problem}"
-            if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
-                pytest.fail(message)
-            pytest.skip(message)
+        require_bwrap()
     return request.param

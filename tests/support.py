@@ -49,6 +49,18 @@ def require_service(name: str) -> None:
         pytest.skip(message)
 
 
+def require_bwrap() -> None:
+    """bwrap must work here when services are required (CI installs it); else skip."""
+    from skillq.engine.bubblewrap import probe_bwrap
+
+    probe = probe_bwrap()
+    if not probe.works:
+        message = f"bwrap cannot run here: {probe.problem}"
+        if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
     """Polls until `predicate()` is truthy; the deadline only bounds the test, it asserts
     nothing about speed."""

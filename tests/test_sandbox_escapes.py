@@ -31,8 +31,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT, require_bwrap, wait_for
-from tests.test_skills_sandbox import gone, host_processes, sleep_marker
+from tests.support import (
+    ROOT,
+    host_processes,
+    process_gone,
+    require_bwrap,
+    sleep_marker,
+    wait_for,
+)
 
 SECRET = "jwt-secret-that-must-not-leak-4f1c"
 HOST_SCRATCH = "/var/tmp" if os.path.isdir("/var/tmp") else str(Path.home())
@@ -268,4 +274,4 @@ def test_under_process_mode_what_a_hostile_tool_still_can_do(host: Host) -> None
     finally:
         for pid in survivors:
             os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: all(gone(pid) for pid in survivors), what="the survivor to be killed")
+    wait_for(lambda: all(process_gone(pid) for pid in survivors), what="the survivor to be killed")

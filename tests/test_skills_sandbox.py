@@ -7,7 +7,6 @@ tool can and cannot reach in each is in test_sandbox_escapes.py.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -32,7 +31,7 @@ from skillq.engine.sandbox import (
 )
 from skillq.engine.skills import SkillError, SkillLibrary
 from skillq.errors import InvalidParams, NotFound
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, host_processes, process_gone, sleep_marker, wait_for
 
 SHIPPED = SkillLibrary([ROOT / "skills"])
 
@@ -46,36 +45,6 @@ def python_tool(tmp_path: Path, body: str) -> list[str]:
 def run_in(mode: str, folder: Path, argv: list[str], input: Any, **options: Any) -> ToolRun:
     """`run_tool` in `mode`, the tool reading its script from `folder` (its skill's folder)."""
     return run_tool(argv, input, isolation=Isolation(mode, (folder,)), **options)
-
-
-def gone(pid: int) -> bool:
-    """Dead, or a zombie waiting for init to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def sleep_marker() -> str:
-    """A `sleep` argument no other process has: its process is found by it from the host,
-    whatever PID namespace it runs in."""
-    return f"{300 + random.random():.9f}"
-
-
-def host_processes(marker: str) -> list[int]:
-    """Live host PIDs with `marker` as one of their arguments."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in args and not gone(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def test_shipped_skills_load_and_run(sandbox_mode: str) -> None:
@@ -133,7 +102,7 @@ def test_a_tool_past_its_timeout_is_killed_with_its_children(
     (child,) = wait_for(lambda: host_processes(marker), what="the tool's child to start")
     thread.join(timeout=60)
     assert isinstance(outcome[0], ToolTimedOut) and "timeout of 3 s" in str(outcome[0])
-    wait_for(lambda: gone(child), timeout=10, what="the tool's child to be killed")
+    wait_for(lambda: process_gone(child), timeout=10, what="the tool's child to be killed")
 
 
 def test_children_left_behind_by_a_finished_tool_are_killed(
@@ -155,7 +124,7 @@ def test_children_left_behind_by_a_finished_tool_are_killed(
     run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30)
     watcher.join(timeout=30)
     assert seen, "the tool's child was never seen running"
-    wait_for(lambda: gone(seen[0]), timeout=10, what="the orphan to be killed")
+    wait_for(lambda: process_gone(seen[0]), timeout=10, what="the orphan to be killed")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
@@ -171,11 +140,11 @@ def test_a_tool_dies_with_a_sigkilled_worker(sandbox_mode: str, tmp_path: Path) 
     worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=ROOT)
     try:
         (tool_pid,) = wait_for(lambda: host_processes(marker), what="the tool to start")
-        assert not gone(tool_pid)
+        assert not process_gone(tool_pid)
     finally:
         worker.kill()
         worker.wait()
-    wait_for(lambda: gone(tool_pid), timeout=10, what="the tool to die with its worker")
+    wait_for(lambda: process_gone(tool_pid), timeout=10, what="the tool to die with its worker")
 
 
 def test_a_tool_over_its_memory_limit_fails_cleanly(sandbox_mode: str, tmp_path: Path) -> None:
@@ -270,7 +239,7 @@ def test_kill_running_cancels_the_tool_of_a_job(sandbox_mode: str, tmp_path: Pat
     thread.join(timeout=30)
     assert isinstance(outcome[0], ToolCancelled)
     assert not kill_running("job-1")
-    wait_for(lambda: gone(tool_pid), timeout=10, what="the cancelled tool to be killed")
+    wait_for(lambda: process_gone(tool_pid), timeout=10, what="the cancelled tool to be killed")
 
 
 def test_an_explicit_bwrap_that_cannot_run_refuses_to_start_the_tool(

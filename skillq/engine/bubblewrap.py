@@ -187,12 +187,23 @@ def _system_mounts() -> list[str]:
     return args
 
 
+@functools.cache
+def _options(bwrap: str) -> frozenset[str]:
+    """The options this bwrap knows (`--size` is 0.8.0's; Ubuntu 22.04 ships 0.6)."""
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(word for word in (done.stdout + done.stderr).split() if word[:2] == "--")
+
+
 def command(bwrap: str, isolation: Isolation, workdir: Path) -> list[str]:
     """The bwrap command line, up to and including `--`; the tool's argv follows it.
 
     Mount order matters: the private /tmp comes first, so folders that live under the
     host's /tmp (a working folder, a skill in a test) are bound on top of it.
     """
+    tmp_size = ["--size", str(TMP_BYTES)] if "--size" in _options(bwrap) else []
     args = [
         bwrap,
         "--unshare-all",
@@ -208,8 +219,7 @@ def command(bwrap: str, isolation: Isolation, workdir: Path) -> list[str]:
         "/proc",
         "--dev",
         "/dev",
-        "--size",
-        str(TMP_BYTES),
+        *tmp_size,
         "--tmpfs",
         "/tmp",
     ]

@@ -6,13 +6,17 @@ running server's settings file and to reach the API over the network, with and w
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
+from skillq.api.app import create_app
 from skillq.engine import bubblewrap
 from skillq.engine.skills import SkillError, SkillLibrary
 from skillq.errors import SettingsError
@@ -133,3 +137,51 @@ def test_network_in_a_manifest_is_a_boolean_and_off_by_default(tmp_path: Path) -
     with pytest.raises(SkillError, match=r"tools\[1\] \(online\): network must be true or false"):
         SkillLibrary([tmp_path]).find("probe")
     assert json.loads(json.dumps(skill.to_dict()))["tools"][0]["network"] is False
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch: pytest.MonkeyPatch) -> bubblewrap.BwrapProbe:
+    """This machine as one without a working bwrap (a container forbidding namespaces)."""
+    broken = bubblewrap.BwrapProbe(None, False, "bwrap is not installed")
+    monkeypatch.setattr(bubblewrap, "probe_bwrap", lambda: broken)
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("setting", "level", "line"),
+    [
+        ("auto", logging.WARNING, "tool sandbox: process (rlimits only): bwrap cannot run here"),
+        ("bwrap", logging.ERROR, "bwrap cannot run here (bwrap is not installed); skill tools"),
+        ("process", logging.INFO, "tool sandbox: process (rlimits only, chosen by skills"),
+    ],
+)
+def test_the_worker_says_at_start_when_tools_are_not_in_bwrap(
+    no_bwrap: bubblewrap.BwrapProbe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    setting: str,
+    level: int,
+    line: str,
+) -> None:
+    from skillq.actors import broker
+    from skillq.actors import skills as skill_actors
+
+    settings = skill_actors.settings
+    chosen = dataclasses.replace(settings.skills, sandbox=setting)
+    monkeypatch.setattr(skill_actors, "settings", dataclasses.replace(settings, skills=chosen))
+    with caplog.at_level(logging.INFO, logger=skill_actors.__name__):
+        skill_actors.SandboxReport().after_process_boot(broker)
+    assert [(r.levelno, line in r.getMessage()) for r in caplog.records] == [(level, True)]
+
+
+def test_health_reports_a_sandbox_without_bwrap(no_bwrap: bubblewrap.BwrapProbe) -> None:
+    with TestClient(create_app()) as client:
+        health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["sandbox"] == {
+        "setting": "auto",
+        "mode": "process",
+        "bwrap": False,
+        "usable": True,
+        "problem": "bwrap is not installed",
+    }

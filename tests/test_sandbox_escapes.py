@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from skillq.engine import bubblewrap
 from tests.support import (
     ROOT,
     host_processes,
@@ -79,6 +80,13 @@ def every_environ():  # each process it can see, with its variables named like s
             found[pid] = [v for v in variables if "SECRET" in v.split("=")[0]]
     return found
 
+def new_user_namespace():  # where it would be root again, with the kernel's userns code
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return True
+
 # Controls: the tool really runs, reads its own folder and writes its working folder.
 attempt("own_script", lambda: read(sys.argv[0]))
 attempt("own_workdir", lambda: write(os.path.join(os.getcwd(), "scratch")))
@@ -94,6 +102,7 @@ attempt("write_outside", lambda: write(task["outside"]))
 attempt("overwrite_settings", lambda: write(task["settings"]))
 attempt("write_skill_folder", lambda: write(os.path.join(os.path.dirname(sys.argv[0]), "x")))
 attempt("network", lambda: connect(task["port"]))
+attempt("user_namespace", new_user_namespace)
 
 # Leave a process behind in a session of its own.
 child = subprocess.Popen(
@@ -238,6 +247,9 @@ def test_under_bwrap_a_hostile_tool_reaches_nothing(host: Host) -> None:
 
     assert report["network"]["ok"] is False
     assert "ConnectionRefusedError" in report["network"]["error"]  # its own, empty loopback
+
+    if bubblewrap.probe_bwrap().no_nested_userns:  # bwrap >= 0.8 on a kernel that allows it
+        assert report["user_namespace"]["ok"] is False, report["user_namespace"]
 
     # The tool has exited: nothing it started survives, setsid or not.
     assert host_processes(marker) == []

@@ -5,7 +5,8 @@ Two modes, chosen by `skills.sandbox`:
 - ``bwrap``: Linux namespaces through bubblewrap. The tool gets its own PID namespace (it
   or bwrap's reaper is PID 1: when the tool exits, the kernel kills everything it started,
   `setsid` or not), its own network namespace (no network, loopback included, unless the
-  tool declares ``network = true``), IPC, UTS and cgroup namespaces, no capabilities, and
+  tool declares ``network = true``), IPC, UTS and cgroup namespaces, no capabilities, no
+  user namespaces of its own (where bwrap and the kernel allow `--disable-userns`), and
   a mount namespace that holds only: the system's programs and libraries read-only
   (``/usr`` and its ``/bin``, ``/lib`` links), the interpreter's prefix and virtual
   environment read-only, the skill's folder read-only, its own working folder read-write,
@@ -80,6 +81,9 @@ class BwrapProbe:
     path: str | None
     works: bool
     problem: str | None
+    #: The tool cannot create user namespaces of its own (bwrap 0.8's --disable-userns):
+    #: less kernel for it to reach. Used where this bwrap and kernel allow it.
+    no_nested_userns: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,22 +147,31 @@ def probe_bwrap() -> BwrapProbe:
     if path is None:
         missing = "bwrap is not installed (Debian: apt-get install bubblewrap)"
         return BwrapProbe(None, False, missing)
+    problem = None
+    for no_nested_userns in ("--disable-userns" in _options(path), False):
+        problem = _try_sandbox(path, no_nested_userns)
+        if problem is None:
+            return BwrapProbe(path, True, None, no_nested_userns)
+    return BwrapProbe(path, False, problem)
+
+
+def _try_sandbox(bwrap: str, no_nested_userns: bool) -> str | None:
+    """None if the interpreter starts in the sandbox, else why not."""
     with tempfile.TemporaryDirectory(prefix="skillq-probe-") as work:
-        argv = [*command(path, Isolation("bwrap"), Path(work)), sys.executable, "-c", "pass"]
+        confine = command(bwrap, Isolation("bwrap"), Path(work), no_nested_userns=no_nested_userns)
         try:
             done = subprocess.run(
-                argv,
+                [*confine, sys.executable, "-c", "pass"],
                 capture_output=True,
                 timeout=_PROBE_TIMEOUT_SECS,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             )
         except (OSError, subprocess.TimeoutExpired) as error:
-            return BwrapProbe(path, False, f"{path} did not run: {error}")
+            return f"{bwrap} did not run: {error}"
     if done.returncode != 0:
         lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        why = lines[-1] if lines else f"exit status {done.returncode}"
-        return BwrapProbe(path, False, why[:300])
-    return BwrapProbe(path, True, None)
+        return (lines[-1] if lines else f"exit status {done.returncode}")[:300]
+    return None
 
 
 def interpreter_folders() -> list[Path]:
@@ -197,7 +210,9 @@ def _options(bwrap: str) -> frozenset[str]:
     return frozenset(word for word in (done.stdout + done.stderr).split() if word[:2] == "--")
 
 
-def command(bwrap: str, isolation: Isolation, workdir: Path) -> list[str]:
+def command(
+    bwrap: str, isolation: Isolation, workdir: Path, *, no_nested_userns: bool = False
+) -> list[str]:
     """The bwrap command line, up to and including `--`; the tool's argv follows it.
 
     Mount order matters: the private /tmp comes first, so folders that live under the
@@ -207,6 +222,7 @@ def command(bwrap: str, isolation: Isolation, workdir: Path) -> list[str]:
     args = [
         bwrap,
         "--unshare-all",
+        *(["--unshare-user", "--disable-userns"] if no_nested_userns else []),
         *(["--share-net"] if isolation.network else []),
         "--die-with-parent",
         "--new-session",

@@ -302,7 +302,7 @@ def _confinement(mode: str, isolation: Isolation, work: Path) -> list[str]:
         raise SandboxUnavailable(
             f"skills.sandbox is 'bwrap' but bwrap cannot run here: {probe.problem}"
         )
-    return bubblewrap.command(probe.path, isolation, work)
+    return bubblewrap.command(probe.path, isolation, work, no_nested_userns=probe.no_nested_userns)
 
 
 def _communicate(

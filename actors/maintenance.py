@@ -5,6 +5,7 @@
   (worker processes run the same pass themselves; this covers a cluster whose workers are
   all busy or gone).
 - `prune_registry`: forget workers silent for a day and schedule fire claims a week old.
+- `purge_dead_letters`: drop the SQLite broker's dead letters after a week.
 """
 
 import dataclasses
@@ -13,7 +14,8 @@ import logging
 import dramatiq
 from periodiq import cron
 
-from skillq.actors import settings
+from skillq.actors import broker, settings
+from skillq.brokers.sqlite import SQLiteBroker
 from skillq.jobs import recovery
 from skillq.storage import jobs, schedules, workers
 from skillq.storage.database import connection
@@ -24,6 +26,9 @@ logger = logging.getLogger(__name__)
 WORKER_RETENTION_SECS = 24 * 3600
 #: Schedule fire claims older than this go (no schedule fires twice within a week of ticks).
 FIRE_RETENTION_SECS = 7 * 24 * 3600
+#: Dead letters (messages whose retries ran out) kept this long, to look at what failed:
+#: Dramatiq's Redis and RabbitMQ brokers expire theirs after 7 days (`dead_message_ttl`).
+DEAD_LETTER_RETENTION_SECS = 7 * 24 * 3600
 
 
 @dramatiq.actor(queue_name="maintenance", periodic=cron("*/10 * * * *"), max_retries=0)
@@ -53,3 +58,17 @@ def prune_registry() -> dict:
     if any(pruned.values()):
         logger.info("Pruned %(workers)d workers and %(schedule_fires)d schedule fires.", pruned)
     return pruned
+
+
+@dramatiq.actor(queue_name="maintenance", periodic=cron("7 * * * *"), max_retries=0)
+def purge_dead_letters() -> int:
+    """Delete the SQLite broker's week-old dead letters, hourly, so `broker.db` stays small.
+
+    Redis and RabbitMQ expire dead letters themselves; SQLite keeps a row until told.
+    """
+    if not isinstance(broker, SQLiteBroker):
+        return 0
+    purged = broker.purge_dead_letters(DEAD_LETTER_RETENTION_SECS)
+    if purged:
+        logger.info("Purged %d dead-lettered messages.", purged)
+    return purged

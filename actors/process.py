@@ -14,6 +14,7 @@ import peewee
 
 from skillq.brokers.factory import build_broker
 from skillq.jobs.recovery import recover_stale_jobs
+from skillq.jobs.types import JobTypeOptions
 from skillq.settings import SettingsError, load_settings, settings_error_exit
 from skillq.storage import bind_database, open_database
 from skillq.storage.migrations import ensure_schema
@@ -24,6 +25,7 @@ except SettingsError as error:
     settings_error_exit(error)
 
 broker = build_broker(settings, recover=functools.partial(recover_stale_jobs, settings))
+broker.add_middleware(JobTypeOptions())
 dramatiq.set_broker(broker)
 bind_database(open_database(settings.storage.backend, **settings.storage.database_args()))
 try:

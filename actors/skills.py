@@ -5,20 +5,30 @@ The input is validated against the tool's schema before anything runs, at submis
 progress lines become the job's progress; its JSON stdout is the job's result. A tool is
 not retried after it ran (it may have had side effects), and neither is a request that can
 never succeed (unknown skill, invalid input): both are in `throws`.
+
+The sandbox (`skills.sandbox`) is bwrap when it works on the worker's machine; each worker
+process says at start which one its tools get, and why when it is not bwrap.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import dramatiq
 
-from skillq.actors import settings
-from skillq.brokers.progress import current_job_id, report_progress
-from skillq.engine.sandbox import Limits, ToolFailed, run_tool
+from skillq.actors import broker, settings
+from skillq.brokers.progress import report_progress
+from skillq.brokers.running import current_job
+from skillq.engine import bubblewrap
+from skillq.engine.bubblewrap import Isolation
+from skillq.engine.sandbox import Limits, ToolFailed, kill_running, run_tool
 from skillq.engine.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 from skillq.errors import InvalidParams, NotFound
 from skillq.jobs.coordinator import schema_errors
+
+logger = logging.getLogger(__name__)
 
 EXECUTE_SKILL_PARAMS = {
     "type": "object",
@@ -77,6 +87,7 @@ def execute(
         limits=Limits.from_settings(settings.skills),
         job_id=job_id,
         on_progress=report_progress,
+        isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
     )
     return {
         "skill": skill,
@@ -99,4 +110,27 @@ def execute(
 def execute_skill(
     skill: str, tool: str, input: dict[str, Any] | None = None, timeout_secs: float | None = None
 ) -> dict[str, Any]:
-    return execute(skill, tool, input, timeout_secs, job_id=current_job_id())
+    job = current_job()
+    if job is None:  # called outside a worker's job
+        return execute(skill, tool, input, timeout_secs)
+    # Cancelling the job kills the tool's process group: the thread exception alone would
+    # wait for the tool to finish.
+    with job.on_cancel(functools.partial(kill_running, job.job_id)):
+        return execute(skill, tool, input, timeout_secs, job_id=job.job_id)
+
+
+class SandboxReport(dramatiq.Middleware):
+    """Says once per worker process which sandbox its tools run in (the probe runs here, not
+    on the first job), loudly when it is weaker than asked for or cannot run at all."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        status = bubblewrap.status(settings.skills.sandbox)
+        if not status.usable:
+            logger.error(status.describe())
+        elif status.mode == "process" and status.setting == "auto":
+            logger.warning(status.describe())
+        else:
+            logger.info(status.describe())
+
+
+broker.add_middleware(SandboxReport())

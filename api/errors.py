@@ -1,22 +1,54 @@
-"""The one error envelope, `{"error": {"code", "message", "details"}}`, for every failure.
+"""REST's errors: the status of each core error, and the one envelope for every failure,
+`{"error": {"code", "message", "details"}}`.
 
-Routing errors (404, 405), skillq's own errors and anything unexpected all leave through
-here, so a client never sees an HTML page or a traceback.
+Routes raise (core errors, or Starlette's `HTTPException`); the app's exception handlers
+below turn whatever was raised into a response, so a client never sees an HTML page or a
+traceback. The authentication middleware answers before any route runs and cannot reach
+the handlers, so its `on_error` answers through the same `error_response`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from skillq.errors import SkillqError, Unauthorized
+from skillq.errors import (
+    Conflict,
+    Forbidden,
+    InvalidParams,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    SkillqError,
+    Unauthorized,
+    UnknownJobType,
+    row_of,
+)
 
 logger = logging.getLogger(__name__)
 
+#: The HTTP status of each core error: one row per class of `skillq.errors`.
+HTTP_STATUS: dict[type[SkillqError], int] = {
+    SkillqError: 500,
+    InvalidRequest: 400,
+    InvalidParams: 422,
+    UnknownJobType: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unauthorized: 401,
+    Forbidden: 403,
+    ServiceUnavailable: 503,
+}
+
+#: The challenge sent with every 401 (RFC 6750); the auth backend adds why a token failed.
+CHALLENGE = 'Bearer realm="skillq"'
+
+#: Codes for the HTTP errors Starlette raises itself (routing, a body it cannot read).
 _HTTP_CODES = {
     400: "invalid_request",
     404: "not_found",
@@ -25,32 +57,41 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status_code: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def _envelope(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status_code)
+    return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
+
+
+def error_response(error: SkillqError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """A core error as REST answers it. `headers` add to (or refine) the defaults: every
+    401 names the scheme the client should use (RFC 7235)."""
+    defaults = {"WWW-Authenticate": CHALLENGE} if isinstance(error, Unauthorized) else {}
+    status_code = row_of(HTTP_STATUS, error)
+    return _envelope(
+        status_code, error.code, error.message, error.details, {**defaults, **(headers or {})}
+    )
 
 
 async def skillq_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SkillqError)
-    response = error_response(exc.status_code, exc.code, exc.message, exc.details)
-    if isinstance(exc, Unauthorized):
-        # RFC 7235: a 401 names the scheme the client should use.
-        response.headers["WWW-Authenticate"] = 'Bearer realm="skillq"'
-    return response
+    return error_response(exc)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    response = error_response(exc.status_code, code, str(exc.detail))
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
+    return _envelope(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal server error")
+    return error_response(SkillqError("internal server error"))
 
 
 EXCEPTION_HANDLERS = {

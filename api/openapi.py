@@ -104,7 +104,10 @@ def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict
 
 
 def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple[str, str], Any]:
-    auth = [401, 403] if settings.auth.mode != "none" else []
+    # 503 from authentication: the identity provider or the API key store is down.
+    auth = [401, 403, 503] if settings.auth.mode != "none" else []
+    #: Every route that reads the job store answers 503 while it is down.
+    store = [503]
     job = _ref("Job")
     body = {
         "required": True,
@@ -176,7 +179,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             ],
             "responses": {
                 "200": _json("One page of jobs and the total that match.", _ref("JobPage")),
-                **{str(s): _error(s) for s in [*auth, 422]},
+                **{str(s): _error(s) for s in [*auth, 422, *store]},
             },
         },
         ("/api/v1/jobs/{job_id}", "get"): {
@@ -185,7 +188,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "parameters": [_JOB_ID],
             "responses": {
                 "200": _json("The job.", job),
-                **{str(s): _error(s) for s in [*auth, 404]},
+                **{str(s): _error(s) for s in [*auth, 404, *store]},
             },
         },
         ("/api/v1/jobs/{job_id}", "delete"): {
@@ -197,7 +200,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "responses": {
                 "200": _json("Cancelled.", job),
                 "202": _json("Running; asked to stop.", job),
-                **{str(s): _error(s) for s in [*auth, 404, 409]},
+                **{str(s): _error(s) for s in [*auth, 404, 409, *store]},
             },
         },
         ("/api/v1/jobs/{job_id}/retry", "post"): {
@@ -224,7 +227,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "description": "The event stream.",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
-                **{str(s): _error(s) for s in [*auth, 404]},
+                **{str(s): _error(s) for s in [*auth, 404, *store]},
             },
         },
         ("/api/v1/job-types", "get"): {
@@ -291,7 +294,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 "200": _json(
                     "Registered workers and how many are in each status.", _ref("Workers")
                 ),
-                **_auth_errors(auth),
+                **_auth_errors([*auth, *store]),
             },
         },
         ("/api/v1/stats", "get"): {
@@ -299,7 +302,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "tags": ["operations"],
             "description": "`oldest_pending` names each queue with pending jobs and when "
             "its oldest one was created.",
-            "responses": {"200": _json("Counts.", _ref("Stats")), **_auth_errors(auth)},
+            "responses": {"200": _json("Counts.", _ref("Stats")), **_auth_errors([*auth, *store])},
         },
         ("/api/v1/stats/history", "get"): {
             "summary": "Jobs finished and pending depth per minute",
@@ -317,7 +320,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             ],
             "responses": {
                 "200": _json("The buckets.", _ref("StatsHistory")),
-                **{str(s): _error(s) for s in [*auth, 422]},
+                **{str(s): _error(s) for s in [*auth, 422, *store]},
             },
         },
         ("/api/v1/auth/whoami", "get"): {
@@ -325,7 +328,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "tags": ["auth"],
             "responses": {
                 "200": _json("The principal.", _ref("Principal")),
-                **_auth_errors([401] if auth else []),
+                **_auth_errors([401, 503] if auth else []),
             },
         },
         ("/health", "get"): {

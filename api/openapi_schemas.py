@@ -103,7 +103,21 @@ SCHEMAS: dict[str, Any] = {
     },
     "Probe": {
         "type": "object",
-        "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "sandbox": {
+                "type": "object",
+                "description": "/health only: the sandbox skill tools get on this machine",
+                "properties": {
+                    "setting": {"type": "string", "enum": ["auto", "bwrap", "process"]},
+                    "mode": {"type": "string", "enum": ["bwrap", "process"]},
+                    "bwrap": {"type": "boolean", "description": "bwrap works here"},
+                    "usable": {"type": "boolean", "description": "false: tools refuse to run"},
+                    "problem": {"type": ["string", "null"]},
+                },
+                "required": ["setting", "mode", "bwrap", "usable", "problem"],
+            },
+        },
         "required": ["status"],
     },
     "Version": {

@@ -3,7 +3,9 @@ up?), `/version` (what runs here?).
 
 `/live` touches nothing, so a slow database never gets a healthy process restarted;
 `/ready` asks the store and the broker, so a load balancer stops sending traffic to an API
-that cannot submit jobs.
+that cannot submit jobs. `/health` also says which sandbox skill tools get on this machine
+(`skills.sandbox`, whether bwrap works here): the workers on this host get the same; each
+worker also logs its own at start.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from skillq.engine import bubblewrap
 from skillq.settings import Settings
 from skillq.storage.database import connection
 from skillq.storage.migrations import schema_status
@@ -63,10 +66,13 @@ def _broker_answers(broker: dramatiq.Broker, settings: Settings) -> bool:
 async def health(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     store_ok = await run_in_threadpool(_store_answers)
+    # The first call runs bwrap once (cached afterwards): off the event loop.
+    sandbox = await run_in_threadpool(bubblewrap.status, settings.skills.sandbox)
     body = {
         "status": "ok" if store_ok else "unavailable",
         "broker": settings.broker.backend,
         "store": settings.storage.backend,
+        "sandbox": sandbox.to_dict(),
     }
     return JSONResponse(body, status_code=200 if store_ok else 503)
 

@@ -5,6 +5,9 @@ Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks 
 `JobProgress` sits after both so its final progress write lands before the job completes.
 `WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
 it running, and let go of it before anyone records its outcome.
+
+One `RunningJobs` per broker (so per worker process) is shared by the middleware that need to
+know what runs here: `JobStatus` adds and removes the jobs, the others read them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from skillq.brokers.cancellation import Cancellation
 from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
 from skillq.brokers.retries import JobRetries
+from skillq.brokers.running import RunningJobs
 from skillq.brokers.worker_registry import WorkerRegistry
 from skillq.settings import Settings, WorkerSettings
 
@@ -44,6 +48,12 @@ REDIS_MAINTENANCE_CHANCE = 100_000
 def job_middleware(
     workers: WorkerSettings, *, recover: Callable[[], Any] | None = None
 ) -> list[Middleware]:
+    """skillq's middleware stack, sharing one new `RunningJobs`.
+
+    `TimeLimit` holds the worker's `workers.job_timeout_secs`: messages carry no time limit
+    of their own, so a queued job follows the settings of the worker that runs it.
+    """
+    running = RunningJobs()
     retry_delay_ms = workers.retry_delay_secs * 1000
     return [
         AgeLimit(),
@@ -52,7 +62,7 @@ def job_middleware(
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
-        JobStatus(dead_after_secs=workers.dead_after_secs),
+        JobStatus(running, dead_after_secs=workers.dead_after_secs),
         JobRetries(
             max_retries=workers.max_retries,
             min_backoff=retry_delay_ms,
@@ -62,11 +72,12 @@ def job_middleware(
         JobProgress(),
         PeriodiqMiddleware(),
         WorkerRegistry(
+            running,
             heartbeat_secs=workers.heartbeat_secs,
             dead_after_secs=workers.dead_after_secs,
             recover=recover,
         ),
-        Cancellation(),
+        Cancellation(running),
     ]
 
 

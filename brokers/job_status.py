@@ -17,8 +17,15 @@ from typing import Any
 import dramatiq
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
-from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage, TimeLimitExceeded
+from dramatiq.middleware import (
+    CurrentMessage,
+    Middleware,
+    SkipMessage,
+    TimeLimit,
+    TimeLimitExceeded,
+)
 
+from skillq.brokers.running import RunningJobs
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import utcnow
@@ -119,21 +126,23 @@ class JobStatus(Middleware):
     delivery: the Redis broker requeues a stalled worker's messages, stale-job recovery re-sends
     lost ones); a message whose job's worker is dead takes the job over.
 
+    A job it marks running joins the worker's `RunningJobs` until its outcome is recorded.
+
     Parameters:
+      running(RunningJobs): The jobs this process runs (shared with the other middleware).
       dead_after_secs(float): A worker silent this long is dead (`workers.dead_after_secs`).
     """
 
-    def __init__(self, *, dead_after_secs: float = 15.0) -> None:
+    def __init__(self, running: RunningJobs, *, dead_after_secs: float = 15.0) -> None:
+        self.running = running
         self.dead_after_secs = dead_after_secs
         self.worker_id = current_worker_id()
         logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_StoredResultsFilter())
 
     @property
     def actor_options(self) -> set[str]:
-        # Declared here because a job type is an actor plus these: the catalogue of job
-        # types (`skillq.jobs.types`) reads them back from each actor.
         # `run_once=True` marks a job type that must not run twice (see `run_once`).
-        return {"params_schema", "description", "params_check", "owner_param", RUN_ONCE_OPTION}
+        return {RUN_ONCE_OPTION}
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         # Forked worker processes must not report their parent's id.
@@ -188,6 +197,7 @@ class JobStatus(Middleware):
             return False
         message.options[ATTEMPT_OPTION] = attempt
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
+        self.running.start(job_id, message, attempt=attempt)
         return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
@@ -232,16 +242,20 @@ class JobStatus(Middleware):
         if job_id is None:
             return
         try:
-            self._record_outcome(job_id, message, result, exception)
+            self._record_outcome(broker, job_id, message, result, exception)
         finally:
+            self.running.finish(job_id)
             database_proxy.close()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        if message.options.get(JOB_ID_OPTION) is not None:
+        job_id = message.options.get(JOB_ID_OPTION)
+        if job_id is not None:
+            self.running.finish(job_id)
             database_proxy.close()
 
     def _record_outcome(
         self,
+        broker: dramatiq.Broker,
         job_id: str,
         message: dramatiq.Message,
         result: Any,
@@ -264,7 +278,8 @@ class JobStatus(Middleware):
         if message.options.get(CANCELLED_OPTION):
             jobs.mark_cancelled(job_id, attempt=attempt)
             return
-        error_type, error_message = describe_error(exception, message)
+        limit_ms = time_limit(broker, message) if isinstance(exception, TimeLimitExceeded) else None
+        error_type, error_message = describe_error(exception, limit_ms)
         if message.failed or attempt >= message.options.get(LAST_ATTEMPT_OPTION, attempt + 1):
             jobs.mark_failed(
                 job_id, attempt=attempt, error_type=error_type, error_message=error_message
@@ -275,9 +290,23 @@ class JobStatus(Middleware):
             )
 
 
-def describe_error(exception: BaseException, message: dramatiq.Message) -> tuple[str, str]:
+def time_limit(broker: dramatiq.Broker, message: dramatiq.Message) -> float | None:
+    """The time limit, in milliseconds, the worker's `TimeLimit` gave this message: the
+    message's own, else its actor's, else the worker's `workers.job_timeout_secs`."""
+    limit = message.options.get("time_limit")
+    if limit:
+        return limit
+    try:
+        actor_limit = broker.get_actor(message.actor_name).options.get("time_limit")
+    except ActorNotFound:
+        actor_limit = None
+    if actor_limit:
+        return actor_limit
+    return next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), None)
+
+
+def describe_error(exception: BaseException, time_limit_ms: float | None) -> tuple[str, str]:
     if isinstance(exception, TimeLimitExceeded):
-        limit_ms = message.options.get("time_limit")
-        limit = f" of {limit_ms / 1000:g} s" if limit_ms else ""
+        limit = f" of {time_limit_ms / 1000:g} s" if time_limit_ms else ""
         return "TimeLimitExceeded", f"the job ran past its time limit{limit}"
     return type(exception).__name__, str(exception) or type(exception).__name__

@@ -2,13 +2,14 @@
 
 Writes are throttled per job: a hot loop calling `report_progress` thousands of times per
 second costs one store write per `min_interval_secs`; the latest value is kept and written
-when the job's message finishes, so the final figure is never lost.
+when the job's message finishes, so the final figure is never lost. The writer hangs on the
+job's entry in the worker's `RunningJobs`, where `report_progress` finds it from the actor's
+thread.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -17,11 +18,10 @@ from dramatiq.middleware import Middleware
 
 from skillq.brokers.cancellation import raise_if_cancelled
 from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.running import RunningJob, current_job
 from skillq.storage import jobs
 
 logger = logging.getLogger(__name__)
-
-_current = threading.local()
 
 
 class _ProgressReporter:
@@ -31,7 +31,7 @@ class _ProgressReporter:
         self.last_write = float("-inf")  # the first report is always written
         self.unwritten: tuple[float | None, str | None] | None = None
 
-    def report(self, progress: float | None, message: str | None) -> None:
+    def __call__(self, progress: float | None, message: str | None) -> None:
         now = time.monotonic()
         if now - self.last_write < self.min_interval_secs:
             self.unwritten = (progress, message)
@@ -48,7 +48,8 @@ class _ProgressReporter:
 
 
 class JobProgress(Middleware):
-    """Gives the running actor body a progress reporter for its job.
+    """Gives the running actor body a progress reporter for its job (a job `JobStatus` has
+    started; messages without one report nowhere).
 
     Parameters:
       min_interval_secs(float): The shortest gap, in seconds, between two progress writes of
@@ -59,10 +60,9 @@ class JobProgress(Middleware):
         self.min_interval_secs = min_interval_secs
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        job_id = message.options.get(JOB_ID_OPTION)
-        _current.reporter = (
-            None if job_id is None else _ProgressReporter(job_id, self.min_interval_secs)
-        )
+        job = _own_job(message)
+        if job is not None:
+            job.on_progress = _ProgressReporter(job.job_id, self.min_interval_secs)
 
     def after_process_message(
         self,
@@ -72,12 +72,18 @@ class JobProgress(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        reporter = getattr(_current, "reporter", None)
-        _current.reporter = None
-        if reporter is not None:
+        job = _own_job(message)
+        if job is not None and isinstance(job.on_progress, _ProgressReporter):
+            reporter, job.on_progress = job.on_progress, None
             reporter.flush()
 
     after_skip_message = after_process_message
+
+
+def _own_job(message: dramatiq.Message) -> RunningJob | None:
+    """The calling thread's job, if it is this message's (`JobStatus` started it)."""
+    job = current_job()
+    return job if job is not None and job.job_id == message.options.get(JOB_ID_OPTION) else None
 
 
 def report_progress(progress: float | None = None, message: str | None = None) -> None:
@@ -87,18 +93,18 @@ def report_progress(progress: float | None = None, message: str | None = None) -
     """
     if progress is not None and not 0.0 <= progress <= 1.0:
         raise ValueError(f"progress must be between 0.0 and 1.0 (got {progress})")
-    reporter = getattr(_current, "reporter", None)
-    if reporter is not None:
+    job = current_job()
+    if job is not None:
         # The cooperative cancellation point: a cancelled job stops at its next report.
-        raise_if_cancelled(reporter.job_id)
-        reporter.report(progress, message)
+        raise_if_cancelled(job)
+        if job.on_progress is not None:
+            job.on_progress(progress, message)
 
 
 def current_job_id() -> str | None:
     """The id of the job the calling worker thread runs, or None outside a job.
 
-    Lets an actor body hand its job id to code that must be reachable by job id, e.g. the
-    sandbox's `kill_running(job_id)` for cancellation.
+    Lets an actor body hand its job id to code that works by job id.
     """
-    reporter = getattr(_current, "reporter", None)
-    return None if reporter is None else reporter.job_id
+    job = current_job()
+    return None if job is None else job.job_id

@@ -8,11 +8,15 @@ Everything else is dramatiq's: the Lua dispatch script, acknowledgements per lev
 heartbeats, and dead-worker maintenance (every level is fetched from while the queue is
 idle, so a dead worker's unacknowledged messages on any level get their maintenance pass).
 Delayed messages (retries with back-off) wait in the queue's delay queue as usual and take
-their level when they come due.
+their level when they come due. Dead letters stay `dead_message_ttl` (7 days), as dramatiq's.
+
+`join` and `dead_letters` behave as on Dramatiq's `StubBroker`, so Dramatiq's own
+broker-generic tests run against this broker (tests/dramatiq_suite).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from uuid import uuid4
@@ -21,13 +25,17 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, dq_name
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
+
+from skillq.brokers.failures import RecentFailures
 
 DEFAULT_PRIORITY = 5
 MAX_PRIORITY = 10
 #: Message option naming the Redis list a message was queued on (its queue or a level).
 LEVEL_OPTION = "redis_level"
+#: Options only this broker reads; `dead_letters` hands messages back without them.
+_BOOKKEEPING_OPTIONS = ("redis_message_id", LEVEL_OPTION)
 
 
 def level_name(queue_name: str, priority: int) -> str:
@@ -42,6 +50,14 @@ def priority_of(message: Message) -> int:
 
 
 class PriorityRedisBroker(RedisBroker):
+    """Dramatiq's `RedisBroker` plus priority; ``fail_fast_default`` as on `StubBroker`
+    (False here, since a real queue keeps old dead letters)."""
+
+    def __init__(self, *args: object, fail_fast_default: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail_fast_default = fail_fast_default
+        self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _PriorityRedisConsumer
@@ -71,9 +87,65 @@ class PriorityRedisBroker(RedisBroker):
             self.do_purge(level)
         self.do_purge(dq_name(queue_name))
 
-    def join(self, queue_name: str, *, interval: int = 100, timeout: int | None = None) -> None:
+    def flush_all(self) -> None:
+        super().flush_all()
+        self.failures.clear()
+
+    def join(
+        self,
+        queue_name: str,
+        *,
+        interval: int = 100,
+        timeout: int | None = None,
+        fail_fast: bool | None = None,
+    ) -> None:
+        """Wait until no level of the queue holds a message (``timeout`` in ms, like dramatiq).
+
+        One pass counts the queue's own list (with its delay queue) before and after the
+        levels, so a message moving between the delay queue and a level is always seen. With
+        ``fail_fast`` (default: ``fail_fast_default``), then raise the exception of the queue's
+        oldest dead letter, as `StubBroker` does (a plain `Exception` if another process
+        dead-lettered it).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000
+        lists = [queue_name, *self.levels(queue_name), queue_name]
+        while sum(self.do_qsize(name) for name in lists):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueueJoinTimeout(queue_name)
+            time.sleep(interval / 1000)
+        if not (self.fail_fast_default if fail_fast is None else fail_fast):
+            return
+        dead = self._dead_letters_of(queue_name)
+        if dead:
+            redis_id, message = dead[0]
+            unknown = Exception(f"Message {message.message_id} was dead-lettered")
+            raise self.failures.get(redis_id) or unknown
+
+    @property
+    def dead_letters(self) -> list[Message]:
+        """Dead-lettered messages of every declared queue, oldest first per queue."""
+        return [message for queue in self.queues for _, message in self._dead_letters_of(queue)]
+
+    def _dead_letters_of(self, queue_name: str) -> list[tuple[str, Message]]:
+        """(redis message id, message without our bookkeeping options), oldest first."""
+        found: list[tuple[float, str, Message]] = []
         for level in self.levels(queue_name):
-            super().join(level, interval=interval, timeout=timeout)
+            dead_queue = f"{self.namespace}:{level}.XQ"
+            ids = self.client.zrange(dead_queue, 0, -1, withscores=True)
+            if not ids:
+                continue
+            bodies = self.client.hmget(f"{dead_queue}.msgs", [i for i, _ in ids])
+            for (redis_id, score), body in zip(ids, bodies, strict=True):
+                if body is None:  # expired by maintenance between the two reads
+                    continue
+                message = Message.decode(body)
+                options = {
+                    k: v for k, v in message.options.items() if k not in _BOOKKEEPING_OPTIONS
+                }
+                message = dataclasses.replace(message, options=options)
+                found.append((score, redis_id.decode(), message))
+        found.sort(key=lambda item: item[0])
+        return [(redis_id, message) for _, redis_id, message in found]
 
 
 class _PriorityRedisConsumer(_RedisConsumer):
@@ -87,8 +159,9 @@ class _PriorityRedisConsumer(_RedisConsumer):
     def ack(self, message: Message) -> None:
         self._settle(self.broker.do_ack, message)
 
-    def nack(self, message: Message) -> None:
+    def nack(self, message: MessageProxy) -> None:
         self._settle(self.broker.do_nack, message)
+        self.broker.failures.remember(message.options["redis_message_id"], message._exception)
 
     def _settle(self, command: Callable[..., object], message: Message) -> None:
         """Ack or nack on the level the message was fetched from, not the queue's own list."""

@@ -1,9 +1,11 @@
-"""A SQLite broker for Dramatiq that keeps dramatiq-sqlite's promise: no server to run.
+"""A SQLite broker for Dramatiq: no server to run, and no job lost to a crash or a restart.
 
-dramatiq-sqlite 0.1.0 loses jobs (broken requeue, no lease after a crash, retries overwritten by
-the previous attempt's ack) and is slow (100 ms polling, a prefetch back-off that never resets).
-This subclass keeps the package's class as its base, so code that checks for it still works, but
-replaces every method that touches the database, using its own table ``skillq_messages``.
+Our own class on `dramatiq.Broker`, not a subclass of dramatiq-sqlite's: none of that
+package's code was right to build on (its requeue is an SQL syntax error, a claim has no
+lease so a crashed worker's job never runs again, a retry is overwritten by the previous
+attempt's ack, polling sleeps 100 ms and its prefetch back-off never resets). What its users
+expect stays: ``SQLiteBroker(url="sqlite:///path/broker.db")`` or ``path=``, and at the first
+open, the live rows of its ``dramatiq_messages`` table move into ours (``skillq_messages``).
 
 Durability: WAL with ``synchronous=NORMAL``. A process crash loses nothing; a power loss can lose
 the last few commits. We accept that because an fsync per enqueue/ack would cap throughput at the
@@ -12,36 +14,34 @@ disk's flush rate, and the producers that cannot tolerate it should use RabbitMQ
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import dramatiq_sqlite
-from dramatiq.broker import Broker, Consumer, MessageProxy
+from dramatiq.broker import Broker
 from dramatiq.common import current_millis, q_name
 from dramatiq.errors import ConnectionFailed, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from skillq.brokers.failures import RecentFailures
+from skillq.brokers.sqlite_consumer import SQLiteConsumer
 from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+
+logger = logging.getLogger(__name__)
 
 #: Priority of messages without a ``broker_priority`` option (same option as RabbitMQ's broker).
 DEFAULT_PRIORITY = 5
-#: How often an idle consumer looks for commits by other processes (``PRAGMA data_version``).
-IDLE_POLL_SECS = 0.005
-#: ``__next__`` returns None at least this often so dramatiq's consumer loop can do housekeeping.
-MAX_BLOCK_SECS = 0.1
-#: An idle consumer runs the claim query at least this often even if nothing seems to change.
-RECHECK_SECS = 1.0
-#: Most rows claimed per round trip, so one consumer cannot empty a queue into its memory.
-MAX_BATCH = 32
 BUSY_TIMEOUT_SECS = 10.0
+#: How often `join` looks at the queue again, in seconds.
+JOIN_POLL_SECS = 0.005
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS skillq_messages (
@@ -64,11 +64,6 @@ CREATE INDEX IF NOT EXISTS skillq_messages_rejected ON skillq_messages (queue_na
     WHERE state = 'rejected';
 """
 
-# A row is claimable when it is queued and due, or when its lease ran out (its owner died).
-# The redundant ``state IN`` term lets SQLite use the partial index.
-_CLAIMABLE = """queue_name = :queue AND state IN ('queued', 'leased')
-    AND ((state = 'queued' AND eta <= :now) OR (state = 'leased' AND lease_expires < :now))"""
-
 
 def _connect(path: str) -> sqlite3.Connection:
     """Autocommit mode, so every statement is its own transaction unless we say BEGIN."""
@@ -90,7 +85,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class _Connection:
+class SQLiteConnection:
     """One connection shared by threads under a lock; reopened after fork or close.
 
     "database is locked" after the busy timeout becomes dramatiq's ``ConnectionFailed``, so the
@@ -133,12 +128,34 @@ def _priority(message: Message) -> int:
     return min(max(value, 0), 10)
 
 
-class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
+def database_path(url: str | os.PathLike[str]) -> str:
+    """The file of a dramatiq-sqlite style URL (``sqlite:///abs.db``, ``sqlite://rel.db``) or path.
+
+    ``:memory:`` is refused: every connection (one per consumer) would get its own database.
+    """
+    path = os.fspath(url)
+    path = path.removeprefix("sqlite://")
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise ValueError(f"SQLiteBroker needs a database file, not {os.fspath(url)!r}")
+    return path
+
+
+class SQLiteBroker(Broker):
     """Leases, priority + FIFO order, prompt wake-ups and one row per enqueue.
+
+    Parameters:
+      url: a dramatiq-sqlite style ``sqlite:///path`` URL, or give ``path`` instead.
+      path: the database file; its folder is created.
+      lease_secs: how long a claimed message stays with its worker process without a renewal
+        (each process renews its own every third of it), so a dead process's messages go
+        back to the queue after at most this long.
+      fail_fast_default: what `join` does with dead letters when ``fail_fast`` is not given
+        (as on Dramatiq's `StubBroker`; False here, since a real queue keeps old dead letters).
 
     Acked rows are deleted at once rather than kept as ``done``: dramatiq never reads them back
     (results live in a result backend), and a table that holds only live work keeps the claim
-    index small. Rejected rows (dead letters) stay until ``purge_dead_letters``.
+    index small. Rejected rows (dead letters) stay until ``purge_dead_letters``, which the
+    scheduler runs (``skillq.actors.maintenance``).
 
     Delayed messages are stored in their own queue with an ``eta`` and only become claimable when
     due, so no ``.DQ`` delay queues are declared and a crash cannot strand a delayed message in
@@ -148,22 +165,26 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
     def __init__(
         self,
         *,
-        path: str | os.PathLike[str],
+        url: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         lease_secs: float = 30.0,
         middleware: list[Middleware] | None = None,
+        fail_fast_default: bool = False,
     ) -> None:
-        # The package's __init__ would open its own connection and create its own tables.
-        Broker.__init__(self, middleware=middleware)
-        self.path = os.fspath(path)
+        if (url is None) == (path is None):
+            raise TypeError("SQLiteBroker takes one of url= or path=")
+        super().__init__(middleware=middleware)
+        self.path = database_path(url if url is not None else path)  # type: ignore[arg-type]
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.db_url = self.path
-        self.backend = None
         self.lease_secs = lease_secs
-        self._db = _Connection(self.path)
+        self.fail_fast_default = fail_fast_default
+        self._db = SQLiteConnection(self.path)
         with self._db() as conn:
             conn.executescript(_SCHEMA)
+            _adopt_dramatiq_sqlite_rows(conn)
         self._changed = threading.Condition()
-        self._generation = 0
+        self.generation = 0
+        self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
         self._owner_pid = -1
         self._owner = ""
         self._closed = threading.Event()
@@ -196,13 +217,14 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
                 " message, mtime) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
                 (*row, message.encode(), now),
             )
-        self._notify()
+        self.notify()
         self.emit_after("enqueue", message, delay)
         return message
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> SQLiteConsumer:
         self._start_renewer()
-        return SQLiteConsumer(self, q_name(queue_name), prefetch=prefetch, timeout=timeout)
+        db = SQLiteConnection(self.path)
+        return SQLiteConsumer(self, q_name(queue_name), db, prefetch=prefetch, timeout=timeout)
 
     def flush(self, queue_name: str) -> None:
         with self._db() as conn:
@@ -211,30 +233,46 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
     def flush_all(self) -> None:
         with self._db() as conn:
             conn.execute("DELETE FROM skillq_messages")
+        self.failures.clear()
 
-    def join(self, queue_name: str, *, timeout: int | None = None) -> None:
-        """Wait until the queue has no queued or leased rows (``timeout`` in ms, like dramatiq)."""
+    def join(
+        self, queue_name: str, *, timeout: int | None = None, fail_fast: bool | None = None
+    ) -> None:
+        """Wait until the queue has no queued or leased rows (``timeout`` in ms, like dramatiq).
+
+        With ``fail_fast`` (default: ``fail_fast_default``), then raise the exception of the
+        queue's oldest dead letter, as Dramatiq's `StubBroker` does: the real one if this
+        process dead-lettered it, else a plain `Exception` naming the message.
+        """
+        queue_name = q_name(queue_name)
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         while True:
             with self._db() as conn:
                 (active,) = conn.execute(
                     "SELECT COUNT(*) FROM skillq_messages"
                     " WHERE queue_name = ? AND state IN ('queued', 'leased')",
-                    (q_name(queue_name),),
+                    (queue_name,),
+                ).fetchone()
+                dead = conn.execute(
+                    "SELECT seq, message_id FROM skillq_messages"
+                    " WHERE queue_name = ? AND state = 'rejected' ORDER BY seq LIMIT 1",
+                    (queue_name,),
                 ).fetchone()
             if not active:
-                return
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 raise QueueJoinTimeout(queue_name)
-            time.sleep(0.005)
+            time.sleep(JOIN_POLL_SECS)
+        if dead and (self.fail_fast_default if fail_fast is None else fail_fast):
+            seq, message_id = dead
+            raise self.failures.get(seq) or Exception(f"Message {message_id} was dead-lettered")
 
-    def dead_letters(self, queue_name: str) -> list[Message]:
-        """Rejected messages, oldest first, as last seen by the worker (with retry options)."""
+    @property
+    def dead_letters(self) -> list[Message]:
+        """Rejected messages of every queue, oldest first, as the worker last saw them."""
         with self._db() as conn:
             rows = conn.execute(
-                "SELECT message FROM skillq_messages WHERE queue_name = ? AND state = 'rejected'"
-                " ORDER BY seq",
-                (q_name(queue_name),),
+                "SELECT message FROM skillq_messages WHERE state = 'rejected' ORDER BY seq"
             ).fetchall()
         return [Message.decode(bytes(row[0])) for row in rows]
 
@@ -253,15 +291,15 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
             self._renewer.join(timeout=5)
         self._db.close()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         """Wake this process's idle consumers at once; other processes see ``data_version``."""
         with self._changed:
-            self._generation += 1
+            self.generation += 1
             self._changed.notify_all()
 
-    def _wait_for_enqueue(self, seen_generation: int, timeout: float) -> None:
+    def wait_for_enqueue(self, seen_generation: int, timeout: float) -> None:
         with self._changed:
-            if self._generation == seen_generation:
+            if self.generation == seen_generation:
                 self._changed.wait(timeout)
 
     def _start_renewer(self) -> None:
@@ -290,150 +328,53 @@ class SQLiteBroker(dramatiq_sqlite.SQLiteBroker):
                 self.logger.warning("Could not renew leases; retrying.", exc_info=True)
 
 
-class _LeasedMessage(MessageProxy):
-    """Remembers the exact row claimed, so an ack cannot hit a retry with the same message id."""
+def _adopt_dramatiq_sqlite_rows(conn: sqlite3.Connection) -> None:
+    """Move a dramatiq-sqlite database's live rows into our table, once, in one transaction.
 
-    def __init__(self, message: Message, seq: int, owner: str) -> None:
-        super().__init__(message)
-        self.seq = seq
-        self.lease_owner = owner
-
-
-class SQLiteConsumer(Consumer):
-    """Claims rows atomically in batches and sleeps on cheap change checks when idle.
-
-    Thread-safe: dramatiq acks and nacks from its worker threads.
+    Queued rows keep their order (rowid) and delayed ones their eta; ``consumed`` rows are
+    queued again, since that package never redelivers them (stop its workers first); dead
+    letters stay dead letters. Finished (``done``) rows are left where they are.
     """
-
-    def __init__(self, broker: SQLiteBroker, queue_name: str, *, prefetch: int, timeout: int):
-        self.broker = broker
-        self.queue_name = queue_name
-        self.prefetch = max(prefetch, 1)
-        self.timeout_secs = max(timeout, 0) / 1000
-        self._db = _Connection(broker.path)
-        self._slots = threading.Condition()  # guards _leased; notified when a slot frees up
-        self._leased: set[int] = set()
-        self._ready: deque[_LeasedMessage] = deque()
-        self._seen: tuple[int, int] | None = None
-        self._next_check = 0.0
-
-    def __next__(self) -> MessageProxy | None:
-        deadline = time.monotonic() + min(self.timeout_secs, MAX_BLOCK_SECS)
-        while True:
-            if self._ready:
-                return self._ready.popleft()
-            with self._slots:
-                free = self.prefetch - len(self._leased)
-            generation = self.broker._generation
-            if free > 0 and self._worth_claiming(generation):
-                self._claim(free)
-                if self._ready:
-                    return self._ready.popleft()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if free <= 0:
-                with self._slots:
-                    if len(self._leased) >= self.prefetch:
-                        self._slots.wait(remaining)
-            else:
-                self.broker._wait_for_enqueue(generation, min(remaining, IDLE_POLL_SECS))
-
-    def ack(self, message: MessageProxy) -> None:
-        self._finish(message, "DELETE FROM skillq_messages WHERE seq = ? AND lease_owner = ?")
-
-    def nack(self, message: MessageProxy) -> None:
-        self._finish(
-            message,
-            "UPDATE skillq_messages SET state = 'rejected', lease_owner = NULL,"
-            " lease_expires = NULL, message = ?, mtime = ? WHERE seq = ? AND lease_owner = ?",
-            (message.encode(), current_millis()),
-        )
-
-    def requeue(self, messages: Iterable[MessageProxy]) -> None:
-        """Put rows back where they were (same seq), so a restart does not reorder the queue."""
-        leased = [m for m in messages if isinstance(m, _LeasedMessage)]
-        if not leased:
-            return
-        with self._db() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "UPDATE skillq_messages SET state = 'queued', lease_owner = NULL,"
-                " lease_expires = NULL WHERE seq = ? AND lease_owner = ?",
-                [(m.seq, m.lease_owner) for m in leased],
-            )
-            conn.execute("COMMIT")
-        self._release(m.seq for m in leased)
-        self.broker._notify()
-
-    def close(self) -> None:
-        """Return claimed rows dramatiq never saw; the rest stay leased until acked or expired."""
-        unseen = list(self._ready)
-        self._ready.clear()
-        self.requeue(unseen)
-        self._db.close()
-
-    def _worth_claiming(self, generation: int) -> bool:
-        """True when something may have become claimable since the last look.
-
-        ``data_version`` changes when another connection commits, which covers other
-        processes; the generation covers this process without waiting for the next poll;
-        ``_next_check`` covers etas and lease expiries coming due.
-        """
-        with self._db() as conn:
-            (data_version,) = conn.execute("PRAGMA data_version").fetchone()
-        seen = (generation, data_version)
-        if seen == self._seen and time.monotonic() < self._next_check:
-            return False
-        self._seen = seen
-        return True
-
-    def _claim(self, limit: int) -> None:
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dramatiq_messages'"
+    ).fetchone():
+        return
+    live = "state IN ('queued', 'consumed', 'rejected')"
+    if not conn.execute(f"SELECT 1 FROM dramatiq_messages WHERE {live}").fetchone():
+        return  # every later open of a migrated file: a read, no write lock
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            f"SELECT rowid, state, message FROM dramatiq_messages WHERE {live} ORDER BY rowid"
+        ).fetchall()
         now = current_millis()
-        params = {"queue": self.queue_name, "now": now}
-        with self._db() as conn:
-            # A read first: idle consumers must not take the write lock on every wake-up.
-            probe = f"SELECT 1 FROM skillq_messages WHERE {_CLAIMABLE} LIMIT 1"
-            if conn.execute(probe, params).fetchone():
-                rows = conn.execute(
-                    "UPDATE skillq_messages SET state = 'leased', lease_owner = :owner,"
-                    " lease_expires = :expires, mtime = :now WHERE seq IN (SELECT seq FROM"
-                    f" skillq_messages WHERE {_CLAIMABLE} ORDER BY priority DESC, seq"
-                    " LIMIT :limit) RETURNING seq, priority, message",
-                    {
-                        **params,
-                        "owner": self.broker.lease_owner,
-                        "expires": now + int(self.broker.lease_secs * 1000),
-                        "limit": min(limit, MAX_BATCH),
-                    },
-                ).fetchall()
-            else:
-                rows = []
-            if len(rows) < limit:
-                (due,) = conn.execute(
-                    "SELECT MIN(CASE state WHEN 'queued' THEN eta ELSE lease_expires + 1 END)"
-                    " FROM skillq_messages WHERE queue_name = ? AND state IN ('queued', 'leased')",
-                    (self.queue_name,),
-                ).fetchone()
-                wait = RECHECK_SECS if due is None else max(due - current_millis(), 0) / 1000
-                self._next_check = time.monotonic() + min(wait, RECHECK_SECS)
-            else:
-                self._next_check = 0.0
-        # RETURNING order is unspecified, so restore the claim order here.
-        rows.sort(key=lambda row: (-row[1], row[0]))
-        owner = self.broker.lease_owner
-        with self._slots:
-            self._leased.update(row[0] for row in rows)
-        self._ready.extend(_LeasedMessage(Message.decode(bytes(r[2])), r[0], owner) for r in rows)
-
-    def _finish(self, message: MessageProxy, sql: str, extra: tuple = ()) -> None:
-        if not isinstance(message, _LeasedMessage):
-            raise TypeError(f"{message!r} was not consumed from {type(self.broker).__name__}")
-        with self._db() as conn:
-            conn.execute(sql, (*extra, message.seq, message.lease_owner))
-        self._release([message.seq])
-
-    def _release(self, seqs: Iterable[int]) -> None:
-        with self._slots:
-            self._leased.difference_update(seqs)
-            self._slots.notify_all()
+        for rowid, state, data in rows:
+            # That package stores JSON whatever the encoder (which is also why it breaks with
+            # any other), so rebuild the message and encode it the way our rows are read back.
+            try:
+                fields = json.loads(data)
+                options = fields.pop("options", None) or {}
+                eta = options.pop("eta", now)
+                fields["queue_name"] = q_name(fields["queue_name"])
+                message = Message(**fields, options=options)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                logger.warning("Left dramatiq-sqlite row %d behind: not a message.", rowid)
+                continue
+            conn.execute(
+                "INSERT INTO skillq_messages (message_id, queue_name, priority, eta, state,"
+                " message, mtime) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.message_id,
+                    message.queue_name,
+                    _priority(message),
+                    eta if isinstance(eta, int) else now,
+                    "rejected" if state == "rejected" else "queued",
+                    message.encode(),
+                    now,
+                ),
+            )
+            conn.execute("DELETE FROM dramatiq_messages WHERE rowid = ?", (rowid,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

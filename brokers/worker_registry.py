@@ -27,7 +27,8 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from skillq.brokers.job_status import ATTEMPT_OPTION, JOB_ID_OPTION, current_worker_id
+from skillq.brokers.job_status import current_worker_id
+from skillq.brokers.running import RunningJobs
 from skillq.storage import jobs, workers
 from skillq.storage.database import connection
 
@@ -35,14 +36,18 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerRegistry(Middleware):
-    """Parameters:
-    heartbeat_secs(float): Seconds between two beats.
-    dead_after_secs(float): Seconds between two stale-job recovery passes.
-    recover(Callable): Runs one stale-job recovery pass; None for none.
+    """Records this worker process in the store and beats for it and for the jobs it runs.
+
+    Parameters:
+      running(RunningJobs): The jobs this process runs (shared with the other middleware).
+      heartbeat_secs(float): Seconds between two beats.
+      dead_after_secs(float): Seconds between two stale-job recovery passes.
+      recover(Callable): Runs one stale-job recovery pass; None for none.
     """
 
     def __init__(
         self,
+        running: RunningJobs,
         *,
         heartbeat_secs: float,
         dead_after_secs: float,
@@ -50,12 +55,9 @@ class WorkerRegistry(Middleware):
     ) -> None:
         self.heartbeat_secs = heartbeat_secs
         self.dead_after_secs = dead_after_secs
+        self.running = running
         self.recover = recover
         self.worker_id = current_worker_id()
-        self._lock = threading.Lock()
-        # job id -> (attempt, worker thread): a skipped duplicate of a running job must not
-        # remove the running attempt's entry.
-        self._running: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
 
@@ -77,36 +79,17 @@ class WorkerRegistry(Middleware):
         self._beater = threading.Thread(target=self._beat, name="skillq-heartbeat", daemon=True)
         self._beater.start()
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        # Runs only for messages JobStatus let through, i.e. attempts it marked running.
-        job_id = message.options.get(JOB_ID_OPTION)
-        if job_id is not None:
-            with self._lock:
-                attempt = message.options[ATTEMPT_OPTION]
-                self._running[job_id] = (attempt, threading.get_ident())
-
-    def after_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.Message, **kwargs: Any
-    ) -> None:
-        job_id = message.options.get(JOB_ID_OPTION)
-        if job_id is not None:
-            with self._lock:
-                entry = self._running.get(job_id)
-                if entry is not None and entry[1] == threading.get_ident():
-                    del self._running[job_id]
-
-    after_skip_message = after_process_message
-
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.set()
         if self._beater is not None:
             self._beater.join(timeout=30)  # its last beat must not land after the stop
-        with self._lock:
-            abandoned = dict(self._running)
+        # A job whose actor has returned is recording its outcome: releasing it now would
+        # make that write miss and leave the job pending, to run again.
+        abandoned = [job for job in self.running.snapshot() if not job.finishing]
         try:
             with connection():
-                for job_id, (attempt, _) in abandoned.items():
-                    jobs.release_abandoned(job_id, attempt=attempt)
+                for job in abandoned:
+                    jobs.release_abandoned(job.job_id, attempt=job.attempt)
                 workers.mark_stopped(self.worker_id)
         except Exception:
             logger.warning("Could not record the worker's shutdown.", exc_info=True)
@@ -116,8 +99,7 @@ class WorkerRegistry(Middleware):
     def _beat(self) -> None:
         next_recovery = time.monotonic()  # at boot, then every dead_after_secs
         while not self._stop.is_set():
-            with self._lock:
-                running = sorted(self._running)
+            running = sorted(job.job_id for job in self.running.snapshot())
             try:
                 with connection():
                     workers.beat(self.worker_id, running)

@@ -1,29 +1,51 @@
 """One error hierarchy for every way into skillq.
 
-The coordinator raises these; the REST layer (status code and error envelope), the CLI
-(exit code) and MCP (tool error) each map them to their own form in exactly one place.
+The coordinator, the store and the skill engine raise these. Each carries a stable machine
+`code` (the same string on every surface) and a message, never a transport's status: how
+an error leaves skillq is decided by the surface it leaves through, each in one table.
 
-    SkillqError
-    ├── InvalidRequest        400  the request itself is malformed
-    ├── InvalidParams         422  well-formed, but breaks a schema (details list the paths)
-    ├── UnknownJobType        422  no job type of that name
-    ├── NotFound              404  no such job (or not the caller's)
-    ├── Conflict              409  the job's state does not allow it
-    ├── Unauthorized          401
-    ├── Forbidden             403
-    └── ServiceUnavailable    503  the broker or the store cannot be reached
+    SkillqError               internal_error       anything not classified below
+    ├── InvalidRequest        invalid_request      the request itself is malformed
+    ├── InvalidParams         invalid_params       well-formed, but breaks a schema (details
+    │                                              list the failing paths)
+    ├── UnknownJobType        unknown_job_type     no job type of that name
+    ├── NotFound              not_found            no such job (or not the caller's)
+    ├── Conflict              conflict             the job's state does not allow it
+    ├── Unauthorized          unauthorized         no valid credential
+    ├── Forbidden             forbidden            a credential without the needed role
+    └── ServiceUnavailable    service_unavailable  the broker or the store cannot be reached
 
-    SettingsError                   a bad settings file: start-up stops with one line, exit 2
+    SettingsError             (not a SkillqError)  a bad settings file: start-up stops with
+                                                   one line (a row in the CLI table only)
+
+Outages are translated where they happen: the store's driver errors in
+`skillq.storage.database.in_connection`, the broker's in the coordinator's enqueue.
+
+The three tables, one row per class above (tests/test_error_tables.py fails while a class
+lacks a row in any of them):
+
+    REST   `skillq.api.errors.HTTP_STATUS`       class -> HTTP status; the app's exception
+                                                 handlers build every `{"error": ...}` envelope
+    MCP    `skillq.api.mcp.errors.JSONRPC_CODES` class -> JSON-RPC error code; a tools/call
+                                                 answers any of them as a tool error instead
+    CLI    `skillq.cli.exit_status.EXIT_STATUS`  class -> exit status (README: 2, 3, 4, 5)
+
+A new kind of error is a subclass here with its own `code`, plus one row in each table.
+A subclass defined elsewhere (the engine's `SkillError`) takes its nearest ancestor's rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Row = TypeVar("Row")
 
 
 class SkillqError(Exception):
-    status_code = 500
+    """`details`: JSON-ready data a client can act on, e.g. `[{"path", "message"}, ...]`."""
+
     code = "internal_error"
 
     def __init__(self, message: str, details: Any = None) -> None:
@@ -33,43 +55,43 @@ class SkillqError(Exception):
 
 
 class InvalidRequest(SkillqError):
-    status_code = 400
     code = "invalid_request"
 
 
 class InvalidParams(SkillqError):
-    status_code = 422
     code = "invalid_params"
 
 
 class UnknownJobType(SkillqError):
-    status_code = 422
     code = "unknown_job_type"
 
 
 class NotFound(SkillqError):
-    status_code = 404
     code = "not_found"
 
 
 class Conflict(SkillqError):
-    status_code = 409
     code = "conflict"
 
 
 class Unauthorized(SkillqError):
-    status_code = 401
     code = "unauthorized"
 
 
 class Forbidden(SkillqError):
-    status_code = 403
     code = "forbidden"
 
 
 class ServiceUnavailable(SkillqError):
-    status_code = 503
     code = "service_unavailable"
+
+
+def row_of(table: Mapping[type[BaseException], Row], error: BaseException) -> Row:
+    """`error`'s row in a surface's table: its own class's, else its nearest ancestor's."""
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    raise LookupError(f"no row for {type(error).__name__}")
 
 
 class SettingsError(Exception):

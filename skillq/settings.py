@@ -172,6 +172,8 @@ class SkillsSettings:
     max_file_mb: Annotated[int, _R(lo=1, hi=1048576)] = 64
     max_processes: Annotated[int, _R(lo=1, hi=65536)] = 512
     max_output_bytes: Annotated[int, _R(lo=1024, hi=1073741824)] = 1048576
+    #: bwrap (namespaces) | process (rlimits only) | auto: bwrap when it works on this machine.
+    sandbox: Annotated[str, _R(choices=("auto", "bwrap", "process"))] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

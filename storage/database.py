@@ -14,6 +14,7 @@ forever would exhaust PostgreSQL's pool.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -21,15 +22,22 @@ from typing import ParamSpec, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+from skillq.errors import ServiceUnavailable
+from skillq.storage.sqlite_wal import start_checkpointer
 
+logger = logging.getLogger(__name__)
 database_proxy = peewee.DatabaseProxy()
 
 #: Milliseconds a writer waits for SQLite's lock before giving up. Workers, the API and the
 #: scheduler are separate processes writing the same file, so contention is normal.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+#: What the drivers raise when the store cannot be reached or used right now (refused or
+#: dropped connection, a lock held past the busy timeout, an exhausted pool): not a bug in
+#: the query, and worth retrying later.
+STORE_OUTAGES = (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded)
 
 
 def open_database(
@@ -47,11 +55,11 @@ def open_database(
 
 
 class _SqliteStore(PooledSqliteDatabase):
-    def _connect(self) -> object:
-        conn = super()._connect()
-        conn.execute(NO_AUTOCHECKPOINT)
+    def _add_conn_hooks(self, conn: object) -> None:
+        # Runs once per new connection (a checkout from the pool does not come here), after
+        # the pragmas, so this process's checkpointer starts once the file is in WAL mode.
+        super()._add_conn_hooks(conn)
         start_checkpointer(self.database)
-        return conn
 
 
 def open_sqlite(path: Path) -> PooledSqliteDatabase:
@@ -59,7 +67,8 @@ def open_sqlite(path: Path) -> PooledSqliteDatabase:
 
     `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
     last commits, which is the usual trade-off for an embedded job store. Checkpoints run in
-    the background (see `skillq.storage.sqlite_wal`), not in whichever request commits.
+    the background (see `skillq.storage.sqlite_wal`, which also bounds the WAL's size), not
+    in whichever request commits.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     return _SqliteStore(
@@ -73,6 +82,8 @@ def open_sqlite(path: Path) -> PooledSqliteDatabase:
             "synchronous": "normal",
             "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
             "foreign_keys": 1,
+            # Checkpoints are the background thread's job (`skillq.storage.sqlite_wal`).
+            "wal_autocheckpoint": 0,
         },
     )
 
@@ -114,11 +125,19 @@ def connection() -> peewee.ConnectionContext:
 
 
 def in_connection(function: Callable[P, R]) -> Callable[P, R]:
-    """Runs `function` as one unit of work on one pooled connection."""
+    """Runs `function` as one unit of work on one pooled connection.
+
+    For the services behind the API, MCP and the CLI, which speak skillq's errors: a store
+    outage leaves as `ServiceUnavailable`. `connection()` leaves the driver's errors alone
+    for code that handles them itself (probes, the worker's middleware)."""
 
     @wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with database_proxy.connection_context():
-            return function(*args, **kwargs)
+        try:
+            with database_proxy.connection_context():
+                return function(*args, **kwargs)
+        except STORE_OUTAGES as error:
+            logger.warning("The job store is unavailable: %s", error)
+            raise ServiceUnavailable("the job store is unavailable; try again later") from error
 
     return wrapper

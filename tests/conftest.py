@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from skillq.settings import StorageSettings
-from tests.support import bound_store, write_settings
+from tests.support import bound_store, require_bwrap, write_settings
 
 _session_dir = Path(tempfile.mkdtemp(prefix="skillq-tests-"))
 
@@ -37,3 +37,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageSet
     """The job store on each backend, fresh and bound for one test."""
     with bound_store(request.param, tmp_path) as settings:
         yield settings
+
+
+@pytest.fixture(params=["bwrap", "process"])
+def sandbox_mode(request: pytest.FixtureRequest) -> str:
+    """Each sandbox mode; bwrap must work here when services are required (CI installs it)."""
+    if request.param == "bwrap":
+        require_bwrap()
+    return request.param

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,6 +48,48 @@ def require_service(name: str) -> None:
         if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def require_bwrap() -> None:
+    """bwrap must work here when services are required (CI installs it); else skip."""
+    from skillq.engine.bubblewrap import probe_bwrap
+
+    probe = probe_bwrap()
+    if not probe.works:
+        message = f"bwrap cannot run here: {probe.problem}"
+        if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def process_gone(pid: int) -> bool:
+    """Dead, or a zombie waiting for init to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def sleep_marker() -> str:
+    """A `sleep` argument no other process has: a tool's child is found by it from the host,
+    whatever PID namespace (sandbox) it runs in, where the PID the tool sees means nothing."""
+    return f"{300 + random.random():.9f}"
+
+
+def host_processes(marker: str) -> list[int]:
+    """Live host PIDs with `marker` as one of their arguments."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in args and not process_gone(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "") -> Any:
@@ -138,6 +181,26 @@ def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
             bind_database(previous)
         if schema:
             drop_postgres_schema(schema)
+
+
+def unreachable_store_url() -> str:
+    """A PostgreSQL URL nobody answers at: connections are refused at once."""
+    return f"postgresql://skillq@127.0.0.1:{free_port()}/skillq?connect_timeout=2"
+
+
+@contextlib.contextmanager
+def store_outage() -> Iterator[None]:
+    """The job store stops answering: the models point at a server that refuses connections;
+    the previous binding comes back afterwards."""
+    from skillq.storage import bind_database, open_database
+    from skillq.storage.database import database_proxy
+
+    previous = database_proxy.obj
+    bind_database(open_database("postgres", url=unreachable_store_url()))
+    try:
+        yield
+    finally:
+        bind_database(previous)
 
 
 class JsonHandler(BaseHTTPRequestHandler):

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from skillq.api.app import create_app
 from skillq.storage import jobs
 from skillq.storage.database import connection
+from tests.support import store_outage
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,32 @@ def test_body_over_the_limit_is_413(client: TestClient) -> None:
     limit = client.app.state.settings.server.max_body_size
     big = b'{"type": "sleep", "params": {"echo": "' + b"x" * limit + b'"}}'
     assert_error(client.post("/api/v1/jobs", content=big), 413, "payload_too_large")
+
+
+#: Routes that read the job store, as the OpenAPI document names them.
+STORE_ROUTES = [
+    ("get", "/api/v1/jobs"),
+    ("post", "/api/v1/jobs"),
+    ("get", "/api/v1/jobs/{job_id}"),
+    ("delete", "/api/v1/jobs/{job_id}"),
+    ("post", "/api/v1/jobs/{job_id}/retry"),
+    ("get", "/api/v1/jobs/{job_id}/stream"),
+    ("get", "/api/v1/stats"),
+    ("get", "/api/v1/workers"),
+]
+
+
+def test_a_store_outage_is_503_service_unavailable_not_500(client: TestClient) -> None:
+    job = submit(client)
+    document = client.get("/openapi.json").json()
+    with store_outage():
+        for method, path in STORE_ROUTES:
+            body = {"json": {"type": "sleep", "params": {}}} if path == "/api/v1/jobs" else {}
+            response = client.request(method, path.format(job_id=job["id"]), **body)
+            error = assert_error(response, 503, "service_unavailable")
+            assert "store" in error["message"] and "127.0.0.1" not in error["message"]
+            assert "503" in document["paths"][path][method]["responses"], (method, path)
+    assert client.get(f"/api/v1/jobs/{job['id']}").status_code == 200
 
 
 def test_routing_errors_use_the_envelope(client: TestClient) -> None:

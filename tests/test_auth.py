@@ -22,6 +22,7 @@ from skillq.api.app import create_app
 from skillq.settings import AuthSettings, JwtSettings
 from skillq.storage import api_keys
 from skillq.storage.database import connection
+from tests.support import store_outage
 
 SECRET = "test-secret-" + "x" * 32
 ISSUER, AUDIENCE = "skillq", "skillq-api"
@@ -119,6 +120,26 @@ def test_valid_tokens_of_each_key_type_are_accepted(client: TestClient) -> None:
 )
 def test_bad_credentials_are_401_with_a_challenge(client: TestClient, headers, reason) -> None:
     assert_401(client.get("/api/v1/jobs", headers=headers), reason)
+
+
+def test_a_key_store_outage_is_503_in_the_envelope_not_a_500(client: TestClient) -> None:
+    with store_outage():
+        for headers in ({"X-API-Key": "skq_made-up"}, bearer("skq_made-up")):
+            response = client.get("/api/v1/jobs", headers=headers)
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            assert "www-authenticate" not in response.headers
+            assert response.json() == {
+                "error": {
+                    "code": "service_unavailable",
+                    "message": "the API key store is unavailable",
+                    "details": None,
+                }
+            }
+        # A token needs no store: it still works, up to the store-backed route itself.
+        response = client.get("/api/v1/jobs", headers=bearer(token()))
+        assert response.status_code == 503
+        assert response.json()["error"]["message"].startswith("the job store is unavailable")
 
 
 def test_expiry_has_a_small_leeway(client: TestClient) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
+from skillq.cli import supervisor as supervisor_module
+from skillq.cli.supervisor import MAX_QUICK_FAILURES, Child, Supervisor
+from skillq.settings import load_settings
 from tests.support import (
     ROOT,
     child_env,
     free_port,
     start_worker,
+    unreachable_store_url,
     wait_for,
     write_settings,
 )
@@ -145,6 +151,34 @@ def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path
     assert "params.seconds" in bad.stderr and "Traceback" not in bad.stderr
     assert skillq("jobs", "show", "no-such-id", settings=embedded).returncode == 3
     assert "4 jobs" not in skillq("jobs", "list", settings=embedded).stdout
+    # A bad request is 2 (README), whether the coordinator or the command finds it.
+    not_json = skillq("jobs", "submit", "sleep", "--params", "{", settings=embedded)
+    assert not_json.returncode == 2 and "--params is not valid JSON" in not_json.stderr
+    assert skillq("jobs", "submit", "nope", settings=embedded).returncode == 2
+    assert skillq("jobs", "cancel", job_id, settings=embedded).returncode == 0
+    again = skillq("jobs", "cancel", job_id, settings=embedded)
+    assert again.returncode == 4 and "only a pending or running job" in again.stderr
+
+
+def test_skill_commands_exit_through_the_same_table(embedded: Path) -> None:
+    none_yet = skillq("skills", "examples", "primes", settings=embedded)
+    assert none_yet.returncode == 3
+    assert none_yet.stderr.startswith("error: no examples for 'primes' yet")
+    bad_input = skillq("run", "primes", "count_primes", "--input", "[", settings=embedded)
+    assert bad_input.returncode == 2 and "--input is not valid JSON" in bad_input.stderr
+    unreadable = skillq("index", "notes", str(embedded.parent / "nope.json"), settings=embedded)
+    assert unreadable.returncode == 2 and "cannot read documents" in unreadable.stderr
+
+
+@pytest.mark.parametrize("command", [("db", "status"), ("workers", "status")])
+def test_a_store_outage_exits_5_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    settings = write_settings(
+        tmp_path, {"storage": {"backend": "postgres", "url": unreachable_store_url()}}
+    )
+    result = skillq(*command, settings=settings)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.startswith("error: the job store is unavailable: ")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def _children(pid: int) -> set[int]:
@@ -219,9 +253,113 @@ def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
         wait_for(lambda: not any(_alive(pid) for pid in descendants), timeout=30, what="exit")
+        # A clean stop leaves no write-ahead log behind (each process truncates its own).
+        settings = load_settings(embedded)
+        for database in (settings.storage.path, settings.broker.path):
+            wal = Path(f"{database}-wal")
+            assert not wal.exists() or wal.stat().st_size == 0, wal
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
         output = log_path.read_text(errors="replace")
     assert "was killed by SIGKILL" in output
     assert "all processes stopped" in output
+
+
+BAD_SCHEDULES = {
+    "unknown type": ('type = "nope"', "schedules[0].type: unknown job type 'nope'"),
+    "params off schema": (
+        'type = "sleep"\nparams = { seconds = -1 }',
+        "schedules[0].params: -1 is less than the minimum of 0",
+    ),
+    "unknown skill": (
+        'type = "execute_skill"\nparams = { skill = "nope", tool = "x" }',
+        "schedules[0].params: no skill named 'nope'",
+    ),
+}
+
+
+def _with_schedule(embedded: Path, schedule: str) -> Path:
+    with embedded.open("a") as settings:
+        settings.write(f'\n[[schedules]]\nname = "x"\ncron = "* * * * *"\n{schedule}\n')
+    return embedded
+
+
+@pytest.mark.parametrize(
+    ("command", "case"),
+    [
+        (("up",), "unknown type"),
+        (("db", "status"), "unknown type"),
+        (("db", "status"), "params off schema"),
+        (("worker",), "unknown skill"),
+    ],
+)
+def test_a_schedule_that_could_never_fire_stops_every_command_with_one_line(
+    embedded: Path, command: tuple[str, ...], case: str
+) -> None:
+    schedule, expected = BAD_SCHEDULES[case]
+    settings = _with_schedule(embedded, schedule)
+    # The timeout only ends a regression that loops (as `up` did); it measures nothing.
+    result = run([sys.executable, "-m", "skillq", *command], settings, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"settings error in {settings}: {expected}"), result.stderr
+    assert result.stdout == ""  # `up` announces the API only once it starts its children
+
+
+def test_a_valid_schedule_is_checked_without_touching_the_store(embedded: Path) -> None:
+    settings = _with_schedule(embedded, 'type = "sleep"\nparams = { seconds = 0 }')
+    result = skillq("db", "status", settings=settings)
+    assert result.returncode == 0, result.stderr
+    # The check declared the job types without configuring a process: no schema upgrade.
+    assert result.stdout.splitlines()[0].startswith("schema version 0 of "), result.stdout
+
+
+def _python_child(name: str, code: str, **options: float) -> Child:
+    return Child(name, [sys.executable, "-c", code], **options)
+
+
+def test_the_supervisor_gives_up_on_a_child_that_keeps_failing_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = _python_child(
+        "api",
+        "import sys; print('starting', file=sys.stderr);"
+        " sys.exit(print('error: port 8000 is taken', file=sys.stderr) or 3)",
+        first_backoff_secs=0.01,
+    )
+    healthy = _python_child("worker", "import time; time.sleep(120)")
+    with caplog.at_level(logging.INFO, logger="skillq.cli.supervisor"):
+        code = Supervisor([failing, healthy], grace_secs=10).run()
+    assert code == 3
+    assert failing.restarts == MAX_QUICK_FAILURES - 1
+    assert healthy.restarts == 0
+    assert healthy.process is not None and healthy.process.returncode is not None
+    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert len(gave_up) == 1
+    assert gave_up[0].startswith(f"api exited with status 3 at start {MAX_QUICK_FAILURES} times")
+    assert gave_up[0].endswith("  | starting\n  | error: port 8000 is taken")
+
+
+def test_the_supervisor_keeps_restarting_a_child_that_stayed_up_before_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor_module, "HEALTHY_AFTER_SECS", 0.2)
+    crashing = _python_child(
+        "worker", "import sys, time; time.sleep(0.5); sys.exit(1)", first_backoff_secs=0.01
+    )
+    supervisor = Supervisor([crashing], grace_secs=10)
+
+    def stop_after_many_restarts() -> None:
+        wait_for(lambda: crashing.restarts > MAX_QUICK_FAILURES, timeout=60, what="restarts")
+        supervisor.stopping = True
+
+    stopper = threading.Thread(target=stop_after_many_restarts)
+    stopper.start()
+    try:
+        assert supervisor.run() == 0
+    finally:
+        supervisor.stopping = True
+        stopper.join()
+    assert crashing.restarts > MAX_QUICK_FAILURES

@@ -13,8 +13,10 @@ from skillq.actors.diagnostics import SLEEP_PARAMS
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.brokers.progress import JobProgress, report_progress
+from skillq.brokers.running import RunningJobs
 from skillq.errors import Conflict, InvalidParams, NotFound, ServiceUnavailable
 from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.types import JobTypeOptions
 from skillq.storage import JobState, jobs
 from skillq.storage.database import connection
 
@@ -27,7 +29,8 @@ def coordinator() -> JobCoordinator:
 def test_refused_enqueue_fails_the_job_instead_of_leaving_it_pending() -> None:
     # A real Redis broker on a port where nothing listens: enqueue raises.
     unreachable = RedisBroker(
-        url="redis://127.0.0.1:1/0", middleware=job_middleware(actors.settings.workers)
+        url="redis://127.0.0.1:1/0",
+        middleware=[*job_middleware(actors.settings.workers), JobTypeOptions()],
     )
     dramatiq.actor(
         lambda **params: None, broker=unreachable, actor_name="sleep", params_schema=SLEEP_PARAMS
@@ -114,6 +117,8 @@ def test_progress_writes_are_throttled_and_the_last_value_is_kept(
         kwargs={},
         options={JOB_ID_OPTION: job.id},
     )
+    running = RunningJobs()
+    running.start(job.id, message, attempt=1)  # what JobStatus does once the job is running
     middleware.before_process_message(actors.broker, message)
     with connection():
         for step in range(1, 1001):
@@ -121,7 +126,10 @@ def test_progress_writes_are_throttled_and_the_last_value_is_kept(
         stored = jobs.get_job(job.id)
         assert (stored.progress, stored.message) == (0.001, "step 1")  # one write, then throttled
         middleware.after_process_message(actors.broker, message)
+        running.finish(job.id)
         stored = jobs.get_job(job.id)
         assert (stored.progress, stored.message) == (1.0, "step 1000")
+        report_progress(0.5, "after the job")  # outside a job: nowhere
+        assert jobs.get_job(job.id).progress == 1.0
     with pytest.raises(ValueError, match=r"between 0\.0 and 1\.0"):
         report_progress(1.5)

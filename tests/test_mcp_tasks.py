@@ -6,7 +6,7 @@ extension (a client extension whose result claim follows the task with `tasks/ge
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -15,9 +15,11 @@ import mcp_types as types
 import pytest
 from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
 from pydantic import ConfigDict
+from starlette.testclient import TestClient
 
+from skillq.api.app import create_app
 from tests.mcp_clients import Rest, connect
-from tests.support import start_api, start_worker, write_settings
+from tests.support import start_api, start_worker, store_outage, write_settings
 
 TASKS = "io.modelcontextprotocol/tasks"
 
@@ -128,8 +130,8 @@ class RawSession:
     every tools/call result against `CallToolResult`, so it cannot receive a `CreateTaskResult`.
     """
 
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=60)
+    def __init__(self, base_url: str | None = None, *, http: httpx.Client | None = None) -> None:
+        self.http = http or httpx.Client(base_url=base_url or "", timeout=60)
         self.headers = {"Accept": "application/json, text/event-stream"}
         self.ids = iter(range(1, 1000))
         opened = self.http.post(
@@ -263,3 +265,55 @@ def test_2026_tasks_get_and_cancel(system: str) -> None:
         assert _modern(http, "tasks/get", task)["result"]["status"] == "cancelled"
         unknown = _modern(http, "tasks/get", {"taskId": "nope"})
         assert unknown["error"]["code"] == types.INVALID_PARAMS
+
+
+@pytest.fixture
+def in_process() -> Iterator[TestClient]:
+    """The app in this process (no worker), so the test can take its store away."""
+    with TestClient(create_app(), base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def assert_unavailable(answer: dict) -> None:
+    """Reported as the server's trouble (worth a retry), never as the client's params."""
+    assert "error" in answer, answer
+    assert answer["error"]["code"] == types.INTERNAL_ERROR, answer
+    assert answer["error"]["data"]["code"] == "service_unavailable", answer
+
+
+def test_a_store_outage_during_a_task_call_is_unavailable_not_invalid_params(
+    in_process: TestClient,
+) -> None:
+    session = RawSession(http=in_process)
+    task = {"ttl": 60_000}
+    call = {"name": "sleep", "arguments": {"seconds": 0}, "task": task}
+    task_id = session.result("tools/call", call)["task"]["taskId"]
+    with store_outage():
+        assert_unavailable(session.request("tools/call", call))
+        for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+            assert_unavailable(session.request(method, {"taskId": task_id}))
+        assert_unavailable(session.request("tasks/list"))
+        plain = session.result("tools/call", {"name": "sleep", "arguments": {"seconds": 0}})
+        assert plain["isError"] is True
+        assert plain["structuredContent"]["error"]["code"] == "service_unavailable"
+    # The store is back: the same task answers again, and an unknown one is still -32602.
+    assert session.result("tasks/get", {"taskId": task_id})["taskId"] == task_id
+    unknown = session.request("tasks/get", {"taskId": "nope"})
+    assert unknown["error"]["code"] == types.INVALID_PARAMS
+    assert unknown["error"]["data"]["code"] == "not_found"
+
+
+def test_a_broker_outage_during_a_task_call_is_unavailable_not_invalid_params(
+    in_process: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = RawSession(http=in_process)
+    broker = in_process.app.state.coordinator.broker
+
+    def refuse(message: Any, *, delay: int | None = None) -> Any:
+        raise ConnectionError("the broker refused the connection")
+
+    monkeypatch.setattr(broker, "enqueue", refuse)
+    call = {"name": "sleep", "arguments": {"seconds": 0}, "task": {"ttl": 60_000}}
+    answer = session.request("tools/call", call)
+    assert_unavailable(answer)
+    assert "broker" in answer["error"]["message"]

@@ -21,6 +21,7 @@ from dramatiq.brokers.stub import StubBroker
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION, current_worker_id
 from skillq.jobs.recovery import recover_stale_jobs
+from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, StorageSettings, WorkerSettings
 from skillq.storage import jobs
 from skillq.storage.database import connection
@@ -36,7 +37,7 @@ WORKERS = WorkerSettings(max_retries=2, retry_delay_secs=0, heartbeat_secs=0.2, 
 @pytest.fixture
 def system(store: StorageSettings) -> Iterator[tuple[StubBroker, dramatiq.Actor, list[str]]]:
     """A StubBroker with skillq's middleware, a real store, and an actor recording runs."""
-    broker = StubBroker(middleware=job_middleware(WORKERS))
+    broker = StubBroker(middleware=[*job_middleware(WORKERS), JobTypeOptions()])
     broker.emit_after("process_boot")
     runs: list[str] = []
     release = threading.Event()

@@ -108,6 +108,10 @@ def test_two_schedulers_fire_a_schedule_once(tmp_path: Path) -> None:
     [
         ('type = "nope"', "schedules[0].type: unknown job type 'nope'"),
         ('type = "sleep"\nparams = { seconds = -1 }', "schedules[0].params: -1 is less than"),
+        (
+            'type = "execute_skill"\nparams = { skill = "nope", tool = "x" }',
+            "schedules[0].params: no skill named 'nope'",
+        ),
     ],
 )
 def test_a_schedule_that_could_never_fire_stops_start_up(

@@ -1,4 +1,8 @@
-"""Skills and the sandbox, with real subprocesses: limits, timeouts, bad output, escapes."""
+"""Skills and the sandbox, with real subprocesses: limits, timeouts, bad output, escapes.
+
+The tool tests run in each sandbox mode (`sandbox_mode`: bwrap, process); what a hostile
+tool can and cannot reach in each is in test_sandbox_escapes.py.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,18 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from skillq.engine.bubblewrap import Isolation
 from skillq.engine.sandbox import (
     Limits,
+    SandboxUnavailable,
     ToolBadOutput,
     ToolCancelled,
     ToolCrashed,
+    ToolRun,
     ToolTimedOut,
     kill_running,
     run_tool,
@@ -23,7 +31,7 @@ from skillq.engine.sandbox import (
 )
 from skillq.engine.skills import SkillError, SkillLibrary
 from skillq.errors import InvalidParams, NotFound
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, host_processes, process_gone, sleep_marker, wait_for
 
 SHIPPED = SkillLibrary([ROOT / "skills"])
 
@@ -34,16 +42,12 @@ def python_tool(tmp_path: Path, body: str) -> list[str]:
     return [sys.executable, str(script)]
 
 
-def gone(pid: int) -> bool:
-    """Dead, or a zombie waiting for init to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+def run_in(mode: str, folder: Path, argv: list[str], input: Any, **options: Any) -> ToolRun:
+    """`run_tool` in `mode`, the tool reading its script from `folder` (its skill's folder)."""
+    return run_tool(argv, input, isolation=Isolation(mode, (folder,)), **options)
 
 
-def test_shipped_skills_load_and_run() -> None:
+def test_shipped_skills_load_and_run(sandbox_mode: str) -> None:
     skills, problems = SHIPPED.all()
     assert problems == []
     assert {"text-stats", "primes"} <= {skill.name for skill in skills}
@@ -51,16 +55,17 @@ def test_shipped_skills_load_and_run() -> None:
     assert kinds == {"fast", "long"}
 
     skill = SHIPPED.find("text-stats")
-    run = run_tool(
-        skill.argv(skill.tool("word_count")), {"text": "One two. Three!"}, timeout_secs=30
-    )
+    argv = skill.argv(skill.tool("word_count"))
+    run = run_in(sandbox_mode, skill.directory, argv, {"text": "One two. Three!"}, timeout_secs=30)
     assert run.result == {"characters": 15, "words": 3, "lines": 1, "sentences": 2}
 
 
-def test_long_tool_reports_progress_from_stderr_lines() -> None:
+def test_long_tool_reports_progress_from_stderr_lines(sandbox_mode: str) -> None:
     skill = SHIPPED.find("primes")
     seen: list[tuple[float | None, str | None]] = []
-    run = run_tool(
+    run = run_in(
+        sandbox_mode,
+        skill.directory,
         skill.argv(skill.tool("count_primes")),
         {"limit": 100_000, "segments": 4},
         timeout_secs=60,
@@ -72,58 +77,77 @@ def test_long_tool_reports_progress_from_stderr_lines() -> None:
     assert run.stderr_tail == ""  # progress lines are not log output
 
 
-def test_a_tool_past_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
-    pid_file = tmp_path / "child.pid"
+def test_a_tool_past_its_timeout_is_killed_with_its_children(
+    sandbox_mode: str, tmp_path: Path
+) -> None:
+    marker = sleep_marker()
     argv = python_tool(
         tmp_path,
         f"""
         import subprocess, time
-        child = subprocess.Popen(["sleep", "300"])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
+        child = subprocess.Popen(["sleep", {marker!r}])
         time.sleep(300)
         """,
     )
-    with pytest.raises(ToolTimedOut, match="timeout of 1 s"):
-        run_tool(argv, {}, timeout_secs=1)
-    child = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
-    wait_for(lambda: gone(child), timeout=10, what="the tool's child to be killed")
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=3)
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    (child,) = wait_for(lambda: host_processes(marker), what="the tool's child to start")
+    thread.join(timeout=60)
+    assert isinstance(outcome[0], ToolTimedOut) and "timeout of 3 s" in str(outcome[0])
+    wait_for(lambda: process_gone(child), timeout=10, what="the tool's child to be killed")
 
 
-def test_children_left_behind_by_a_finished_tool_are_killed(tmp_path: Path) -> None:
+def test_children_left_behind_by_a_finished_tool_are_killed(
+    sandbox_mode: str, tmp_path: Path
+) -> None:
+    marker = sleep_marker()
     argv = python_tool(
         tmp_path,
-        """
-        import json, subprocess, sys
-        child = subprocess.Popen(["sleep", "300"], stdout=subprocess.DEVNULL)
-        json.dump({"child": child.pid}, sys.stdout)
+        f"""
+        import json, subprocess, sys, time
+        child = subprocess.Popen(["sleep", {marker!r}], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)  # so the test sees it from the host before the tool exits
+        json.dump({{"child": child.pid}}, sys.stdout)
         """,
     )
-    run = run_tool(argv, {}, timeout_secs=30)
-    wait_for(lambda: gone(run.result["child"]), timeout=10, what="the orphan to be killed")
+    seen: list[int] = []
+    watcher = threading.Thread(target=lambda: seen.extend(wait_for(lambda: host_processes(marker))))
+    watcher.start()
+    run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30)
+    watcher.join(timeout=30)
+    assert seen, "the tool's child was never seen running"
+    wait_for(lambda: process_gone(seen[0]), timeout=10, what="the orphan to be killed")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
-def test_a_tool_dies_with_a_sigkilled_worker(tmp_path: Path) -> None:
-    pid_file = tmp_path / "tool.pid"
-    tool = python_tool(
-        tmp_path,
-        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)",
-    )
+def test_a_tool_dies_with_a_sigkilled_worker(sandbox_mode: str, tmp_path: Path) -> None:
+    marker = sleep_marker()
+    tool = python_tool(tmp_path, f"import os; os.execvp('sleep', ['sleep', {marker!r}])")
     worker_code = (
-        "import sys; from skillq.engine.sandbox import run_tool; "
-        f"run_tool({tool!r}, {{}}, timeout_secs=300)"
+        "from pathlib import Path; from skillq.engine.bubblewrap import Isolation; "
+        "from skillq.engine.sandbox import run_tool; "
+        f"run_tool({tool!r}, {{}}, timeout_secs=300, "
+        f"isolation=Isolation({sandbox_mode!r}, (Path({str(tmp_path)!r}),)))"
     )
     worker = subprocess.Popen([sys.executable, "-c", worker_code], cwd=ROOT)
     try:
-        tool_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
-        assert not gone(tool_pid)
+        (tool_pid,) = wait_for(lambda: host_processes(marker), what="the tool to start")
+        assert not process_gone(tool_pid)
     finally:
         worker.kill()
         worker.wait()
-    wait_for(lambda: gone(tool_pid), timeout=10, what="the tool to die with its worker")
+    wait_for(lambda: process_gone(tool_pid), timeout=10, what="the tool to die with its worker")
 
 
-def test_a_tool_over_its_memory_limit_fails_cleanly(tmp_path: Path) -> None:
+def test_a_tool_over_its_memory_limit_fails_cleanly(sandbox_mode: str, tmp_path: Path) -> None:
     argv = python_tool(
         tmp_path,
         """
@@ -134,25 +158,33 @@ def test_a_tool_over_its_memory_limit_fails_cleanly(tmp_path: Path) -> None:
     )
     limits = Limits(memory_bytes=256 * 2**20)
     with pytest.raises(ToolCrashed, match="MemoryError") as failure:
-        run_tool(argv, {}, timeout_secs=30, limits=limits)
+        run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30, limits=limits)
     assert "exited with status 1" in str(failure.value)
 
 
-def test_output_that_is_not_json_fails_with_a_clear_error(tmp_path: Path) -> None:
+def test_output_that_is_not_json_fails_with_a_clear_error(
+    sandbox_mode: str, tmp_path: Path
+) -> None:
     argv = python_tool(tmp_path, 'print("hello, not json")')
     with pytest.raises(ToolBadOutput, match=r"not JSON .*'hello, not json'"):
-        run_tool(argv, {}, timeout_secs=30)
+        run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30)
     with pytest.raises(ToolBadOutput, match="printed nothing"):
-        run_tool(python_tool(tmp_path, "pass"), {}, timeout_secs=30)
+        run_in(sandbox_mode, tmp_path, python_tool(tmp_path, "pass"), {}, timeout_secs=30)
 
 
-def test_output_past_the_cap_is_refused(tmp_path: Path) -> None:
+def test_output_past_the_cap_is_refused(sandbox_mode: str, tmp_path: Path) -> None:
     argv = python_tool(tmp_path, 'import sys; sys.stdout.write("1" * 100_000)')
     with pytest.raises(ToolBadOutput, match="more than 4096 bytes"):
-        run_tool(argv, {}, timeout_secs=30, limits=Limits(output_bytes=4096))
+        run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30, limits=Limits(output_bytes=4096))
 
 
-def test_non_zero_exit_fails_with_the_tail_of_stderr(tmp_path: Path) -> None:
+def test_a_tool_killed_by_a_signal_says_which(sandbox_mode: str, tmp_path: Path) -> None:
+    argv = python_tool(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGXCPU)")
+    with pytest.raises(ToolCrashed, match="stopped: it used up its CPU time limit"):
+        run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30)
+
+
+def test_non_zero_exit_fails_with_the_tail_of_stderr(sandbox_mode: str, tmp_path: Path) -> None:
     argv = python_tool(
         tmp_path,
         """
@@ -163,12 +195,12 @@ def test_non_zero_exit_fails_with_the_tail_of_stderr(tmp_path: Path) -> None:
         """,
     )
     with pytest.raises(ToolCrashed, match="status 3") as failure:
-        run_tool(argv, {}, timeout_secs=30)
+        run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=30)
     assert "log line 1999" in str(failure.value)
     assert "log line 10\n" not in str(failure.value)
 
 
-def test_the_tool_gets_its_input_and_a_clean_environment(tmp_path: Path) -> None:
+def test_the_tool_gets_its_input_and_a_clean_environment(sandbox_mode: str, tmp_path: Path) -> None:
     argv = python_tool(
         tmp_path,
         """
@@ -179,7 +211,7 @@ def test_the_tool_gets_its_input_and_a_clean_environment(tmp_path: Path) -> None
     )
     os.environ["SKILLQ_TEST_SECRET"] = "leak"
     try:
-        run = run_tool(argv, {"big": "x" * 300_000}, timeout_secs=30)
+        run = run_in(sandbox_mode, tmp_path, argv, {"big": "x" * 300_000}, timeout_secs=30)
     finally:
         del os.environ["SKILLQ_TEST_SECRET"]
     assert run.result["input"] == {"big": "x" * 300_000}
@@ -188,23 +220,49 @@ def test_the_tool_gets_its_input_and_a_clean_environment(tmp_path: Path) -> None
     assert not Path(run.result["cwd"]).exists()  # the working folder is removed
 
 
-def test_kill_running_cancels_the_tool_of_a_job(tmp_path: Path) -> None:
-    argv = python_tool(tmp_path, "import time; time.sleep(300)")
+def test_kill_running_cancels_the_tool_of_a_job(sandbox_mode: str, tmp_path: Path) -> None:
+    marker = sleep_marker()
+    argv = python_tool(tmp_path, f"import os; os.execvp('sleep', ['sleep', {marker!r}])")
     outcome: list[BaseException] = []
 
     def run() -> None:
         try:
-            run_tool(argv, {}, timeout_secs=120, job_id="job-1")
+            run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=120, job_id="job-1")
         except BaseException as error:
             outcome.append(error)
 
     thread = threading.Thread(target=run)
     thread.start()
     wait_for(lambda: "job-1" in running_jobs(), what="the tool to start")
+    (tool_pid,) = wait_for(lambda: host_processes(marker), what="the tool's process")
     assert kill_running("job-1")
     thread.join(timeout=30)
     assert isinstance(outcome[0], ToolCancelled)
     assert not kill_running("job-1")
+    wait_for(lambda: process_gone(tool_pid), timeout=10, what="the cancelled tool to be killed")
+
+
+def test_an_explicit_bwrap_that_cannot_run_refuses_to_start_the_tool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No quiet fallback: `skills.sandbox = "bwrap"` without a working bwrap runs nothing."""
+    from skillq.engine import bubblewrap
+
+    broken = bubblewrap.BwrapProbe(None, False, "bwrap is not installed")
+    monkeypatch.setattr(bubblewrap, "probe_bwrap", lambda: broken)
+    marker = tmp_path / "ran"
+    argv = python_tool(tmp_path, f"open({str(marker)!r}, 'w').write('ran'); print('{{}}')")
+    with pytest.raises(SandboxUnavailable, match="bwrap cannot run here: bwrap is not installed"):
+        run_in("bwrap", tmp_path, argv, {}, timeout_secs=30)
+    assert not marker.exists()
+    assert run_in("auto", tmp_path, argv, {}, timeout_secs=30).result == {}  # auto: process
+    assert marker.exists()
+    status = bubblewrap.status("auto")
+    assert (status.mode, status.usable) == ("process", True)
+    assert "bwrap cannot run here (bwrap is not installed)" in status.describe()
+    status = bubblewrap.status("bwrap")
+    assert (status.mode, status.usable) == ("bwrap", False)
+    assert "skill tools will refuse to run" in status.describe()
 
 
 @pytest.mark.parametrize("name", ["../skills", "..", "/etc", "a/b", "", ".hidden", "x" * 65])

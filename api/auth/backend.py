@@ -7,7 +7,7 @@
 
 No credential at all leaves `request.user` unauthenticated, so open routes (probes) still
 work and protected ones answer 401 themselves; a credential that is present but wrong is
-refused here with 401 (or 503 when the identity provider cannot be reached).
+refused here with 401 (or 503 when the identity provider or the key store cannot be reached).
 """
 
 from __future__ import annotations
@@ -23,26 +23,26 @@ from starlette.authentication import (
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from skillq.api.auth.oidc import OidcVerifier, ProviderUnavailable
+from skillq.api.errors import CHALLENGE, error_response
 from skillq.api.principal import LOCAL, AuthenticatedPrincipal, Principal
+from skillq.errors import ServiceUnavailable, Unauthorized
 from skillq.settings import Settings
 from skillq.storage import api_keys
-from skillq.storage.database import connection
+from skillq.storage.database import STORE_OUTAGES, connection
 from skillq.tokens import LEEWAY_SECS, ROLES_CLAIM, JwtVerifier, TokenError, roles_of
 
 _MAX_CACHED_KEYS = 10_000
-#: The challenge sent with every 401 (RFC 6750).
-CHALLENGE = 'Bearer realm="skillq"'
 
 
 class InvalidCredentials(AuthenticationError):
     """A credential was sent and is wrong: 401."""
 
 
-class IdentityProviderDown(AuthenticationError):
-    """The OIDC provider could not be asked: 503, the client may retry."""
+class CannotCheckCredentials(AuthenticationError):
+    """The OIDC provider or the API key store could not be asked: 503, the client may retry."""
 
 
 class SkillqAuthBackend(AuthenticationBackend):
@@ -91,7 +91,10 @@ class SkillqAuthBackend(AuthenticationBackend):
         cached = self._keys.get(digest)
         if cached is not None and now - cached[0] < self.key_cache_secs:
             return cached[1]
-        row = await run_in_threadpool(_find_key, key)
+        try:
+            row = await run_in_threadpool(_find_key, key)
+        except STORE_OUTAGES:
+            raise CannotCheckCredentials("the API key store is unavailable") from None
         if row is None:
             self._keys.pop(digest, None)
             raise InvalidCredentials("the API key is unknown or revoked")
@@ -131,7 +134,7 @@ class SkillqAuthBackend(AuthenticationBackend):
         except TokenError as error:
             raise InvalidCredentials(str(error)) from None
         except ProviderUnavailable as error:
-            raise IdentityProviderDown(f"the identity provider is unavailable: {error}") from None
+            raise CannotCheckCredentials(f"the identity provider is unavailable: {error}") from None
         if not isinstance(subject, str) or not subject:
             raise InvalidCredentials("the token names no user")
         principal = Principal(subject=subject, roles=roles_of(roles), method=method)
@@ -150,12 +153,10 @@ def build_auth_backend(settings: Settings) -> AuthenticationBackend:
 
 
 def on_auth_error(conn: HTTPConnection, error: Exception) -> Response:
-    """401 (or 503) in the error envelope, with the `WWW-Authenticate` challenge."""
-    if isinstance(error, IdentityProviderDown):
-        body = {"error": {"code": "service_unavailable", "message": str(error), "details": None}}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    """401 (or 503) in the error envelope; a 401 says why in its `WWW-Authenticate`."""
+    if isinstance(error, CannotCheckCredentials):
+        return error_response(ServiceUnavailable(str(error)), headers={"Retry-After": "5"})
     message = str(error)
-    body = {"error": {"code": "unauthorized", "message": message, "details": None}}
     quoted = message.replace("\\", "").replace('"', "'")
     challenge = f'{CHALLENGE}, error="invalid_token", error_description="{quoted}"'
-    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
+    return error_response(Unauthorized(message), headers={"WWW-Authenticate": challenge})

@@ -1,8 +1,8 @@
 """How skillq answers a tools/call: a job's outcome, a job handle, or a tool error.
 
 A tool error is a result with `isError` (the model sees it and can correct itself), never a
-JSON-RPC error or a dropped connection: bad arguments, an unknown job, a failed job all
-come back this way, with the same error codes as the REST envelope.
+JSON-RPC error or a dropped connection: a failed or cancelled job comes back this way
+(below), and so do bad arguments and unknown jobs (`skillq.api.mcp.errors.tool_error`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 import mcp_types as types
 
-from skillq.errors import SkillqError
 from skillq.jobs.fields import job_to_dict
 from skillq.storage import Job, JobState
 
@@ -28,17 +27,6 @@ def _text(value: Any) -> list[types.TextContent]:
 def data_result(data: dict[str, Any]) -> types.CallToolResult:
     """An immediate tool's answer: the data as structured content and as JSON text."""
     return types.CallToolResult(content=_text(data), structured_content=data)
-
-
-def error_result(error: SkillqError) -> types.CallToolResult:
-    lines = [f"{error.code}: {error.message}"]
-    for detail in error.details or []:
-        if isinstance(detail, dict):
-            lines.append(f"  {detail.get('path', '')}: {detail.get('message', '')}")
-    body = {"code": error.code, "message": error.message, "details": error.details}
-    return types.CallToolResult(
-        content=_text("\n".join(lines)), structured_content={"error": body}, is_error=True
-    )
 
 
 def follow_hints(job_id: str) -> dict[str, Any]:

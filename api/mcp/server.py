@@ -21,8 +21,9 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 
 from skillq.api.mcp.catalogue import JobTool
+from skillq.api.mcp.errors import tool_error
 from skillq.api.mcp.job_calls import call_job_tool
-from skillq.api.mcp.results import data_result, error_result, handle_result
+from skillq.api.mcp.results import data_result, handle_result
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.mcp.tasks import (
     SERVER_TASKS_CAPABILITY,
@@ -78,12 +79,12 @@ class ToolCalls:
         try:
             return await self._call(ctx, params)
         except SkillqError as error:
-            return error_result(error)
+            return tool_error(error)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception:
             logger.exception("Tool %r failed unexpectedly.", params.name)
-            return error_result(SkillqError("the tool failed unexpectedly; see the server log"))
+            return tool_error(SkillqError("the tool failed unexpectedly; see the server log"))
 
     async def _call(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams):
         runtime = self.runtime

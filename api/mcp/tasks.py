@@ -14,7 +14,9 @@ SDK 2.3.0 ships task *types* only, so the protocol surface is ours:
   the inlined result or error; `tasks/cancel` acknowledges with an empty result.
 
 Status: pending/running → working, completed → completed, failed → failed, cancelled →
-cancelled. Unknown ids and other owners' ids get the same -32602 answer.
+cancelled. Unknown ids and other owners' ids get the same -32602 answer. Every handler
+raises skillq's errors; `skillq.api.mcp.errors` turns them into JSON-RPC errors (a store
+or broker outage is -32603 with `data.code` `service_unavailable`, never invalid params).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from skillq.api.mcp.catalogue import JobTool
+from skillq.api.mcp.errors import answers_protocol_errors, protocol_error
 from skillq.api.mcp.job_calls import follow, submission, submit
 from skillq.api.mcp.results import outcome_result
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.principal import Principal
-from skillq.errors import NotFound, SkillqError
+from skillq.errors import Forbidden, InvalidParams, NotFound, SkillqError
 from skillq.jobs.fields import iso
 from skillq.storage import Job, JobState
 
@@ -122,17 +125,18 @@ class TaskHandlers:
         self.runtime = runtime
 
     def register(self, server: Any) -> None:
-        server.add_request_handler("tasks/get", types.GetTaskRequestParams, self.get)
-        server.add_request_handler("tasks/result", types.GetTaskPayloadRequestParams, self.result)
-        server.add_request_handler("tasks/cancel", types.CancelTaskRequestParams, self.cancel)
-        server.add_request_handler("tasks/list", types.PaginatedRequestParams, self.list)
+        handlers = [
+            ("tasks/get", types.GetTaskRequestParams, self.get),
+            ("tasks/result", types.GetTaskPayloadRequestParams, self.result),
+            ("tasks/cancel", types.CancelTaskRequestParams, self.cancel),
+            ("tasks/list", types.PaginatedRequestParams, self.list),
+        ]
+        for method, params_type, handler in handlers:
+            server.add_request_handler(method, params_type, answers_protocol_errors(handler))
         server.extensions[TASKS_EXTENSION] = {}
 
     def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
-        try:
-            return self.runtime.caller(ctx)
-        except SkillqError as error:
-            raise MCPError(code=types.INVALID_PARAMS, message=error.message) from None
+        return self.runtime.caller(ctx)
 
     async def _job(self, ctx: ServerRequestContext[Any, Any], task_id: str) -> Job:
         coordinator = self.runtime.coordinator
@@ -140,7 +144,7 @@ class TaskHandlers:
         try:
             return await anyio.to_thread.run_sync(lambda: coordinator.get_job(task_id, owner=owner))
         except NotFound:
-            raise MCPError(code=types.INVALID_PARAMS, message=f"no task {task_id!r}") from None
+            raise NotFound(f"no task {task_id!r}") from None
 
     async def get(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         job = await self._job(ctx, params.task_id)
@@ -172,18 +176,14 @@ class TaskHandlers:
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         job = await self._job(ctx, params.task_id)
         if not self._caller(ctx).can_submit:
-            raise MCPError(code=types.INVALID_PARAMS, message="this principal cannot cancel jobs")
-        coordinator = self.runtime.coordinator
-        try:
-            job = await anyio.to_thread.run_sync(coordinator.cancel_job, job.id)
-        except SkillqError as error:
-            raise MCPError(code=types.INVALID_PARAMS, message=error.message) from None
+            raise Forbidden("this principal cannot cancel jobs")
+        job = await anyio.to_thread.run_sync(self.runtime.coordinator.cancel_job, job.id)
         return {} if is_modern(ctx) else task_fields(job)
 
     async def list(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         cursor = params.cursor or "0"
         if not cursor.isdigit():
-            raise MCPError(code=types.INVALID_PARAMS, message=f"invalid cursor {cursor!r}")
+            raise InvalidParams(f"invalid cursor {cursor!r}")
         offset = int(cursor)
         owner = self._caller(ctx).owner_filter
         coordinator = self.runtime.coordinator
@@ -213,13 +213,11 @@ class TaskAugmentedCalls:
         try:
             tool = self.runtime.catalogue.find(name if isinstance(name, str) else "")
             if not isinstance(tool, JobTool):
-                message = f"{name!r} answers at once and does not run as a task"
-                raise MCPError(code=types.INVALID_PARAMS, message=message)
+                raise InvalidParams(f"{name!r} answers at once and does not run as a task")
             request = submission(tool, arguments, params)
             job = await submit(self.runtime.coordinator, self.runtime.caller(ctx), request)
         except SkillqError as error:
-            data = {"code": error.code, "details": error.details}
-            raise MCPError(code=types.INVALID_PARAMS, message=error.message, data=data) from None
+            raise protocol_error(error) from None
         return {"task": task_fields(job)}
 
 

@@ -1,7 +1,8 @@
 """`skillq auth`: API keys (create, list, revoke) and locally minted JWTs.
 
 A key is printed once, at creation, and only its digest is stored; `list` shows names,
-roles and dates, never a key.
+roles and dates, never a key. Errors are raised and end the command with
+`skillq.cli.exit_status`'s status.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Annotated
 import peewee
 import typer
 
-from skillq.settings import Settings, SettingsError, load_settings, settings_error_exit
+from skillq.errors import Conflict, InvalidParams, InvalidRequest, NotFound
+from skillq.settings import Settings, load_settings
 
 ROLE_NAMES = ("admin", "submitter", "viewer")
 _TTL = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>[smhd]?)")
@@ -26,10 +28,7 @@ auth_app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as error:
-        settings_error_exit(error)
+    return load_settings()
 
 
 def _open_store() -> None:
@@ -43,8 +42,7 @@ def _open_store() -> None:
 
 def _check_role(role: str) -> str:
     if role not in ROLE_NAMES:
-        typer.echo(f"error: --role must be one of {', '.join(ROLE_NAMES)} (got {role!r})", err=True)
-        raise typer.Exit(2)
+        raise InvalidParams(f"--role must be one of {', '.join(ROLE_NAMES)} (got {role!r})")
     return role
 
 
@@ -66,14 +64,12 @@ def api_key_create(
 
     _check_role(role)
     if not name.strip() or len(name) > 200:
-        typer.echo("error: NAME must be 1-200 characters", err=True)
-        raise typer.Exit(2)
+        raise InvalidParams("NAME must be 1-200 characters")
     _open_store()
     try:
         _, key = create_key(name, role)
     except peewee.IntegrityError:
-        typer.echo(f"error: an API key named {name!r} exists (names are never reused)", err=True)
-        raise typer.Exit(4) from None
+        raise Conflict(f"an API key named {name!r} exists (names are never reused)") from None
     typer.echo(key)
 
 
@@ -84,8 +80,7 @@ def api_key_revoke(name: Annotated[str, typer.Argument(help="The key's name.")])
 
     _open_store()
     if not revoke_key(name):
-        typer.echo(f"error: no active API key named {name!r}", err=True)
-        raise typer.Exit(3)
+        raise NotFound(f"no active API key named {name!r}")
     typer.echo(f"revoked {name}")
 
 
@@ -116,5 +111,4 @@ def token_create(
         ttl_secs = None if ttl is None else parse_ttl(ttl)
         typer.echo(mint_token(settings.auth.jwt, sub, roles, ttl_secs))
     except ValueError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise InvalidRequest(str(error)) from None

@@ -3,7 +3,8 @@ the store's schema.
 
 Commands that touch jobs go through the same coordinator as the REST API. `--settings`
 is exported as `SKILLQ_SETTINGS`, so every child process and `import actors` read the
-same file.
+same file. Commands raise skillq's errors; `main` ends any of them with the exit status
+of `skillq.cli.exit_status`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,8 +21,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from skillq.cli.auth import auth_app
-from skillq.errors import SkillqError
-from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings, settings_error_exit
+from skillq.cli.exit_status import JOB_NOT_COMPLETED, report
+from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
+from skillq.errors import InvalidRequest, ServiceUnavailable, SkillqError
+from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="skillq: background jobs for AI tool servers.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=True)
@@ -31,42 +35,23 @@ app.add_typer(auth_app, name="auth")
 workers_app = typer.Typer(help="The worker processes in the registry.", no_args_is_help=True)
 app.add_typer(workers_app, name="workers")
 
-#: Exit status per error class, for scripts that call the CLI.
-EXIT_CODES = {
-    "invalid_request": 2,
-    "invalid_params": 2,
-    "unknown_job_type": 2,
-    "not_found": 3,
-    "conflict": 4,
-    "service_unavailable": 5,
-}
-
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as error:
-        settings_error_exit(error)
-
-
-def _fail(error: SkillqError) -> NoReturn:
-    typer.echo(f"error: {error.message}", err=True)
-    for detail in error.details or []:
-        typer.echo(f"  {detail.get('path', '')}: {detail.get('message', '')}", err=True)
-    raise typer.Exit(EXIT_CODES.get(error.code, 1))
+    return load_settings()
 
 
 @app.callback()
 def configure(
+    ctx: typer.Context,
     settings: Annotated[
         Path | None, typer.Option("--settings", help="Settings file (else $SKILLQ_SETTINGS).")
     ] = None,
 ) -> None:
-    # Fail on bad settings here, with one line, before any command does work.
-    try:
-        load_settings(settings)
-    except SettingsError as error:
-        settings_error_exit(error)
+    # Fail on bad settings here (one line, exit 2: see `main`), before any command does work;
+    # a schedule that could never fire is a bad setting too, for every command.
+    loaded = load_settings(settings)
+    if ctx.invoked_subcommand not in CHECKED_ON_IMPORT:
+        refuse_bad_schedules(loaded)
     if settings is not None:
         os.environ[ENV_VAR] = str(settings.resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -172,9 +157,16 @@ def scheduler() -> None:
     """Run the periodiq scheduler that enqueues periodic jobs."""
     import periodiq
 
+    # periodiq leaves SIGTERM at its default, which ends the process without running exit
+    # hooks (truncating the SQLite WALs among them); stop it as a clean exit instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     # periodiq has no `python -m` entry; its console entry point reads sys.argv.
     sys.argv = ["periodiq", "skillq.actors"]
     periodiq.entrypoint()
+
+
+def _exit_on_signal(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(0)
 
 
 @workers_app.command("status")
@@ -230,23 +222,20 @@ def jobs_submit(
     try:
         parsed_params = json.loads(params)
     except json.JSONDecodeError as error:
-        _fail(SkillqError(f"--params is not valid JSON: {error}"))
+        raise InvalidRequest(f"--params is not valid JSON: {error}") from None
     request: dict[str, Any] = {"type": job_type, "params": parsed_params}
     if priority is not None:
         request["priority"] = int(priority) if priority.isdigit() else priority
     coordinator = _coordinator()
-    try:
-        # The CLI is the operator's, beside the store and the settings: as an admin.
-        job = coordinator.submit_job(request, any_owner=True).job
-    except SkillqError as error:
-        _fail(error)
+    # The CLI is the operator's, beside the store and the settings: as an admin.
+    job = coordinator.submit_job(request, any_owner=True).job
     if not wait:
         typer.echo(job.id)
         return
     job = _wait_for(coordinator, job.id)
     typer.echo(json.dumps(job_to_dict(job), indent=2))
     if job.state != "completed":
-        raise typer.Exit(1)
+        raise typer.Exit(JOB_NOT_COMPLETED)
 
 
 def _wait_for(coordinator: Any, job_id: str) -> Any:
@@ -273,10 +262,7 @@ def jobs_list(
     from rich.console import Console
     from rich.table import Table
 
-    try:
-        page = _coordinator().list_jobs(states=state, types=job_type, limit=limit, offset=offset)
-    except SkillqError as error:
-        _fail(error)
+    page = _coordinator().list_jobs(states=state, types=job_type, limit=limit, offset=offset)
     table = Table("id", "type", "state", "progress", "attempts", "created")
     for job in page.jobs:
         progress = "" if job.progress is None else f"{job.progress:.0%}"
@@ -293,10 +279,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     from skillq.jobs.fields import job_to_dict
 
     coordinator = _coordinator()
-    try:
-        job = coordinator.get_job(job_id)
-    except SkillqError as error:
-        _fail(error)
+    job = coordinator.get_job(job_id)
     position = coordinator.position_in_queue(job)
     typer.echo(json.dumps(job_to_dict(job, position_in_queue=position), indent=2))
 
@@ -306,10 +289,7 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Cancel a job: a pending one at once, a running one by its worker (within a second)."""
     from skillq.jobs.fields import job_to_dict
 
-    try:
-        job = _coordinator().cancel_job(job_id)
-    except SkillqError as error:
-        _fail(error)
+    job = _coordinator().cancel_job(job_id)
     typer.echo(json.dumps(job_to_dict(job), indent=2))
 
 
@@ -373,4 +353,15 @@ _register_skill_engine()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (SkillqError, SettingsError) as error:
+        sys.exit(report(error))
+    except Exception as error:
+        # Commands that open the store themselves (db, auth, workers) meet its driver's errors.
+        from skillq.storage.database import STORE_OUTAGES
+
+        if not isinstance(error, STORE_OUTAGES):
+            raise
+        problem = " ".join(str(error).split())
+        sys.exit(report(ServiceUnavailable(f"the job store is unavailable: {problem}")))

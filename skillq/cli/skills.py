@@ -7,7 +7,8 @@ to follow it instead. `search` and `skills ...` read the files directly: no job 
 
 The CLI is the operator's (it reads the settings and the store directly), so it acts as an
 admin: its jobs are owned by `local`, and `index`/`search` take `--owner` to reach another
-owner's collection.
+owner's collection. Errors are raised and end the command with `skillq.cli.exit_status`'s
+status.
 """
 
 from __future__ import annotations
@@ -15,35 +16,24 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from skillq.errors import InvalidRequest, SkillqError
+from skillq.cli.exit_status import JOB_NOT_COMPLETED
+from skillq.errors import InvalidRequest, NotFound
 
 skills_app = typer.Typer(help="The skills found under skills.paths.", no_args_is_help=True)
 
-#: Exit status per error code, as in `skillq.cli.main`.
-_EXIT_CODES = {"not_found": 3, "conflict": 4, "service_unavailable": 5}
 _OWNER_HELP = "Whose collection (default: local, the owner of the CLI's jobs)."
 _TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".markdown"}
 
 
-def _fail(error: SkillqError) -> NoReturn:
-    typer.echo(f"error: {error.message}", err=True)
-    for detail in error.details or []:
-        typer.echo(f"  {detail.get('path', '')}: {detail.get('message', '')}", err=True)
-    raise typer.Exit(_EXIT_CODES.get(error.code, 2))
-
-
 def _settings() -> Any:
     """Just the settings: listing skills or searching needs no broker or job store."""
-    from skillq.settings import SettingsError, load_settings, settings_error_exit
+    from skillq.settings import load_settings
 
-    try:
-        return load_settings()
-    except SettingsError as error:
-        settings_error_exit(error)
+    return load_settings()
 
 
 def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
@@ -53,10 +43,7 @@ def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
     from skillq.jobs.fields import job_to_dict
 
     coordinator = JobCoordinator(actors.broker, actors.settings)
-    try:
-        job = coordinator.submit_job({"type": job_type, "params": params}, any_owner=True).job
-    except SkillqError as error:
-        _fail(error)
+    job = coordinator.submit_job({"type": job_type, "params": params}, any_owner=True).job
     if background:
         typer.echo(job.id)
         typer.echo(f"follow it with: skillq jobs show {job.id}", err=True)
@@ -75,14 +62,14 @@ def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
         typer.echo(json.dumps(job.result, indent=2))
         return
     typer.echo(json.dumps(job_to_dict(job), indent=2))
-    raise typer.Exit(1)
+    raise typer.Exit(JOB_NOT_COMPLETED)
 
 
 def _json_option(raw: str, name: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as error:
-        _fail(InvalidRequest(f"{name} is not valid JSON: {error}"))
+        raise InvalidRequest(f"{name} is not valid JSON: {error}") from None
 
 
 @skills_app.command("list")
@@ -110,10 +97,7 @@ def skills_show(name: Annotated[str, typer.Argument(help="Skill name.")]) -> Non
     """Show one skill, its tools and their input schemas, as JSON."""
     from skillq.engine.skills import SkillLibrary
 
-    try:
-        skill = SkillLibrary(_settings().skills.paths).find(name)
-    except SkillqError as error:
-        _fail(error)
+    skill = SkillLibrary(_settings().skills.paths).find(name)
     typer.echo(json.dumps(skill.to_dict(), indent=2))
 
 
@@ -122,13 +106,9 @@ def skills_examples(name: Annotated[str, typer.Argument(help="Skill name.")]) ->
     """Show the stored example inputs of a skill (made by `skillq enhance NAME`)."""
     from skillq.engine.examples import ExampleStore
 
-    try:
-        stored = ExampleStore(_settings().skills.examples_dir).load(name)
-    except SkillqError as error:
-        _fail(error)
+    stored = ExampleStore(_settings().skills.examples_dir).load(name)
     if not stored.get("tools"):
-        typer.echo(f"no examples for {name!r} yet; make some with: skillq enhance {name}", err=True)
-        raise typer.Exit(3)
+        raise NotFound(f"no examples for {name!r} yet; make some with: skillq enhance {name}")
     typer.echo(json.dumps(stored, indent=2))
 
 
@@ -147,7 +127,7 @@ def read_documents(source: Path) -> list[dict[str, Any]]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         parsed = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        _fail(InvalidRequest(f"cannot read documents from {source}: {error}"))
+        raise InvalidRequest(f"cannot read documents from {source}: {error}") from None
     return parsed.get("documents", []) if isinstance(parsed, dict) else parsed
 
 
@@ -186,10 +166,7 @@ def search(
 
     search_settings = _settings().search
     collections = Collections(search_settings.path, embedder_from_settings(search_settings))
-    try:
-        hits = collections.search(collection, query, k, owner=owner or LEGACY_OWNER)
-    except SkillqError as error:
-        _fail(error)
+    hits = collections.search(collection, query, k, owner=owner or LEGACY_OWNER)
     typer.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))
 
 

@@ -1,12 +1,15 @@
 """Runs a skill's tool as a sandboxed subprocess: JSON in on stdin, JSON out on stdout.
 
-As far as a plain process allows:
+Isolation comes in two modes (`skillq.engine.bubblewrap` builds the first and says which
+one applies): ``bwrap``, Linux namespaces through bubblewrap (own PID and network
+namespaces, a read-only view of only the interpreter and the skill's folder), and
+``process``, a plain process. Both modes also get:
 
 - its own process group (session), killed as a whole on timeout, cancel, or when the tool's
-  main process exits, so nothing it started outlives it;
-- resource limits set in the child before the tool's command starts (CPU seconds, address
-  space, file size, processes), through a tiny launcher so that no Python code runs between
-  fork and exec in our multi-threaded worker;
+  main process exits (in bwrap mode the whole PID namespace dies with it, `setsid` or not);
+- resource limits set in the child before the tool's command (or bwrap) starts (CPU seconds,
+  address space, file size, processes), through a tiny launcher so that no Python code runs
+  between fork and exec in our multi-threaded worker;
 - a clean environment (PATH, HOME and TMPDIR pointing at a fresh temporary working folder
   that is removed afterwards), and a cap on the bytes read from stdout.
 
@@ -32,7 +35,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from skillq.engine import bubblewrap
+from skillq.engine.bubblewrap import Isolation
 
 PROGRESS_PREFIX = b"PROGRESS "
 STDERR_TAIL_BYTES = 4096
@@ -86,6 +93,10 @@ class ToolCrashed(ToolFailed):
 
 class ToolBadOutput(ToolFailed):
     """stdout was not one JSON document, or was larger than the cap."""
+
+
+class SandboxUnavailable(ToolFailed):
+    """`skills.sandbox` asks for bwrap and bwrap cannot run here: the tool is not started."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +212,8 @@ class _Stderr:
 
 def _describe_exit(code: int, stderr: str) -> str:
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals else str(-code)
+        # `int in signal.Signals` raises TypeError before Python 3.12.
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
         why = {
             "SIGXCPU": "it used up its CPU time limit",
             "SIGKILL": "killed (SIGKILL), e.g. by the out-of-memory killer",
@@ -222,13 +234,21 @@ def run_tool(
     limits: Limits | None = None,
     job_id: str | None = None,
     on_progress: ProgressCallback | None = None,
+    isolation: Isolation | None = None,
 ) -> ToolRun:
     """Runs `argv` with `input` as JSON on stdin and returns its stdout parsed as JSON.
 
+    `isolation` says which sandbox (default: bwrap when it works here, else a plain process)
+    and what the tool may read besides the interpreter: in bwrap mode a script outside
+    `isolation.readable` does not exist for the tool.
+
     Raises a `ToolFailed` subclass when it times out, is cancelled, exits non-zero or
-    prints something other than one JSON document.
+    prints something other than one JSON document, and `SandboxUnavailable` when bwrap is
+    required but cannot run.
     """
     limits = limits or Limits()
+    isolation = isolation or Isolation()
+    mode = bubblewrap.resolve_mode(isolation.mode)
     payload = json.dumps(input).encode()
     # A backstop, not the timeout: all cores busy for the whole wall-clock timeout fit in it.
     cpu_secs = int(timeout_secs * (os.cpu_count() or 1)) + 1
@@ -237,7 +257,7 @@ def run_tool(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="skillq-tool-", ignore_cleanup_errors=True) as work:
         process = subprocess.Popen(
-            [*launcher, *argv],
+            [*launcher, *_confinement(mode, isolation, Path(work)), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -265,9 +285,24 @@ def run_tool(
     duration = time.monotonic() - started
     if run.cancelled:
         raise ToolCancelled("the tool was cancelled")
-    if process.returncode != 0:
-        raise ToolCrashed(_describe_exit(process.returncode, tail))
+    code = process.returncode
+    if mode == "bwrap" and code > 128 and code - 128 in signal.valid_signals():
+        code = 128 - code  # bwrap reports a tool killed by signal N as exit status 128 + N
+    if code != 0:
+        raise ToolCrashed(_describe_exit(code, tail))
     return ToolRun(_parse_output(bytes(stdout)), duration, tail)
+
+
+def _confinement(mode: str, isolation: Isolation, work: Path) -> list[str]:
+    """What the launcher execs before the tool: nothing, or bwrap and its arguments."""
+    if mode == "process":
+        return []
+    probe = bubblewrap.probe_bwrap()
+    if not probe.works or probe.path is None:
+        raise SandboxUnavailable(
+            f"skills.sandbox is 'bwrap' but bwrap cannot run here: {probe.problem}"
+        )
+    return bubblewrap.command(probe.path, isolation, work, no_nested_userns=probe.no_nested_userns)
 
 
 def _communicate(

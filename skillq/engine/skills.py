@@ -9,6 +9,7 @@
         command = ["{python}", "{skill_dir}/word_count.py"]
         timeout_secs = 10
         kind = "fast"                   # fast | long
+        network = false                 # true: the tool may use the network (bwrap sandbox)
         [tools.input_schema]            # JSON Schema of the JSON the tool reads on stdin
         type = "object"
 
@@ -30,7 +31,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from skillq.errors import InvalidParams, NotFound, SkillqError
+from skillq.errors import InvalidParams, NotFound
 
 MANIFEST = "skill.toml"
 #: Skill and tool names: a letter or digit, then letters, digits, `_`, `-`, `.`; never `..`.
@@ -39,10 +40,11 @@ _NAME = re.compile(NAME_PATTERN)
 KINDS = ("fast", "long")
 
 
-class SkillError(SkillqError):
-    """A `skill.toml` that cannot be used; the message names the file and the key."""
+class SkillError(InvalidParams):
+    """A `skill.toml` that cannot be used; the message names the file and the key.
 
-    status_code = 422
+    Every surface answers it as it answers `InvalidParams` (REST 422), with its own code."""
+
     code = "invalid_skill"
 
 
@@ -54,6 +56,8 @@ class Tool:
     command: tuple[str, ...]
     timeout_secs: float
     kind: str
+    #: Whether the sandbox leaves the tool the host's network (bwrap mode; see the README).
+    network: bool = False
 
     @functools.cached_property
     def validator(self) -> Draft202012Validator:
@@ -67,6 +71,7 @@ class Tool:
             "description": self.description,
             "kind": self.kind,
             "timeout_secs": self.timeout_secs,
+            "network": self.network,
             "input_schema": self.input_schema,
             "command": list(self.command),
         }
@@ -158,7 +163,11 @@ def _load_tool(raw: Any, where: str) -> Tool:
     kind = raw.get("kind", "fast")
     if kind not in KINDS:
         raise SkillError(f"{where}: kind must be one of {', '.join(KINDS)}")
-    unknown = set(raw) - {"name", "description", "command", "input_schema", "timeout_secs", "kind"}
+    network = raw.get("network", False)
+    if not isinstance(network, bool):
+        raise SkillError(f"{where}: network must be true or false")
+    known = {"name", "description", "command", "input_schema", "timeout_secs", "kind", "network"}
+    unknown = set(raw) - known
     if unknown:
         raise SkillError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
     return Tool(
@@ -168,6 +177,7 @@ def _load_tool(raw: Any, where: str) -> Tool:
         command=tuple(command),
         timeout_secs=float(timeout),
         kind=kind,
+        network=network,
     )
 
 

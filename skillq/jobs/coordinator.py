@@ -253,13 +253,13 @@ class JobCoordinator:
         self.broker.enqueue(self._message(job, job_type))
 
     def _message(self, job: Job, job_type: JobType) -> dramatiq.Message:
-        time_limit_secs = job_type.time_limit_secs or self.settings.workers.job_timeout_secs
+        # No time limit: the worker that runs the job applies its job type's, else its own
+        # `workers.job_timeout_secs`, so a job queued under other settings follows the worker's.
         actor = self.broker.get_actor(job_type.name)
         return actor.message_with_options(
             kwargs=job.params,
             **{JOB_ID_OPTION: job.id},
             max_retries=job.max_retries,
-            time_limit=int(time_limit_secs * 1000),
             broker_priority=job.priority,
         )
 

@@ -20,6 +20,7 @@ from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
 from skillq.brokers.job_status import current_worker_id
+from skillq.errors import SkillqError
 from skillq.jobs.coordinator import JobCoordinator, schema_errors
 from skillq.jobs.types import job_types_of
 from skillq.settings import ScheduleSettings, Settings, SettingsError
@@ -87,6 +88,13 @@ def check_schedules(broker: dramatiq.Broker, settings: Settings) -> None:
         if details:
             problem = f"{details[0]['message']} (at {details[0]['path']})"
             raise SettingsError(problem, f"schedules[{i}].params", settings.source)
+        if job_type.params_check is not None:
+            # What a schema cannot say, as at submission: e.g. a skill or tool that is not there.
+            try:
+                job_type.params_check(schedule.params)
+            except SkillqError as error:
+                key = f"schedules[{i}].params"
+                raise SettingsError(error.message, key, settings.source) from None
 
 
 def declare_schedules(broker: dramatiq.Broker, settings: Settings) -> list[dramatiq.Actor]:

@@ -12,7 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import Middleware
 from jsonschema import Draft202012Validator
+
+#: Actor options that make an actor a job type, read back by `job_types_of`.
+JOB_TYPE_OPTIONS = frozenset({"params_schema", "description", "params_check", "owner_param"})
+
+
+class JobTypeOptions(Middleware):
+    """Lets actors declare themselves job types (`params_schema=...`, `description=...`,
+    `params_check=...`): Dramatiq refuses actor options no middleware declares, and this
+    catalogue is what reads these."""
+
+    @property
+    def actor_options(self) -> set[str]:
+        return set(JOB_TYPE_OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def test_retries_without_backoff_all_run(make_broker, tmp_path):
     finally:
         worker.stop()
     assert len(runs) == 4
-    (dead,) = broker.dead_letters("q")
+    (dead,) = broker.dead_letters
     assert dead.options["retries"] == 4
 
 
@@ -185,12 +185,12 @@ def test_nacked_message_is_a_dead_letter_until_purged(tmp_path):
     consumer.nack(message)
 
     broker.join("q", timeout=1000)  # a dead letter is not pending work
-    (dead,) = broker.dead_letters("q")
+    (dead,) = broker.dead_letters
     assert (dead.message_id, dead.options["why"]) == (message.message_id, "rejected")
     assert broker.purge_dead_letters(older_than_secs=3600) == 0
     time.sleep(0.01)
     assert broker.purge_dead_letters(older_than_secs=0) == 1
-    assert broker.dead_letters("q") == []
+    assert broker.dead_letters == []
 
 
 def test_ack_deletes_only_the_claimed_row(tmp_path):

@@ -1,0 +1,194 @@
+"""The consuming side of our SQLite broker: atomic batch claims, leases, prompt wake-ups.
+
+Apart from the broker (`skillq.brokers.sqlite`) because the two change for different
+reasons: the broker decides what a row is (schema, enqueue, dead letters, leases kept
+alive), the consumer how rows are taken and given back as fast as dramatiq's worker asks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.common import current_millis
+from dramatiq.message import Message
+
+if TYPE_CHECKING:
+    from skillq.brokers.sqlite import SQLiteBroker, SQLiteConnection
+
+#: How often an idle consumer looks for commits by other processes (``PRAGMA data_version``).
+IDLE_POLL_SECS = 0.005
+#: ``__next__`` returns None at least this often so dramatiq's consumer loop can do housekeeping.
+MAX_BLOCK_SECS = 0.1
+#: An idle consumer runs the claim query at least this often even if nothing seems to change.
+RECHECK_SECS = 1.0
+#: Most rows claimed per round trip, so one consumer cannot empty a queue into its memory.
+MAX_BATCH = 32
+
+# A row is claimable when it is queued and due, or when its lease ran out (its owner died).
+# The redundant ``state IN`` term lets SQLite use the partial index.
+_CLAIMABLE = """queue_name = :queue AND state IN ('queued', 'leased')
+    AND ((state = 'queued' AND eta <= :now) OR (state = 'leased' AND lease_expires < :now))"""
+
+
+class LeasedMessage(MessageProxy):
+    """Remembers the exact row claimed, so an ack cannot hit a retry with the same message id."""
+
+    def __init__(self, message: Message, seq: int, owner: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.lease_owner = owner
+
+
+class SQLiteConsumer(Consumer):
+    """Claims rows atomically in batches and sleeps on cheap change checks when idle.
+
+    Thread-safe: dramatiq acks and nacks from its worker threads.
+    """
+
+    def __init__(
+        self,
+        broker: SQLiteBroker,
+        queue_name: str,
+        db: SQLiteConnection,
+        *,
+        prefetch: int,
+        timeout: int,
+    ) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.prefetch = max(prefetch, 1)
+        self.timeout_secs = max(timeout, 0) / 1000
+        self._db = db
+        self._slots = threading.Condition()  # guards _leased; notified when a slot frees up
+        self._leased: set[int] = set()
+        self._ready: deque[LeasedMessage] = deque()
+        self._seen: tuple[int, int] | None = None
+        self._next_check = 0.0
+
+    def __next__(self) -> MessageProxy | None:
+        deadline = time.monotonic() + min(self.timeout_secs, MAX_BLOCK_SECS)
+        while True:
+            if self._ready:
+                return self._ready.popleft()
+            with self._slots:
+                free = self.prefetch - len(self._leased)
+            generation = self.broker.generation
+            if free > 0 and self._worth_claiming(generation):
+                self._claim(free)
+                if self._ready:
+                    return self._ready.popleft()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if free <= 0:
+                with self._slots:
+                    if len(self._leased) >= self.prefetch:
+                        self._slots.wait(remaining)
+            else:
+                self.broker.wait_for_enqueue(generation, min(remaining, IDLE_POLL_SECS))
+
+    def ack(self, message: MessageProxy) -> None:
+        self._finish(message, "DELETE FROM skillq_messages WHERE seq = ? AND lease_owner = ?")
+
+    def nack(self, message: MessageProxy) -> None:
+        """Keep the row as a dead letter, and its exception in memory for ``broker.join``."""
+        self._finish(
+            message,
+            "UPDATE skillq_messages SET state = 'rejected', lease_owner = NULL,"
+            " lease_expires = NULL, message = ?, mtime = ? WHERE seq = ? AND lease_owner = ?",
+            (message.encode(), current_millis()),
+        )
+        self.broker.failures.remember(message.seq, message._exception)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Put rows back where they were (same seq), so a restart does not reorder the queue."""
+        leased = [m for m in messages if isinstance(m, LeasedMessage)]
+        if not leased:
+            return
+        with self._db() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "UPDATE skillq_messages SET state = 'queued', lease_owner = NULL,"
+                " lease_expires = NULL WHERE seq = ? AND lease_owner = ?",
+                [(m.seq, m.lease_owner) for m in leased],
+            )
+            conn.execute("COMMIT")
+        self._release(m.seq for m in leased)
+        self.broker.notify()
+
+    def close(self) -> None:
+        """Return claimed rows dramatiq never saw; the rest stay leased until acked or expired."""
+        unseen = list(self._ready)
+        self._ready.clear()
+        self.requeue(unseen)
+        self._db.close()
+
+    def _worth_claiming(self, generation: int) -> bool:
+        """True when something may have become claimable since the last look.
+
+        ``data_version`` changes when another connection commits, which covers other
+        processes; the generation covers this process without waiting for the next poll;
+        ``_next_check`` covers etas and lease expiries coming due.
+        """
+        with self._db() as conn:
+            (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+        seen = (generation, data_version)
+        if seen == self._seen and time.monotonic() < self._next_check:
+            return False
+        self._seen = seen
+        return True
+
+    def _claim(self, limit: int) -> None:
+        now = current_millis()
+        params = {"queue": self.queue_name, "now": now}
+        with self._db() as conn:
+            # A read first: idle consumers must not take the write lock on every wake-up.
+            probe = f"SELECT 1 FROM skillq_messages WHERE {_CLAIMABLE} LIMIT 1"
+            if conn.execute(probe, params).fetchone():
+                rows = conn.execute(
+                    "UPDATE skillq_messages SET state = 'leased', lease_owner = :owner,"
+                    " lease_expires = :expires, mtime = :now WHERE seq IN (SELECT seq FROM"
+                    f" skillq_messages WHERE {_CLAIMABLE} ORDER BY priority DESC, seq"
+                    " LIMIT :limit) RETURNING seq, priority, message",
+                    {
+                        **params,
+                        "owner": self.broker.lease_owner,
+                        "expires": now + int(self.broker.lease_secs * 1000),
+                        "limit": min(limit, MAX_BATCH),
+                    },
+                ).fetchall()
+            else:
+                rows = []
+            if len(rows) < limit:
+                (due,) = conn.execute(
+                    "SELECT MIN(CASE state WHEN 'queued' THEN eta ELSE lease_expires + 1 END)"
+                    " FROM skillq_messages WHERE queue_name = ? AND state IN ('queued', 'leased')",
+                    (self.queue_name,),
+                ).fetchone()
+                wait = RECHECK_SECS if due is None else max(due - current_millis(), 0) / 1000
+                self._next_check = time.monotonic() + min(wait, RECHECK_SECS)
+            else:
+                self._next_check = 0.0
+        # RETURNING order is unspecified, so restore the claim order here.
+        rows.sort(key=lambda row: (-row[1], row[0]))
+        owner = self.broker.lease_owner
+        with self._slots:
+            self._leased.update(row[0] for row in rows)
+        self._ready.extend(LeasedMessage(Message.decode(bytes(r[2])), r[0], owner) for r in rows)
+
+    def _finish(self, message: MessageProxy, sql: str, extra: tuple = ()) -> None:
+        if not isinstance(message, LeasedMessage):
+            raise TypeError(f"{message!r} was not consumed from {type(self.broker).__name__}")
+        with self._db() as conn:
+            conn.execute(sql, (*extra, message.seq, message.lease_owner))
+        self._release([message.seq])
+
+    def _release(self, seqs: Iterable[int]) -> None:
+        with self._slots:
+            self._leased.difference_update(seqs)
+            self._slots.notify_all()

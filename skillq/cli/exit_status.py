@@ -1,0 +1,56 @@
+"""The CLI's errors: the exit status of each core error, for scripts that call `skillq`.
+
+Commands raise skillq's errors (their own, or the coordinator's); `skillq.cli.main.main`
+catches any that ends a command and `report`s it: one line on stderr (and one per detail),
+then the status from `EXIT_STATUS`, as the README documents it: 2 for a bad request or bad
+settings, 3 not found, 4 conflict, 5 service unavailable, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from skillq.errors import (
+    Conflict,
+    Forbidden,
+    InvalidParams,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    SettingsError,
+    SkillqError,
+    Unauthorized,
+    UnknownJobType,
+    row_of,
+)
+
+#: The exit status of each core error: one row per class of `skillq.errors`.
+EXIT_STATUS: dict[type[Exception], int] = {
+    SkillqError: 1,
+    InvalidRequest: 2,
+    InvalidParams: 2,
+    UnknownJobType: 2,
+    NotFound: 3,
+    Conflict: 4,
+    # The CLI acts as the local admin and does not meet these; should it, they are 'other'.
+    Unauthorized: 1,
+    Forbidden: 1,
+    ServiceUnavailable: 5,
+    SettingsError: 2,
+}
+
+#: `--wait` (and the skill commands, which wait by default): the job ended, but not completed.
+JOB_NOT_COMPLETED = 1
+
+
+def report(error: SkillqError | SettingsError) -> int:
+    """Tell the user about `error` on stderr; the exit status it calls for."""
+    if isinstance(error, SettingsError):
+        # Already one self-describing line: "settings error in FILE: key: problem".
+        typer.echo(str(error), err=True)
+    else:
+        typer.echo(f"error: {error.message}", err=True)
+        for detail in error.details or []:
+            if isinstance(detail, dict):
+                typer.echo(f"  {detail.get('path', '')}: {detail.get('message', '')}", err=True)
+    return row_of(EXIT_STATUS, error)

@@ -11,6 +11,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 
 from skillq.api import (
     collections,
+    dashboard,
     job_types,
     jobs,
     metrics,
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *workers.routes,
         *job_types.routes,
         *collections.routes,
+        *dashboard.routes,
         *(mcp.routes() if mcp else []),
     ]
     request_metrics = metrics.Metrics()

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from skillq.api.auth.access import require_submitter, require_viewer
+from skillq.engine.collection_files import check_owner
 from skillq.errors import InvalidParams, InvalidRequest
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.fields import job_to_dict
@@ -111,15 +112,18 @@ def list_param(request: Request, name: str) -> list[str]:
 
 
 async def list_jobs(request: Request) -> JSONResponse:
+    """`owner` narrows an admin's list to one owner; anyone else may only name itself
+    (checked as the search routes check it: a malformed name is 422, another's 403)."""
     principal = require_viewer(request)
     coordinator = coordinator_of(request)
     limit = int_param(request, "limit", 50)
     offset = int_param(request, "offset", 0)
+    named = request.query_params.get("owner")
     page = await run_in_threadpool(
         coordinator.list_jobs,
         states=list_param(request, "state"),
         types=list_param(request, "type"),
-        owner=principal.owner_filter,
+        owner=principal.owner_filter if named is None else principal.data_owner(check_owner(named)),
         limit=limit,
         offset=offset,
     )

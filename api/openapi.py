@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.openapi_schemas import SCHEMAS, STATES
+from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.search import MAX_K
 from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
@@ -161,6 +162,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "explode": True,
                 },
                 {
+                    **_OWNER_PARAMETER,
+                    "description": "Only this owner's jobs. Only an admin may name another "
+                    "owner than itself (anyone else: 403); default: every job the caller sees.",
+                },
+                {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
@@ -294,7 +300,28 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         ("/api/v1/stats", "get"): {
             "summary": "Job counts by state, type and queue",
             "tags": ["operations"],
+            "description": "`oldest_pending` names each queue with pending jobs and when "
+            "its oldest one was created.",
             "responses": {"200": _json("Counts.", _ref("Stats")), **_auth_errors([*auth, *store])},
+        },
+        ("/api/v1/stats/history", "get"): {
+            "summary": "Jobs finished and pending depth per minute",
+            "description": "One bucket per minute, oldest first; the last is the current "
+            "minute. Computed from the jobs' timestamps: a retried job counts as pending "
+            "from its first start on, and purged jobs are gone.",
+            "tags": ["operations"],
+            "parameters": [
+                {
+                    "name": "minutes",
+                    "in": "query",
+                    "description": "How far back (default 60).",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_MINUTES},
+                }
+            ],
+            "responses": {
+                "200": _json("The buckets.", _ref("StatsHistory")),
+                **{str(s): _error(s) for s in [*auth, 422, *store]},
+            },
         },
         ("/api/v1/auth/whoami", "get"): {
             "summary": "The caller as the server sees it",

@@ -54,8 +54,41 @@ SCHEMAS: dict[str, Any] = {
             "by_state": _COUNTS,
             "by_type": {"type": "object", "additionalProperties": _COUNTS},
             "by_queue": {"type": "object", "additionalProperties": _COUNTS},
+            "oldest_pending": {
+                "type": "object",
+                "description": "Per queue with pending jobs: the oldest one's creation time "
+                "and age in seconds.",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "age_secs": {"type": "number"},
+                    },
+                    "required": ["created_at", "age_secs"],
+                },
+            },
         },
-        "required": ["total", "by_state", "by_type", "by_queue"],
+        "required": ["total", "by_state", "by_type", "by_queue", "oldest_pending"],
+    },
+    "StatsHistory": {
+        "type": "object",
+        "properties": {
+            "minutes": {"type": "integer", "minimum": 1},
+            "buckets": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "start": {"type": "string", "format": "date-time"},
+                        "completed": {"type": "integer", "minimum": 0},
+                        "failed": {"type": "integer", "minimum": 0},
+                        "pending": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["start", "completed", "failed", "pending"],
+                },
+            },
+        },
+        "required": ["minutes", "buckets"],
     },
     "Principal": {
         "type": "object",

@@ -153,6 +153,22 @@ def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
     return ApiKeyV4
 
 
+_HISTORY_INDEXES = ("started_at", "completed_at")
+
+
+def _add_history_indexes_v5(database: peewee.Database) -> None:
+    """v5: when jobs started and finished, indexed for the queue history by minute."""
+    migrator = SchemaMigrator.from_database(database)
+    migrate(*(migrator.add_index("skillq_job", (column,)) for column in _HISTORY_INDEXES))
+
+
+def _drop_history_indexes_v5(database: peewee.Database) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    migrate(
+        *(migrator.drop_index("skillq_job", f"skillq_job_{column}") for column in _HISTORY_INDEXES)
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -177,6 +193,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the api key table",
         upgrade=lambda db: _api_key_table_v4(db).create_table(safe=False),
         downgrade=lambda db: _api_key_table_v4(db).drop_table(safe=False),
+    ),
+    Migration(
+        5,
+        "index job start and finish times",
+        upgrade=lambda db: _add_history_indexes_v5(db),
+        downgrade=lambda db: _drop_history_indexes_v5(db),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

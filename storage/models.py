@@ -62,8 +62,9 @@ class Job(BaseModel):
     attempts = peewee.IntegerField(default=0)
     max_retries = peewee.IntegerField()
     created_at = peewee.DateTimeField(index=True)
-    started_at = peewee.DateTimeField(null=True)
-    completed_at = peewee.DateTimeField(null=True)
+    #: Indexed for the queue history (`storage.job_history`): range scans by minute (v5).
+    started_at = peewee.DateTimeField(null=True, index=True)
+    completed_at = peewee.DateTimeField(null=True, index=True)
     expires_at = peewee.DateTimeField(index=True)
     owner = peewee.CharField(max_length=200, index=True)
     trace_id = peewee.CharField(max_length=64, null=True, index=True)

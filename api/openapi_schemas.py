@@ -77,7 +77,7 @@ SCHEMAS: dict[str, Any] = {
     "JobPage": {
         "type": "object",
         "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
             "total": {"type": "integer", "minimum": 0},
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
@@ -215,4 +215,16 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["name", "queue", "description", "params_schema"],
     },
+}
+
+# A listed job: the job without its documents (params, result), which only a single job shows.
+SCHEMAS["JobSummary"] = {
+    "type": "object",
+    "description": "A job as listed: every field of Job but params and result.",
+    "properties": {
+        name: schema
+        for name, schema in SCHEMAS["Job"]["properties"].items()
+        if name not in ("params", "result")
+    },
+    "required": [name for name in SCHEMAS["Job"]["required"] if name not in ("params", "result")],
 }

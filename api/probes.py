@@ -4,6 +4,11 @@ up?), `/version` (what runs here?).
 `/live` touches nothing, so a slow database never gets a healthy process restarted;
 `/ready` asks the store and the broker, so a load balancer stops sending traffic to an API
 that cannot submit jobs.
+
+Probes run their blocking checks on threads of their own (`PROBE_THREADS`, beside the
+requests' share of the store's pool), so a flood of slow job requests never makes a healthy
+process look dead. They are never checked for Host/Origin: load balancers call them by
+address.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
+import anyio.to_thread
 import dramatiq
 import peewee
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -26,6 +33,15 @@ from skillq.storage.models import Job
 
 #: Seconds a readiness check waits for the broker.
 BROKER_TIMEOUT_SECS = 2.0
+#: Threads (and store connections) reserved for the probes.
+PROBE_THREADS = 2
+#: Paths answered whatever Host or Origin a request names.
+UNCHECKED_PATHS = ("/health", "/ready", "/live")
+
+
+async def _on_probe_thread(request: Request, function: Callable[..., Any], *args: Any) -> Any:
+    limiter = request.app.state.probe_limiter
+    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
 
 
 def _store_answers() -> bool:
@@ -62,7 +78,7 @@ def _broker_answers(broker: dramatiq.Broker, settings: Settings) -> bool:
 
 async def health(request: Request) -> JSONResponse:
     settings = request.app.state.settings
-    store_ok = await run_in_threadpool(_store_answers)
+    store_ok = await _on_probe_thread(request, _store_answers)
     body = {
         "status": "ok" if store_ok else "unavailable",
         "broker": settings.broker.backend,
@@ -78,8 +94,8 @@ async def live(request: Request) -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     broker = request.app.state.coordinator.broker
-    store_ok = await run_in_threadpool(_store_answers)
-    broker_ok = await run_in_threadpool(_broker_answers, broker, settings)
+    store_ok = await _on_probe_thread(request, _store_answers)
+    broker_ok = await _on_probe_thread(request, _broker_answers, broker, settings)
     ok = store_ok and broker_ok
     body = {
         "status": "ok" if ok else "unavailable",
@@ -104,7 +120,7 @@ async def version(request: Request) -> JSONResponse:
             "version": importlib.metadata.version("skillq"),
             "python": platform.python_version(),
             "dramatiq": importlib.metadata.version("dramatiq"),
-            "schema_version": await run_in_threadpool(_schema_version),
+            "schema_version": await _on_probe_thread(request, _schema_version),
             "broker": settings.broker.backend,
             "store": settings.storage.backend,
             "auth": settings.auth.mode,

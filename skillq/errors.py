@@ -11,6 +11,7 @@ The coordinator raises these; the REST layer (status code and error envelope), t
     ├── Conflict              409  the job's state does not allow it
     ├── Unauthorized          401
     ├── Forbidden             403
+    ├── TooManyRequests       429  a per-principal limit is reached (open streams, sessions)
     └── ServiceUnavailable    503  the broker or the store cannot be reached
 
     SettingsError                   a bad settings file: start-up stops with one line, exit 2
@@ -65,6 +66,11 @@ class Unauthorized(SkillqError):
 class Forbidden(SkillqError):
     status_code = 403
     code = "forbidden"
+
+
+class TooManyRequests(SkillqError):
+    status_code = 429
+    code = "too_many_requests"
 
 
 class ServiceUnavailable(SkillqError):

@@ -23,6 +23,7 @@ from skillq.api.app import create_app
 from skillq.api.openapi import documented_routes
 from skillq.settings import AuthSettings, JwtSettings
 from tests.support import (
+    LOCAL_URL,
     create_postgres_schema,
     drop_postgres_schema,
     postgres_schema_url,
@@ -51,7 +52,7 @@ def admin_token() -> str:
 @pytest.mark.parametrize("make_app", [create_app, jwt_app], ids=["auth-none", "auth-jwt"])
 def test_every_rest_route_is_documented(make_app) -> None:
     app = make_app()
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL_URL) as client:
         document = client.get("/openapi.json").json()
     assert document["openapi"] == "3.1.0"
     served = documented_routes(app.routes, app.state.settings.mcp.endpoint)

@@ -124,6 +124,11 @@ def api(
         timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.
         access_log=False,
+        # Bounds on what one client can hold: open connections (closed past the limit,
+        # requests 503), and the seconds a connection gets to send each request's headers.
+        http="skillq.api.connection_limits:BoundedHttpProtocol",
+        limit_concurrency=settings.server.limit_concurrency,
+        timeout_keep_alive=settings.server.timeout_keep_alive_secs,
     )
 
 

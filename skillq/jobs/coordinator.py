@@ -26,6 +26,7 @@ from skillq.errors import (
     ServiceUnavailable,
     UnknownJobType,
 )
+from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
 from skillq.settings import Settings
 from skillq.storage import Job, JobState, jobs
@@ -154,13 +155,22 @@ class JobCoordinator:
                 details.append({"path": "state", "message": f"{state!r} is not one of {allowed}"})
         if not 1 <= limit <= MAX_PAGE_SIZE:
             details.append({"path": "limit", "message": f"must be 1-{MAX_PAGE_SIZE}"})
-        if not 0 <= offset <= MAX_OFFSET:
-            details.append({"path": "offset", "message": f"must be 0-{MAX_OFFSET}"})
+        max_offset = min(MAX_OFFSET, self.settings.jobs.max_list_offset)
+        if not 0 <= offset <= max_offset:
+            details.append({"path": "offset", "message": f"must be 0-{max_offset}"})
         if details:
             raise InvalidParams("invalid list filters", details)
         return jobs.list_jobs(
             states=states or (), types=types or (), owner=owner, limit=limit, offset=offset
         )
+
+    @in_connection
+    def get_progress(self, job_id: str, *, owner: str | None = None) -> Job:
+        """A job's state, attempt, progress and message only (what a watcher polls)."""
+        job = jobs.get_progress(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job with id {job_id!r}")
+        return job
 
     @in_connection
     def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -207,6 +217,7 @@ class JobCoordinator:
         details = schema_errors(job_type.validator, params, "params")
         if details:
             raise InvalidParams(f"params do not match the schema of {job_type.name!r}", details)
+        check_params_size(params, self.settings.jobs.max_params_bytes)
         if job_type.params_check is not None:
             job_type.params_check(params)
         ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)
@@ -297,3 +308,15 @@ def job_to_dict(job: Job, *, position_in_queue: int | None = None) -> dict[str, 
         "heartbeat_at": iso(job.heartbeat_at),
         "cancel_requested_at": iso(job.cancel_requested_at),
     }
+
+
+#: What a listing leaves out of each job: its documents (read one job for them).
+DOCUMENT_FIELDS = ("params", "result")
+
+
+def job_summary_to_dict(job: Job) -> dict[str, Any]:
+    """A job of a listing (`list_jobs` reads no documents): every field but params and result."""
+    summary = job_to_dict(job)
+    for name in DOCUMENT_FIELDS:
+        del summary[name]
+    return summary

@@ -94,7 +94,8 @@ class _SessionsPerPrincipal(StreamableHTTPSessionManager):
         if requestor is not None:
             held = sum(manager.sessions_of(requestor) for manager in self.group)
             if held >= self.per_principal:
-                logger.warning("Refusing a session: %s holds %d already.", requestor.subject, held)
+                subject = requestor.get("subject")
+                logger.warning("Refusing a session: %s holds %d already.", subject, held)
                 return None
         return super()._admit_session(requestor)
 

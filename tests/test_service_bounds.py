@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -301,3 +302,23 @@ def test_a_result_past_the_size_cap_fails_the_job(tmp_path: Path) -> None:
             lambda: httpx.get(f"{api}/api/v1/jobs/{small['id']}").json()["state"] == "completed",
             what="a small result to be kept",
         )
+
+
+def test_a_worker_with_more_threads_than_the_pool_fits_is_warned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from skillq.cli import main
+
+    # `--settings` exports SKILLQ_SETTINGS; monkeypatch puts the session's back afterwards.
+    monkeypatch.setenv("SKILLQ_SETTINGS", os.environ["SKILLQ_SETTINGS"])
+    settings = write_settings(tmp_path, {"storage": {"pool_size": 5}})
+    launched: list[list[str]] = []
+    monkeypatch.setattr(main.os, "execv", lambda path, argv: launched.append(argv))
+    runner = CliRunner()
+    crowded = runner.invoke(main.app, ["--settings", str(settings), "worker", "--threads", "4"])
+    assert "warning: storage.pool_size (5)" in crowded.output
+    assert launched[-1][launched[-1].index("--threads") + 1] == "4"
+    fits = runner.invoke(main.app, ["--settings", str(settings), "worker", "--threads", "2"])
+    assert "warning" not in fits.output

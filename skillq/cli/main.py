@@ -132,6 +132,11 @@ def api(
     )
 
 
+#: Store connections a worker process uses besides its job threads' (heartbeat, cancellation
+#: watcher, registry).
+WORKER_SIDE_CONNECTIONS = 3
+
+
 def worker_threads(settings: Settings) -> int:
     """One pool for every queue, as large as the per-queue thread counts together."""
     w = settings.workers
@@ -146,6 +151,14 @@ def worker(
 ) -> NoReturn:
     """Run dramatiq workers for every job type (`dramatiq actors` with our settings)."""
     settings = _settings()
+    thread_count = threads or worker_threads(settings)
+    if thread_count + WORKER_SIDE_CONNECTIONS > settings.storage.pool_size:
+        typer.echo(
+            f"warning: storage.pool_size ({settings.storage.pool_size}) is below the worker's"
+            f" {thread_count} threads + {WORKER_SIDE_CONNECTIONS}: running jobs hold a store"
+            " connection each, so jobs and heartbeats will wait for one; raise pool_size",
+            err=True,
+        )
     command = [
         sys.executable,
         "-m",
@@ -154,7 +167,7 @@ def worker(
         "--processes",
         str(processes or settings.workers.processes),
         "--threads",
-        str(threads or worker_threads(settings)),
+        str(thread_count),
         # On SIGTERM: stop fetching, let running jobs finish this long, then requeue the rest.
         "--worker-shutdown-timeout",
         str(int(settings.workers.shutdown_grace_secs * 1000)),

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from tests.support import api_with_worker, start_api, wait_for, write_settings
@@ -153,20 +154,26 @@ def test_a_slowloris_connection_is_closed(api: str) -> None:
     assert control(api).status_code == 200
 
 
+def mcp_initialize(
+    base_url: str, accept: str = "application/json", headers: dict[str, str] | None = None
+) -> httpx.Response:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "flood", "version": "0"},
+        },
+    }
+    headers = {**MCP_JSON, "Accept": accept, **(headers or {})}
+    return httpx.post(f"{base_url}/mcp", json=body, headers=headers, timeout=CONTROL_TIMEOUT_SECS)
+
+
 def test_mcp_sessions_are_capped_per_principal_and_expire_when_idle(api: str) -> None:
     def initialize(accept: str = "application/json") -> httpx.Response:
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "flood", "version": "0"},
-            },
-        }
-        headers = {**MCP_JSON, "Accept": accept}
-        return httpx.post(f"{api}/mcp", json=body, headers=headers, timeout=CONTROL_TIMEOUT_SECS)
+        return mcp_initialize(api, accept)
 
     opened = [initialize("application/json, text/event-stream")]
     opened += [initialize() for _ in range(MAX_SESSIONS - 1)]
@@ -322,3 +329,28 @@ def test_a_worker_with_more_threads_than_the_pool_fits_is_warned(
     assert launched[-1][launched[-1].index("--threads") + 1] == "4"
     fits = runner.invoke(main.app, ["--settings", str(settings), "worker", "--threads", "2"])
     assert "warning" not in fits.output
+
+
+def test_one_principal_at_its_session_cap_leaves_the_others_served(tmp_path: Path) -> None:
+    secret = "bounds-secret-" + "x" * 32
+    sections = bounded_sections(tmp_path)
+    sections["auth"] = {"mode": "jwt"}
+    sections["auth.jwt"] = {"secret": secret}
+
+    def bearer(subject: str) -> dict[str, str]:
+        now = int(time.time())
+        claims = {"sub": subject, "roles": ["submitter"], "iss": "skillq", "aud": "skillq-api"}
+        token = jwt.encode({**claims, "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+        return {"Authorization": f"Bearer {token}"}
+
+    process, base_url = start_api(write_settings(tmp_path, sections), tmp_path)
+    try:
+        alice, bob = bearer("alice"), bearer("bob")
+        held = [mcp_initialize(base_url, headers=alice) for _ in range(MAX_SESSIONS)]
+        assert [answer.status_code for answer in held] == [200] * MAX_SESSIONS
+        assert mcp_initialize(base_url, headers=alice).status_code == 503
+        assert mcp_initialize(base_url, headers=bob).status_code == 200
+        with httpx.Client(base_url=base_url, timeout=CONTROL_TIMEOUT_SECS) as client:
+            assert client.get("/api/v1/jobs", headers=bob).status_code == 200
+    finally:
+        process.stop()

@@ -39,11 +39,11 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from skillq.api.errors import error_response
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.mcp.server import build_server
 from skillq.api.principal import AuthenticatedPrincipal
 from skillq.api.trusted_origins import allowed_names
+from skillq.errors import TooManyRequests
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
@@ -157,9 +157,10 @@ class _SseStream:
         user = scope.get("user")
         subject = user.principal.subject if isinstance(user, AuthenticatedPrincipal) else ""
         if self.open[subject] >= self.per_principal:
-            message = f"{self.per_principal} SSE connections are open for {subject!r}"
-            await error_response(429, "too_many_requests", message)(scope, receive, send)
-            return
+            raise TooManyRequests(
+                f"{self.per_principal} SSE connections are open for {subject!r}",
+                [{"path": "sse", "message": "mcp.max_sse_per_principal"}],
+            )
         self.open[subject] += 1
         try:
             await self._serve(scope, receive, send)

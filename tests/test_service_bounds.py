@@ -336,6 +336,7 @@ def test_one_principal_at_its_session_cap_leaves_the_others_served(tmp_path: Pat
     sections = bounded_sections(tmp_path)
     sections["auth"] = {"mode": "jwt"}
     sections["auth.jwt"] = {"secret": secret}
+    sections["mcp"]["max_sessions"] = MAX_SESSIONS + 1  # in all, across both answer modes
 
     def bearer(subject: str) -> dict[str, str]:
         now = int(time.time())
@@ -349,7 +350,10 @@ def test_one_principal_at_its_session_cap_leaves_the_others_served(tmp_path: Pat
         held = [mcp_initialize(base_url, headers=alice) for _ in range(MAX_SESSIONS)]
         assert [answer.status_code for answer in held] == [200] * MAX_SESSIONS
         assert mcp_initialize(base_url, headers=alice).status_code == 503
-        assert mcp_initialize(base_url, headers=bob).status_code == 200
+        both = "application/json, text/event-stream"
+        assert mcp_initialize(base_url, both, headers=bob).status_code == 200
+        # The app-wide cap counts the sessions of every principal and answer mode.
+        assert mcp_initialize(base_url, headers=bob).status_code == 503
         with httpx.Client(base_url=base_url, timeout=CONTROL_TIMEOUT_SECS) as client:
             assert client.get("/api/v1/jobs", headers=bob).status_code == 200
     finally:

@@ -65,8 +65,8 @@ def transport_security(settings: Settings) -> TransportSecuritySettings | None:
 
 
 class _SessionsPerPrincipal(StreamableHTTPSessionManager):
-    """The SDK's session manager, refusing a principal a new session while it holds
-    `per_principal` of them across `group` (the managers of one app).
+    """The SDK's session manager, refusing a new session while `group` (the managers of one
+    app) holds `max_sessions`, or its principal holds `per_principal` of them.
 
     mcp 2.3 admits every new session in `_admit_session`, under its creation lock, and
     records its owner in `_session_owners` until the session ends (DELETE, idle expiry,
@@ -91,6 +91,9 @@ class _SessionsPerPrincipal(StreamableHTTPSessionManager):
     def _admit_session(
         self, requestor: AuthorizationContext | None
     ) -> StreamableHTTPServerTransport | None:
+        open_sessions = sum(len(manager._server_instances) for manager in self.group)
+        if self.max_sessions is not None and open_sessions >= self.max_sessions:
+            return None
         if requestor is not None:
             held = sum(manager.sessions_of(requestor) for manager in self.group)
             if held >= self.per_principal:

@@ -25,6 +25,7 @@ from skillq.errors import (
     NotFound,
     ServiceUnavailable,
     SkillqError,
+    TooManyRequests,
     Unauthorized,
     UnknownJobType,
     row_of,
@@ -42,6 +43,7 @@ HTTP_STATUS: dict[type[SkillqError], int] = {
     Conflict: 409,
     Unauthorized: 401,
     Forbidden: 403,
+    TooManyRequests: 429,
     ServiceUnavailable: 503,
 }
 

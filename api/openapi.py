@@ -174,7 +174,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 {
                     "name": "offset",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": min(MAX_OFFSET, settings.jobs.max_list_offset),
+                    },
                 },
             ],
             "responses": {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from skillq.jobs.fields import JOB_SCHEMA, STATES
+from skillq.jobs.fields import JOB_SCHEMA, JOB_SUMMARY_SCHEMA, STATES
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNTS = {
@@ -40,7 +40,7 @@ SCHEMAS: dict[str, Any] = {
     "JobPage": {
         "type": "object",
         "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
             "total": {"type": "integer", "minimum": 0},
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
@@ -228,3 +228,6 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "queue", "description", "params_schema"],
     },
 }
+
+# A listed job: the job without its documents (params, result), which only a single job shows.
+SCHEMAS["JobSummary"] = JOB_SUMMARY_SCHEMA

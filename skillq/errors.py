@@ -13,6 +13,8 @@ an error leaves skillq is decided by the surface it leaves through, each in one 
     ├── Conflict              conflict             the job's state does not allow it
     ├── Unauthorized          unauthorized         no valid credential
     ├── Forbidden             forbidden            a credential without the needed role
+    ├── TooManyRequests       too_many_requests    a per-principal limit is reached (streams,
+    │                                              MCP sessions)
     └── ServiceUnavailable    service_unavailable  the broker or the store cannot be reached
 
     SettingsError             (not a SkillqError)  a bad settings file: start-up stops with
@@ -80,6 +82,10 @@ class Unauthorized(SkillqError):
 
 class Forbidden(SkillqError):
     code = "forbidden"
+
+
+class TooManyRequests(SkillqError):
+    code = "too_many_requests"
 
 
 class ServiceUnavailable(SkillqError):

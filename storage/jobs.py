@@ -26,6 +26,13 @@ from skillq.storage.models import Job, JobState, utcnow
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
 
 
+#: Every column but the job's documents (its params and result).
+SUMMARY_COLUMNS = tuple(
+    field for field in Job._meta.sorted_fields if field.name not in ("params", "result")
+)
+WATCHED_COLUMNS = (Job.id, Job.state, Job.attempts, Job.progress, Job.message, Job.owner)
+
+
 @dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
@@ -78,8 +85,11 @@ def list_jobs(
     limit: int = 50,
     offset: int = 0,
 ) -> JobPage:
-    """Newest first, as an operator scanning recent work expects."""
-    query = Job.select()
+    """Newest first, as an operator scanning recent work expects.
+
+    The rows carry every column but `params` and `result` (None here): a page of a hundred
+    jobs each holding a large document would cost a hundred documents per listing."""
+    query = Job.select(*SUMMARY_COLUMNS)
     states, types = list(states), list(types)
     if states:
         query = query.where(Job.state.in_(states))
@@ -90,6 +100,11 @@ def list_jobs(
     total = query.count()
     rows = list(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
     return JobPage(jobs=rows, total=total)
+
+
+def get_progress(job_id: str) -> Job | None:
+    """The columns a watcher polls (state, attempt, progress, message), never the documents."""
+    return Job.select(*WATCHED_COLUMNS).where(Job.id == job_id).first()
 
 
 def count_by_type_queue_state(owner: str | None = None) -> list[tuple[str, str, str, int]]:

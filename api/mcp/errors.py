@@ -30,6 +30,7 @@ from skillq.errors import (
     NotFound,
     ServiceUnavailable,
     SkillqError,
+    TooManyRequests,
     Unauthorized,
     UnknownJobType,
     row_of,
@@ -45,6 +46,7 @@ JSONRPC_CODES: dict[type[SkillqError], int] = {
     Conflict: types.INVALID_PARAMS,
     Unauthorized: types.INVALID_PARAMS,
     Forbidden: types.INVALID_PARAMS,
+    TooManyRequests: types.INTERNAL_ERROR,
     ServiceUnavailable: types.INTERNAL_ERROR,
 }
 

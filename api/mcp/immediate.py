@@ -18,7 +18,7 @@ from skillq.api.principal import Principal
 from skillq.engine.collection_files import MAX_OWNER_LENGTH
 from skillq.errors import Forbidden, InvalidParams
 from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, schema_errors
-from skillq.jobs.fields import job_to_dict
+from skillq.jobs.fields import job_summary_to_dict, job_to_dict
 from skillq.storage import JobState
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
@@ -70,7 +70,7 @@ def _list_jobs(coordinator: JobCoordinator, caller: Principal, args: dict) -> di
         limit=limit,
         offset=offset,
     )
-    jobs = [job_to_dict(job) for job in page.jobs]
+    jobs = [job_summary_to_dict(job) for job in page.jobs]
     return {"jobs": jobs, "total": page.total, "limit": limit, "offset": offset}
 
 
@@ -121,7 +121,8 @@ IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
         ),
         ImmediateTool(
             "list_jobs",
-            "List jobs, newest first, optionally by state and type.",
+            "List jobs, newest first, optionally by state and type; without params and results"
+            " (job_status shows them).",
             {
                 "type": "object",
                 "properties": {

@@ -91,19 +91,27 @@ async def follow(
     """Polls the store until the job is terminal or `wait_secs` pass; returns its last state.
 
     Progress goes out as percent of 100 and only when it grew: MCP requires every
-    notification's `progress` to be larger than the last.
+    notification's `progress` to be larger than the last. Polls read the job's state and
+    progress only; the whole job (its params and result) is read once, at the end.
     """
     sent = -1.0
     interval = _FIRST_POLL_SECS
+    polled = job
     with anyio.move_on_after(wait_secs):
-        while not job.job_state.is_terminal:
-            if progress is not None and job.progress is not None and job.progress * 100 > sent:
-                sent = job.progress * 100
-                await progress(sent, 100.0, job.message)
+        while not polled.job_state.is_terminal:
+            if (
+                progress is not None
+                and polled.progress is not None
+                and polled.progress * 100 > sent
+            ):
+                sent = polled.progress * 100
+                await progress(sent, 100.0, polled.message)
             await anyio.sleep(interval)
             interval = min(interval * 1.5, _MAX_POLL_SECS)
-            job = await anyio.to_thread.run_sync(coordinator.get_job, job.id)
-    return job
+            polled = await anyio.to_thread.run_sync(coordinator.get_progress, job.id)
+    if polled is job:
+        return job
+    return await anyio.to_thread.run_sync(coordinator.get_job, job.id)
 
 
 async def cancel_quietly(coordinator: JobCoordinator, job_id: str, reason: str) -> None:

@@ -19,6 +19,7 @@ from skillq.errors import (
     ServiceUnavailable,
     SettingsError,
     SkillqError,
+    TooManyRequests,
     Unauthorized,
     UnknownJobType,
     row_of,
@@ -35,6 +36,7 @@ EXIT_STATUS: dict[type[Exception], int] = {
     # The CLI acts as the local admin and does not meet these; should it, they are 'other'.
     Unauthorized: 1,
     Forbidden: 1,
+    TooManyRequests: 5,
     ServiceUnavailable: 5,
     SettingsError: 2,
 }

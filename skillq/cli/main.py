@@ -109,7 +109,17 @@ def api(
         timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.
         access_log=False,
+        # Bounds on what one client can hold: open connections (closed past the limit,
+        # requests 503), and the seconds a connection gets to send each request's headers.
+        http="skillq.api.connection_limits:BoundedHttpProtocol",
+        limit_concurrency=settings.server.limit_concurrency,
+        timeout_keep_alive=settings.server.timeout_keep_alive_secs,
     )
+
+
+#: Store connections a worker process uses besides its job threads' (heartbeat, cancellation
+#: watcher, registry).
+WORKER_SIDE_CONNECTIONS = 3
 
 
 def worker_threads(settings: Settings) -> int:
@@ -126,6 +136,14 @@ def worker(
 ) -> NoReturn:
     """Run dramatiq workers for every job type (`dramatiq actors` with our settings)."""
     settings = _settings()
+    thread_count = threads or worker_threads(settings)
+    if thread_count + WORKER_SIDE_CONNECTIONS > settings.storage.pool_size:
+        typer.echo(
+            f"warning: storage.pool_size ({settings.storage.pool_size}) is below the worker's"
+            f" {thread_count} threads + {WORKER_SIDE_CONNECTIONS}: running jobs hold a store"
+            " connection each, so jobs and heartbeats will wait for one; raise pool_size",
+            err=True,
+        )
     command = [
         sys.executable,
         "-m",
@@ -134,7 +152,7 @@ def worker(
         "--processes",
         str(processes or settings.workers.processes),
         "--threads",
-        str(threads or worker_threads(settings)),
+        str(thread_count),
         # On SIGTERM: stop fetching, let running jobs finish this long, then requeue the rest.
         "--worker-shutdown-timeout",
         str(int(settings.workers.shutdown_grace_secs * 1000)),

@@ -27,6 +27,7 @@ from skillq.errors import (
     ServiceUnavailable,
     UnknownJobType,
 )
+from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
 from skillq.settings import Settings
 from skillq.storage import Job, JobState, jobs
@@ -171,13 +172,22 @@ class JobCoordinator:
                 details.append({"path": "state", "message": f"{state!r} is not one of {allowed}"})
         if not 1 <= limit <= MAX_PAGE_SIZE:
             details.append({"path": "limit", "message": f"must be 1-{MAX_PAGE_SIZE}"})
-        if not 0 <= offset <= MAX_OFFSET:
-            details.append({"path": "offset", "message": f"must be 0-{MAX_OFFSET}"})
+        max_offset = min(MAX_OFFSET, self.settings.jobs.max_list_offset)
+        if not 0 <= offset <= max_offset:
+            details.append({"path": "offset", "message": f"must be 0-{max_offset}"})
         if details:
             raise InvalidParams("invalid list filters", details)
         return jobs.list_jobs(
             states=states or (), types=types or (), owner=owner, limit=limit, offset=offset
         )
+
+    @in_connection
+    def get_progress(self, job_id: str, *, owner: str | None = None) -> Job:
+        """A job's state, attempt, progress and message only (what a watcher polls)."""
+        job = jobs.get_progress(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job with id {job_id!r}")
+        return job
 
     @in_connection
     def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -224,6 +234,7 @@ class JobCoordinator:
         details = schema_errors(job_type.validator, params, "params")
         if details:
             raise InvalidParams(f"params do not match the schema of {job_type.name!r}", details)
+        check_params_size(params, self.settings.jobs.max_params_bytes)
         if job_type.params_check is not None:
             job_type.params_check(params)
         ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)

@@ -23,7 +23,21 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skillq.api.errors import error_response
+from skillq.errors import Forbidden, InvalidRequest
 from skillq.settings import Settings
+
+
+class InvalidHost(InvalidRequest):
+    """A Host header this server does not answer to (DNS rebinding): 400 `invalid_host`."""
+
+    code = "invalid_host"
+
+
+class OriginNotAllowed(Forbidden):
+    """A browser request from another site: 403 `origin_not_allowed`."""
+
+    code = "origin_not_allowed"
+
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]")
@@ -94,15 +108,13 @@ class TrustedOrigins:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         if self.names.hosts is not None and not name_allowed(host, self.names.hosts):
-            response = error_response(
-                400, "invalid_host", "this server does not answer to that Host"
-            )
+            response = error_response(InvalidHost("this server does not answer to that Host"))
             await response(scope, receive, send)
             return
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, host, scope):
             message = "cross-origin requests from that Origin are not allowed"
-            await error_response(403, "origin_not_allowed", message)(scope, receive, send)
+            await error_response(OriginNotAllowed(message))(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -17,6 +17,7 @@ from skillq.api.auth.access import require_viewer
 from skillq.engine.embeddings import embedder_from_settings
 from skillq.engine.search import Collections
 from skillq.errors import InvalidParams
+from skillq.json_values import shown
 
 
 @functools.cache
@@ -35,7 +36,7 @@ def _k(request: Request) -> int:
         return int(raw)
     except ValueError:
         raise InvalidParams(
-            "k must be an integer", [{"path": "k", "message": f"got {raw!r}"}]
+            "k must be an integer", [{"path": "k", "message": f"got {shown(raw)}"}]
         ) from None
 
 

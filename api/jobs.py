@@ -6,7 +6,6 @@ filter to the coordinator, so a non-admin's view of another owner's job is a pla
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,55 +15,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from skillq.api.auth.access import require_submitter, require_viewer
-from skillq.errors import InvalidParams, InvalidRequest
+from skillq.errors import InvalidParams
 from skillq.jobs.coordinator import JobCoordinator, job_to_dict
+from skillq.json_values import parse_json, shown
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-#: Deepest nesting of arrays and objects a request body may have. Deeper documents are
-#: almost always an attack on recursive code (schema validation, serialisation).
-MAX_JSON_DEPTH = 64
 
 
 def coordinator_of(request: Request) -> JobCoordinator:
     return request.app.state.coordinator
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth without recursion, so a hostile document cannot exhaust the stack."""
-    depth, level = 0, [value]
-    while level:
-        depth += 1
-        children: list[Any] = []
-        for item in level:
-            if isinstance(item, dict):
-                children.extend(item.values())
-            elif isinstance(item, list):
-                children.extend(item)
-        level = [child for child in children if isinstance(child, dict | list)]
-    return depth
-
-
 async def read_json(request: Request) -> Any:
-    body = await request.body()
-    try:
-        document = json.loads(body)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(
-            "the request body is not valid JSON",
-            [{"path": "body", "message": f"{error.msg} at line {error.lineno} col {error.colno}"}],
-        ) from None
-    except (RecursionError, UnicodeDecodeError) as error:
-        message = "nested too deeply" if isinstance(error, RecursionError) else "not UTF-8"
-        raise InvalidRequest(
-            "the request body is not valid JSON", [{"path": "body", "message": message}]
-        ) from None
-    if json_depth(document) > MAX_JSON_DEPTH:
-        raise InvalidRequest(
-            "the request body is nested too deeply",
-            [{"path": "body", "message": f"at most {MAX_JSON_DEPTH} levels of arrays/objects"}],
-        )
-    return document
+    """The body as JSON, strictly: `NaN`/`Infinity`, bad UTF-8 and nesting past
+    `json_values.MAX_DEPTH` are a 400, like any malformed JSON."""
+    return parse_json(await request.body(), "body")
 
 
 async def submit_job(request: Request) -> JSONResponse:
@@ -90,7 +55,7 @@ def int_param(request: Request, name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidParams(
-            f"{name} must be an integer", [{"path": name, "message": f"got {raw!r}"}]
+            f"{name} must be an integer", [{"path": name, "message": f"got {shown(raw)}"}]
         ) from None
 
 
@@ -101,7 +66,7 @@ def list_param(request: Request, name: str) -> list[str]:
         parts = raw.split(",")
         if not all(parts):
             raise InvalidParams(
-                f"{name} has an empty value", [{"path": name, "message": f"got {raw!r}"}]
+                f"{name} has an empty value", [{"path": name, "message": f"got {shown(raw)}"}]
             )
         values.extend(parts)
     return values

@@ -7,7 +7,6 @@ whether the failure will be retried (`message.failed` is set when it will not).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
+from skillq.json_values import storable_problems
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import utcnow
@@ -236,14 +236,16 @@ class JobStatus(Middleware):
     ) -> None:
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
-            try:
-                json.dumps(result)
-            except (TypeError, ValueError) as error:
+            # Nothing is written that cannot be read back: a NaN or a lone surrogate in one
+            # result would break every listing that includes the job.
+            problems = storable_problems(result, "result")
+            if problems:
+                where = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
                 jobs.mark_failed(
                     job_id,
                     attempt=attempt,
                     error_type="ResultNotSerializable",
-                    error_message=f"the job's result is not JSON: {error}",
+                    error_message=f"the job's result cannot be stored as JSON: {where}",
                 )
                 return
             jobs.mark_completed(job_id, attempt=attempt, result=result)

@@ -9,6 +9,7 @@ The coordinator raises these; the REST layer (status code and error envelope), t
     ├── UnknownJobType        422  no job type of that name
     ├── NotFound              404  no such job (or not the caller's)
     ├── Conflict              409  the job's state does not allow it
+    │   └── IdempotencyKeyReused   409  the key names a job made from a different request
     ├── Unauthorized          401
     ├── Forbidden             403
     └── ServiceUnavailable    503  the broker or the store cannot be reached
@@ -55,6 +56,12 @@ class NotFound(SkillqError):
 class Conflict(SkillqError):
     status_code = 409
     code = "conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    """The idempotency key already names a job of a different request; details name it."""
+
+    code = "idempotency_key_reused"
 
 
 class Unauthorized(SkillqError):

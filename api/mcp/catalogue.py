@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from skillq.api.mcp.immediate import IMMEDIATE_TOOLS, ImmediateTool
 from skillq.errors import InvalidParams, NotFound
 from skillq.jobs.coordinator import JobCoordinator, schema_errors
+from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class ToolCatalogue:
         if tool is None and "." in name:  # only skill tools are dotted; reading skills costs I/O
             tool = self.job_tools().get(name)
         if tool is None:
-            raise NotFound(f"no tool named {name!r}; tools/list shows the available tools")
+            raise NotFound(f"no tool named {shown(name)}; tools/list shows the available tools")
         return tool
 
     def input_schema(self, name: str) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from skillq.api.principal import Principal
 from skillq.errors import Forbidden, InvalidParams
 from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, job_to_dict, schema_errors
+from skillq.json_values import storable_problems
 from skillq.storage import JobState
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
@@ -43,6 +44,9 @@ class ImmediateTool:
     def __call__(
         self, coordinator: JobCoordinator, caller: Principal, arguments: dict[str, Any]
     ) -> dict[str, Any]:
+        details = storable_problems(arguments, "arguments")
+        if details:
+            raise InvalidParams("arguments hold values that cannot be stored", details)
         details = schema_errors(self.validator, arguments, "arguments")
         if details:
             raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)

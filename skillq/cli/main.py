@@ -38,6 +38,7 @@ EXIT_CODES = {
     "unknown_job_type": 2,
     "not_found": 3,
     "conflict": 4,
+    "idempotency_key_reused": 4,
     "service_unavailable": 5,
 }
 
@@ -223,17 +224,24 @@ def jobs_submit(
     params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
     priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="At most one job per key; the same request again shows that job."),
+    ] = None,
 ) -> None:
     """Submit a job; prints its id (or, with --wait, its final state)."""
     from skillq.jobs.coordinator import job_to_dict
+    from skillq.json_values import parse_json
 
     try:
-        parsed_params = json.loads(params)
-    except json.JSONDecodeError as error:
-        _fail(SkillqError(f"--params is not valid JSON: {error}"))
+        parsed_params = parse_json(params, "--params")
+    except SkillqError as error:
+        _fail(error)
     request: dict[str, Any] = {"type": job_type, "params": parsed_params}
     if priority is not None:
         request["priority"] = int(priority) if priority.isdigit() else priority
+    if idempotency_key is not None:
+        request["idempotency_key"] = idempotency_key
     coordinator = _coordinator()
     try:
         job = coordinator.submit_job(request).job

@@ -37,6 +37,7 @@ import numpy as np
 
 from skillq.engine.embeddings import Embedder
 from skillq.errors import InvalidParams, NotFound
+from skillq.json_values import shown
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _COLLECTION = re.compile(COLLECTION_PATTERN)
@@ -104,7 +105,7 @@ class Hit:
 def check_collection(name: Any) -> str:
     if not isinstance(name, str) or not _COLLECTION.match(name):
         raise InvalidParams(
-            f"invalid collection name {name!r}",
+            f"invalid collection name {shown(name)}",
             [{"path": "collection", "message": f"must match {COLLECTION_PATTERN}"}],
         )
     return name
@@ -119,7 +120,7 @@ def _words(text: str) -> list[str]:
     words = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))
     if not words:
         raise InvalidParams(
-            "the query has no words to search for", [{"path": "q", "message": f"got {text!r}"}]
+            "the query has no words to search for", [{"path": "q", "message": f"got {shown(text)}"}]
         )
     return words[:64]
 
@@ -146,7 +147,7 @@ class Collections:
     def _connect(self, collection: str, *, create: bool) -> sqlite3.Connection:
         path = self.path(collection)
         if not create and not path.is_file():
-            raise NotFound(f"no collection named {collection!r}")
+            raise NotFound(f"no collection named {shown(collection)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
@@ -187,7 +188,7 @@ class Collections:
         for i, doc in enumerate(documents):
             if doc["id"] in seen:
                 raise InvalidParams(
-                    f"document id {doc['id']!r} appears twice",
+                    f"document id {shown(doc['id'])} appears twice",
                     [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
                 )
             seen.add(doc["id"])

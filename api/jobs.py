@@ -107,7 +107,10 @@ async def show_job(request: Request) -> JSONResponse:
 
 
 async def cancel_job(request: Request) -> JSONResponse:
-    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop."""
+    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop.
+
+    Served as `POST .../cancel` and as `DELETE`, its alias: DELETE cancels, it does not
+    delete, and the job stays readable."""
     owner = require_submitter(request).owner_filter
     coordinator = coordinator_of(request)
     job = await run_in_threadpool(
@@ -140,5 +143,6 @@ def by_method(path: str, **handlers: Endpoint) -> Route:
 routes = [
     by_method("/api/v1/jobs", get=list_jobs, post=submit_job),
     by_method("/api/v1/jobs/{job_id}", get=show_job, delete=cancel_job),
+    Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
 ]

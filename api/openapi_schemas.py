@@ -74,6 +74,15 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["id", "type", "queue", "params", "state", "priority", "attempts"],
     },
+    "Progress": {
+        "type": "object",
+        "description": "A `progress` event of a job's stream: only these two changed.",
+        "properties": {
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "message": {"type": ["string", "null"]},
+        },
+        "required": ["progress", "message"],
+    },
     "JobPage": {
         "type": "object",
         "properties": {

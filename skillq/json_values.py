@@ -8,8 +8,11 @@ So each way in (REST body, MCP arguments, CLI options, schedules, a tool's outpu
 result) puts the value through `storable_problems` before anything is written. A value
 passes when:
 
-- its numbers are finite, and its integers lie within `INTEGER_RANGE` (64 bits, signed or
-  unsigned: what every common JSON parser reads exactly);
+- its numbers are finite, and its integers have at most `MAX_INTEGER_DIGITS` digits (CPython
+  refuses to convert more than 4,300 either way; the MCP SDK's parser too). JSON Schema
+  cannot bound the integers inside a free-form value, so a tighter bound (64 bits) would
+  refuse requests the OpenAPI document calls valid; clients that need exact integers
+  across languages should keep to 64 bits (JavaScript: 2^53) themselves;
 - its strings, object keys included, are valid Unicode (no lone surrogates). NUL is fine:
   the stores keep JSON as escaped text, so `"\\u0000"` reads back as written;
 - it nests at most `MAX_DEPTH` arrays and objects;
@@ -31,14 +34,13 @@ from skillq.errors import InvalidRequest
 #: Deepest nesting of arrays and objects a value may have. Deeper documents are almost
 #: always an attack on recursive code (schema validation, serialisation).
 MAX_DEPTH = 64
-#: Integers from -2**63 to 2**64 - 1, what int64 and uint64 hold.
-INTEGER_RANGE = (-(2**63), 2**64 - 1)
+#: Longest integer, in decimal digits, a value may hold.
+MAX_INTEGER_DIGITS = 4000
+_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 #: At most this many characters of a value are quoted back in an error message.
 PREVIEW_CHARS = 200
 #: At most this many problems are reported for one value.
 MAX_PROBLEMS = 10
-#: Longest integer literal the parser converts; CPython refuses > 4300 digits anyway.
-_MAX_INT_DIGITS = 40
 
 
 class _OversizedInteger:
@@ -50,7 +52,7 @@ class _OversizedInteger:
 
 
 def _parse_int(literal: str) -> int | _OversizedInteger:
-    if len(literal) > _MAX_INT_DIGITS:
+    if len(literal.lstrip("-")) > MAX_INTEGER_DIGITS:
         return _OversizedInteger(literal)
     return int(literal)
 
@@ -122,19 +124,15 @@ def _scalar_problem(value: Any) -> str | None:
     if isinstance(value, str):
         return None if _valid_unicode(value) else _string_problem(value)
     if isinstance(value, int):
-        low, high = INTEGER_RANGE
-        if low <= value <= high:
+        if -_INTEGER_LIMIT < value < _INTEGER_LIMIT:
             return None
-        return "integer out of range: integers must lie within -2^63 and 2^64-1"
+        return f"integer out of range: at most {MAX_INTEGER_DIGITS} digits"
     if isinstance(value, float):
         if math.isfinite(value):
             return None
         return "not a finite number: NaN, Infinity and numbers beyond ±1.8e308 cannot be stored"
     if isinstance(value, _OversizedInteger):
-        return (
-            f"integer out of range ({value.digits} digits): integers must lie within "
-            "-2^63 and 2^64-1"
-        )
+        return f"integer out of range: {value.digits} digits, at most {MAX_INTEGER_DIGITS}"
     return f"not a JSON value (a {type(value).__name__})"
 
 

@@ -45,7 +45,10 @@ UNSTORABLE = {
         b'{"type": "sleep", "params": {"echo": [' + b"9" * 5000 + b"]}}",
         "params.echo.0",
     ),
-    "2^64": (b'{"type": "sleep", "params": {"echo": 18446744073709551616}}', "params.echo"),
+    "4,001 digits": (
+        b'{"type": "sleep", "params": {"echo": {"n": -' + b"1" * 4001 + b"}}}",
+        "params.echo.n",
+    ),
     "overflow to inf": (b'{"type": "sleep", "params": {"seconds": 1e400}}', "params.seconds"),
     "surrogate key option": (
         b'{"type": "sleep", "idempotency_key": "k\\udc00"}',
@@ -138,11 +141,11 @@ def test_unstorable_values_are_422_with_the_path_and_nothing_is_written(
 
 
 def test_nul_and_the_integer_bounds_round_trip_on_both_stores(client: TestClient) -> None:
-    """What is accepted reads back identically: NUL (stored escaped), the 64-bit bounds,
+    """What is accepted reads back identically: NUL (stored escaped), 4,000-digit integers,
     the largest finite float, deep-but-allowed nesting, any Unicode."""
     echo = {
         "nul": "a\x00b",
-        "ints": [-(2**63), 2**64 - 1],
+        "ints": [-(2**63), 2**64, int("9" * 4000), -int("9" * 4000)],
         "float": 1.7976931348623157e308,
         "text": "żółw 🐢 \u2028",
         "deep": json.loads("[" * 60 + "]" * 60),
@@ -247,8 +250,9 @@ def test_execute_skill_refuses_a_bad_timeout_without_a_retry() -> None:
 
 def test_storable_problems_bounds_and_depth() -> None:
     assert storable_problems({"a": [1, 2.5, "x", None, True, {"b": "\x00"}]}, "p") == []
-    assert storable_problems(2**64, "p")[0]["path"] == "p"
-    assert storable_problems(-(2**63) - 1, "p")[0]["message"].startswith("integer out of range")
+    assert storable_problems(10**4000 - 1, "p") == []
+    assert storable_problems(10**4000, "p")[0]["path"] == "p"
+    assert storable_problems(-(10**4000), "p")[0]["message"].startswith("integer out of range")
     nested: list = []
     for _ in range(70):
         nested = [nested]
@@ -388,3 +392,19 @@ def test_an_unknown_skill_names_what_was_looked_up_not_where(
     assert error["message"] == 'no skill named "nope"'
     text = json.dumps(error)
     assert "/" not in text and "site-packages" not in text
+
+
+def test_a_collection_being_created_is_listed_empty_and_searched_as_missing(
+    tmp_path: Path,
+) -> None:
+    """Found by schemathesis's stateful phase: the listing raced an index job that had
+    created the collection's file but not yet its tables, and answered 500."""
+    from skillq.engine.search import Collections
+    from skillq.errors import NotFound
+
+    collections = Collections(tmp_path)
+    tmp_path.joinpath("fresh.db").write_bytes(b"")  # the file, no tables yet
+    assert collections.names() == ["fresh"]
+    assert collections.count("fresh") == 0
+    with pytest.raises(NotFound):
+        collections.search("fresh", "word")

@@ -154,6 +154,10 @@ class Collections:
         db.execute("PRAGMA synchronous=NORMAL")
         if create:
             db.executescript(_SCHEMA)
+        elif not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'documents'").fetchone():
+            # The file exists but its first indexing has not created the tables yet.
+            db.close()
+            raise NotFound(f"no collection named {shown(collection)} yet")
         return db
 
     def names(self) -> list[str]:
@@ -162,7 +166,11 @@ class Collections:
         return sorted(p.stem for p in self.root.glob("*.db") if _COLLECTION.match(p.stem))
 
     def count(self, collection: str) -> int:
-        db = self._connect(collection, create=False)
+        """Documents in the collection; 0 while it is being created (or just went away)."""
+        try:
+            db = self._connect(collection, create=False)
+        except NotFound:
+            return 0
         try:
             return db.execute("SELECT count(*) FROM documents").fetchone()[0]
         finally:

@@ -39,6 +39,8 @@ MAX_INTEGER_DIGITS = 4000
 _INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
 #: At most this many characters of a value are quoted back in an error message.
 PREVIEW_CHARS = 200
+#: At most this many characters of an object key are quoted in a path.
+PATH_PART_CHARS = 64
 #: At most this many problems are reported for one value.
 MAX_PROBLEMS = 10
 
@@ -136,8 +138,14 @@ def _scalar_problem(value: Any) -> str | None:
     return f"not a JSON value (a {type(value).__name__})"
 
 
+def path_part(part: Any) -> str:
+    """One step of a dotted path; a key is cut like any echoed value."""
+    text = str(part)
+    return text if len(text) <= PATH_PART_CHARS else f"{text[:PATH_PART_CHARS]}…"
+
+
 def _join(path: str, part: Any) -> str:
-    return f"{path}.{part}"
+    return f"{path}.{path_part(part)}"
 
 
 def storable_problems(value: Any, root: str) -> list[dict[str, str]]:

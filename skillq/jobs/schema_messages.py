@@ -12,7 +12,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
-from skillq.json_values import shown
+from skillq.json_values import path_part, shown
 
 _COMPARISONS = {
     "minimum": "less than the minimum of",
@@ -83,7 +83,7 @@ def schema_errors(validator: Draft202012Validator, instance: Any, root: str) -> 
     """Every violation with a dotted path, so a client can point at the offending field."""
     details = []
     for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
-        path = ".".join([root, *(str(part) for part in error.absolute_path)])
+        path = ".".join([root, *(path_part(part) for part in error.absolute_path)])
         detail = {"path": path, "message": describe(error)}
         if detail not in details:  # one line for all missing (or unexpected) properties
             details.append(detail)

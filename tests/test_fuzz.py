@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -65,6 +66,10 @@ hostile_numbers = st.one_of(
         [2**63, 2**64, -(2**63) - 1, 10**3999, 10**4000, -(10**4100), 1e308, -0.0, 5e-324]
     ),
 )
+#: Leaves no store can read back, each of them.
+unstorable = st.sampled_from(
+    [float("nan"), float("inf"), -float("inf"), 10**4001, -(10**4100), "\ud800", "a\udfffb"]
+) | st.text(lone_surrogates, min_size=1, max_size=3)
 scalars = st.one_of(st.none(), st.booleans(), hostile_numbers, hostile_text)
 hostile_json = st.recursive(
     scalars,
@@ -92,8 +97,38 @@ def wire(value: Any) -> str:
     return json.dumps(value, allow_nan=True)
 
 
+def positions(value: Any, found: list) -> list:
+    """Every (container, key) a value has, the places a poisoned leaf can go."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found.append((value, key))
+            positions(child, found)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found.append((value, index))
+            positions(child, found)
+    return found
+
+
+@st.composite
+def poisoned(draw: st.DrawFn, schema: dict) -> dict:
+    """Params valid for the schema but for one leaf: NaN, a lone surrogate, a huge integer.
+    Schemas take such leaves (jsonschema: NaN is a number within any maximum), so this is
+    what reaches the store when nothing else checks."""
+    params = draw(from_schema(schema))
+    leaf = draw(unstorable)
+    places = positions(params, [])
+    if places and draw(st.booleans()):
+        container, key = draw(st.sampled_from(places))
+        container[key] = leaf
+    else:
+        params[draw(st.sampled_from([*schema.get("properties", {}), "echo"]))] = leaf
+    return params
+
+
 def params_of(job_type: str) -> st.SearchStrategy[dict]:
-    """Every field of the job type's params, each absent or hostile, plus unknown ones."""
+    """Every field of the job type's params: valid but for one poisoned leaf, or each absent
+    or hostile, plus unknown ones."""
     schema = actors.broker.get_actor(job_type).options["params_schema"]
     fields = {name: hostile_values for name in schema.get("properties", {})}
     if job_type == "index_documents":
@@ -101,9 +136,12 @@ def params_of(job_type: str) -> st.SearchStrategy[dict]:
             {"id": hostile_text, "text": hostile_text}, optional={"metadata": hostile_values}
         )
         fields["documents"] = st.one_of(st.lists(document, max_size=3), hostile_values)
-    return st.fixed_dictionaries(
-        {}, optional={**fields, "unknown": hostile_values}
-    ) | st.dictionaries(hostile_text, hostile_values, max_size=3)
+    return (
+        poisoned(schema)
+        | poisoned(schema)
+        | st.fixed_dictionaries({}, optional={**fields, "unknown": hostile_values})
+        | st.dictionaries(hostile_text, hostile_values, max_size=3)
+    )
 
 
 @st.composite
@@ -238,12 +276,11 @@ def test_mcp_tools_call_never_breaks(client: TestClient, name: str, arguments: A
 
 
 @settings(FUZZ, max_examples=max(5, EXAMPLES // 4))
-@given(
-    job_type=st.sampled_from(JOB_TYPES),
-    params=st.dictionaries(hostile_text, hostile_values, max_size=3),
-)
-def test_cli_submit_never_breaks(store: StorageSettings, job_type: str, params: dict) -> None:
-    text = wire(params)
+@given(job_type=st.sampled_from(JOB_TYPES), data=st.data())
+def test_cli_submit_never_breaks(
+    store: StorageSettings, job_type: str, data: st.DataObject
+) -> None:
+    text = wire(data.draw(params_of(job_type)))
     if "\x00" in text:  # an argv cannot hold NUL: the shell would cut it there
         text = text.replace("\x00", "")
     result = CliRunner().invoke(cli_app, ["jobs", "submit", job_type, "--params", text])
@@ -252,4 +289,4 @@ def test_cli_submit_never_breaks(store: StorageSettings, job_type: str, params: 
     # And what it wrote reads back as strict JSON.
     coordinator = JobCoordinator(actors.broker, actors.settings)
     for job in coordinator.list_jobs(limit=100).jobs:
-        json.dumps(job_to_dict(job), allow_nan=False).encode("utf-8")
+        json.dumps(job_to_dict(job), allow_nan=False, ensure_ascii=False).encode("utf-8")

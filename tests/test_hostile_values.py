@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +167,9 @@ def test_mcp_arguments_are_checked_before_any_job(client: TestClient) -> None:
         error = result["structuredContent"]["error"]
         assert error["code"] == "invalid_params"
         assert [detail["path"] for detail in error["details"]] == [path]
+    # The call's own options: a NaN wait is refused before any job exists.
+    result = mcp_call(client, "sleep", '{"seconds": 0}', **{"skillq/inline_wait_secs": math.nan})
+    assert result["structuredContent"]["error"]["details"][0]["path"].startswith("_meta.")
     # An immediate tool too: a lone surrogate in a filter never reaches the database.
     result = mcp_call(client, "list_jobs", '{"type": ["\\udead"]}')
     assert result["structuredContent"]["error"]["details"][0]["path"] == "arguments.type.0"

@@ -13,6 +13,7 @@ returned, only `cancel_job` / `tasks/cancel` / REST do. A server shutdown cancel
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -53,7 +54,7 @@ def inline_wait_secs(limit: float, params: Mapping[str, Any] | None) -> float:
     asked = _meta_of(params).get(INLINE_WAIT_META_KEY)
     if asked is None:
         return limit
-    if isinstance(asked, bool) or not isinstance(asked, int | float) or asked < 0:
+    if isinstance(asked, bool) or not isinstance(asked, int | float) or not 0 <= asked < math.inf:
         raise InvalidParams(
             f"_meta.{INLINE_WAIT_META_KEY} must be a number of seconds >= 0",
             [{"path": f"_meta.{INLINE_WAIT_META_KEY}", "message": f"got {shown(asked)}"}],

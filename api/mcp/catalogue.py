@@ -42,7 +42,8 @@ class JobTool:
         if self.validator is not None:
             details = schema_errors(self.validator, arguments, "arguments")
             if details:
-                raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)
+                message = f"arguments do not match the schema of {shown(self.name)}"
+                raise InvalidParams(message, details)
         return self.params(arguments)
 
 

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from skillq.api.principal import Principal
 from skillq.errors import Forbidden, InvalidParams
 from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, job_to_dict, schema_errors
-from skillq.json_values import storable_problems
+from skillq.json_values import shown, storable_problems
 from skillq.storage import JobState
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
@@ -49,7 +49,7 @@ class ImmediateTool:
             raise InvalidParams("arguments hold values that cannot be stored", details)
         details = schema_errors(self.validator, arguments, "arguments")
         if details:
-            raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)
+            raise InvalidParams(f"arguments do not match the schema of {shown(self.name)}", details)
         return self.run(coordinator, caller, arguments)
 
 

@@ -205,7 +205,8 @@ class JobCoordinator:
         params = request.get("params", {})
         details = schema_errors(job_type.validator, params, "params")
         if details:
-            raise InvalidParams(f"params do not match the schema of {job_type.name!r}", details)
+            message = f"params do not match the schema of {shown(job_type.name)}"
+            raise InvalidParams(message, details)
         if job_type.params_check is not None:
             job_type.params_check(params)
         ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)

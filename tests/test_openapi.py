@@ -196,8 +196,9 @@ def live_api(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
             drop_postgres_schema(schema)
 
 
-def schemathesis_run(url: str, *options: str) -> subprocess.CompletedProcess[str]:
-    """The schemathesis command, every check, as a user would run it."""
+def schemathesis_run(url: str, workdir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """The schemathesis command, every check, as a user would run it (its cache and
+    reports go to `workdir`, not the checkout)."""
     command = Path(sys.executable).with_name("schemathesis")
     return subprocess.run(
         [
@@ -219,6 +220,7 @@ def schemathesis_run(url: str, *options: str) -> subprocess.CompletedProcess[str
         capture_output=True,
         text=True,
         timeout=1200,
+        cwd=workdir,
     )
 
 
@@ -232,8 +234,10 @@ def schemathesis_run(url: str, *options: str) -> subprocess.CompletedProcess[str
         pytest.param(["--phases", "stateful", "--exclude-deprecated"], id="stateful"),
     ],
 )
-def test_the_schemathesis_command_finds_nothing(live_api: str, phases: list[str]) -> None:
-    result = schemathesis_run(live_api, *phases)
+def test_the_schemathesis_command_finds_nothing(
+    live_api: str, phases: list[str], tmp_path: Path
+) -> None:
+    result = schemathesis_run(live_api, tmp_path, *phases)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
 

@@ -44,7 +44,7 @@ async def search_collection(request: Request) -> JSONResponse:
     require_viewer(request)
     name = request.path_params["name"]
     query = request.query_params.get("q")
-    if query is None:
+    if not query:
         raise InvalidParams("q is required", [{"path": "q", "message": "the search text"}])
     k = _k(request)
     hits = await run_in_threadpool(collections_of(request).search, name, query, k)

@@ -285,9 +285,10 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "name": "q",
                     "in": "query",
                     "required": True,
-                    "description": "Free text; at least one word (a letter, digit or _).",
-                    # ECMA-262 \\w is ASCII only; the server's words are any letters or digits.
-                    "schema": {"type": "string", "pattern": "[\\p{L}\\p{N}_]"},
+                    "description": "Free text; its words (letters and digits of any script) "
+                    "are searched, and a query without any matches nothing.",
+                    # No pattern: ECMA-262 `\w` is ASCII, and fuzzers approximate `\p{L}`.
+                    "schema": {"type": "string", "minLength": 1},
                 },
                 {
                     "name": "k",

@@ -421,3 +421,17 @@ def test_a_collection_being_created_is_listed_empty_and_searched_as_missing(
     assert collections.count("fresh") == 0
     with pytest.raises(NotFound):
         collections.search("fresh", "word")
+
+
+def test_a_query_without_words_matches_nothing_an_empty_one_is_422(tmp_path: Path) -> None:
+    """Found by schemathesis (ST201): the document's `\\w` is ASCII in ECMA-262, the
+    server's words are in any script; now any non-empty q is valid, as documented."""
+    from skillq.engine.search import Collections
+
+    collections = Collections(tmp_path)
+    collections.index("docs", [{"id": "1", "text": "ʈʝ żółw"}])
+    assert collections.search("docs", "?!") == []
+    assert [hit.id for hit in collections.search("docs", ".ʈʝ¿")] == ["1"]
+    with TestClient(create_app()) as client:
+        error = client.get("/api/v1/collections/docs/search", params={"q": ""}).json()["error"]
+        assert (error["code"], error["details"][0]["path"]) == ("invalid_params", "q")

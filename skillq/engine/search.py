@@ -117,12 +117,11 @@ def content_hash(text: str, metadata: dict[str, Any]) -> str:
 
 
 def _words(text: str) -> list[str]:
-    words = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))
-    if not words:
-        raise InvalidParams(
-            "the query has no words to search for", [{"path": "q", "message": f"got {shown(text)}"}]
-        )
-    return words[:64]
+    """The query's words; none (punctuation only) is a query that matches nothing. Refusing
+    it would need clients to know which characters are letters in which Unicode version;
+    an API fuzzer could not, and neither can a JSON Schema pattern (ECMA-262 `\\w` is
+    ASCII)."""
+    return list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))[:64]
 
 
 def _to_query(words: list[str]) -> str:
@@ -305,6 +304,9 @@ class Collections:
             raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
         words = _words(query)
         db = self._connect(collection, create=False)
+        if not words:
+            db.close()
+            return []
         try:
             match = _to_query(self._informative(db, collection, words))
             depth = k if self.embedder is None else max(4 * k, 50)

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 from skillq.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidParams,
     InvalidRequest,
     NotFound,
@@ -42,6 +43,7 @@ HTTP_STATUS: dict[type[SkillqError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    IdempotencyKeyReused: 409,
     Forbidden: 403,
     TooManyRequests: 429,
     ServiceUnavailable: 503,

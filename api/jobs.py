@@ -20,6 +20,7 @@ from skillq.engine.collection_files import check_owner
 from skillq.errors import InvalidParams
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.fields import job_summary_to_dict, job_to_dict
+from skillq.json_values import shown
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -53,7 +54,7 @@ def int_param(request: Request, name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidParams(
-            f"{name} must be an integer", [{"path": name, "message": f"got {raw!r}"}]
+            f"{name} must be an integer", [{"path": name, "message": f"got {shown(raw)}"}]
         ) from None
 
 
@@ -64,7 +65,7 @@ def list_param(request: Request, name: str) -> list[str]:
         parts = raw.split(",")
         if not all(parts):
             raise InvalidParams(
-                f"{name} has an empty value", [{"path": name, "message": f"got {raw!r}"}]
+                f"{name} has an empty value", [{"path": name, "message": f"got {shown(raw)}"}]
             )
         values.extend(parts)
     return values
@@ -108,7 +109,10 @@ async def show_job(request: Request) -> JSONResponse:
 
 
 async def cancel_job(request: Request) -> JSONResponse:
-    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop."""
+    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop.
+
+    Served as `POST .../cancel` and as `DELETE`, its alias: DELETE cancels, it does not
+    delete, and the job stays readable."""
     owner = require_submitter(request).owner_filter
     coordinator = coordinator_of(request)
     job = await run_in_threadpool(
@@ -141,5 +145,6 @@ def by_method(path: str, **handlers: Endpoint) -> Route:
 routes = [
     by_method("/api/v1/jobs", get=list_jobs, post=submit_job),
     by_method("/api/v1/jobs/{job_id}", get=show_job, delete=cancel_job),
+    Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
 ]

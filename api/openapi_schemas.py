@@ -37,6 +37,15 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error"],
     },
     "Job": JOB_SCHEMA,
+    "Progress": {
+        "type": "object",
+        "description": "A `progress` event of a job's stream: only these two changed.",
+        "properties": {
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "message": {"type": ["string", "null"]},
+        },
+        "required": ["progress", "message"],
+    },
     "JobPage": {
         "type": "object",
         "properties": {

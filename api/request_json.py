@@ -10,25 +10,19 @@ serialising) does on it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from skillq.errors import InvalidRequest
+from skillq.json_values import parse_json
 
 #: Deepest nesting of arrays and objects a request body may have. Deeper documents are
 #: almost always an attack on recursive code (schema validation, serialisation).
 MAX_JSON_DEPTH = 64
 #: Bodies up to this size are parsed on the event loop: a thread hop costs more than that.
 INLINE_PARSE_BYTES = 16_384
-
-
-def _invalid(message: str) -> InvalidRequest:
-    return InvalidRequest(
-        "the request body is not valid JSON", [{"path": "body", "message": message}]
-    )
 
 
 def check_shape(document: Any, max_nodes: int) -> None:
@@ -63,15 +57,10 @@ def check_shape(document: Any, max_nodes: int) -> None:
             )
 
 
-def parse_json(body: bytes, max_nodes: int) -> Any:
-    try:
-        document = json.loads(body)
-    except json.JSONDecodeError as error:
-        raise _invalid(f"{error.msg} at line {error.lineno} col {error.colno}") from None
-    except RecursionError:
-        raise _invalid("nested too deeply") from None
-    except UnicodeDecodeError:
-        raise _invalid("not UTF-8") from None
+def parse_body(body: bytes, max_nodes: int) -> Any:
+    """Strict JSON (`NaN`/`Infinity`, bad UTF-8 and deep nesting are a 400, see
+    `skillq.json_values.parse_json`), then bounded in its number of values."""
+    document = parse_json(body, "body")
     check_shape(document, max_nodes)
     return document
 
@@ -80,5 +69,5 @@ async def read_json(request: Request) -> Any:
     body = await request.body()
     max_nodes = request.app.state.settings.server.max_json_nodes
     if len(body) <= INLINE_PARSE_BYTES:
-        return parse_json(body, max_nodes)
-    return await run_in_threadpool(parse_json, body, max_nodes)
+        return parse_body(body, max_nodes)
+    return await run_in_threadpool(parse_body, body, max_nodes)

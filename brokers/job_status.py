@@ -25,6 +25,7 @@ from dramatiq.middleware import (
 )
 
 from skillq.brokers.running import RunningJobs
+from skillq.json_values import storable_problems
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import stored_size, utcnow
@@ -271,16 +272,19 @@ class JobStatus(Middleware):
     ) -> None:
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
-            try:
-                size = stored_size(result)
-            except (TypeError, ValueError) as error:
+            # Nothing is written that cannot be read back: a NaN or a lone surrogate in one
+            # result would break every listing that includes the job.
+            problems = storable_problems(result, "result")
+            if problems:
+                where = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
                 jobs.mark_failed(
                     job_id,
                     attempt=attempt,
                     error_type="ResultNotSerializable",
-                    error_message=f"the job's result is not JSON: {error}",
+                    error_message=f"the job's result cannot be stored as JSON: {where}",
                 )
                 return
+            size = stored_size(result)
             if size > self.max_result_bytes:
                 jobs.mark_failed(
                     job_id,

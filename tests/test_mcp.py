@@ -191,7 +191,7 @@ def test_bad_arguments_and_unknown_tools_are_tool_errors(busy: System, transport
     assert wrong_type.is_error
     error = wrong_type.structured_content["error"]
     assert error["code"] == "invalid_params"
-    message = "'long' is not of type 'number'"
+    message = '"long" is not of type "number"'
     assert error["details"] == [{"path": "params.seconds", "message": message}]
     assert "params.seconds" in wrong_type.content[0].text
     assert extra.is_error and "colour" in extra.content[0].text

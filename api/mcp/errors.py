@@ -25,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from skillq.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidParams,
     InvalidRequest,
     NotFound,
@@ -45,6 +46,7 @@ JSONRPC_CODES: dict[type[SkillqError], int] = {
     NotFound: types.INVALID_PARAMS,
     Conflict: types.INVALID_PARAMS,
     Unauthorized: types.INVALID_PARAMS,
+    IdempotencyKeyReused: types.INVALID_PARAMS,
     Forbidden: types.INVALID_PARAMS,
     TooManyRequests: types.INTERNAL_ERROR,
     ServiceUnavailable: types.INTERNAL_ERROR,

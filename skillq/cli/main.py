@@ -23,7 +23,7 @@ import typer
 from skillq.cli.auth import auth_app
 from skillq.cli.exit_status import JOB_NOT_COMPLETED, report
 from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
-from skillq.errors import InvalidRequest, ServiceUnavailable, SkillqError
+from skillq.errors import ServiceUnavailable, SkillqError
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="skillq: background jobs for AI tool servers.", no_args_is_help=True)
@@ -233,17 +233,21 @@ def jobs_submit(
     params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
     priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="At most one job per key; the same request again shows that job."),
+    ] = None,
 ) -> None:
     """Submit a job; prints its id (or, with --wait, its final state)."""
     from skillq.jobs.fields import job_to_dict
+    from skillq.json_values import parse_json
 
-    try:
-        parsed_params = json.loads(params)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"--params is not valid JSON: {error}") from None
+    parsed_params = parse_json(params, "--params")
     request: dict[str, Any] = {"type": job_type, "params": parsed_params}
     if priority is not None:
         request["priority"] = int(priority) if priority.isdigit() else priority
+    if idempotency_key is not None:
+        request["idempotency_key"] = idempotency_key
     coordinator = _coordinator()
     # The CLI is the operator's, beside the store and the settings: as an admin.
     job = coordinator.submit_job(request, any_owner=True).job

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from skillq import actors
 from skillq.api.app import create_app
 from skillq.brokers.job_status import ATTEMPT_OPTION, JOB_ID_OPTION, JobStatus
+from skillq.brokers.running import RunningJobs
 from skillq.cli.main import app as cli_app
 from skillq.errors import IdempotencyKeyReused, InvalidParams
 from skillq.jobs.coordinator import JobCoordinator
@@ -211,7 +212,7 @@ def test_a_result_that_cannot_be_stored_fails_the_job(store: StorageSettings) ->
     coordinator = JobCoordinator(actors.broker, actors.settings)
     job = coordinator.submit_job({"type": "sleep"}).job
     message = actors.broker.get_actor("sleep").message_with_options(**{JOB_ID_OPTION: job.id})
-    middleware = JobStatus()
+    middleware = JobStatus(RunningJobs())
     middleware.before_process_message(actors.broker, message)
     assert message.options[ATTEMPT_OPTION] == 1
     middleware.after_process_message(
@@ -416,11 +417,12 @@ def test_a_collection_being_created_is_listed_empty_and_searched_as_missing(
     from skillq.errors import NotFound
 
     collections = Collections(tmp_path)
-    tmp_path.joinpath("fresh.db").write_bytes(b"")  # the file, no tables yet
-    assert collections.names() == ["fresh"]
-    assert collections.count("fresh") == 0
+    collections.files.prepare("alice")
+    collections.path("fresh", owner="alice").write_bytes(b"")  # the file, no tables yet
+    assert collections.names(owner="alice") == ["fresh"]
+    assert collections.count("fresh", owner="alice") == 0
     with pytest.raises(NotFound):
-        collections.search("fresh", "word")
+        collections.search("fresh", "word", owner="alice")
 
 
 def test_a_query_without_words_matches_nothing_an_empty_one_is_422(tmp_path: Path) -> None:
@@ -429,9 +431,9 @@ def test_a_query_without_words_matches_nothing_an_empty_one_is_422(tmp_path: Pat
     from skillq.engine.search import Collections
 
     collections = Collections(tmp_path)
-    collections.index("docs", [{"id": "1", "text": "ʈʝ żółw"}])
-    assert collections.search("docs", "?!") == []
-    assert [hit.id for hit in collections.search("docs", ".ʈʝ¿")] == ["1"]
+    collections.index("docs", [{"id": "1", "text": "ʈʝ żółw"}], owner="alice")
+    assert collections.search("docs", "?!", owner="alice") == []
+    assert [hit.id for hit in collections.search("docs", ".ʈʝ¿", owner="alice")] == ["1"]
     with TestClient(create_app()) as client:
         error = client.get("/api/v1/collections/docs/search", params={"q": ""}).json()["error"]
         assert (error["code"], error["details"][0]["path"]) == ("invalid_params", "q")

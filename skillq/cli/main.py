@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from skillq.cli.auth import auth_app
 from skillq.cli.exit_status import JOB_NOT_COMPLETED, report
@@ -26,7 +27,33 @@ from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
 from skillq.errors import ServiceUnavailable, SkillqError
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
-app = typer.Typer(help="skillq: background jobs for AI tool servers.", no_args_is_help=True)
+
+class _ReportedErrors(typer.core.TyperGroup):
+    """Every command's skillq error leaves through the one exit-status table, however the app
+    is invoked (the console script, `python -m skillq`, or click's test runner)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SkillqError, SettingsError) as error:
+            raise typer.Exit(report(error)) from None
+        except Exception as error:
+            # Commands that open the store themselves (db, auth, workers) meet its driver's
+            # errors.
+            from skillq.storage.database import STORE_OUTAGES
+
+            if not isinstance(error, STORE_OUTAGES):
+                raise
+            problem = " ".join(str(error).split())
+            outage = ServiceUnavailable(f"the job store is unavailable: {problem}")
+            raise typer.Exit(report(outage)) from None
+
+
+app = typer.Typer(
+    cls=_ReportedErrors,
+    help="skillq: background jobs for AI tool servers.",
+    no_args_is_help=True,
+)
 jobs_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -375,15 +402,4 @@ _register_skill_engine()
 
 
 def main() -> None:
-    try:
-        app()
-    except (SkillqError, SettingsError) as error:
-        sys.exit(report(error))
-    except Exception as error:
-        # Commands that open the store themselves (db, auth, workers) meet its driver's errors.
-        from skillq.storage.database import STORE_OUTAGES
-
-        if not isinstance(error, STORE_OUTAGES):
-            raise
-        problem = " ".join(str(error).split())
-        sys.exit(report(ServiceUnavailable(f"the job store is unavailable: {problem}")))
+    app()

@@ -26,6 +26,7 @@ from skillq.api.auth import routes as auth_routes
 from skillq.api.body_limit import BodySizeLimit
 from skillq.api.errors import EXCEPTION_HANDLERS
 from skillq.api.mcp import McpEndpoints
+from skillq.api.tracing import RequestTracing
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(RequestTracing, routes=routes),
             Middleware(
                 BodySizeLimit,
                 max_body_size=settings.server.max_body_size,

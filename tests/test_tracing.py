@@ -9,6 +9,7 @@ all land in the job's trace; with the exporter `none` nothing is sent.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,6 +193,14 @@ def test_with_tracing_off_nothing_is_traced_and_trace_id_keeps_its_meaning(
 def test_exporter_none_is_the_default_and_configures_nothing(tmp_path: Path) -> None:
     assert load_settings(write_settings(tmp_path, {})).telemetry.exporter == "none"
     assert tracing.configure_tracing(TelemetrySettings(), service_name="t") is None
+    assert not tracing.enabled()
+
+
+def test_otlp_without_its_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes the import fail, as it does where the extra is not installed.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(tracing.TelemetryUnavailable, match=r"skillq\[telemetry\]"):
+        tracing.configure_tracing(TelemetrySettings(exporter="otlp"), service_name="t")
     assert not tracing.enabled()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from skillq.jobs.fields import JOB_SCHEMA, STATES
+from skillq.jobs.fields import JOB_SCHEMA, JOB_SUMMARY_SCHEMA, STATES
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNTS = {
@@ -37,10 +37,19 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error"],
     },
     "Job": JOB_SCHEMA,
+    "Progress": {
+        "type": "object",
+        "description": "A `progress` event of a job's stream: only these two changed.",
+        "properties": {
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "message": {"type": ["string", "null"]},
+        },
+        "required": ["progress", "message"],
+    },
     "JobPage": {
         "type": "object",
         "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
             "total": {"type": "integer", "minimum": 0},
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
@@ -228,3 +237,6 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "queue", "description", "params_schema"],
     },
 }
+
+# A listed job: the job without its documents (params, result), which only a single job shows.
+SCHEMAS["JobSummary"] = JOB_SUMMARY_SCHEMA

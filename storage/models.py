@@ -32,6 +32,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def stored_size(document: Any) -> int:
+    """Bytes `document` takes as a JSONField stores it (compact JSON, ASCII-escaped)."""
+    return len(json.dumps(document, separators=(",", ":")))
+
+
 class JSONField(peewee.TextField):
     """JSON kept as text, so the same schema works on SQLite and PostgreSQL."""
 

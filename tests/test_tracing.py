@@ -26,7 +26,7 @@ from skillq import tracing
 from skillq.api.app import create_app
 from skillq.settings import SettingsError, TelemetrySettings, load_settings
 from tests.otlp_receiver import Receiver, otlp_receiver
-from tests.support import api_with_worker, wait_for, write_settings
+from tests.support import LOCAL_URL, api_with_worker, wait_for, write_settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -48,7 +48,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), base_url=LOCAL_URL) as client:
         yield client
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import dramatiq
 
+from skillq import tracing
 from skillq.actors import broker, settings
 from skillq.brokers.progress import report_progress
 from skillq.brokers.running import current_job
@@ -86,16 +87,20 @@ def execute(
             [{"path": "params.timeout_secs", "message": f"got {shown(timeout_secs)}"}],
         )
     found, chosen = resolve(skill, tool, input)
-    run = run_tool(
-        found.argv(chosen),
-        input,
-        # A caller may shorten a tool's timeout, never lengthen it past its author's limit.
-        timeout_secs=min(timeout_secs or chosen.timeout_secs, chosen.timeout_secs),
-        limits=Limits.from_settings(settings.skills),
-        job_id=job_id,
-        on_progress=report_progress,
-        isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
-    )
+    # A child of the job's attempt span: how long the sandboxed process itself took.
+    with tracing.span(
+        "skillq.skill.run_tool", attributes={"skillq.skill": skill, "skillq.tool": tool}
+    ):
+        run = run_tool(
+            found.argv(chosen),
+            input,
+            # A caller may shorten a tool's timeout, never lengthen it past its author's limit.
+            timeout_secs=min(timeout_secs or chosen.timeout_secs, chosen.timeout_secs),
+            limits=Limits.from_settings(settings.skills),
+            job_id=job_id,
+            on_progress=report_progress,
+            isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
+        )
     return {
         "skill": skill,
         "tool": tool,

@@ -28,6 +28,7 @@ from skillq.api.auth import routes as auth_routes
 from skillq.api.body_limit import BodySizeLimit
 from skillq.api.errors import EXCEPTION_HANDLERS
 from skillq.api.mcp import McpEndpoints
+from skillq.api.tracing import RequestTracing
 from skillq.api.trusted_origins import TrustedOrigins, allowed_names
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(RequestTracing, routes=routes),
             Middleware(
                 TrustedOrigins,
                 names=allowed_names(settings),

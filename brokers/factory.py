@@ -3,6 +3,7 @@
 Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks in reverse.
 `JobStatus` sits before `JobRetries` so it records an outcome after the retry decision, and
 `JobProgress` sits after both so its final progress write lands before the job completes.
+`JobTracing` comes first, so its attempt span encloses all the others' work.
 `WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
 it running, and let go of it before anyone records its outcome.
 
@@ -32,6 +33,7 @@ from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
 from skillq.brokers.retries import JobRetries
 from skillq.brokers.running import RunningJobs
+from skillq.brokers.tracing import JobTracing
 from skillq.brokers.worker_registry import WorkerRegistry
 from skillq.settings import Settings, WorkerSettings
 
@@ -59,6 +61,7 @@ def job_middleware(
     running = RunningJobs()
     retry_delay_ms = workers.retry_delay_secs * 1000
     return [
+        JobTracing(),
         AgeLimit(),
         TimeLimit(time_limit=workers.job_timeout_secs * 1000),
         ShutdownNotifications(),

@@ -223,6 +223,14 @@ class LlmSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    #: none: no tracing at all (no tracer provider); otlp: spans to an OTLP/HTTP collector,
+    #: which needs the `telemetry` extra.
+    exporter: Annotated[str, _R(choices=("none", "otlp"))] = "none"
+    otlp_endpoint: _Name = "http://127.0.0.1:4318"
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleSettings:
     name: _Name
     cron: Annotated[str, _R(cron=True)]
@@ -242,6 +250,7 @@ class Settings:
     skills: SkillsSettings = field(default_factory=SkillsSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     schedules: tuple[ScheduleSettings, ...] = ()
     source: Annotated[Path | None, _R(internal=True)] = None
 
@@ -290,6 +299,12 @@ def _check_search(obj: SearchSettings, where: str) -> None:
         raise SettingsError(problem, f"{where}.embeddings_url")
 
 
+def _check_telemetry(obj: TelemetrySettings, where: str) -> None:
+    if not obj.otlp_endpoint.startswith(("http://", "https://")):
+        problem = "must start with http:// or https:// (OTLP over HTTP)"
+        raise SettingsError(problem, f"{where}.otlp_endpoint")
+
+
 def _check_settings(obj: Settings, where: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(schedule.name for schedule in obj.schedules):
@@ -305,6 +320,7 @@ _CHECKS: dict[type, Callable[[Any, str], None]] = {
     AuthSettings: _check_auth,
     JobsSettings: _check_jobs,
     SearchSettings: _check_search,
+    TelemetrySettings: _check_telemetry,
     Settings: _check_settings,
 }
 

@@ -17,7 +17,9 @@ from typing import Any
 import dramatiq
 import peewee
 from jsonschema import Draft202012Validator
+from opentelemetry.trace import SpanKind
 
+from skillq import tracing
 from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.errors import (
     Conflict,
@@ -101,7 +103,21 @@ class JobCoordinator:
     ) -> Submission:
         """Writes and enqueues a job owned by `owner`. `any_owner` says the submitter may act
         on every owner's data (an admin, the operator's CLI or schedules); anyone else may
-        name only themselves in a job type's `owner_param`."""
+        name only themselves in a job type's `owner_param`.
+
+        With tracing on, the job's `trace_id` is its trace's: the caller's (a `traceparent`
+        header), or the one a client's W3C `trace_id` names, or a new one."""
+        if not tracing.enabled():
+            return self._submit(request, owner, any_owner)
+        asked = request.get("trace_id") if isinstance(request, dict) else None
+        with tracing.span("skillq.submit", join=asked) as span:
+            submission = self._submit(request, owner, any_owner)
+            span.set_attribute("skillq.job_id", submission.job.id)
+            span.set_attribute("skillq.job_type", submission.job.type)
+            span.set_attribute("skillq.created", submission.created)
+            return submission
+
+    def _submit(self, request: Any, owner: str, any_owner: bool) -> Submission:
         job_type, fields = self._validate_submission(request)
         if not any_owner:
             _check_acts_for_itself(job_type, fields["params"], owner)
@@ -125,7 +141,7 @@ class JobCoordinator:
                 max_retries=max_retries,
                 expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
                 owner=owner,
-                trace_id=fields.get("trace_id"),
+                trace_id=_trace_id_of(fields.get("trace_id")),
                 idempotency_key=key,
             )
         except peewee.IntegrityError:
@@ -261,23 +277,41 @@ class JobCoordinator:
         if job_type is None:
             jobs.mark_enqueue_failed(job.id, f"job type {job.type!r} no longer exists")
             return
-        self.broker.enqueue(self._message(job, job_type))
+        self._send(job, job_type)
 
     def _message(self, job: Job, job_type: JobType) -> dramatiq.Message:
         # No time limit: the worker that runs the job applies its job type's, else its own
         # `workers.job_timeout_secs`, so a job queued under other settings follows the worker's.
         actor = self.broker.get_actor(job_type.name)
+        # The trace context rides along, so the worker's attempts join the job's trace.
+        trace_context = tracing.inject() if tracing.enabled() else {}
         return actor.message_with_options(
             kwargs=job.params,
             **{JOB_ID_OPTION: job.id},
+            **trace_context,
             max_retries=job.max_retries,
             broker_priority=job.priority,
         )
 
+    def _send(self, job: Job, job_type: JobType) -> None:
+        """Enqueue the job's message; with tracing on, in an enqueue span of the job's trace
+        (also when a retry or a recovery pass, in a trace of its own, sends it)."""
+        if not tracing.enabled():
+            self.broker.enqueue(self._message(job, job_type))
+            return
+        attributes = {
+            "skillq.job_id": job.id,
+            "skillq.job_type": job.type,
+            "messaging.destination.name": job_type.queue,
+        }
+        with tracing.span(
+            "skillq.enqueue", join=job.trace_id, kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            self.broker.enqueue(self._message(job, job_type))
+
     def _enqueue(self, job: Job, job_type: JobType) -> None:
-        message = self._message(job, job_type)
         try:
-            self.broker.enqueue(message)
+            self._send(job, job_type)
         except Exception as error:
             logger.exception("Enqueue of job %s failed.", job.id)
             jobs.mark_enqueue_failed(job.id, f"the broker refused the job: {error}")
@@ -335,3 +369,12 @@ def same_request(existing: Job, job_type: JobType, fields: dict[str, Any]) -> Jo
             }
         ],
     )
+
+
+def _trace_id_of(asked: str | None) -> str | None:
+    """The job's `trace_id`: the current trace's when tracing is on, except that a client's
+    value that is no W3C trace id is kept as given (as it always is with tracing off)."""
+    current = tracing.current_trace_id() if tracing.enabled() else None
+    if current is None or (asked is not None and tracing.w3c_trace_id(asked) is None):
+        return asked
+    return tracing.format_trace_id(current)

@@ -109,13 +109,43 @@ def content_hash(text: str, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _words(text: str) -> list[str]:
+def words_of(text: str) -> list[str]:
     words = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))
     if not words:
         raise InvalidParams(
             "the query has no words to search for", [{"path": "q", "message": f"got {text!r}"}]
         )
     return words[:64]
+
+
+def check_unique_ids(documents: list[dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    for i, doc in enumerate(documents):
+        if doc["id"] in seen:
+            raise InvalidParams(
+                f"document id {doc['id']!r} appears twice",
+                [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
+            )
+        seen.add(doc["id"])
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
+
+
+def fuse(
+    bm25: dict[int, float], similarity: dict[int, float], k: int
+) -> tuple[list[int], dict[int, float]]:
+    """The `k` best row ids and their scores: Reciprocal Rank Fusion of the two rankings
+    (each a dict in rank order) when there are vectors, else the keyword ranking."""
+    if not similarity:
+        return list(bm25)[:k], bm25
+    fused: dict[int, float] = {}
+    for ranking in (list(bm25), list(similarity)):
+        for rank, rowid in enumerate(ranking, start=1):
+            fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused, key=fused.__getitem__, reverse=True)[:k], fused
 
 
 def _to_query(words: list[str]) -> str:
@@ -192,14 +222,7 @@ class Collections:
         already done and a re-run only does the rest.
         """
         check_collection(collection)
-        seen: set[str] = set()
-        for i, doc in enumerate(documents):
-            if doc["id"] in seen:
-                raise InvalidParams(
-                    f"document id {doc['id']!r} appears twice",
-                    [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
-                )
-            seen.add(doc["id"])
+        check_unique_ids(documents)
         db = self._connect(collection, owner=owner, create=True)
         try:
             report = self._index(db, documents, force_reindex, delete_ids, on_progress)
@@ -300,9 +323,8 @@ class Collections:
     def search(self, collection: str, query: str, k: int = 10, *, owner: str) -> list[Hit]:
         """The `k` best documents of `owner`'s collection for `query`: BM25, fused with vector
         similarity when the collection has vectors of the configured embedder's model."""
-        if not 1 <= k <= MAX_K:
-            raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
-        words = _words(query)
+        check_k(k)
+        words = words_of(query)
         db = self._connect(collection, owner=owner, create=False)
         key = (owner, collection)
         try:
@@ -315,15 +337,7 @@ class Collections:
             ).fetchall()
             bm25 = {rowid: -score for rowid, score in keyword}
             similarity = self._vector_ranking(db, key, query, depth)
-            if similarity:
-                fused: dict[int, float] = {}
-                for ranking in (list(bm25), list(similarity)):
-                    for rank, rowid in enumerate(ranking, start=1):
-                        fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
-                order = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
-                scores = fused
-            else:
-                order, scores = list(bm25)[:k], bm25
+            order, scores = fuse(bm25, similarity, k)
             return self._hits(db, order, scores, bm25, similarity)
         finally:
             db.close()

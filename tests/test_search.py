@@ -127,6 +127,8 @@ def test_words_in_most_documents_do_not_drown_rare_ones(collections: SearchColle
     assert (
         len(collections.search("common", "shared words", k=5, owner=OWNER)) == 5
     )  # nothing rarer: kept
+    # A rarer word that no document holds does not leave the common ones out.
+    assert len(collections.search("common", "shared nosuchword", k=5, owner=OWNER)) == 5
     collections.index(
         "common", [{"id": "d1", "text": "walrus alone"}], owner=OWNER
     )  # new generation

@@ -250,7 +250,8 @@ class StoredCollections:
         total, frequency = self._frequencies_of(found, queries)
         if len(queries) > 1:
             rare = [query for query in queries if frequency[query] * 2 < total]
-            queries = rare or queries
+            # Rarer words found nowhere do not count: they would leave nothing to match.
+            queries = rare if any(frequency[query] for query in rare) else queries
         weights = [
             math.log(1 + (total - frequency[q] + 0.5) / (frequency[q] + 0.5)) for q in queries
         ]

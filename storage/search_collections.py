@@ -70,7 +70,7 @@ def pgvector_type(database: peewee.Database) -> str | None:
         return None
     try:
         with database.atomic():
-            database.execute_sql("CREATE EXTENSION IF NOT EXISTS vector")
+            database.execute_sql("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
     except peewee.DatabaseError:
         return None
     schema = database.execute_sql(

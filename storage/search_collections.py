@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import peewee
+from psycopg2.extras import execute_values
 
 from skillq.storage.database import database_proxy
 
@@ -206,10 +207,10 @@ def clear_embeddings(collection_id: int) -> None:
 
 def upsert(collection_id: int, documents: Iterable[StoredDocument], model: str | None) -> None:
     """Adds or replaces documents in one transaction, and moves the generation."""
+    template = f"(%s, %s, %s, %s, %s::jsonb, {_vector_placeholder()})"
     sql = (
         f"INSERT INTO {DOCUMENTS}"
-        " (collection_id, doc_id, content_hash, text, metadata, embedding)"
-        f" VALUES (%s, %s, %s, %s, %s::jsonb, {_vector_placeholder()})"
+        " (collection_id, doc_id, content_hash, text, metadata, embedding) VALUES %s"
         " ON CONFLICT (collection_id, doc_id) DO UPDATE SET"
         " content_hash = excluded.content_hash, text = excluded.text,"
         " metadata = excluded.metadata, embedding = excluded.embedding"
@@ -226,7 +227,8 @@ def upsert(collection_id: int, documents: Iterable[StoredDocument], model: str |
         for doc in documents
     ]
     with database_proxy.atomic():
-        database_proxy.cursor().executemany(sql, rows)
+        # One statement per page of rows, not one round trip per row.
+        execute_values(database_proxy.cursor(), sql, rows, template=template, page_size=500)
         _bump(collection_id, model)
 
 
@@ -256,17 +258,28 @@ def documents(row_ids: Sequence[int]) -> dict[int, tuple[str, str, dict[str, Any
 # --- keyword ranking -----------------------------------------------------------------------
 
 
+#: Word -> its tsquery text: fixed for a text search configuration, so kept per process.
+_word_queries: dict[str, str] = {}
+
+
 def word_queries(words: Sequence[str]) -> list[str]:
     """Each word as the tsquery PostgreSQL makes of it (stemmed; stop words give none).
 
     `plainto_tsquery` reads no operators, so query syntax in a word is inert; the text it
     returns is PostgreSQL's own rendering, safe to cast back.
     """
-    rows = _rows(
-        f"SELECT plainto_tsquery('{TEXT_SEARCH_CONFIG}', w)::text FROM unnest(%s::text[]) AS w",
-        (list(words),),
-    )
-    return list(dict.fromkeys(row[0] for row in rows if row[0]))
+    missing = [word for word in words if word not in _word_queries]
+    if missing:
+        rows = _rows(
+            f"SELECT w, plainto_tsquery('{TEXT_SEARCH_CONFIG}', w)::text"
+            " FROM unnest(%s::text[]) AS w",
+            (missing,),
+        )
+        if len(_word_queries) > 100_000:
+            _word_queries.clear()
+        _word_queries.update(rows)
+    found = [_word_queries.get(word) for word in words]
+    return list(dict.fromkeys(query for query in found if query))
 
 
 def document_frequency(collection_id: int, query: str) -> int:
@@ -287,18 +300,14 @@ def keyword_ranking(
     """
     if not queries:
         return []
+    # One term per query, inline: a subquery over unnest() per row took twice as long.
+    score = " + ".join("%s * ts_rank(d.words, %s::tsquery, 1)" for _ in queries)
+    weighted = [value for pair in zip(weights, queries, strict=True) for value in pair]
     return _rows(
-        "SELECT d.id, (SELECT sum(t.weight * ts_rank(d.words, t.query, 1))"
-        " FROM unnest(%s::tsquery[], %s::float8[]) AS t(query, weight)) AS score"
-        f" FROM {DOCUMENTS} d WHERE d.collection_id = %s AND d.words @@ %s::tsquery"
+        f"SELECT d.id, {score} AS score FROM {DOCUMENTS} d"
+        " WHERE d.collection_id = %s AND d.words @@ %s::tsquery"
         " ORDER BY score DESC, d.id LIMIT %s",
-        (
-            list(queries),
-            list(weights),
-            collection_id,
-            " | ".join(f"({query})" for query in queries),
-            depth,
-        ),
+        (*weighted, collection_id, " | ".join(f"({query})" for query in queries), depth),
     )
 
 

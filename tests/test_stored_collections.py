@@ -316,3 +316,35 @@ def test_an_index_worker_and_the_api_on_separate_data_dirs_share_collections(
     # Neither machine wrote a collection file: the collections are in PostgreSQL.
     for settings in (api_settings, worker_settings):
         assert not (settings.parent / "data" / "collections").exists()
+
+
+def test_migration_5_makes_the_tables_on_postgresql_only(tmp_path: Path) -> None:
+    from skillq.storage.migrations import downgrade, upgrade
+
+    with bound_store("sqlite", tmp_path / "lite"):
+        assert not database_proxy.table_exists("skillq_collection")
+    with bound_store("postgres", tmp_path):
+        assert database_proxy.table_exists("skillq_collection")
+        StoredCollections().index("docs", [{"id": "a", "text": "x"}], owner="o")
+        downgrade(4)
+        assert not database_proxy.table_exists("skillq_collection")
+        assert not database_proxy.table_exists("skillq_collection_document")
+        upgrade()
+        assert StoredCollections().names(owner="o") == []
+
+
+def test_a_postgresql_deployment_with_collection_files_is_told_to_migrate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from skillq.engine.search_backend import open_collections
+    from skillq.settings import SearchSettings
+
+    search = SearchSettings(path=tmp_path / "collections")
+    assert isinstance(open_collections("sqlite", search), Collections)
+    Collections(search.path).index("docs", [{"id": "a", "text": "x"}], owner="o")
+    with caplog.at_level("WARNING"):
+        assert isinstance(open_collections("sqlite", search), Collections)
+    assert "collections migrate" not in caplog.text
+    with caplog.at_level("WARNING"):
+        assert isinstance(open_collections("postgres", search), StoredCollections)
+    assert "skillq collections migrate" in caplog.text

@@ -8,11 +8,15 @@ whatever a worker indexes, every API process can search. Both answer the same ca
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from skillq.engine.embeddings import embedder_from_settings
 from skillq.engine.search import Collections
 from skillq.engine.stored_search import StoredCollections
+
+logger = logging.getLogger(__name__)
 
 SearchCollections = Collections | StoredCollections
 
@@ -25,5 +29,16 @@ def open_collections(storage_backend: str, search: Any) -> SearchCollections:
     """
     embedder = embedder_from_settings(search)
     if storage_backend == "postgres":
+        _warn_of_files(Path(search.path))
         return StoredCollections(embedder)
     return Collections(search.path, embedder)
+
+
+def _warn_of_files(root: Path) -> None:
+    """Collection files a PostgreSQL deployment no longer reads: say how to bring them in."""
+    if root.is_dir() and (any(root.glob("o-*/*.db")) or any(root.glob("*.db"))):
+        logger.warning(
+            "Search collections are in the PostgreSQL store, but %s holds collection files "
+            "that searches no longer read: `skillq collections migrate` copies them in.",
+            root,
+        )

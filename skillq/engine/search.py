@@ -1,5 +1,8 @@
 """Document collections: incremental indexing and BM25 (+ optional vector) search.
 
+This is the SQLite store's backend; with a PostgreSQL store, collections live in the store
+(`skillq.engine.stored_search`, same API; `skillq.engine.search_backend` picks one).
+
 Why SQLite FTS5 rather than bm25s: FTS5 updates its inverted index one document at a time
 inside a transaction, so re-indexing a few changed documents costs only those documents
 (bm25s builds a static index that must be rebuilt for any change); it persists on disk

@@ -91,15 +91,19 @@ async def follow(
     """Polls the store until the job is terminal or `wait_secs` pass; returns its last state.
 
     Progress goes out as percent of 100 and only when it grew: MCP requires every
-    notification's `progress` to be larger than the last.
+    notification's `progress` to be larger than the last. A job that completes sends 100.
     """
     sent = -1.0
     interval = _FIRST_POLL_SECS
     with anyio.move_on_after(wait_secs):
-        while not job.job_state.is_terminal:
+        while True:
+            # Checked before the end too: a completed job's final 100 % goes out before
+            # the result.
             if progress is not None and job.progress is not None and job.progress * 100 > sent:
                 sent = job.progress * 100
                 await progress(sent, 100.0, job.message)
+            if job.job_state.is_terminal:
+                break
             await anyio.sleep(interval)
             interval = min(interval * 1.5, _MAX_POLL_SECS)
             job = await anyio.to_thread.run_sync(coordinator.get_job, job.id)

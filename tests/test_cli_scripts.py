@@ -205,6 +205,15 @@ def test_a_narrow_terminal_gets_a_table_without_shortened_ids(local: Path) -> No
     assert all(worker["id"] in shown for worker in workers)
 
 
+def test_watch_on_a_terminal_shows_a_progress_bar_then_the_result(local: Path) -> None:
+    params = '{"seconds": 1.5, "steps": 5, "echo": "bar"}'
+    job_id = skillq("jobs", "submit", "sleep", "--params", params, settings=local).stdout.strip()
+    shown = on_a_terminal("jobs", "watch", job_id, settings=local, columns=100)
+    assert re.search(r"slept \d of 5 steps", shown), shown  # the bar's description
+    assert "━" in shown  # the bar itself
+    assert '"echo": "bar"' in shown and '"state": "completed"' in shown
+
+
 def test_shell_completion_is_printed_for_bash(local: Path) -> None:
     script = subprocess.run(
         [str(Path(sys.executable).parent / "skillq"), "--show-completion", "bash"],

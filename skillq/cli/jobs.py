@@ -53,7 +53,9 @@ class LocalJobs:
         # The CLI is the operator's, beside the store and the settings: as an admin.
         return self._shown(self.coordinator.submit_job(request, any_owner=True).job)
 
-    def page(self, states: list[str] | None, types: list[str] | None, limit: int, offset: int):
+    def page(
+        self, states: list[str] | None, types: list[str] | None, limit: int, offset: int
+    ) -> dict[str, Any]:
         page = self.coordinator.list_jobs(states=states, types=types, limit=limit, offset=offset)
         jobs = [self._shown(job) for job in page.jobs]
         return {"jobs": jobs, "total": page.total, "limit": limit, "offset": offset}
@@ -88,7 +90,9 @@ class RemoteJobs:
         with self.server.client() as client:
             return client.submit(request["type"], request["params"], **options).raw
 
-    def page(self, states: list[str] | None, types: list[str] | None, limit: int, offset: int):
+    def page(
+        self, states: list[str] | None, types: list[str] | None, limit: int, offset: int
+    ) -> dict[str, Any]:
         with self.server.client() as client:
             jobs, total = client.page(state=states, type=types, limit=limit, offset=offset)
         return {"jobs": [job.raw for job in jobs], "total": total, "limit": limit, "offset": offset}

@@ -13,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from skillq.errors import InvalidRequest, ServiceUnavailable, Unauthorized
+
+if TYPE_CHECKING:
+    from skillq.client import Client
 
 URL_ENV = "SKILLQ_URL"
 API_KEY_ENV = "SKILLQ_API_KEY"
@@ -59,7 +62,7 @@ class Server:
         return "no credential"
 
     @contextmanager
-    def client(self) -> Iterator[object]:
+    def client(self) -> Iterator[Client]:
         """A `skillq.client.Client`, its errors reworded to name their fix."""
         import httpx
 

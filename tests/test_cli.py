@@ -170,7 +170,15 @@ def test_skill_commands_exit_through_the_same_table(embedded: Path) -> None:
     assert unreadable.returncode == 2 and "cannot read documents" in unreadable.stderr
 
 
-@pytest.mark.parametrize("command", [("db", "status"), ("workers", "status")])
+STORE_COMMANDS = [
+    ("db", "status"),
+    ("workers", "status"),
+    ("jobs", "list"),
+    ("jobs", "submit", "sleep"),
+]
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS)
 def test_a_store_outage_exits_5_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
     settings = write_settings(
         tmp_path, {"storage": {"backend": "postgres", "url": unreachable_store_url()}}

@@ -2,7 +2,9 @@
 
 Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks in reverse.
 `JobStatus` sits before `JobRetries` so it records an outcome after the retry decision, and
-`JobProgress` sits after both so its final progress write lands before the job completes.
+`JobProgress` sits after both so its final progress write lands before the job completes,
+and `JobLogs` after it so a job's last lines (its error among them) are written before its
+outcome is; it comes before `Cancellation`, which marks a cancelled message first.
 `WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
 it running, and let go of it before anyone records its outcome.
 
@@ -28,6 +30,7 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from skillq.brokers.cancellation import Cancellation
+from skillq.brokers.job_logs import JobLogs
 from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
 from skillq.brokers.retries import JobRetries
@@ -46,7 +49,10 @@ REDIS_MAINTENANCE_CHANCE = 100_000
 
 
 def job_middleware(
-    workers: WorkerSettings, *, recover: Callable[[], Any] | None = None
+    workers: WorkerSettings,
+    *,
+    recover: Callable[[], Any] | None = None,
+    max_log_bytes: int = 1_048_576,
 ) -> list[Middleware]:
     """skillq's middleware stack, sharing one new `RunningJobs`.
 
@@ -70,6 +76,7 @@ def job_middleware(
             max_backoff=retry_delay_ms * 32,
         ),
         JobProgress(),
+        JobLogs(max_bytes=max_log_bytes),
         PeriodiqMiddleware(),
         WorkerRegistry(
             running,
@@ -85,7 +92,9 @@ def build_broker(
     settings: Settings, *, recover: Callable[[], Any] | None = None
 ) -> dramatiq.Broker:
     """The configured broker; `recover` runs stale-job recovery from the worker registry."""
-    middleware = job_middleware(settings.workers, recover=recover)
+    middleware = job_middleware(
+        settings.workers, recover=recover, max_log_bytes=settings.jobs.max_log_bytes
+    )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":
         from skillq.brokers.redis_priority import PriorityRedisBroker

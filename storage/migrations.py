@@ -153,6 +153,33 @@ def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
     return ApiKeyV4
 
 
+def _job_log_table_v5(database: peewee.Database) -> type[peewee.Model]:
+    """A job's kept log lines; they go with their job (ON DELETE CASCADE)."""
+
+    class JobV5(peewee.Model):
+        id = peewee.CharField(max_length=36, primary_key=True)
+
+        class Meta:
+            table_name = "skillq_job"
+
+    class JobLogLineV5(peewee.Model):
+        job = peewee.ForeignKeyField(JobV5, column_name="job_id", on_delete="CASCADE")
+        seq = peewee.IntegerField()
+        at = peewee.DateTimeField()
+        source = peewee.CharField(max_length=16)
+        level = peewee.CharField(max_length=16)
+        text = peewee.TextField()
+        size = peewee.IntegerField()
+
+        class Meta:
+            table_name = "skillq_job_log"
+            indexes = ((("job", "seq"), True),)
+
+    for model in (JobV5, JobLogLineV5):
+        model._meta.set_database(database)
+    return JobLogLineV5
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -177,6 +204,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the api key table",
         upgrade=lambda db: _api_key_table_v4(db).create_table(safe=False),
         downgrade=lambda db: _api_key_table_v4(db).drop_table(safe=False),
+    ),
+    Migration(
+        5,
+        "create the job log table",
+        upgrade=lambda db: _job_log_table_v5(db).create_table(safe=False),
+        downgrade=lambda db: _job_log_table_v5(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

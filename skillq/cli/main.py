@@ -284,6 +284,30 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     typer.echo(json.dumps(job_to_dict(job, position_in_queue=position), indent=2))
 
 
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")
+    ] = False,
+    since: Annotated[int, typer.Option(min=0, help="Only lines after this number.")] = 0,
+) -> None:
+    """Print a job's kept log: its log records, its tool's stderr, its error."""
+    from skillq.storage.job_logs import MAX_READ_LINES
+
+    coordinator = _coordinator()
+    while True:
+        job, page = coordinator.read_logs(job_id, since=since)
+        for line in page.lines:
+            typer.echo(f"{line.at.isoformat(timespec='milliseconds')} {line.level} {line.text}")
+        since = page.next_since
+        if page.lines and len(page.lines) == MAX_READ_LINES:
+            continue
+        if not follow or job.job_state.is_terminal:
+            return
+        time.sleep(0.5)
+
+
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Cancel a job: a pending one at once, a running one by its worker (within a second)."""

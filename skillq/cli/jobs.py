@@ -9,6 +9,7 @@ so the output of a command is the same in either mode.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import typer
 from skillq.cli.exit_status import JOB_NOT_COMPLETED
 from skillq.cli.output import print_json, print_rows
 from skillq.cli.remote import ApiKeyOption, Server, TokenOption, UrlOption, server_of
+from skillq.client.models import TERMINAL_STATES
 from skillq.errors import InvalidRequest
 
 jobs_app = typer.Typer(
@@ -79,6 +81,12 @@ class LocalJobs:
     def retry(self, job_id: str) -> dict[str, Any]:
         return self._shown(self.coordinator.retry_job(job_id))
 
+    def logs(self, job_id: str, since: int) -> dict[str, Any]:
+        from skillq.jobs.logs import log_page_to_dict
+
+        job, page = self.coordinator.read_logs(job_id, since=since)
+        return log_page_to_dict(job.id, job.state, page)
+
     def watch(self, job_id: str, on_progress: ProgressCallback) -> dict[str, Any]:
         while True:
             job = self.coordinator.get_job(job_id)
@@ -117,6 +125,10 @@ class RemoteJobs:
     def retry(self, job_id: str) -> dict[str, Any]:
         with self.server.client() as client:
             return client.retry(job_id).raw
+
+    def logs(self, job_id: str, since: int) -> dict[str, Any]:
+        with self.server.client() as client:
+            return client.logs(job_id, since=since)
 
     def watch(self, job_id: str, on_progress: ProgressCallback) -> dict[str, Any]:
         with self.server.client() as client:
@@ -277,3 +289,37 @@ def jobs_watch(
     Exits 1 unless the job completed.
     """
     print_outcome(follow(jobs_of(url, api_key, token), job_id))
+
+
+#: Seconds between reads while following a job's log.
+LOG_POLL_SECS = 0.5
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: JobIdArgument,
+    follow_log: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")
+    ] = False,
+    since: Annotated[int, typer.Option(min=0, help="Only lines after this number.")] = 0,
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Print a job's kept log: its log records, its tool's stderr, its error."""
+    jobs = jobs_of(url, api_key, token)
+    while True:
+        page = jobs.logs(job_id, since)
+        for line in page["lines"]:
+            if as_json:
+                typer.echo(json.dumps(line))
+            else:
+                typer.echo(f"{line['at']} {line['level']} {line['text']}")
+        more = page["next_since"] != since and bool(page["lines"])
+        since = page["next_since"]
+        if more:
+            continue  # a full page: read on at once
+        if not follow_log or page["state"] in TERMINAL_STATES:
+            return
+        time.sleep(LOG_POLL_SECS)

@@ -184,6 +184,11 @@ class Client:
             if job.finished:
                 return job
 
+    def logs(self, job_id: str, *, since: int = 0) -> dict[str, Any]:
+        """One page of the job's kept log lines after `since`: `lines`, `next_since`,
+        and the job's `state`."""
+        return self._send(wire.Call("GET", wire.job_path(job_id, "/logs"), params={"since": since}))
+
     def search(
         self, collection: str, query: str, *, k: int = 10, owner: str | None = None
     ) -> list[SearchHit]:

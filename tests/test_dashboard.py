@@ -19,6 +19,7 @@ from skillq import actors
 from skillq.api.app import create_app
 from skillq.api.dashboard import STATIC
 from skillq.settings import AuthSettings, JwtSettings
+from tests.support import LOCAL_URL
 
 SECRET = "dashboard-test-secret-" + "d" * 32
 
@@ -34,7 +35,9 @@ def bearer(subject: str, *roles: str) -> dict[str, str]:
 def client() -> Iterator[TestClient]:
     """auth `jwt`: the page must open without credentials while its data stays closed."""
     auth = AuthSettings(mode="jwt", jwt=JwtSettings(secret=SECRET))
-    with TestClient(create_app(dataclasses.replace(actors.settings, auth=auth))) as client:
+    with TestClient(
+        create_app(dataclasses.replace(actors.settings, auth=auth)), base_url=LOCAL_URL
+    ) as client:
         yield client
 
 

@@ -22,6 +22,7 @@ from skillq.api.errors import EXCEPTION_HANDLERS, HTTP_STATUS
 from skillq.api.mcp.errors import JSONRPC_CODES, protocol_error, tool_error
 from skillq.cli.exit_status import EXIT_STATUS, report
 from skillq.errors import SettingsError, SkillqError, row_of
+from tests.support import LOCAL_URL
 
 TABLES = {"rest": HTTP_STATUS, "mcp": JSONRPC_CODES, "cli": EXIT_STATUS}
 
@@ -121,7 +122,7 @@ def _raising_app(error: Exception) -> TestClient:
         raise error
 
     app = Starlette(routes=[Route("/", endpoint)], exception_handlers=EXCEPTION_HANDLERS)
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url=LOCAL_URL)
 
 
 @pytest.mark.parametrize("cls", core_errors(), ids=lambda c: c.__name__)

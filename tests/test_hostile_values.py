@@ -32,6 +32,7 @@ from skillq.json_values import parse_json, storable_problems
 from skillq.settings import ScheduleSettings, SettingsError, StorageSettings
 from skillq.storage import jobs
 from skillq.storage.database import connection
+from tests.support import LOCAL_URL
 
 #: Bodies Python's json module parses but that are not JSON: refused at parse time, 400.
 NOT_JSON = {
@@ -434,6 +435,6 @@ def test_a_query_without_words_matches_nothing_an_empty_one_is_422(tmp_path: Pat
     collections.index("docs", [{"id": "1", "text": "ʈʝ żółw"}], owner="alice")
     assert collections.search("docs", "?!", owner="alice") == []
     assert [hit.id for hit in collections.search("docs", ".ʈʝ¿", owner="alice")] == ["1"]
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), base_url=LOCAL_URL) as client:
         error = client.get("/api/v1/collections/docs/search", params={"q": ""}).json()["error"]
         assert (error["code"], error["details"][0]["path"]) == ("invalid_params", "q")

@@ -43,6 +43,7 @@ from skillq.storage.database import connection
 from skillq.storage.job_logs import LogEntry
 from skillq.storage.models import Job, JobLogLine, utcnow
 from tests.support import (
+    LOCAL_URL,
     api_with_worker,
     create_postgres_schema,
     drop_postgres_schema,
@@ -317,7 +318,7 @@ def client(store: StorageSettings) -> Iterator[TestClient]:
     settings = dataclasses.replace(
         settings, server=dataclasses.replace(settings.server, stream_poll_secs=0.05)
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL_URL) as client:
         yield client
 
 

@@ -41,13 +41,16 @@ class LocalJobs:
     def __init__(self) -> None:
         from skillq.settings import load_settings
         from skillq.storage import bind_database, open_database
+        from skillq.storage.database import database_proxy
         from skillq.storage.migrations import ensure_schema
 
         # Reach the store first: importing the actors would end an outage with its own
         # exit 2, where the CLI's is 5 with a hint naming the store and the settings file.
-        storage = load_settings().storage
-        bind_database(open_database(storage.backend, **storage.database_args()))
-        ensure_schema()
+        # A process that has bound its store already (the CLI called in-process) keeps it.
+        if database_proxy.obj is None:
+            storage = load_settings().storage
+            bind_database(open_database(storage.backend, **storage.database_args()))
+            ensure_schema()
 
         from skillq import actors
         from skillq.jobs.coordinator import JobCoordinator

@@ -13,7 +13,6 @@ process says at start which one its tools get, and why when it is not bwrap.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -26,7 +25,7 @@ from skillq.brokers.progress import report_progress
 from skillq.brokers.running import current_job
 from skillq.engine import bubblewrap
 from skillq.engine.bubblewrap import Isolation
-from skillq.engine.sandbox import Limits, ToolFailed, kill_running, run_tool
+from skillq.engine.sandbox import CancelSwitch, Limits, ToolFailed, run_tool
 from skillq.engine.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 from skillq.errors import InvalidParams, NotFound
 from skillq.jobs.schema_messages import schema_errors
@@ -78,7 +77,7 @@ def execute(
     input: dict[str, Any] | None = None,
     timeout_secs: float | None = None,
     *,
-    job_id: str | None = None,
+    cancel: CancelSwitch | None = None,
 ) -> dict[str, Any]:
     """The body of `execute_skill`, callable without a broker (CLI, tests)."""
     input = {} if input is None else input
@@ -99,7 +98,7 @@ def execute(
             # A caller may shorten a tool's timeout, never lengthen it past its author's limit.
             timeout_secs=min(timeout_secs or chosen.timeout_secs, chosen.timeout_secs),
             limits=Limits.from_settings(settings.skills),
-            job_id=job_id,
+            cancel=cancel,
             on_progress=report_progress,
             on_log=write_job_log,
             isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
@@ -130,8 +129,9 @@ def execute_skill(
         return execute(skill, tool, input, timeout_secs)
     # Cancelling the job kills the tool's process group: the thread exception alone would
     # wait for the tool to finish.
-    with job.on_cancel(functools.partial(kill_running, job.job_id)):
-        return execute(skill, tool, input, timeout_secs, job_id=job.job_id)
+    switch = CancelSwitch()
+    with job.on_cancel(switch.fire):
+        return execute(skill, tool, input, timeout_secs, cancel=switch)
 
 
 class SandboxReport(dramatiq.Middleware):

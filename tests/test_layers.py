@@ -172,6 +172,10 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
         assert archive.read(top_level).decode().split() == ["skillq"]
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"skillq"}
+    # Every module of the source tree ships (a package missing from pyproject's list would
+    # work in a checkout and break every installed copy).
+    shipped = {n[: -len(".py")].replace("/", ".").removesuffix(".__init__") for n in names}
+    assert set(modules()) - shipped == set()
     for expected in [
         "skillq/actors/__init__.py",
         "skillq/api/mcp/server.py",

@@ -18,6 +18,7 @@ import pytest
 
 from skillq.engine.bubblewrap import Isolation
 from skillq.engine.sandbox import (
+    CancelSwitch,
     Limits,
     SandboxUnavailable,
     ToolBadOutput,
@@ -25,9 +26,7 @@ from skillq.engine.sandbox import (
     ToolCrashed,
     ToolRun,
     ToolTimedOut,
-    kill_running,
     run_tool,
-    running_jobs,
 )
 from skillq.engine.skills import SkillError, SkillLibrary
 from skillq.errors import InvalidParams, NotFound
@@ -220,25 +219,25 @@ def test_the_tool_gets_its_input_and_a_clean_environment(sandbox_mode: str, tmp_
     assert not Path(run.result["cwd"]).exists()  # the working folder is removed
 
 
-def test_kill_running_cancels_the_tool_of_a_job(sandbox_mode: str, tmp_path: Path) -> None:
+def test_a_cancel_switch_cancels_the_running_tool(sandbox_mode: str, tmp_path: Path) -> None:
     marker = sleep_marker()
     argv = python_tool(tmp_path, f"import os; os.execvp('sleep', ['sleep', {marker!r}])")
     outcome: list[BaseException] = []
+    switch = CancelSwitch()
 
     def run() -> None:
         try:
-            run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=120, job_id="job-1")
+            run_in(sandbox_mode, tmp_path, argv, {}, timeout_secs=120, cancel=switch)
         except BaseException as error:
             outcome.append(error)
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for(lambda: "job-1" in running_jobs(), what="the tool to start")
     (tool_pid,) = wait_for(lambda: host_processes(marker), what="the tool's process")
-    assert kill_running("job-1")
+    assert switch.fire()
     thread.join(timeout=30)
     assert isinstance(outcome[0], ToolCancelled)
-    assert not kill_running("job-1")
+    assert not switch.fire()  # the run is over: nothing to kill
     wait_for(lambda: process_gone(tool_pid), timeout=10, what="the cancelled tool to be killed")
 
 

@@ -18,8 +18,9 @@ fraction 0..1, then an optional message). Every other stderr line is log output:
 to `on_log` as it arrives (the job's log), and the last few kilobytes are kept for the
 error message when the tool fails.
 
-Cancellation seam: while a tool runs for a job, `kill_running(job_id)` kills its process
-group; the run then ends with `ToolCancelled`.
+Cancellation seam: a caller passes a `CancelSwitch`; `fire()` (from any thread) kills the
+tool's process group and the run ends with `ToolCancelled`. The sandbox keeps no registry of
+its own: the caller holds the switch (a worker registers `fire` as its job's cancel hook).
 """
 
 from __future__ import annotations
@@ -132,28 +133,36 @@ ProgressCallback = Callable[[float | None, str | None], None]
 #: Takes one stderr line of the tool (decoded, without its newline).
 LogCallback = Callable[[str], None]
 
-_running: dict[str, _Run] = {}
-_running_lock = threading.Lock()
 
+class CancelSwitch:
+    """Cancels the tool of the run it is given to, from any thread. Fired before the tool
+    starts, the tool is killed as soon as it does; after it ends, firing does nothing."""
 
-def kill_running(job_id: str) -> bool:
-    """Kills the process group of the tool running for `job_id`; False if none is running.
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._run: _Run | None = None
+        self.fired = False
 
-    Safe to call from any thread (e.g. a cancellation middleware); the run raises
-    `ToolCancelled` in the thread that started it.
-    """
-    with _running_lock:
-        run = _running.get(job_id)
-    if run is None:
-        return False
-    run.cancelled = True
-    run.kill()
-    return True
+    def fire(self) -> bool:
+        """Kill the running tool; False if none runs now."""
+        with self._lock:
+            self.fired = True
+            run = self._run
+            if run is not None:
+                run.cancelled = True
+                run.kill()
+        return run is not None
 
+    def _attach(self, run: _Run) -> None:
+        with self._lock:
+            self._run = run
+            if self.fired:
+                run.cancelled = True
+                run.kill()
 
-def running_jobs() -> list[str]:
-    with _running_lock:
-        return list(_running)
+    def _detach(self) -> None:
+        with self._lock:
+            self._run = None
 
 
 def clean_environment(workdir: str) -> dict[str, str]:
@@ -242,7 +251,7 @@ def run_tool(
     *,
     timeout_secs: float,
     limits: Limits | None = None,
-    job_id: str | None = None,
+    cancel: CancelSwitch | None = None,
     on_progress: ProgressCallback | None = None,
     isolation: Isolation | None = None,
     on_log: LogCallback | None = None,
@@ -278,9 +287,8 @@ def run_tool(
             close_fds=True,
         )
         run = _Run(process)
-        if job_id is not None:
-            with _running_lock:
-                _running[job_id] = run
+        if cancel is not None:
+            cancel._attach(run)
         try:
             stderr = _Stderr(on_progress, on_log)
             stdout = _communicate(run, payload, timeout_secs, limits, stderr)
@@ -290,9 +298,8 @@ def run_tool(
             for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()
-            if job_id is not None:
-                with _running_lock:
-                    _running.pop(job_id, None)
+            if cancel is not None:
+                cancel._detach()
     tail = stderr.text()
     duration = time.monotonic() - started
     if run.cancelled:

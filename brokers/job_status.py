@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+import structlog
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 from dramatiq.middleware import (
@@ -44,6 +45,8 @@ CANCELLED_OPTION = "job_cancelled"
 RUN_ONCE_OPTION = "run_once"
 #: Message option holding the job's last allowed attempt (max_retries + 1).
 LAST_ATTEMPT_OPTION = "job_last_attempt"
+#: What every log line written while a job runs carries (see `skillq.log_output`).
+_JOB_LOG_FIELDS = ("job_id", "trace_id", "worker_id")
 
 
 def run_once(broker: dramatiq.Broker, actor_name: str) -> bool:
@@ -152,6 +155,8 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
+        # Every log line of this thread names the job until its outcome is recorded.
+        structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=self.worker_id)
         # One pooled connection per message, shared by progress writes, returned at the end.
         database_proxy.connect(reuse_if_open=True)
         for _ in range(5):  # another delivery of the same job may win each race; look again
@@ -183,6 +188,8 @@ class JobStatus(Middleware):
                 raise SkipMessage()
             if not follows_on:
                 self._take_over(broker, message, job)
+        if job.trace_id:
+            structlog.contextvars.bind_contextvars(trace_id=job.trace_id)
         attempt = job.attempts + 1
         if attempt > job.max_retries + 1:
             error = (job.error_type, job.error_message)
@@ -197,7 +204,8 @@ class JobStatus(Middleware):
             return False
         message.options[ATTEMPT_OPTION] = attempt
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
-        self.running.start(job_id, message, attempt=attempt)
+        started = self.running.start(job_id, message, attempt=attempt)
+        started.log_fields = structlog.contextvars.get_contextvars()
         return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
@@ -246,12 +254,14 @@ class JobStatus(Middleware):
         finally:
             self.running.finish(job_id)
             database_proxy.close()
+            structlog.contextvars.unbind_contextvars(*_JOB_LOG_FIELDS)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is not None:
             self.running.finish(job_id)
             database_proxy.close()
+            structlog.contextvars.unbind_contextvars(*_JOB_LOG_FIELDS)
 
     def _record_outcome(
         self,
@@ -273,7 +283,10 @@ class JobStatus(Middleware):
                     error_message=f"the job's result is not JSON: {error}",
                 )
                 return
-            jobs.mark_completed(job_id, attempt=attempt, result=result)
+            if jobs.mark_completed(job_id, attempt=attempt, result=result):
+                # One line per outcome: failures are dramatiq's ERROR with the traceback, a
+                # cancel is one INFO line (brokers.cancellation), a success is this.
+                logger.info("Job %s completed (attempt %d).", job_id, attempt)
             return
         if message.options.get(CANCELLED_OPTION):
             jobs.mark_cancelled(job_id, attempt=attempt)

@@ -196,6 +196,13 @@ class LlmSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    #: console: readable lines for a terminal; json: one JSON object a line, for collectors.
+    format: Annotated[str, _R(choices=("console", "json"))] = "console"
+    level: Annotated[str, _R(choices=("debug", "info", "warning", "error", "critical"))] = "info"
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleSettings:
     name: _Name
     cron: Annotated[str, _R(cron=True)]
@@ -215,6 +222,7 @@ class Settings:
     skills: SkillsSettings = field(default_factory=SkillsSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     schedules: tuple[ScheduleSettings, ...] = ()
     source: Annotated[Path | None, _R(internal=True)] = None
 

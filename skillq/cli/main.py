@@ -10,7 +10,6 @@ of `skillq.cli.exit_status`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from skillq.cli.auth import auth_app
 from skillq.cli.exit_status import JOB_NOT_COMPLETED, report
 from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
 from skillq.errors import InvalidRequest, ServiceUnavailable, SkillqError
+from skillq.log_output import configure_logging
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="skillq: background jobs for AI tool servers.", no_args_is_help=True)
@@ -54,7 +54,7 @@ def configure(
         refuse_bad_schedules(loaded)
     if settings is not None:
         os.environ[ENV_VAR] = str(settings.resolve())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(loaded.logging.format, loaded.logging.level)
 
 
 @app.command()
@@ -104,7 +104,10 @@ def api(
         host=host or settings.server.host,
         port=port or settings.server.port,
         workers=workers,
-        log_level="info",
+        log_level=settings.logging.level,
+        # Not uvicorn's own handlers: its records go through the root logger's, in the format
+        # `[logging]` asks for (set again in each API process, see skillq.actors.process).
+        log_config=None,
         # On SIGTERM, open requests and event streams get this long to finish.
         timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.

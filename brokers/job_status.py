@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,8 +27,8 @@ from dramatiq.middleware import (
     TimeLimitExceeded,
 )
 
-from skillq.brokers.running import RunningJobs
-from skillq.storage import Job, JobState, jobs
+from skillq.brokers.running import RunningJobs, current_job
+from skillq.storage import Job, JobState, job_metrics, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import utcnow
 
@@ -206,6 +207,11 @@ class JobStatus(Middleware):
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
         started = self.running.start(job_id, message, attempt=attempt)
         started.log_fields = structlog.contextvars.get_contextvars()
+        if attempt == 1:
+            # Wait time: from submission to the first attempt's start (a retry's wait is
+            # mostly its own back-off delay, which says nothing about the workers' capacity).
+            wait = (utcnow() - job.created_at).total_seconds()
+            _observe(message.actor_name, "wait_seconds", wait)
         return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
@@ -249,8 +255,12 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
+        running = current_job()
         try:
             self._record_outcome(broker, job_id, message, result, exception)
+            if running is not None and running.job_id == job_id:
+                # Each attempt's run time, whatever its outcome.
+                _observe(message.actor_name, "run_seconds", time.monotonic() - running.started)
         finally:
             self.running.finish(job_id)
             database_proxy.close()
@@ -301,6 +311,14 @@ class JobStatus(Middleware):
             jobs.mark_retrying(
                 job_id, attempt=attempt, error_type=error_type, error_message=error_message
             )
+
+
+def _observe(job_type: str, histogram: str, seconds: float) -> None:
+    """A duration for `/metrics`; a store too busy to take it must not fail the job."""
+    try:
+        job_metrics.observe(job_type, histogram, seconds)
+    except Exception:
+        logger.warning("Could not record the job's %s.", histogram, exc_info=True)
 
 
 def time_limit(broker: dramatiq.Broker, message: dramatiq.Message) -> float | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import peewee
 
+from skillq.storage import job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.models import Job, JobState, utcnow
 
@@ -113,6 +114,17 @@ def position_in_queue(job: Job) -> int:
     return database_proxy.execute_sql(sql, params).fetchone()[0]
 
 
+def _counted(job_id: str, counter: str, query: peewee.ModelUpdate) -> bool:
+    """Run a transition and, if it happened, count it (`storage.job_metrics`) in the same
+    transaction, so a counter never misses or repeats a transition."""
+    with database_proxy.atomic():
+        if query.execute() != 1:
+            return False
+        job_type = Job.select(Job.type).where(Job.id == job_id).scalar()
+        job_metrics.count(job_type, counter)
+    return True
+
+
 def _transition(job_id: str, from_states: Iterable[str], **changes: Any) -> bool:
     query = Job.update(**changes).where((Job.id == job_id) & (Job.state.in_(list(from_states))))
     return query.execute() == 1
@@ -133,7 +145,11 @@ def mark_running(job_id: str, *, attempt: int, worker_id: str) -> bool:
         error_type=None,
         error_message=None,
     ).where((Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt - 1))
-    return query.execute() == 1
+    if attempt == 1:
+        return query.execute() == 1
+    # A retry is counted when it starts, whichever way it came: a failed attempt's retry (it
+    # may start before the failure is recorded), or a lost worker's job run again.
+    return _counted(job_id, "retried", query)
 
 
 def mark_completed(job_id: str, *, attempt: int, result: Any) -> bool:
@@ -188,7 +204,7 @@ def _transition_from_attempt(job_id: str, attempt: int, **changes: Any) -> bool:
     query = Job.update(**changes).where(
         (Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt)
     )
-    return query.execute() == 1
+    return _counted(job_id, changes["state"].value, query)
 
 
 def release_abandoned(job_id: str, *, attempt: int) -> bool:
@@ -267,19 +283,18 @@ def _finish(job_id: str, attempt: int, **changes: Any) -> bool:
     query = Job.update(completed_at=utcnow(), heartbeat_at=None, **changes).where(
         (Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt)
     )
-    return query.execute() == 1
+    return _counted(job_id, changes["state"].value, query)
 
 
 def mark_enqueue_failed(job_id: str, error_message: str) -> bool:
     """The broker refused the message: the job can never run, so it must not stay pending."""
-    return _transition(
-        job_id,
-        (JobState.PENDING,),
+    query = Job.update(
         state=JobState.FAILED,
         error_type="EnqueueError",
         error_message=error_message,
         completed_at=utcnow(),
-    )
+    ).where((Job.id == job_id) & (Job.state == JobState.PENDING))
+    return _counted(job_id, "failed", query)
 
 
 def set_progress(job_id: str, progress: float | None, message: str | None) -> bool:
@@ -292,7 +307,10 @@ def set_progress(job_id: str, progress: float | None, message: str | None) -> bo
 
 
 def cancel_pending(job_id: str) -> bool:
-    return _transition(job_id, (JobState.PENDING,), state=JobState.CANCELLED, completed_at=utcnow())
+    query = Job.update(state=JobState.CANCELLED, completed_at=utcnow()).where(
+        (Job.id == job_id) & (Job.state == JobState.PENDING)
+    )
+    return _counted(job_id, "cancelled", query)
 
 
 def request_cancel(job_id: str) -> bool:

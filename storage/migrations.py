@@ -153,6 +153,22 @@ def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
     return ApiKeyV4
 
 
+def _job_metric_table_v5(database: peewee.Database) -> type[peewee.Model]:
+    class JobMetricV5(peewee.Model):
+        job_type = peewee.CharField(max_length=100)
+        name = peewee.CharField(max_length=32)
+        bucket = peewee.CharField(max_length=16)
+        observations = peewee.BigIntegerField(default=0)
+        total = peewee.DoubleField(default=0.0)
+
+        class Meta:
+            table_name = "skillq_job_metric"
+            primary_key = peewee.CompositeKey("job_type", "name", "bucket")
+
+    JobMetricV5._meta.set_database(database)
+    return JobMetricV5
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -177,6 +193,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the api key table",
         upgrade=lambda db: _api_key_table_v4(db).create_table(safe=False),
         downgrade=lambda db: _api_key_table_v4(db).drop_table(safe=False),
+    ),
+    Migration(
+        5,
+        "create the job metric table",
+        upgrade=lambda db: _job_metric_table_v5(db).create_table(safe=False),
+        downgrade=lambda db: _job_metric_table_v5(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

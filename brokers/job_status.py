@@ -201,17 +201,18 @@ class JobStatus(Middleware):
             )
             logger.info("Skipping message %s: job %s has no attempts left.", message, job_id)
             raise SkipMessage()
-        if not jobs.mark_running(job_id, attempt=attempt, worker_id=self.worker_id):
+        # Wait time: from submission to the first attempt's start (a retry's wait is mostly
+        # its own back-off delay, which says nothing about the workers).
+        wait = (utcnow() - job.created_at).total_seconds() if attempt == 1 else None
+        marked = jobs.mark_running(
+            job_id, attempt=attempt, worker_id=self.worker_id, wait_seconds=wait
+        )
+        if not marked:
             return False
         message.options[ATTEMPT_OPTION] = attempt
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
         started = self.running.start(job_id, message, attempt=attempt)
         started.log_fields = structlog.contextvars.get_contextvars()
-        if attempt == 1:
-            # Wait time: from submission to the first attempt's start (a retry's wait is
-            # mostly its own back-off delay, which says nothing about the workers' capacity).
-            wait = (utcnow() - job.created_at).total_seconds()
-            _observe(message.actor_name, "wait_seconds", wait)
         return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
@@ -256,11 +257,15 @@ class JobStatus(Middleware):
         if job_id is None:
             return
         running = current_job()
+        # Each attempt's run time, whatever its outcome, recorded with it.
+        started = running.started if running is not None and running.job_id == job_id else None
+        run = None if started is None else time.monotonic() - started
         try:
-            self._record_outcome(broker, job_id, message, result, exception)
-            if running is not None and running.job_id == job_id:
-                # Each attempt's run time, whatever its outcome.
-                _observe(message.actor_name, "run_seconds", time.monotonic() - running.started)
+            recorded = self._record_outcome(broker, job_id, message, result, exception, run)
+            if not recorded and run is not None:
+                # The job had moved on (a retry that overtook this failure, a newer attempt):
+                # this attempt still ran for so long.
+                job_metrics.observe(message.actor_name, "run_seconds", run)
         finally:
             self.running.finish(job_id)
             database_proxy.close()
@@ -280,45 +285,48 @@ class JobStatus(Middleware):
         message: dramatiq.Message,
         result: Any,
         exception: BaseException | None,
-    ) -> None:
+        run_seconds: float | None,
+    ) -> bool:
+        """Record how the attempt ended; False if the job had moved on (nothing written)."""
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
             try:
                 json.dumps(result)
             except (TypeError, ValueError) as error:
-                jobs.mark_failed(
+                return jobs.mark_failed(
                     job_id,
                     attempt=attempt,
                     error_type="ResultNotSerializable",
                     error_message=f"the job's result is not JSON: {error}",
+                    run_seconds=run_seconds,
                 )
-                return
-            if jobs.mark_completed(job_id, attempt=attempt, result=result):
+            completed = jobs.mark_completed(
+                job_id, attempt=attempt, result=result, run_seconds=run_seconds
+            )
+            if completed:
                 # One line per outcome: failures are dramatiq's ERROR with the traceback, a
                 # cancel is one INFO line (brokers.cancellation), a success is this.
                 logger.info("Job %s completed (attempt %d).", job_id, attempt)
-            return
+            return completed
         if message.options.get(CANCELLED_OPTION):
-            jobs.mark_cancelled(job_id, attempt=attempt)
-            return
+            return jobs.mark_cancelled(job_id, attempt=attempt, run_seconds=run_seconds)
         limit_ms = time_limit(broker, message) if isinstance(exception, TimeLimitExceeded) else None
         error_type, error_message = describe_error(exception, limit_ms)
         if message.failed or attempt >= message.options.get(LAST_ATTEMPT_OPTION, attempt + 1):
-            jobs.mark_failed(
-                job_id, attempt=attempt, error_type=error_type, error_message=error_message
+            return jobs.mark_failed(
+                job_id,
+                attempt=attempt,
+                error_type=error_type,
+                error_message=error_message,
+                run_seconds=run_seconds,
             )
-        else:
-            jobs.mark_retrying(
-                job_id, attempt=attempt, error_type=error_type, error_message=error_message
-            )
-
-
-def _observe(job_type: str, histogram: str, seconds: float) -> None:
-    """A duration for `/metrics`; a store too busy to take it must not fail the job."""
-    try:
-        job_metrics.observe(job_type, histogram, seconds)
-    except Exception:
-        logger.warning("Could not record the job's %s.", histogram, exc_info=True)
+        return jobs.mark_retrying(
+            job_id,
+            attempt=attempt,
+            error_type=error_type,
+            error_message=error_message,
+            run_seconds=run_seconds,
+        )
 
 
 def time_limit(broker: dramatiq.Broker, message: dramatiq.Message) -> float | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import peewee
@@ -49,34 +50,46 @@ def _bucket_label(bound: float) -> str:
     return "+Inf" if bound == math.inf else f"{bound:g}"
 
 
-def _add(job_type: str, name: str, bucket: str, value: float) -> None:
-    """Add one observation of `value` to a row, creating it on first use (an upsert, so two
-    processes adding to a new row at once both count)."""
-    JobMetric.insert(
-        job_type=job_type, name=name, bucket=bucket, observations=1, total=value
-    ).on_conflict(
+def record(
+    job_type: str, counter: str | None = None, durations: Mapping[str, float] | None = None
+) -> None:
+    """Count one `counter` event (completed, failed, cancelled, retried) of `job_type` and
+    record its `durations` (run_seconds, wait_seconds), in one statement: a multi-row upsert,
+    so two processes adding to a new row at once both count."""
+    rows = []
+    if counter is not None:
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown job counter {counter!r}")
+        rows.append(_row(job_type, counter, "", 1.0))
+    for name, seconds in (durations or {}).items():
+        if name not in HISTOGRAMS:
+            raise ValueError(f"unknown job histogram {name!r}")
+        seconds = max(0.0, seconds)
+        bound = BUCKETS[bisect.bisect_left(BUCKETS, seconds)]
+        rows.append(_row(job_type, name, _bucket_label(bound), seconds))
+    if not rows:
+        return
+    JobMetric.insert_many(rows).on_conflict(
         conflict_target=[JobMetric.job_type, JobMetric.name, JobMetric.bucket],
         update={
-            JobMetric.observations: JobMetric.observations + 1,
-            JobMetric.total: JobMetric.total + value,
+            JobMetric.observations: JobMetric.observations + peewee.EXCLUDED.observations,
+            JobMetric.total: JobMetric.total + peewee.EXCLUDED.total,
         },
     ).execute()
 
 
+def _row(job_type: str, name: str, bucket: str, value: float) -> dict[str, object]:
+    return {"job_type": job_type, "name": name, "bucket": bucket, "observations": 1, "total": value}
+
+
 def count(job_type: str, name: str) -> None:
-    """One more `name` event (completed, failed, cancelled, retried) of `job_type`."""
-    if name not in COUNTERS:
-        raise ValueError(f"unknown job counter {name!r}")
-    _add(job_type, name, "", 1.0)
+    """One more `name` event of `job_type`."""
+    record(job_type, name)
 
 
 def observe(job_type: str, name: str, seconds: float) -> None:
-    """Record one duration (run_seconds, wait_seconds) of `job_type`."""
-    if name not in HISTOGRAMS:
-        raise ValueError(f"unknown job histogram {name!r}")
-    seconds = max(0.0, seconds)
-    bound = BUCKETS[bisect.bisect_left(BUCKETS, seconds)]
-    _add(job_type, name, _bucket_label(bound), seconds)
+    """One duration `name` of `job_type`."""
+    record(job_type, durations={name: seconds})
 
 
 @dataclass

@@ -94,13 +94,14 @@ def test_each_transition_counts_once_and_purging_keeps_the_counts(store: Storage
     _job("a")
     _job("b")
     _job("c", "index_documents")
-    assert jobs.mark_running("a", attempt=1, worker_id="w")
-    assert jobs.mark_retrying("a", attempt=1, error_type="E", error_message="m")
+    assert jobs.mark_running("a", attempt=1, worker_id="w", wait_seconds=0.2)
+    assert jobs.mark_retrying("a", attempt=1, error_type="E", error_message="m", run_seconds=3)
     assert not jobs.mark_retrying("a", attempt=1, error_type="E", error_message="m")
     assert jobs.mark_running("a", attempt=2, worker_id="w")  # the retry starts: counted
     assert not jobs.mark_running("a", attempt=2, worker_id="w2")  # a duplicate: not counted
-    assert jobs.mark_completed("a", attempt=2, result=None)
-    assert not jobs.mark_completed("a", attempt=2, result=None)  # a repeat changes nothing
+    assert jobs.mark_completed("a", attempt=2, result=None, run_seconds=1)
+    # A repeat changes nothing, its duration included.
+    assert not jobs.mark_completed("a", attempt=2, result=None, run_seconds=1)
     assert jobs.cancel_pending("b")
     assert not jobs.cancel_pending("b")
     assert jobs.mark_enqueue_failed("c", "refused")
@@ -112,6 +113,12 @@ def test_each_transition_counts_once_and_purging_keeps_the_counts(store: Storage
         ("failed", "index_documents"): 1,
     }
     assert job_metrics.counters() == expected
+    histograms = job_metrics.histograms()
+    assert histograms[("wait_seconds", "sleep")].count == 1
+    assert (
+        histograms[("run_seconds", "sleep")].count,
+        histograms[("run_seconds", "sleep")].sum,
+    ) == (2, 4)
     assert jobs.purge_expired(now=utcnow().replace(year=2100)) == 3
     assert job_metrics.counters() == expected
 

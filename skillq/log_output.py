@@ -28,6 +28,12 @@ import structlog
 FORMATS = ("console", "json")
 
 
+def _drop_color_message(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn passes a copy of its message with terminal colour codes as an extra field."""
+    event.pop("color_message", None)
+    return event
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -59,7 +65,11 @@ def formatter(log_format: str, stream: TextIO | None = None) -> logging.Formatte
     return structlog.stdlib.ProcessorFormatter(
         # `extra={...}` of a stdlib call becomes fields too (e.g. a job id logged from a
         # thread that is not the job's).
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[
+            *_shared_processors(),
+            structlog.stdlib.ExtraAdder(),
+            _drop_color_message,
+        ],
         processors=final,
     )
 

@@ -221,6 +221,12 @@ def test_a_workers_lines_follow_the_format_and_name_the_job(stack: Stack) -> Non
         assert [line for line in about_cancel if f"Job {cancelled_id} cancelled." in line]
         assert not [line for line in about_cancel if "[error" in line]
         assert any(f"job_id={jobs['done']['id']}" in line for line in lines)
+    assert stack.api is not None
+    api_lines = stack.api.log_path.read_text().splitlines()
+    assert api_lines
+    if as_json:
+        for line in api_lines:  # uvicorn's lines too, without its colour-coded copy
+            assert "color_message" not in json.loads(line), line
     text = "\n".join(lines)
     assert "JobCancelled" not in text
     assert text.count(f"Job {cancelled_id} cancelled.") == 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import dramatiq
 
+from skillq import tracing
 from skillq.actors import broker, settings
 from skillq.brokers.progress import report_progress
 from skillq.brokers.running import current_job
@@ -26,7 +27,8 @@ from skillq.engine.bubblewrap import Isolation
 from skillq.engine.sandbox import Limits, ToolFailed, kill_running, run_tool
 from skillq.engine.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 from skillq.errors import InvalidParams, NotFound
-from skillq.jobs.coordinator import schema_errors
+from skillq.jobs.schema_messages import schema_errors
+from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +80,27 @@ def execute(
 ) -> dict[str, Any]:
     """The body of `execute_skill`, callable without a broker (CLI, tests)."""
     input = {} if input is None else input
+    if timeout_secs is not None and not 0 < timeout_secs <= 86400:
+        # Checked at submission too; here so that no value can make a tool run retry.
+        raise InvalidParams(
+            "timeout_secs must be a number of seconds in (0, 86400]",
+            [{"path": "params.timeout_secs", "message": f"got {shown(timeout_secs)}"}],
+        )
     found, chosen = resolve(skill, tool, input)
-    run = run_tool(
-        found.argv(chosen),
-        input,
-        # A caller may shorten a tool's timeout, never lengthen it past its author's limit.
-        timeout_secs=min(timeout_secs or chosen.timeout_secs, chosen.timeout_secs),
-        limits=Limits.from_settings(settings.skills),
-        job_id=job_id,
-        on_progress=report_progress,
-        isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
-    )
+    # A child of the job's attempt span: how long the sandboxed process itself took.
+    with tracing.span(
+        "skillq.skill.run_tool", attributes={"skillq.skill": skill, "skillq.tool": tool}
+    ):
+        run = run_tool(
+            found.argv(chosen),
+            input,
+            # A caller may shorten a tool's timeout, never lengthen it past its author's limit.
+            timeout_secs=min(timeout_secs or chosen.timeout_secs, chosen.timeout_secs),
+            limits=Limits.from_settings(settings.skills),
+            job_id=job_id,
+            on_progress=report_progress,
+            isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
+        )
     return {
         "skill": skill,
         "tool": tool,

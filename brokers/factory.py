@@ -3,6 +3,7 @@
 Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks in reverse.
 `JobStatus` sits before `JobRetries` so it records an outcome after the retry decision, and
 `JobProgress` sits after both so its final progress write lands before the job completes.
+`JobTracing` comes first, so its attempt span encloses all the others' work.
 `WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
 it running, and let go of it before anyone records its outcome.
 
@@ -32,6 +33,7 @@ from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
 from skillq.brokers.retries import JobRetries
 from skillq.brokers.running import RunningJobs
+from skillq.brokers.tracing import JobTracing
 from skillq.brokers.worker_registry import WorkerRegistry
 from skillq.settings import Settings, WorkerSettings
 
@@ -46,7 +48,10 @@ REDIS_MAINTENANCE_CHANCE = 100_000
 
 
 def job_middleware(
-    workers: WorkerSettings, *, recover: Callable[[], Any] | None = None
+    workers: WorkerSettings,
+    *,
+    recover: Callable[[], Any] | None = None,
+    max_result_bytes: int = 1_048_576,
 ) -> list[Middleware]:
     """skillq's middleware stack, sharing one new `RunningJobs`.
 
@@ -56,13 +61,18 @@ def job_middleware(
     running = RunningJobs()
     retry_delay_ms = workers.retry_delay_secs * 1000
     return [
+        JobTracing(),
         AgeLimit(),
         TimeLimit(time_limit=workers.job_timeout_secs * 1000),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
-        JobStatus(running, dead_after_secs=workers.dead_after_secs),
+        JobStatus(
+            running,
+            dead_after_secs=workers.dead_after_secs,
+            max_result_bytes=max_result_bytes,
+        ),
         JobRetries(
             max_retries=workers.max_retries,
             min_backoff=retry_delay_ms,
@@ -85,7 +95,9 @@ def build_broker(
     settings: Settings, *, recover: Callable[[], Any] | None = None
 ) -> dramatiq.Broker:
     """The configured broker; `recover` runs stale-job recovery from the worker registry."""
-    middleware = job_middleware(settings.workers, recover=recover)
+    middleware = job_middleware(
+        settings.workers, recover=recover, max_result_bytes=settings.jobs.max_result_bytes
+    )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":
         from skillq.brokers.redis_priority import PriorityRedisBroker

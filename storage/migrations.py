@@ -153,8 +153,24 @@ def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
     return ApiKeyV4
 
 
-def _job_metric_table_v5(database: peewee.Database) -> type[peewee.Model]:
-    class JobMetricV5(peewee.Model):
+_HISTORY_INDEXES = ("started_at", "completed_at")
+
+
+def _add_history_indexes_v5(database: peewee.Database) -> None:
+    """v5: when jobs started and finished, indexed for the queue history by minute."""
+    migrator = SchemaMigrator.from_database(database)
+    migrate(*(migrator.add_index("skillq_job", (column,)) for column in _HISTORY_INDEXES))
+
+
+def _drop_history_indexes_v5(database: peewee.Database) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    migrate(
+        *(migrator.drop_index("skillq_job", f"skillq_job_{column}") for column in _HISTORY_INDEXES)
+    )
+
+
+def _job_metric_table_v7(database: peewee.Database) -> type[peewee.Model]:
+    class JobMetricV7(peewee.Model):
         job_type = peewee.CharField(max_length=100)
         name = peewee.CharField(max_length=32)
         bucket = peewee.CharField(max_length=16)
@@ -165,8 +181,8 @@ def _job_metric_table_v5(database: peewee.Database) -> type[peewee.Model]:
             table_name = "skillq_job_metric"
             primary_key = peewee.CompositeKey("job_type", "name", "bucket")
 
-    JobMetricV5._meta.set_database(database)
-    return JobMetricV5
+    JobMetricV7._meta.set_database(database)
+    return JobMetricV7
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -196,9 +212,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        "index job start and finish times",
+        upgrade=lambda db: _add_history_indexes_v5(db),
+        downgrade=lambda db: _drop_history_indexes_v5(db),
+    ),
+    # 6 is main's "search collections in the store"; numbered 7 so both merge in order.
+    Migration(
+        7,
         "create the job metric table",
-        upgrade=lambda db: _job_metric_table_v5(db).create_table(safe=False),
-        downgrade=lambda db: _job_metric_table_v5(db).drop_table(safe=False),
+        upgrade=lambda db: _job_metric_table_v7(db).create_table(safe=False),
+        downgrade=lambda db: _job_metric_table_v7(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -274,7 +274,7 @@ BAD_SCHEDULES = {
     ),
     "unknown skill": (
         'type = "execute_skill"\nparams = { skill = "nope", tool = "x" }',
-        "schedules[0].params: no skill named 'nope'",
+        'schedules[0].params: no skill named "nope"',
     ),
 }
 

@@ -110,7 +110,7 @@ def test_two_schedulers_fire_a_schedule_once(tmp_path: Path) -> None:
         ('type = "sleep"\nparams = { seconds = -1 }', "schedules[0].params: -1 is less than"),
         (
             'type = "execute_skill"\nparams = { skill = "nope", tool = "x" }',
-            "schedules[0].params: no skill named 'nope'",
+            'schedules[0].params: no skill named "nope"',
         ),
     ],
 )

@@ -19,7 +19,9 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from skillq import tracing
 from skillq.api.mcp.catalogue import JobTool
 from skillq.api.mcp.errors import tool_error
 from skillq.api.mcp.job_calls import call_job_tool
@@ -76,6 +78,22 @@ class ToolCalls:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> Any:
+        if not tracing.enabled():
+            return await self._answer(ctx, params)
+        with tracing.span(
+            f"mcp tools/call {params.name}",
+            context=_http_trace_context(ctx),
+            kind=SpanKind.SERVER,
+            attributes={"mcp.method.name": "tools/call", "gen_ai.tool.name": params.name},
+        ) as span:
+            result = await self._answer(ctx, params)
+            if getattr(result, "is_error", False):
+                span.set_status(Status(StatusCode.ERROR))
+            return result
+
+    async def _answer(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> Any:
         try:
             return await self._call(ctx, params)
         except SkillqError as error:
@@ -109,6 +127,19 @@ class ToolCalls:
             stopping=runtime.stopping,
             still_running=still_running,
         )
+
+
+def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """The HTTP request's trace, for a call the MCP session handles in a task of its own
+    (outside the request's context): its `traceparent`, if it sent one. None: the current."""
+    if tracing.current_trace_id() is not None:
+        return None
+    headers = getattr(ctx.request, "headers", None)
+    if headers is None or "traceparent" not in headers:
+        return None
+    return tracing.extract(
+        {name: headers[name] for name in ("traceparent", "tracestate") if name in headers}
+    )
 
 
 def build_server(runtime: McpRuntime) -> Server[Any]:

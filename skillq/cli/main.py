@@ -18,15 +18,42 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from skillq.cli.auth import auth_app
 from skillq.cli.exit_status import JOB_NOT_COMPLETED, report
 from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
-from skillq.errors import InvalidRequest, ServiceUnavailable, SkillqError
+from skillq.errors import ServiceUnavailable, SkillqError
 from skillq.log_output import configure_logging
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
-app = typer.Typer(help="skillq: background jobs for AI tool servers.", no_args_is_help=True)
+
+class _ReportedErrors(typer.core.TyperGroup):
+    """Every command's skillq error leaves through the one exit-status table, however the app
+    is invoked (the console script, `python -m skillq`, or click's test runner)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SkillqError, SettingsError) as error:
+            raise typer.Exit(report(error)) from None
+        except Exception as error:
+            # Commands that open the store themselves (db, auth, workers) meet its driver's
+            # errors.
+            from skillq.storage.database import STORE_OUTAGES
+
+            if not isinstance(error, STORE_OUTAGES):
+                raise
+            problem = " ".join(str(error).split())
+            outage = ServiceUnavailable(f"the job store is unavailable: {problem}")
+            raise typer.Exit(report(outage)) from None
+
+
+app = typer.Typer(
+    cls=_ReportedErrors,
+    help="skillq: background jobs for AI tool servers.",
+    no_args_is_help=True,
+)
 jobs_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -112,7 +139,17 @@ def api(
         timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.
         access_log=False,
+        # Bounds on what one client can hold: open connections (closed past the limit,
+        # requests 503), and the seconds a connection gets to send each request's headers.
+        http="skillq.api.connection_limits:BoundedHttpProtocol",
+        limit_concurrency=settings.server.limit_concurrency,
+        timeout_keep_alive=settings.server.timeout_keep_alive_secs,
     )
+
+
+#: Store connections a worker process uses besides its job threads' (heartbeat, cancellation
+#: watcher, registry).
+WORKER_SIDE_CONNECTIONS = 3
 
 
 def worker_threads(settings: Settings) -> int:
@@ -129,6 +166,14 @@ def worker(
 ) -> NoReturn:
     """Run dramatiq workers for every job type (`dramatiq actors` with our settings)."""
     settings = _settings()
+    thread_count = threads or worker_threads(settings)
+    if thread_count + WORKER_SIDE_CONNECTIONS > settings.storage.pool_size:
+        typer.echo(
+            f"warning: storage.pool_size ({settings.storage.pool_size}) is below the worker's"
+            f" {thread_count} threads + {WORKER_SIDE_CONNECTIONS}: running jobs hold a store"
+            " connection each, so jobs and heartbeats will wait for one; raise pool_size",
+            err=True,
+        )
     command = [
         sys.executable,
         "-m",
@@ -137,7 +182,7 @@ def worker(
         "--processes",
         str(processes or settings.workers.processes),
         "--threads",
-        str(threads or worker_threads(settings)),
+        str(thread_count),
         # On SIGTERM: stop fetching, let running jobs finish this long, then requeue the rest.
         "--worker-shutdown-timeout",
         str(int(settings.workers.shutdown_grace_secs * 1000)),
@@ -218,17 +263,21 @@ def jobs_submit(
     params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
     priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="At most one job per key; the same request again shows that job."),
+    ] = None,
 ) -> None:
     """Submit a job; prints its id (or, with --wait, its final state)."""
     from skillq.jobs.fields import job_to_dict
+    from skillq.json_values import parse_json
 
-    try:
-        parsed_params = json.loads(params)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"--params is not valid JSON: {error}") from None
+    parsed_params = parse_json(params, "--params")
     request: dict[str, Any] = {"type": job_type, "params": parsed_params}
     if priority is not None:
         request["priority"] = int(priority) if priority.isdigit() else priority
+    if idempotency_key is not None:
+        request["idempotency_key"] = idempotency_key
     coordinator = _coordinator()
     # The CLI is the operator's, beside the store and the settings: as an admin.
     job = coordinator.submit_job(request, any_owner=True).job
@@ -356,15 +405,4 @@ _register_skill_engine()
 
 
 def main() -> None:
-    try:
-        app()
-    except (SkillqError, SettingsError) as error:
-        sys.exit(report(error))
-    except Exception as error:
-        # Commands that open the store themselves (db, auth, workers) meet its driver's errors.
-        from skillq.storage.database import STORE_OUTAGES
-
-        if not isinstance(error, STORE_OUTAGES):
-            raise
-        problem = " ".join(str(error).split())
-        sys.exit(report(ServiceUnavailable(f"the job store is unavailable: {problem}")))
+    app()

@@ -55,9 +55,10 @@ def _declare_on_stub_broker() -> None:
     from dramatiq.brokers.stub import StubBroker
 
     from skillq.brokers.factory import job_middleware
+    from skillq.jobs.types import JobTypeOptions
 
     settings = load_settings()
-    broker = StubBroker(middleware=job_middleware(settings.workers))
+    broker = StubBroker(middleware=[*job_middleware(settings.workers), JobTypeOptions()])
     dramatiq.set_broker(broker)
     # `skillq.actors` takes its broker and settings from this module; importing the real one
     # would connect to both the broker and the store.

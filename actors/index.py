@@ -20,8 +20,7 @@ from skillq.actors import settings
 from skillq.brokers.job_status import current_job_owner
 from skillq.brokers.progress import report_progress
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
-from skillq.engine.embeddings import embedder_from_settings
-from skillq.engine.search import Collections
+from skillq.engine.search_backend import SearchCollections, open_collections
 from skillq.errors import InvalidParams
 
 INDEX_DOCUMENTS_PARAMS = {
@@ -67,9 +66,9 @@ INDEX_DOCUMENTS_PARAMS = {
 
 
 @functools.cache
-def collections() -> Collections:
+def collections() -> SearchCollections:
     """One per process: it caches each collection's vector matrix between searches."""
-    return Collections(settings.search.path, embedder_from_settings(settings.search))
+    return open_collections(settings.storage.backend, settings.search)
 
 
 @dramatiq.actor(

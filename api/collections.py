@@ -1,7 +1,8 @@
 """REST routes of search collections: immediate search (not a job), and the list.
 
-Indexing is a job (`index_documents`); searching reads the collection's SQLite file
-directly, so it answers at once with whatever the workers have committed.
+Indexing is a job (`index_documents`); searching reads the collection directly (the
+PostgreSQL store, or its SQLite file), so it answers at once with whatever the workers have
+committed.
 
 A collection belongs to an owner. Everyone reaches their own by name; another owner's
 answers 404 like a missing one. An admin may pass `?owner=` to reach anyone's (and lists
@@ -20,20 +21,19 @@ from starlette.routing import Route
 from skillq.api.auth.access import require_viewer
 from skillq.api.principal import Principal
 from skillq.engine.collection_files import check_owner
-from skillq.engine.embeddings import embedder_from_settings
-from skillq.engine.search import Collections
+from skillq.engine.search_backend import SearchCollections, open_collections
 from skillq.errors import InvalidParams
 from skillq.json_values import shown
 
 
 @functools.cache
-def _collections(root: str, search_settings: object) -> Collections:
-    return Collections(root, embedder_from_settings(search_settings))
+def _collections(storage_backend: str, search_settings: object) -> SearchCollections:
+    return open_collections(storage_backend, search_settings)
 
 
-def collections_of(request: Request) -> Collections:
-    search = request.app.state.settings.search
-    return _collections(str(search.path), search)
+def collections_of(request: Request) -> SearchCollections:
+    settings = request.app.state.settings
+    return _collections(settings.storage.backend, settings.search)
 
 
 def _k(request: Request) -> int:
@@ -71,7 +71,9 @@ async def search_collection(request: Request) -> JSONResponse:
     )
 
 
-def _owners_listed(principal: Principal, named: str | None, collections: Collections) -> list[str]:
+def _owners_listed(
+    principal: Principal, named: str | None, collections: SearchCollections
+) -> list[str]:
     if named is None and principal.is_admin:
         return collections.owners()
     return [principal.data_owner(named)]

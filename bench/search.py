@@ -16,6 +16,8 @@ Rows, each measured in this one run:
     as `skillq api` on 127.0.0.1 with one keep-alive httpx client;
   - with `--local-embeddings`, only skillq's hybrid search (BM25 fused with all-MiniLM-L6-v2
     vectors computed on the CPU), for the cost of vectors;
+  - with `--postgres URL` (e.g. postgresql://127.0.0.1:5432/test), the same runs on the
+    PostgreSQL store (`skillq.engine.stored_search`, in a schema of its own, dropped after);
   - bm25s (the peer, in memory, `pip install bm25s`): index build; a rebuild for the same
     1 % change (bm25s cannot update an index in place); search per query, k=10.
 """
@@ -87,6 +89,38 @@ def bench_skillq(
     docs: list, queries: list[str], root: Path, embedder: Any = None
 ) -> dict[str, Any]:
     collections = Collections(root, embedder)
+    row = bench_collections(collections, docs, queries)
+    row["size_mb"] = collections.path("bench", owner=OWNER).stat().st_size / 2**20
+    return row
+
+
+def bench_postgres(docs: list, queries: list[str], url: str) -> dict[str, Any]:
+    """The same runs on the PostgreSQL store, in a schema made for the run and dropped."""
+    import uuid
+
+    import psycopg2
+
+    from skillq.engine.stored_search import StoredCollections
+    from skillq.storage import bind_database, open_database
+    from skillq.storage.migrations import upgrade
+
+    schema = f"skillq_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE SCHEMA {schema}")
+    database = bind_database(
+        open_database("postgres", url=f"{url}?options=-csearch_path%3D{schema}")
+    )
+    try:
+        upgrade()
+        return bench_collections(StoredCollections(), docs, queries)
+    finally:
+        database.close_all()
+        admin.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+def bench_collections(collections: Any, docs: list, queries: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     first = collections.index("bench", docs, owner=OWNER)
     index_secs = time.perf_counter() - started
@@ -107,7 +141,6 @@ def bench_skillq(
         "update_secs": update_secs,
         "reindexed": second.indexed,
         "latency": percentiles(samples),
-        "size_mb": collections.path("bench", owner=OWNER).stat().st_size / 2**20,
     }
 
 
@@ -193,6 +226,7 @@ def main() -> None:
         action="store_true",
         help="only measure hybrid search with the local MiniLM model (skillq[local-embeddings])",
     )
+    parser.add_argument("--postgres", metavar="URL", help="also measure the PostgreSQL store")
     args = parser.parse_args()
     docs = make_corpus(args.docs)
     queries = make_queries(docs, args.queries)
@@ -215,10 +249,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours = bench_skillq(docs, queries, Path(tmp))
         http = bench_http(queries, Path(tmp))
+    stored = bench_postgres(docs, queries, args.postgres) if args.postgres else None
     peer = bench_bm25s(docs, queries)
     header = f"{'':34}{'index docs/s':>14}{'1% update s':>13}{'re-indexed':>12}"
     print(header + f"{'search p50 ms':>15}{'p99 ms':>9}")
-    for name, row in (("skillq (SQLite FTS5, on disk)", ours), ("bm25s (in memory)", peer)):
+    rows = [("skillq (SQLite FTS5, on disk)", ours), ("bm25s (in memory)", peer)]
+    if stored is not None:
+        rows.insert(1, ("skillq (PostgreSQL store)", stored))
+    for name, row in rows:
         if row is None:
             print(f"{name:34}not installed (pip install bm25s)")
             continue

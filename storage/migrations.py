@@ -16,6 +16,7 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
+from skillq.storage import search_collections
 from skillq.storage.database import database_proxy
 from skillq.storage.models import JSONField, utcnow
 
@@ -169,6 +170,51 @@ def _drop_history_indexes_v5(database: peewee.Database) -> None:
     )
 
 
+def _add_search_collections(database: peewee.Database) -> None:
+    """Search collections in the store (PostgreSQL only: a SQLite deployment keeps its
+    collections in FTS5 files under `search.path`, on the one machine it runs on).
+
+    `embedding` is pgvector's `vector` when the extension can be had, else float32 `bytea`.
+    `words` holds at most 250,000 characters of the text: PostgreSQL refuses a tsvector over
+    1 MiB of lexemes, and 250,000 characters of at most 4 UTF-8 bytes stay under it.
+    """
+    if not isinstance(database, peewee.PostgresqlDatabase):
+        return
+    vector = search_collections.pgvector_type(database) or "bytea"
+    database.execute_sql(
+        "CREATE TABLE skillq_collection ("
+        " id BIGSERIAL PRIMARY KEY,"
+        " owner TEXT NOT NULL,"
+        " name TEXT NOT NULL,"
+        " embedding_model TEXT,"
+        " generation BIGINT NOT NULL DEFAULT 0,"
+        " UNIQUE (owner, name))"
+    )
+    database.execute_sql(
+        "CREATE TABLE skillq_collection_document ("
+        " id BIGSERIAL PRIMARY KEY,"
+        " collection_id BIGINT NOT NULL REFERENCES skillq_collection (id) ON DELETE CASCADE,"
+        " doc_id TEXT NOT NULL,"
+        " content_hash TEXT NOT NULL,"
+        " text TEXT NOT NULL,"
+        " metadata JSONB NOT NULL,"
+        " words TSVECTOR GENERATED ALWAYS AS"
+        " (to_tsvector('english'::regconfig, left(text, 250000))) STORED,"
+        f" embedding {vector},"
+        " UNIQUE (collection_id, doc_id))"
+    )
+    database.execute_sql(
+        "CREATE INDEX skillq_collection_document_words"
+        " ON skillq_collection_document USING GIN (words)"
+    )
+
+
+def _drop_search_collections(database: peewee.Database) -> None:
+    if isinstance(database, peewee.PostgresqlDatabase):
+        database.execute_sql("DROP TABLE skillq_collection_document")
+        database.execute_sql("DROP TABLE skillq_collection")
+
+
 def _job_metric_table_v7(database: peewee.Database) -> type[peewee.Model]:
     class JobMetricV7(peewee.Model):
         job_type = peewee.CharField(max_length=100)
@@ -216,7 +262,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         upgrade=lambda db: _add_history_indexes_v5(db),
         downgrade=lambda db: _drop_history_indexes_v5(db),
     ),
-    # 6 is main's "search collections in the store"; numbered 7 so both merge in order.
+    Migration(
+        6,
+        "search collections in the store (PostgreSQL)",
+        upgrade=_add_search_collections,
+        downgrade=_drop_search_collections,
+    ),
     Migration(
         7,
         "create the job metric table",

@@ -24,7 +24,14 @@ from skillq.engine.collection_files import LEGACY_OWNER
 from skillq.engine.search import Collections
 from skillq.errors import InvalidParams, NotFound
 from tests.mcp_clients import connect
-from tests.support import api_with_worker, wait_for
+from tests.support import (
+    api_with_worker,
+    create_postgres_schema,
+    drop_postgres_schema,
+    postgres_schema_url,
+    require_service,
+    wait_for,
+)
 
 SECRET = "collection-owners-secret-" + "x" * 32
 
@@ -159,8 +166,11 @@ ALICE, BOB, CAROL = token("alice", "submitter"), token("bob", "submitter"), toke
 ADMIN = token("root", "admin")
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def base_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The stack on each store: with PostgreSQL, collections live in the store."""
     directory = tmp_path_factory.mktemp("collection-owners")
     sections = {
         "server": {"data_dir": str(directory / "data")},
@@ -169,8 +179,17 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "auth.jwt": {"secret": SECRET},
         "mcp": {"inline_wait_secs": 60},
     }
-    with api_with_worker(directory, sections) as url:
-        yield url
+    schema = None
+    if request.param == "postgres":
+        require_service("postgres")
+        schema = create_postgres_schema()
+        sections["storage"] = {"backend": "postgres", "url": postgres_schema_url(schema)}
+    try:
+        with api_with_worker(directory, sections) as url:
+            yield url
+    finally:
+        if schema is not None:
+            drop_postgres_schema(schema)
 
 
 def index(base_url: str, headers: dict, params: dict) -> httpx.Response:

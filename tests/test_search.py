@@ -1,5 +1,7 @@
-"""Collections on real SQLite files: ranking, incremental re-indexing, other processes,
-and hybrid search against an OpenAI-compatible embeddings server on 127.0.0.1."""
+"""Collections on both backends (SQLite FTS5 files, and the PostgreSQL store): ranking,
+incremental re-indexing, other processes, and hybrid search against an OpenAI-compatible
+embeddings server on 127.0.0.1. The same corpus and the same expectations for both: the top
+hit for each distinctive word is its document."""
 
 from __future__ import annotations
 
@@ -7,15 +9,18 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from skillq.engine.embeddings import LocalEmbedder, OpenAIEmbedder
+from skillq.engine.embeddings import Embedder, LocalEmbedder, OpenAIEmbedder
 from skillq.engine.search import Collections
+from skillq.engine.search_backend import SearchCollections
+from skillq.engine.stored_search import StoredCollections
 from skillq.errors import InvalidParams, NotFound
-from tests.support import ROOT, JsonHandler, serve_http
+from skillq.storage import search_collections
+from tests.support import ROOT, JsonHandler, bound_store, serve_http
 
 OWNER = "t"
 
@@ -39,12 +44,37 @@ def corpus(n: int) -> list[dict]:
     return docs
 
 
+#: "postgres" uses pgvector when the server has it; "postgres-bytea" never does.
+BACKENDS = ["sqlite", "postgres", "postgres-bytea"]
+
+
 @pytest.fixture
-def collections(tmp_path: Path) -> Collections:
-    return Collections(tmp_path / "collections")
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[Embedder | None], SearchCollections]]:
+    """Makes collections of one backend (the test's parameter), with a given embedder."""
+    if request.param == "sqlite":
+        yield lambda embedder=None: Collections(tmp_path / "collections", embedder)
+        return
+    if request.param == "postgres-bytea":
+        monkeypatch.setattr(search_collections, "USE_PGVECTOR", False)
+    with bound_store("postgres", tmp_path):
+        yield lambda embedder=None: StoredCollections(embedder)
 
 
-def test_known_queries_rank_the_right_document_first(collections: Collections) -> None:
+@pytest.fixture
+def collections(backend: Callable[[Embedder | None], SearchCollections]) -> SearchCollections:
+    return backend(None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        keyword_only = "embeddings_url" not in metafunc.fixturenames
+        params = BACKENDS[:2] if keyword_only else BACKENDS
+        metafunc.parametrize("backend", params, indirect=True)
+
+
+def test_known_queries_rank_the_right_document_first(collections: SearchCollections) -> None:
     docs = corpus(3000)
     report = collections.index("docs", docs, owner=OWNER)
     assert (report.added, report.updated, report.total) == (3000, 0, 3000)
@@ -61,7 +91,7 @@ def test_known_queries_rank_the_right_document_first(collections: Collections) -
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
 
 
-def test_a_second_run_reindexes_only_changed_documents(collections: Collections) -> None:
+def test_a_second_run_reindexes_only_changed_documents(collections: SearchCollections) -> None:
     docs = corpus(3000)
     collections.index("docs", docs, owner=OWNER)
     for i in (3, 333, 2222):
@@ -83,7 +113,7 @@ def test_a_second_run_reindexes_only_changed_documents(collections: Collections)
     assert forced.updated == 10
 
 
-def test_words_in_most_documents_do_not_drown_rare_ones(collections: Collections) -> None:
+def test_words_in_most_documents_do_not_drown_rare_ones(collections: SearchCollections) -> None:
     docs = [
         {"id": f"d{i}", "text": f"shared words {'walrus' if i % 100 == 0 else 'other'} n{i}"}
         for i in range(1000)
@@ -97,6 +127,8 @@ def test_words_in_most_documents_do_not_drown_rare_ones(collections: Collections
     assert (
         len(collections.search("common", "shared words", k=5, owner=OWNER)) == 5
     )  # nothing rarer: kept
+    # A rarer word that no document holds does not leave the common ones out.
+    assert len(collections.search("common", "shared nosuchword", k=5, owner=OWNER)) == 5
     collections.index(
         "common", [{"id": "d1", "text": "walrus alone"}], owner=OWNER
     )  # new generation
@@ -105,7 +137,9 @@ def test_words_in_most_documents_do_not_drown_rare_ones(collections: Collections
     ]
 
 
-def test_search_from_another_process_sees_the_index(collections: Collections) -> None:
+def test_search_from_another_process_sees_the_index(tmp_path: Path) -> None:
+    # The PostgreSQL store's version: tests/test_stored_collections.py (API and worker).
+    collections = Collections(tmp_path)
     collections.index("shared", corpus(500), owner=OWNER)
     code = (
         "import json, sys; from skillq.engine.search import Collections; "
@@ -123,7 +157,7 @@ def test_search_from_another_process_sees_the_index(collections: Collections) ->
     assert json.loads(out.stdout)[0] == "doc-42"
 
 
-def test_bad_requests_are_refused_precisely(collections: Collections) -> None:
+def test_bad_requests_are_refused_precisely(collections: SearchCollections) -> None:
     with pytest.raises(NotFound):
         collections.search("missing", "anything", owner=OWNER)
     collections.index("docs", corpus(5), owner=OWNER)
@@ -170,9 +204,11 @@ def embeddings_url() -> Iterator[str]:
         yield f"{url}/v1"
 
 
-def test_hybrid_search_finds_by_meaning_and_by_keyword(tmp_path: Path, embeddings_url: str) -> None:
+def test_hybrid_search_finds_by_meaning_and_by_keyword(
+    backend: Callable[[Embedder | None], SearchCollections], embeddings_url: str
+) -> None:
     embedder = OpenAIEmbedder(embeddings_url, "concepts-v1")
-    collections = Collections(tmp_path, embedder)
+    collections = backend(embedder)
     docs = [
         {"id": "cars", "text": "automobile repair shop"},
         {"id": "dogs", "text": "puppy training classes"},
@@ -188,7 +224,12 @@ def test_hybrid_search_finds_by_meaning_and_by_keyword(tmp_path: Path, embedding
     # Unchanged documents are not embedded again; keyword-only search still works.
     assert collections.index("hybrid", docs, owner=OWNER).embedded == 0
     assert sum(EmbeddingsHandler.calls) == 3 + 2  # 3 documents, 2 queries
-    assert Collections(tmp_path).search("hybrid", "puppy", owner=OWNER)[0].id == "dogs"
+    assert backend(None).search("hybrid", "puppy", owner=OWNER)[0].id == "dogs"
+    # Another model's vectors are not compared with this one's: all are embedded again.
+    other = backend(OpenAIEmbedder(embeddings_url, "concepts-v2"))
+    assert other.search("hybrid", "canine", k=3, owner=OWNER) == []  # no vectors of v2 yet
+    assert other.index("hybrid", docs, owner=OWNER).embedded == 3
+    assert other.search("hybrid", "canine", k=3, owner=OWNER)[0].id == "dogs"
 
 
 def test_local_embedding_model_when_installed(tmp_path: Path) -> None:

@@ -94,20 +94,19 @@ def _list_job_types(coordinator: JobCoordinator, caller: Principal, args: dict) 
 
 
 @functools.cache
-def _collections(root: str, search_settings: Any) -> Any:
-    from skillq.engine.embeddings import embedder_from_settings
-    from skillq.engine.search import Collections
+def _collections(storage_backend: str, search_settings: Any) -> Any:
+    from skillq.engine.search_backend import open_collections
 
-    return Collections(root, embedder_from_settings(search_settings))
+    return open_collections(storage_backend, search_settings)
 
 
 def _search(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
     """Search reads the collection the index workers wrote, so it never waits for a job.
     The caller's own collection, or (an admin only) the `owner` it names, as over REST."""
-    search = coordinator.settings.search
+    settings = coordinator.settings
     k = args.get("k", 10)
     owner = caller.data_owner(args.get("owner"))
-    collections = _collections(str(search.path), search)
+    collections = _collections(settings.storage.backend, settings.search)
     hits = collections.search(args["collection"], args["query"], k, owner=owner)
     query = {"owner": owner, "collection": args["collection"], "query": args["query"], "k": k}
     return {**query, "hits": [asdict(hit) for hit in hits]}

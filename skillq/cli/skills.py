@@ -163,12 +163,10 @@ def search(
     owner: Annotated[str | None, typer.Option(help=_OWNER_HELP)] = None,
 ) -> None:
     """Search a collection now (no job): ranked hits with scores and metadata, as JSON."""
+    from skillq.cli.collections import collections_of
     from skillq.engine.collection_files import LEGACY_OWNER
-    from skillq.engine.embeddings import embedder_from_settings
-    from skillq.engine.search import Collections
 
-    search_settings = _settings().search
-    collections = Collections(search_settings.path, embedder_from_settings(search_settings))
+    collections = collections_of(_settings())
     hits = collections.search(collection, query, k, owner=owner or LEGACY_OWNER)
     typer.echo(json.dumps([hit.__dict__ for hit in hits], indent=2))
 
@@ -203,6 +201,9 @@ def enhance(
 
 def register(app: typer.Typer) -> None:
     """Adds these commands to the `skillq` app."""
+    from skillq.cli.collections import collections_app
+
     app.add_typer(skills_app, name="skills")
+    app.add_typer(collections_app, name="collections")
     for command in (index, search, run, enhance):
         app.command(command.__name__)(command)

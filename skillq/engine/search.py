@@ -1,5 +1,8 @@
 """Document collections: incremental indexing and BM25 (+ optional vector) search.
 
+This is the SQLite store's backend; with a PostgreSQL store, collections live in the store
+(`skillq.engine.stored_search`, same API; `skillq.engine.search_backend` picks one).
+
 Why SQLite FTS5 rather than bm25s: FTS5 updates its inverted index one document at a time
 inside a transaction, so re-indexing a few changed documents costs only those documents
 (bm25s builds a static index that must be rebuilt for any change); it persists on disk
@@ -110,12 +113,42 @@ def content_hash(text: str, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _words(text: str) -> list[str]:
+def words_of(text: str) -> list[str]:
     """The query's words; none (punctuation only) is a query that matches nothing. Refusing
     it would need clients to know which characters are letters in which Unicode version;
     an API fuzzer could not, and neither can a JSON Schema pattern (ECMA-262 `\\w` is
     ASCII)."""
     return list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))[:64]
+
+
+def check_unique_ids(documents: list[dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    for i, doc in enumerate(documents):
+        if doc["id"] in seen:
+            raise InvalidParams(
+                f"document id {shown(doc['id'])} appears twice",
+                [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
+            )
+        seen.add(doc["id"])
+
+
+def check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
+
+
+def fuse(
+    bm25: dict[int, float], similarity: dict[int, float], k: int
+) -> tuple[list[int], dict[int, float]]:
+    """The `k` best row ids and their scores: Reciprocal Rank Fusion of the two rankings
+    (each a dict in rank order) when there are vectors, else the keyword ranking."""
+    if not similarity:
+        return list(bm25)[:k], bm25
+    fused: dict[int, float] = {}
+    for ranking in (list(bm25), list(similarity)):
+        for rank, rowid in enumerate(ranking, start=1):
+            fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused, key=fused.__getitem__, reverse=True)[:k], fused
 
 
 def _to_query(words: list[str]) -> str:
@@ -200,14 +233,7 @@ class Collections:
         already done and a re-run only does the rest.
         """
         check_collection(collection)
-        seen: set[str] = set()
-        for i, doc in enumerate(documents):
-            if doc["id"] in seen:
-                raise InvalidParams(
-                    f"document id {shown(doc['id'])} appears twice",
-                    [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
-                )
-            seen.add(doc["id"])
+        check_unique_ids(documents)
         db = self._connect(collection, owner=owner, create=True)
         try:
             report = self._index(db, documents, force_reindex, delete_ids, on_progress)
@@ -308,9 +334,8 @@ class Collections:
     def search(self, collection: str, query: str, k: int = 10, *, owner: str) -> list[Hit]:
         """The `k` best documents of `owner`'s collection for `query`: BM25, fused with vector
         similarity when the collection has vectors of the configured embedder's model."""
-        if not 1 <= k <= MAX_K:
-            raise InvalidParams("k is out of range", [{"path": "k", "message": f"1-{MAX_K}"}])
-        words = _words(query)
+        check_k(k)
+        words = words_of(query)
         db = self._connect(collection, owner=owner, create=False)
         key = (owner, collection)
         if not words:
@@ -326,15 +351,7 @@ class Collections:
             ).fetchall()
             bm25 = {rowid: -score for rowid, score in keyword}
             similarity = self._vector_ranking(db, key, query, depth)
-            if similarity:
-                fused: dict[int, float] = {}
-                for ranking in (list(bm25), list(similarity)):
-                    for rank, rowid in enumerate(ranking, start=1):
-                        fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
-                order = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
-                scores = fused
-            else:
-                order, scores = list(bm25)[:k], bm25
+            order, scores = fuse(bm25, similarity, k)
             return self._hits(db, order, scores, bm25, similarity)
         finally:
             db.close()
@@ -342,7 +359,7 @@ class Collections:
     def _informative(
         self, db: sqlite3.Connection, key: tuple[str, str], words: list[str]
     ) -> list[str]:
-        """Leaves out words found in at least half the documents when rarer words remain.
+        """Leaves out words found in at least half the documents when rarer words are found.
 
         FTS5's BM25 floors the IDF of such words at 1e-6, so they hardly move a score, yet
         matching them makes FTS5 score most of the collection (measured: p50 2.9 -> 0.7 ms
@@ -366,7 +383,8 @@ class Collections:
                     (_to_query([word]),),
                 ).fetchone()[0]
         rare = [word for word in words if frequency[word] * 2 < total]
-        return rare or words
+        # Rarer words found nowhere do not count: they would leave nothing to match.
+        return rare if any(frequency[word] for word in rare) else words
 
     def _hits(
         self,

@@ -2,7 +2,8 @@
 
 The input is validated against the tool's schema before anything runs, at submission
 (422) and again in the worker (the skill may have changed in between); the tool's stderr
-progress lines become the job's progress; its JSON stdout is the job's result. A tool is
+progress lines become the job's progress, its other stderr lines the job's log; its JSON
+stdout is the job's result. A tool is
 not retried after it ran (it may have had side effects), and neither is a request that can
 never succeed (unknown skill, invalid input): both are in `throws`.
 
@@ -20,6 +21,7 @@ import dramatiq
 
 from skillq import tracing
 from skillq.actors import broker, settings
+from skillq.brokers.job_logs import write_job_log
 from skillq.brokers.progress import report_progress
 from skillq.brokers.running import current_job
 from skillq.engine import bubblewrap
@@ -99,6 +101,7 @@ def execute(
             limits=Limits.from_settings(settings.skills),
             job_id=job_id,
             on_progress=report_progress,
+            on_log=write_job_log,
             isolation=Isolation(settings.skills.sandbox, (found.directory,), chosen.network),
         )
     return {

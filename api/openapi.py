@@ -24,6 +24,7 @@ from skillq.engine.search import MAX_K
 from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
 from skillq.jobs.types import JobType
 from skillq.settings import Settings
+from skillq.storage.job_logs import MAX_READ_LINES, MAX_SEQ
 
 _ERRORS = {
     400: "The request body is not JSON, or is nested too deeply.",
@@ -274,6 +275,54 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "content": {"text/event-stream": {"schema": _STREAM_EVENT}},
                 },
                 **{str(s): _error(s) for s in [*auth, 404, *store]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}/logs", "get"): {
+            "summary": "A job's kept log lines",
+            "description": "What the job printed: its log records, a skill tool's stderr "
+            "lines, the error with its traceback. Lines are numbered from 1 per job; `since` "
+            "returns those after it, and `next_since` is the cursor for the next read. Only "
+            "the tail is kept (`jobs.max_log_bytes`), so numbers may start above `since + 1`.",
+            "tags": ["jobs"],
+            "parameters": [
+                _JOB_ID,
+                {
+                    "name": "since",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_READ_LINES},
+                },
+            ],
+            "responses": {
+                "200": _json("One page of lines and the next cursor.", _ref("LogPage")),
+                **{str(s): _error(s) for s in [*auth, 404, 422, *store]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}/logs/stream", "get"): {
+            "summary": "Follow a job's log as Server-Sent Events",
+            "description": "`line` events carry one `LogLine`, with its `seq` as the event "
+            "id (`Last-Event-ID` or `since` resumes after it); an `end` event `{state}` "
+            "closes the stream once the job is finished and its last lines are sent.",
+            "tags": ["jobs"],
+            "parameters": [
+                _JOB_ID,
+                {
+                    "name": "since",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+                },
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The event stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **{str(s): _error(s) for s in [*auth, 404, 422, *store]},
             },
         },
         ("/api/v1/job-types", "get"): {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from skillq.jobs.fields import JOB_SCHEMA, JOB_SUMMARY_SCHEMA, STATES
+from skillq.jobs.logs import LOG_LINE_SCHEMA, LOG_PAGE_SCHEMA
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNTS = {
@@ -55,6 +56,17 @@ SCHEMAS: dict[str, Any] = {
             "offset": {"type": "integer"},
         },
         "required": ["jobs", "total", "limit", "offset"],
+    },
+    "LogLine": LOG_LINE_SCHEMA,
+    "LogPage": {
+        **LOG_PAGE_SCHEMA,
+        "properties": {
+            **LOG_PAGE_SCHEMA["properties"],
+            "lines": {
+                **LOG_PAGE_SCHEMA["properties"]["lines"],
+                "items": {"$ref": "#/components/schemas/LogLine"},
+            },
+        },
     },
     "Stats": {
         "type": "object",

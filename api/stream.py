@@ -10,7 +10,9 @@ most `server.max_streams_per_principal` streams at once (429 past it).
 
 Events:
   state     the whole job (as `GET /api/v1/jobs/{id}`) whenever its state or attempt changes
-  progress  `{"progress", "message"}` whenever only those change
+  progress  `{"progress", "message"}` whenever only those change, and once more just before
+            a terminal `state` event that changes them (a completed job's final 1.0): a
+            client following progress events alone sees the bar reach its end
 Each event's id names the snapshot it reports. A client reconnecting with `Last-Event-ID`
 gets only what changed since that snapshot, and a stream ends after the terminal state.
 """
@@ -92,14 +94,31 @@ class OpenStreams:
                 del self.open[subject]
 
 
+def _progress_event(job: Job, snapshot: Snapshot) -> ServerSentEvent:
+    data = {"progress": job.progress, "message": job.message}
+    return ServerSentEvent(json.dumps(data), event="progress", id=snapshot.event_id)
+
+
 def _events(job: Job, seen: Snapshot | None) -> list[ServerSentEvent]:
     now = Snapshot.of(job)
     if seen is not None and (seen.attempt, seen.state) == (now.attempt, now.state):
         if (seen.progress, seen.message) == (now.progress, now.message):
             return []
-        data = {"progress": job.progress, "message": job.message}
-        return [ServerSentEvent(json.dumps(data), event="progress", id=now.event_id)]
-    return [ServerSentEvent(json.dumps(job_to_dict(job)), event="state", id=now.event_id)]
+        return [_progress_event(job, now)]
+    events = []
+    if (
+        seen is not None
+        and seen.attempt == now.attempt
+        and job.job_state.is_terminal
+        and job.progress is not None
+        and seen.progress != now.progress
+    ):
+        # The last progress first, named as the snapshot before the state changed, so a
+        # client resuming from it still gets the terminal state.
+        before = Snapshot(seen.attempt, seen.state, now.progress, now.message)
+        events.append(_progress_event(job, before))
+    events.append(ServerSentEvent(json.dumps(job_to_dict(job)), event="state", id=now.event_id))
+    return events
 
 
 async def _follow(

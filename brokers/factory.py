@@ -2,7 +2,9 @@
 
 Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks in reverse.
 `JobStatus` sits before `JobRetries` so it records an outcome after the retry decision, and
-`JobProgress` sits after both so its final progress write lands before the job completes.
+`JobProgress` sits after both so its final progress write lands before the job completes,
+and `JobLogs` after it so a job's last lines (its error among them) are written before its
+outcome is; it comes before `Cancellation`, which marks a cancelled message first.
 `JobTracing` comes first, so its attempt span encloses all the others' work.
 `WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
 it running, and let go of it before anyone records its outcome.
@@ -29,6 +31,7 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from skillq.brokers.cancellation import Cancellation
+from skillq.brokers.job_logs import JobLogs
 from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
 from skillq.brokers.retries import JobRetries
@@ -52,6 +55,7 @@ def job_middleware(
     *,
     recover: Callable[[], Any] | None = None,
     max_result_bytes: int = 1_048_576,
+    max_log_bytes: int = 1_048_576,
 ) -> list[Middleware]:
     """skillq's middleware stack, sharing one new `RunningJobs`.
 
@@ -80,6 +84,7 @@ def job_middleware(
             max_backoff=retry_delay_ms * 32,
         ),
         JobProgress(),
+        JobLogs(max_bytes=max_log_bytes),
         PeriodiqMiddleware(),
         WorkerRegistry(
             running,
@@ -96,7 +101,10 @@ def build_broker(
 ) -> dramatiq.Broker:
     """The configured broker; `recover` runs stale-job recovery from the worker registry."""
     middleware = job_middleware(
-        settings.workers, recover=recover, max_result_bytes=settings.jobs.max_result_bytes
+        settings.workers,
+        recover=recover,
+        max_result_bytes=settings.jobs.max_result_bytes,
+        max_log_bytes=settings.jobs.max_log_bytes,
     )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":

@@ -15,6 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dramatiq
 
@@ -52,6 +53,8 @@ class RunningJob:
         self.finishing = False
         #: Where `report_progress` sends the job's progress (set by `JobProgress`).
         self.on_progress: ProgressCallback | None = None
+        #: Where the job's log lines go (set by `JobLogs`; takes a `storage.job_logs.LogEntry`).
+        self.on_log: Callable[[Any], None] | None = None
         self._cancel_hooks: list[Callable[[], object]] = []
 
     def __repr__(self) -> str:

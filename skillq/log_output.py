@@ -77,15 +77,17 @@ def formatter(log_format: str, stream: TextIO | None = None) -> logging.Formatte
 def configure_logging(log_format: str = "console", level: str = "info") -> None:
     """Route every logger of this process through structlog's formatting, at `level`.
 
-    Keeps the root logger's existing handlers (dramatiq's pipe in a worker process) and adds
-    one on stderr when there is none. Safe to call again: the last call wins.
+    Keeps the root logger's existing stream handlers (dramatiq's pipe in a worker process)
+    and adds one on stderr when there is none. Safe to call again: the last call wins.
     """
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))
     for handler in root.handlers:
-        stream = getattr(handler, "stream", None)
-        handler.setFormatter(formatter(log_format, stream))
+        # Only handlers that write lines somewhere; others (the worker's per-job log capture,
+        # brokers.job_logs) format records their own way.
+        if isinstance(handler, logging.StreamHandler):
+            handler.setFormatter(formatter(log_format, handler.stream))
     root.setLevel(level.upper())
     structlog.configure(
         processors=[

@@ -174,6 +174,8 @@ class McpSettings:
 class JobsSettings:
     default_ttl_hours: _Hours = 24
     max_ttl_hours: _Hours = 168
+    #: A job's kept log, in bytes of text: past it the oldest lines go (the tail is kept).
+    max_log_bytes: Annotated[int, _R(lo=1024, hi=1 << 30)] = 1048576
     #: Modules declaring job types with `@skillq.job_type` (besides the `skillq.job_types`
     #: entry points of installed packages).
     modules: tuple[str, ...] = ()

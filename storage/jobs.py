@@ -21,7 +21,7 @@ from typing import Any
 import peewee
 
 from skillq.json_values import storable_text
-from skillq.storage import job_metrics
+from skillq.storage import job_logs, job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.models import Job, JobState, utcnow
 
@@ -402,4 +402,8 @@ def purge_expired(now: datetime | None = None) -> int:
     """Delete terminal jobs past their TTL; active jobs are never purged."""
     now = now or utcnow()
     terminal = [s.value for s in JobState if s.is_terminal]
-    return Job.delete().where((Job.expires_at < now) & (Job.state.in_(terminal))).execute()
+    expired = (Job.expires_at < now) & (Job.state.in_(terminal))
+    with database_proxy.atomic():
+        # A job's log goes with it (the foreign key cascades as well).
+        job_logs.delete_for_jobs(Job.select(Job.id).where(expired))
+        return Job.delete().where(expired).execute()

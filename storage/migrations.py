@@ -215,8 +215,35 @@ def _drop_search_collections(database: peewee.Database) -> None:
         database.execute_sql("DROP TABLE skillq_collection")
 
 
-def _job_metric_table_v7(database: peewee.Database) -> type[peewee.Model]:
-    class JobMetricV7(peewee.Model):
+def _job_log_table_v7(database: peewee.Database) -> type[peewee.Model]:
+    """A job's kept log lines; they go with their job (ON DELETE CASCADE)."""
+
+    class JobV7(peewee.Model):
+        id = peewee.CharField(max_length=36, primary_key=True)
+
+        class Meta:
+            table_name = "skillq_job"
+
+    class JobLogLineV7(peewee.Model):
+        job = peewee.ForeignKeyField(JobV7, column_name="job_id", on_delete="CASCADE")
+        seq = peewee.IntegerField()
+        at = peewee.DateTimeField()
+        source = peewee.CharField(max_length=16)
+        level = peewee.CharField(max_length=16)
+        text = peewee.TextField()
+        size = peewee.IntegerField()
+
+        class Meta:
+            table_name = "skillq_job_log"
+            indexes = ((("job", "seq"), True),)
+
+    for model in (JobV7, JobLogLineV7):
+        model._meta.set_database(database)
+    return JobLogLineV7
+
+
+def _job_metric_table_v8(database: peewee.Database) -> type[peewee.Model]:
+    class JobMetricV8(peewee.Model):
         job_type = peewee.CharField(max_length=100)
         name = peewee.CharField(max_length=32)
         bucket = peewee.CharField(max_length=16)
@@ -227,8 +254,8 @@ def _job_metric_table_v7(database: peewee.Database) -> type[peewee.Model]:
             table_name = "skillq_job_metric"
             primary_key = peewee.CompositeKey("job_type", "name", "bucket")
 
-    JobMetricV7._meta.set_database(database)
-    return JobMetricV7
+    JobMetricV8._meta.set_database(database)
+    return JobMetricV8
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -270,9 +297,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         7,
+        "create the job log table",
+        upgrade=lambda db: _job_log_table_v7(db).create_table(safe=False),
+        downgrade=lambda db: _job_log_table_v7(db).drop_table(safe=False),
+    ),
+    Migration(
+        8,
         "create the job metric table",
-        upgrade=lambda db: _job_metric_table_v7(db).create_table(safe=False),
-        downgrade=lambda db: _job_metric_table_v7(db).drop_table(safe=False),
+        upgrade=lambda db: _job_metric_table_v8(db).create_table(safe=False),
+        downgrade=lambda db: _job_metric_table_v8(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -94,3 +94,22 @@ class Job(BaseModel):
     @property
     def job_state(self) -> JobState:
         return JobState(self.state)
+
+
+class JobLogLine(BaseModel):
+    """One kept line of what a job printed (v5): a log record, a tool's stderr line, the error.
+
+    `seq` numbers a job's lines from 1 and is the paging cursor; `size` is the text's UTF-8
+    length, summed to keep each job's log within its byte bound without reading the text."""
+
+    job = peewee.ForeignKeyField(Job, column_name="job_id", on_delete="CASCADE", backref="log")
+    seq = peewee.IntegerField()
+    at = peewee.DateTimeField()
+    source = peewee.CharField(max_length=16)
+    level = peewee.CharField(max_length=16)
+    text = peewee.TextField()
+    size = peewee.IntegerField()
+
+    class Meta:
+        table_name = "skillq_job_log"
+        indexes = ((("job", "seq"), True),)

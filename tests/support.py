@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import uuid
@@ -329,3 +330,27 @@ def api_with_worker(directory: Path, sections: dict[str, dict[str, Any]]) -> Ite
             worker.stop()
     finally:
         api.stop()
+
+
+def fresh_venv(directory: Path, *, install: Path, with_skillq_checkout: bool) -> Path:
+    """A new venv (no pip of its own) holding `install` (a wheel or a project folder) as pip
+    puts it; its dependencies come from this venv's site-packages through a .pth file, not
+    reinstalled. `with_skillq_checkout`: also this checkout's skillq (the editable install's
+    hook); without it, skillq must come from `install`. Returns the venv's python."""
+    venv = directory / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.check_output([python, "-c", purelib], text=True).strip())
+    ours = Path(sysconfig.get_path("purelib"))
+    lines = [str(ours)]
+    if with_skillq_checkout:
+        lines += [
+            line
+            for pth in ours.glob("__editable__*skillq*.pth")
+            for line in pth.read_text().splitlines()
+        ]
+    (site / "borrowed-dependencies.pth").write_text("\n".join(lines) + "\n")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
+    subprocess.run([*pip, str(install)], check=True, timeout=300)
+    return python

@@ -97,6 +97,8 @@ def test_a_running_skill_subprocess_is_killed_and_cancelled(stack: Stack) -> Non
     assert stack.cancel(job["id"]).status_code == 202
     cancelled = stack.wait_state(job["id"], {"cancelled", "failed", "completed"}, timeout=15)
     assert cancelled["state"] == "cancelled", cancelled
+    # As the README states: a cancelled tool is not a failure, so no error type.
+    assert cancelled["error"] is None and cancelled["message"] == "cancelled", cancelled
     wait_for(lambda: process_gone(child_pid), timeout=10, what="the tool's child to be killed")
     _assert_stays_cancelled(stack, job["id"])
 

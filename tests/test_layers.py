@@ -15,7 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.support import ROOT
+from tests.support import ROOT, fresh_venv
 
 #: Source folder of each sub-package of `skillq` that maps onto a top-level folder.
 FOLDERS = {
@@ -216,31 +216,11 @@ def test_an_application_with_its_own_storage_and_api_packages(tmp_path: Path) ->
     not skillq itself), run from an application folder whose own `storage/` and `api/`
     packages would shadow top-level names of ours."""
     wheel = build_wheel(tmp_path / "dist")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = fresh_venv(tmp_path, install=wheel, with_skillq_checkout=False)
     site = Path(
         subprocess.check_output(
             [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
         ).strip()
-    )
-    ours = Path(sysconfig_purelib())
-    # A plain path entry: the dependencies are importable, our editable install's hook is not.
-    (site / "borrowed-dependencies.pth").write_text(f"{ours}\n")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(site),
-            str(wheel),
-        ],
-        check=True,
-        timeout=300,
     )
     app = tmp_path / "myapp"
     for package in ("storage", "api", "actors", "brokers"):
@@ -291,12 +271,6 @@ def test_an_application_with_its_own_storage_and_api_packages(tmp_path: Path) ->
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
-
-
-def sysconfig_purelib() -> str:
-    import sysconfig
-
-    return sysconfig.get_path("purelib")
 
 
 def test_the_python_client_loads_no_server_parts() -> None:

@@ -116,6 +116,10 @@ def test_sse_or_plain_json_as_the_client_asks(server: httpx.Client) -> None:
     assert streamed.headers["content-type"].startswith("text/event-stream")
     *progress, final = messages(streamed)
     assert progress and all(m["method"] == "notifications/progress" for m in progress)
+    # The last notification is the completed job's 100 %, before the result.
+    assert progress[-1]["params"]["progress"] == 100.0
+    sent = [m["params"]["progress"] for m in progress]
+    assert sent == sorted(set(sent))
     assert final["result"]["structuredContent"]["steps"] == 3
     assert plain.status_code == 200, plain.text
     assert plain.headers["content-type"].startswith("application/json")
@@ -258,7 +262,7 @@ def test_several_api_processes_serve_mcp_in_stateless_mode(tmp_path: Path, trans
         answers, slept = anyio.run(main)
         assert not any(answer.is_error for answer in answers)
         assert not slept.is_error and slept.structured_content["steps"] == 4
-        assert events
+        assert events and events[-1] == 100.0
     finally:
         worker.stop()
         api.stop()

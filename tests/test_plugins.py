@@ -12,7 +12,6 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from tests.mcp_clients import connect
-from tests.support import ROOT, free_port, wait_for, write_settings
+from tests.support import ROOT, free_port, fresh_venv, wait_for, write_settings
 
 PLUGIN = ROOT / "examples" / "hello-plugin"
 
@@ -104,36 +103,9 @@ def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the example plugin installed the way pip installs it; skillq and its
     dependencies are this checkout's (borrowed through a .pth file, not reinstalled)."""
     directory = tmp_path_factory.mktemp("plugin-venv")
-    venv = directory / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = Path(
-        subprocess.check_output(
-            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
-        ).strip()
-    )
-    ours = Path(sysconfig.get_path("purelib"))
-    editable = [
-        line for p in ours.glob("__editable__*skillq*.pth") for line in p.read_text().splitlines()
-    ]
-    (site / "borrowed.pth").write_text("\n".join([str(ours), *editable]) + "\n")
     source = directory / "hello-plugin"  # built from a copy: the checkout stays clean
     shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(site),
-            str(source),
-        ],
-        check=True,
-        timeout=300,
-    )
+    python = fresh_venv(directory, install=source, with_skillq_checkout=True)
     return python
 
 

@@ -93,6 +93,8 @@ def test_stream_delivers_a_real_jobs_state_and_progress_then_ends(api_with_worke
     assert events[-1].event == "state" and events[-1].data["result"]["echo"] == "hi"
     progress = [e.data["progress"] for e in events if e.event == "progress"]
     assert progress and progress == sorted(progress) and 0 < progress[0] < 1
+    # The bar reaches its end before the terminal state (a progress event at 1.0).
+    assert events[-2].event == "progress" and events[-2].data["progress"] == 1.0
     assert all(set(e.data) == {"progress", "message"} for e in events if e.event == "progress")
     ids = [e.id for e in events]
     assert all(ids) and len(set(ids)) == len(ids)

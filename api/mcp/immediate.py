@@ -1,8 +1,8 @@
 """The immediate tools: they answer from the store at once, and follow and steer jobs.
 
-`job_status`, `list_jobs`, `cancel_job`, `retry_job` and `list_job_types` are the path every
-MCP client can use to follow a job that outlived its tools/call, whether or not it supports
-MCP tasks. Each runs one coordinator call, with the caller's owner scope and role.
+`job_status`, `job_logs`, `list_jobs`, `cancel_job`, `retry_job` and `list_job_types` are
+the path every MCP client can use to follow a job that outlived its tools/call, whether or
+not it supports MCP tasks. Each runs one coordinator call, with the caller's owner scope and role.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from skillq.engine.collection_files import MAX_OWNER_LENGTH
 from skillq.errors import Forbidden, InvalidParams
 from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator
 from skillq.jobs.fields import job_summary_to_dict, job_to_dict
+from skillq.jobs.logs import log_page_to_dict
 from skillq.jobs.schema_messages import schema_errors
 from skillq.json_values import shown, storable_problems
 from skillq.storage import JobState
+from skillq.storage.job_logs import MAX_SEQ
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
 _JOB_ID_ONLY = {
@@ -89,6 +91,13 @@ def _retry_job(coordinator: JobCoordinator, caller: Principal, args: dict) -> di
     return job_to_dict(coordinator.retry_job(args["job_id"], owner=caller.owner_filter))
 
 
+def _job_logs(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
+    job, page = coordinator.read_logs(
+        args["job_id"], owner=caller.owner_filter, since=args.get("since", 0)
+    )
+    return log_page_to_dict(job.id, job.state, page)
+
+
 def _list_job_types(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
     return {"job_types": [job_type.to_dict() for job_type in coordinator.job_types.values()]}
 
@@ -138,6 +147,21 @@ IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
                 "additionalProperties": False,
             },
             _list_jobs,
+        ),
+        ImmediateTool(
+            "job_logs",
+            "Read a job's kept log lines (log records, tool stderr, the error), after `since`;"
+            " call again with the returned `next_since` for what follows.",
+            {
+                "type": "object",
+                "properties": {
+                    "job_id": _JOB_ID,
+                    "since": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+                },
+                "required": ["job_id"],
+                "additionalProperties": False,
+            },
+            _job_logs,
         ),
         ImmediateTool(
             "cancel_job",

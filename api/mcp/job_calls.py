@@ -102,14 +102,17 @@ async def follow(
     """Polls the store until the job is terminal or `wait_secs` pass; returns its last state.
 
     Progress goes out as percent of 100 and only when it grew: MCP requires every
-    notification's `progress` to be larger than the last. Polls read the job's state and
-    progress only; the whole job (its params and result) is read once, at the end.
+    notification's `progress` to be larger than the last; a job that completes sends 100.
+    Polls read the job's state and progress only; the whole job (its params and result) is
+    read once, at the end.
     """
     sent = -1.0
     interval = _FIRST_POLL_SECS
     polled = job
     with anyio.move_on_after(wait_secs):
-        while not polled.job_state.is_terminal:
+        while True:
+            # Checked before the end too: a completed job's final 100 % goes out before
+            # the result.
             if (
                 progress is not None
                 and polled.progress is not None
@@ -117,6 +120,8 @@ async def follow(
             ):
                 sent = polled.progress * 100
                 await progress(sent, 100.0, polled.message)
+            if polled.job_state.is_terminal:
+                break
             await anyio.sleep(interval)
             interval = min(interval * 1.5, _MAX_POLL_SECS)
             polled = await anyio.to_thread.run_sync(coordinator.get_progress, job.id)

@@ -85,15 +85,36 @@ def api_key_revoke(name: Annotated[str, typer.Argument(help="The key's name.")])
 
 
 @api_key_app.command("list")
-def api_key_list() -> None:
+def api_key_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Every key's name, role and dates (never the key)."""
+    from skillq.cli.output import print_json, print_rows
     from skillq.storage.api_keys import list_keys
 
     _open_store()
-    for row in list_keys():
-        created = row.created_at.isoformat(timespec="seconds")
-        revoked = f"revoked {row.revoked_at.isoformat(timespec='seconds')}" if row.revoked else ""
-        typer.echo(f"{row.name}\t{row.role}\tcreated {created}\t{revoked}".rstrip())
+    keys = [
+        {
+            "name": row.name,
+            "role": row.role,
+            "created_at": row.created_at.isoformat(timespec="seconds"),
+            "revoked_at": row.revoked_at.isoformat(timespec="seconds") if row.revoked else None,
+        }
+        for row in list_keys()
+    ]
+    if as_json:
+        print_json(keys)
+        return
+    rows = [
+        (
+            key["name"],
+            key["role"],
+            f"created {key['created_at']}",
+            f"revoked {key['revoked_at']}" if key["revoked_at"] else "",
+        )
+        for key in keys
+    ]
+    print_rows(("name", "role", "created", "revoked"), rows)
 
 
 @token_app.command("create")

@@ -34,7 +34,7 @@ EXIT_STATUS: dict[type[Exception], int] = {
     UnknownJobType: 2,
     NotFound: 3,
     Conflict: 4,
-    # The CLI acts as the local admin and does not meet these; should it, they are 'other'.
+    # Only with --url (a server's answer): the message names the credential to give.
     Unauthorized: 1,
     IdempotencyKeyReused: 4,
     Forbidden: 1,
@@ -47,8 +47,9 @@ EXIT_STATUS: dict[type[Exception], int] = {
 JOB_NOT_COMPLETED = 1
 
 
-def report(error: SkillqError | SettingsError) -> int:
-    """Tell the user about `error` on stderr; the exit status it calls for."""
+def report(error: SkillqError | SettingsError, hint: str | None = None) -> int:
+    """Tell the user about `error` on stderr (and `hint`, what to check); the exit status it
+    calls for."""
     if isinstance(error, SettingsError):
         # Already one self-describing line: "settings error in FILE: key: problem".
         typer.echo(str(error), err=True)
@@ -57,4 +58,6 @@ def report(error: SkillqError | SettingsError) -> int:
         for detail in error.details or []:
             if isinstance(detail, dict):
                 typer.echo(f"  {detail.get('path', '')}: {detail.get('message', '')}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
     return row_of(EXIT_STATUS, error)

@@ -9,11 +9,9 @@ of `skillq.cli.exit_status`.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -21,7 +19,9 @@ import typer
 import typer.core
 
 from skillq.cli.auth import auth_app
-from skillq.cli.exit_status import JOB_NOT_COMPLETED, report
+from skillq.cli.exit_status import report
+from skillq.cli.jobs import jobs_app
+from skillq.cli.output import print_json, print_rows
 from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
 from skillq.errors import ServiceUnavailable, SkillqError
 from skillq.log_output import configure_logging
@@ -30,13 +30,15 @@ from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
 class _ReportedErrors(typer.core.TyperGroup):
     """Every command's skillq error leaves through the one exit-status table, however the app
-    is invoked (the console script, `python -m skillq`, or click's test runner)."""
+    is invoked (the console script, `python -m skillq`, or click's test runner); an outage
+    of the local store comes with a hint naming the store and the settings file."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (SkillqError, SettingsError) as error:
-            raise typer.Exit(report(error)) from None
+            local = isinstance(error, ServiceUnavailable) and not getattr(error, "remote", False)
+            raise typer.Exit(report(error, hint=store_hint() if local else None)) from None
         except Exception as error:
             # Commands that open the store themselves (db, auth, workers) meet its driver's
             # errors.
@@ -46,7 +48,7 @@ class _ReportedErrors(typer.core.TyperGroup):
                 raise
             problem = " ".join(str(error).split())
             outage = ServiceUnavailable(f"the job store is unavailable: {problem}")
-            raise typer.Exit(report(outage)) from None
+            raise typer.Exit(report(outage, hint=store_hint())) from None
 
 
 app = typer.Typer(
@@ -54,7 +56,6 @@ app = typer.Typer(
     help="skillq: background jobs for AI tool servers.",
     no_args_is_help=True,
 )
-jobs_app = typer.Typer(help="Submit, list and inspect jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
@@ -222,127 +223,32 @@ def workers_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the registered worker processes: alive, stopped, or dead (no heartbeat)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from skillq.jobs.workers import worker_list
 
     settings = _settings()
     _upgrade_schema()
     listed = worker_list(settings.workers.dead_after_secs)
     if as_json:
-        typer.echo(json.dumps(listed, indent=2))
+        print_json(listed)
         return
-    table = Table("id", "status", "queues", "threads", "jobs", "started", "last beat")
-    for row in listed["workers"]:
-        table.add_row(
+    rows = [
+        (
             row["id"],
             row["status"],
             ",".join(row["queues"]),
-            str(row["threads"]),
-            str(row["jobs_running"]),
+            row["threads"],
+            row["jobs_running"],
             row["started_at"],
             row["last_beat_at"],
         )
-    console = Console()
-    console.print(table)
+        for row in listed["workers"]
+    ]
     counts = listed["counts"]
-    console.print(f"{counts['alive']} alive, {counts['dead']} dead, {counts['stopped']} stopped")
-
-
-def _coordinator() -> Any:
-    from skillq import actors
-    from skillq.jobs.coordinator import JobCoordinator
-
-    return JobCoordinator(actors.broker, actors.settings)
-
-
-@jobs_app.command("submit")
-def jobs_submit(
-    job_type: Annotated[str, typer.Argument(metavar="TYPE", help="Job type, e.g. sleep.")],
-    params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
-    priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
-    idempotency_key: Annotated[
-        str | None,
-        typer.Option(help="At most one job per key; the same request again shows that job."),
-    ] = None,
-) -> None:
-    """Submit a job; prints its id (or, with --wait, its final state)."""
-    from skillq.jobs.fields import job_to_dict
-    from skillq.json_values import parse_json
-
-    parsed_params = parse_json(params, "--params")
-    request: dict[str, Any] = {"type": job_type, "params": parsed_params}
-    if priority is not None:
-        request["priority"] = int(priority) if priority.isdigit() else priority
-    if idempotency_key is not None:
-        request["idempotency_key"] = idempotency_key
-    coordinator = _coordinator()
-    # The CLI is the operator's, beside the store and the settings: as an admin.
-    job = coordinator.submit_job(request, any_owner=True).job
-    if not wait:
-        typer.echo(job.id)
-        return
-    job = _wait_for(coordinator, job.id)
-    typer.echo(json.dumps(job_to_dict(job), indent=2))
-    if job.state != "completed":
-        raise typer.Exit(JOB_NOT_COMPLETED)
-
-
-def _wait_for(coordinator: Any, job_id: str) -> Any:
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(job_id, total=1.0)
-        while True:
-            job = coordinator.get_job(job_id)
-            bar.update(task, completed=job.progress or 0.0, description=job.message or job.state)
-            if job.job_state.is_terminal:
-                return job
-            time.sleep(0.2)
-
-
-@jobs_app.command("list")
-def jobs_list(
-    state: Annotated[list[str] | None, typer.Option(help="Filter by state.")] = None,
-    job_type: Annotated[list[str] | None, typer.Option("--type", help="Filter by type.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (1-100).")] = 20,
-    offset: Annotated[int, typer.Option(help="Skip this many.")] = 0,
-) -> None:
-    """List jobs, newest first."""
-    from rich.console import Console
-    from rich.table import Table
-
-    page = _coordinator().list_jobs(states=state, types=job_type, limit=limit, offset=offset)
-    table = Table("id", "type", "state", "progress", "attempts", "created")
-    for job in page.jobs:
-        progress = "" if job.progress is None else f"{job.progress:.0%}"
-        created = job.created_at.isoformat(timespec="seconds")
-        table.add_row(job.id, job.type, job.state, progress, str(job.attempts), created)
-    console = Console()
-    console.print(table)
-    console.print(f"{len(page.jobs)} of {page.total} jobs")
-
-
-@jobs_app.command("show")
-def jobs_show(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
-    """Show one job as JSON."""
-    from skillq.jobs.fields import job_to_dict
-
-    coordinator = _coordinator()
-    job = coordinator.get_job(job_id)
-    position = coordinator.position_in_queue(job)
-    typer.echo(json.dumps(job_to_dict(job, position_in_queue=position), indent=2))
-
-
-@jobs_app.command("cancel")
-def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
-    """Cancel a job: a pending one at once, a running one by its worker (within a second)."""
-    from skillq.jobs.fields import job_to_dict
-
-    job = _coordinator().cancel_job(job_id)
-    typer.echo(json.dumps(job_to_dict(job), indent=2))
+    print_rows(
+        ("id", "status", "queues", "threads", "jobs", "started", "last beat"),
+        rows,
+        footer=f"{counts['alive']} alive, {counts['dead']} dead, {counts['stopped']} stopped",
+    )
 
 
 def _bind_store() -> None:
@@ -384,12 +290,18 @@ def db_downgrade(
 
 
 @db_app.command("status")
-def db_status() -> None:
+def db_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Show the schema version and any pending migrations."""
     from skillq.storage.migrations import schema_status
 
     _bind_store()
     status = schema_status()
+    if as_json:
+        pending = [{"version": v, "description": d} for v, d in status.pending]
+        print_json({"current": status.current, "latest": status.latest, "pending": pending})
+        return
     typer.echo(f"schema version {status.current} of {status.latest}")
     for version, description in status.pending:
         typer.echo(f"  pending {version}: {description}")
@@ -402,6 +314,24 @@ def _register_skill_engine() -> None:
 
 
 _register_skill_engine()
+
+
+def store_hint() -> str:
+    """Where the local commands look for the store, for an error saying it is unavailable."""
+    from urllib.parse import urlsplit
+
+    try:
+        settings = _settings()
+    except SettingsError:
+        return ""
+    storage = settings.storage
+    if storage.backend == "postgres" and storage.url:
+        parts = urlsplit(storage.url)  # no user or password: they may be secret
+        where = f"postgres at {parts.hostname}:{parts.port or 5432}{parts.path}"
+    else:
+        where = f"sqlite at {storage.path}"
+    source = settings.source or "none (built-in defaults)"
+    return f"the store is {where}; settings file: {source} (--settings or ${ENV_VAR})"
 
 
 def main() -> None:

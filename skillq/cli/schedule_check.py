@@ -58,6 +58,7 @@ def _declare_on_stub_broker() -> None:
     from skillq.jobs.types import JobTypeOptions
 
     settings = load_settings()
+    # The same middleware as skillq.actors.process, job-type options included.
     broker = StubBroker(middleware=[*job_middleware(settings.workers), JobTypeOptions()])
     dramatiq.set_broker(broker)
     # `skillq.actors` takes its broker and settings from this module; importing the real one

@@ -72,21 +72,33 @@ def _json_option(raw: str, name: str) -> Any:
 
 
 @skills_app.command("list")
-def skills_list() -> None:
-    """List the skills and their tools."""
-    from rich.console import Console
-    from rich.table import Table
-
+def skills_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the skills and their tools: a table on a terminal, else one line per tool."""
+    from skillq.cli.output import print_json, print_rows
     from skillq.engine.skills import SkillLibrary
 
     skills, problems = SkillLibrary(_settings().skills.paths).all()
-    table = Table("skill", "tool", "kind", "timeout", "description")
-    for skill in skills:
-        for tool in skill.tools.values():
-            timeout = f"{tool.timeout_secs:g} s"
-            table.add_row(skill.name, tool.name, tool.kind, timeout, tool.description)
-    console = Console()
-    console.print(table)
+    tools = [
+        {
+            "skill": skill.name,
+            "tool": tool.name,
+            "kind": tool.kind,
+            "timeout_secs": tool.timeout_secs,
+            "description": tool.description,
+        }
+        for skill in skills
+        for tool in skill.tools.values()
+    ]
+    if as_json:
+        print_json(tools)
+    else:
+        rows = [
+            (t["skill"], t["tool"], t["kind"], f"{t['timeout_secs']:g} s", t["description"])
+            for t in tools
+        ]
+        print_rows(("skill", "tool", "kind", "timeout", "description"), rows)
     for problem in problems:
         typer.echo(f"skipped: {problem}", err=True)
 

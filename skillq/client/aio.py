@@ -116,6 +116,19 @@ class AsyncClient:
             if len(page["jobs"]) < page_size or offset >= page["total"]:
                 return
 
+    async def page(
+        self,
+        *,
+        state: list[str] | None = None,
+        type: list[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """One page of matching jobs, newest first, and how many match in all."""
+        call = wire.list_call(states=state, types=type, limit=limit, offset=offset)
+        answer = await self._send(call)
+        return [Job.from_json(job) for job in answer["jobs"]], answer["total"]
+
     async def cancel(self, job_id: str) -> Job:
         """Cancel a pending job at once, or ask a running one to stop (`cancel_requested_at`)."""
         return Job.from_json(await self._send(wire.Call("DELETE", wire.job_path(job_id))))
@@ -173,6 +186,13 @@ class AsyncClient:
             job = await self.get(job_id)  # the stream ended early (server restart): look, go on
             if job.finished:
                 return job
+
+    async def logs(self, job_id: str, *, since: int = 0) -> dict[str, Any]:
+        """One page of the job's kept log lines after `since`: `lines`, `next_since`,
+        and the job's `state`."""
+        return await self._send(
+            wire.Call("GET", wire.job_path(job_id, "/logs"), params={"since": since})
+        )
 
     async def search(
         self, collection: str, query: str, *, k: int = 10, owner: str | None = None

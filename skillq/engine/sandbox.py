@@ -14,8 +14,9 @@ namespaces, a read-only view of only the interpreter and the skill's folder), an
   that is removed afterwards), and a cap on the bytes read from stdout.
 
 Progress: a tool writes lines like ``PROGRESS 0.25 read 1 of 4 files`` to stderr (a
-fraction 0..1, then an optional message). Every other stderr line is log output, of which
-the last few kilobytes are kept for the error message when the tool fails.
+fraction 0..1, then an optional message). Every other stderr line is log output: each goes
+to `on_log` as it arrives (the job's log), and the last few kilobytes are kept for the
+error message when the tool fails.
 
 Cancellation seam: while a tool runs for a job, `kill_running(job_id)` kills its process
 group; the run then ends with `ToolCancelled`.
@@ -128,6 +129,8 @@ class ToolRun:
 
 
 ProgressCallback = Callable[[float | None, str | None], None]
+#: Takes one stderr line of the tool (decoded, without its newline).
+LogCallback = Callable[[str], None]
 
 _running: dict[str, _Run] = {}
 _running_lock = threading.Lock()
@@ -176,10 +179,13 @@ class _Run:
 
 
 class _Stderr:
-    """Splits stderr into progress lines (sent on) and log lines (tail kept)."""
+    """Splits stderr into progress lines (sent on) and log lines (sent on, tail kept)."""
 
-    def __init__(self, on_progress: ProgressCallback | None) -> None:
+    def __init__(
+        self, on_progress: ProgressCallback | None, on_log: LogCallback | None = None
+    ) -> None:
         self.on_progress = on_progress
+        self.on_log = on_log
         self.partial = b""
         self.tail = bytearray()
 
@@ -192,6 +198,8 @@ class _Stderr:
             if not (line.startswith(PROGRESS_PREFIX) and self._progress(line)):
                 self.tail += line + b"\n"
                 del self.tail[:-STDERR_TAIL_BYTES]
+                if self.on_log is not None:
+                    self.on_log(line.decode("utf-8", "replace"))
 
     def _progress(self, line: bytes) -> bool:
         text = line[len(PROGRESS_PREFIX) :].decode("utf-8", "replace").strip()
@@ -237,6 +245,7 @@ def run_tool(
     job_id: str | None = None,
     on_progress: ProgressCallback | None = None,
     isolation: Isolation | None = None,
+    on_log: LogCallback | None = None,
 ) -> ToolRun:
     """Runs `argv` with `input` as JSON on stdin and returns its stdout parsed as JSON.
 
@@ -273,7 +282,8 @@ def run_tool(
             with _running_lock:
                 _running[job_id] = run
         try:
-            stdout, stderr = _communicate(run, payload, timeout_secs, limits, on_progress)
+            stderr = _Stderr(on_progress, on_log)
+            stdout = _communicate(run, payload, timeout_secs, limits, stderr)
         finally:
             run.kill()  # the whole group, whatever happened: no orphans
             process.wait()
@@ -312,11 +322,11 @@ def _communicate(
     payload: bytes,
     timeout_secs: float,
     limits: Limits,
-    on_progress: ProgressCallback | None,
-) -> tuple[bytearray, _Stderr]:
+    stderr: _Stderr,
+) -> bytearray:
     process = run.process
     assert process.stdin and process.stdout and process.stderr
-    stdout, stderr = bytearray(), _Stderr(on_progress)
+    stdout = bytearray()
     selector = selectors.DefaultSelector()
     for pipe in (process.stdin, process.stdout, process.stderr):
         os.set_blocking(pipe.fileno(), False)
@@ -364,7 +374,7 @@ def _communicate(
                 else:
                     stderr.feed(data)
     process.wait()
-    return stdout, stderr
+    return stdout
 
 
 def _parse_output(stdout: bytes) -> Any:

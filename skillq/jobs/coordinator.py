@@ -35,7 +35,7 @@ from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
 from skillq.json_values import shown, storable_problems
 from skillq.settings import Settings
-from skillq.storage import Job, JobState, jobs
+from skillq.storage import Job, JobState, job_logs, jobs
 from skillq.storage.database import in_connection
 from skillq.storage.models import utcnow
 
@@ -161,6 +161,20 @@ class JobCoordinator:
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job with id {shown(job_id)}")
         return job
+
+    @in_connection
+    def read_logs(
+        self,
+        job_id: str,
+        *,
+        owner: str | None = None,
+        since: int = 0,
+        limit: int = job_logs.MAX_READ_LINES,
+    ) -> tuple[Job, job_logs.LogPage]:
+        """The job (owner rules as `get_job`) and its kept log lines after `since`. The job is
+        read first: when it is already finished, its log is complete in the page."""
+        job = self.get_job(job_id, owner=owner)
+        return job, job_logs.read(job.id, since=since, limit=limit)
 
     @in_connection
     def list_jobs(

@@ -1,10 +1,10 @@
 """Configures a worker (or API) process from its settings, once, on first import.
 
 Loads the settings (`SKILLQ_SETTINGS`, else ./settings.toml, else the embedded default),
-sets up tracing as `[telemetry]` says, builds the broker they name with skillq's middleware,
-and binds the job store, upgrading its schema if it is behind. A bad settings file or an
-unreachable store ends the process with one line and exit status 2, before any actor is
-declared.
+sets the log format and level (`[logging]`), sets up tracing as `[telemetry]` says, builds
+the broker they name with skillq's middleware, and binds the job store, upgrading its schema
+if it is behind. A bad settings file or an unreachable store ends the process with one line
+and exit status 2, before any actor is declared.
 """
 
 import functools
@@ -16,6 +16,7 @@ import peewee
 from skillq.brokers.factory import build_broker
 from skillq.jobs.recovery import recover_stale_jobs
 from skillq.jobs.types import JobTypeOptions
+from skillq.log_output import configure_logging
 from skillq.settings import SettingsError, load_settings, settings_error_exit
 from skillq.storage import bind_database, open_database
 from skillq.storage.migrations import ensure_schema
@@ -26,6 +27,9 @@ try:
 except SettingsError as error:
     settings_error_exit(error)
 
+# In a `dramatiq` worker process the root handler already writes to the parent's pipe; its
+# records (dramatiq's included) now come out in the configured format, with the job's ids.
+configure_logging(settings.logging.format, settings.logging.level)
 try:
     configure_tracing(settings.telemetry, service_name="skillq")
 except TelemetryUnavailable as error:

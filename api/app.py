@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *dashboard.routes,
         *(mcp.routes() if mcp else []),
     ]
-    request_metrics = metrics.Metrics()
+    request_metrics = metrics.Metrics(settings.workers.dead_after_secs)
     app = Starlette(
         routes=routes,
         middleware=[

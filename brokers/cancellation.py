@@ -55,8 +55,47 @@ def raise_if_cancelled(job: RunningJob | None = None) -> None:
     """The cooperative check: raises `JobCancelled` if the cancellation of `job` (by default
     the calling thread's) was noticed."""
     job = job or current_job()
-    if job is not None and job.message.options.get(CANCELLED_OPTION):
-        raise JobCancelled(f"job {job.job_id} was cancelled")
+    if job is None or not job.message.options.get(CANCELLED_OPTION):
+        return
+    if job.thread_id == threading.get_ident():
+        # The watcher flags the job and raises the thread exception under this lock, so both
+        # are done once we hold it. Withdraw that exception: raised here instead, it would
+        # land a moment later inside dramatiq's handling of this one (while it logs it), out
+        # of reach of every middleware, and the job would never be recorded as cancelled.
+        with job.lock:
+            _clear_pending_exception(job.thread_id)
+    raise JobCancelled(f"job {job.job_id} was cancelled")
+
+
+class _CancelledJobRecords(logging.Filter):
+    """Turns dramatiq's "unhandled exception" ERROR for a cancelled job into one INFO line.
+
+    dramatiq's worker logs every exception that leaves an actor at ERROR with its traceback
+    (`Worker.process_message`), before any middleware sees it, and offers no hook in between:
+    its `throws` option would need the exception class in the message options, which must
+    stay JSON. A cancel is a client's request carried out, not a fault, so on the worker
+    thread's logger the record becomes "Job ... cancelled." at INFO, without the traceback.
+    It applies when the exception is `JobCancelled` or, as a job may raise something else on
+    its way out (a killed subprocess), when the thread's job was flagged cancelled; every
+    other record passes unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.exc_info:
+            return True
+        exception = record.exc_info[1]
+        job = current_job()
+        flagged = job is not None and bool(job.message.options.get(CANCELLED_OPTION))
+        if not (isinstance(exception, JobCancelled) or flagged):
+            return True
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        record.msg = "Job %s cancelled."
+        record.args = (job.job_id if job is not None else "(unknown)",)
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_cancelled_job_records = _CancelledJobRecords()
 
 
 def _clear_pending_exception(thread_id: int) -> None:
@@ -77,6 +116,9 @@ class Cancellation(Middleware):
         self.poll_secs = poll_secs
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # The logger dramatiq's worker threads report actor exceptions on (one filter object,
+        # however many brokers a process builds).
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_cancelled_job_records)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.clear()
@@ -141,7 +183,8 @@ class Cancellation(Middleware):
                 return
             job.interrupted = True
             job.message.options[CANCELLED_OPTION] = True
-            logger.info("Cancelling job %s.", job_id)
+            # Logged from the watcher thread: the job's ids are passed along explicitly.
+            logger.info("Cancelling job %s.", job_id, extra=job.log_fields)
             raise_thread_exception(job.thread_id, JobCancelled)
         for hook in job.cancel_hooks():
             try:

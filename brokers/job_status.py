@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+import structlog
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 from dramatiq.middleware import (
@@ -24,9 +26,9 @@ from dramatiq.middleware import (
     TimeLimitExceeded,
 )
 
-from skillq.brokers.running import RunningJobs
+from skillq.brokers.running import RunningJobs, current_job
 from skillq.json_values import storable_problems
-from skillq.storage import Job, JobState, jobs
+from skillq.storage import Job, JobState, job_metrics, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import stored_size, utcnow
 
@@ -44,6 +46,8 @@ CANCELLED_OPTION = "job_cancelled"
 RUN_ONCE_OPTION = "run_once"
 #: Message option holding the job's last allowed attempt (max_retries + 1).
 LAST_ATTEMPT_OPTION = "job_last_attempt"
+#: What every log line written while a job runs carries (see `skillq.log_output`).
+_JOB_LOG_FIELDS = ("job_id", "trace_id", "worker_id")
 
 
 def run_once(broker: dramatiq.Broker, actor_name: str) -> bool:
@@ -161,6 +165,8 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
+        # Every log line of this thread names the job until its outcome is recorded.
+        structlog.contextvars.bind_contextvars(job_id=job_id, worker_id=self.worker_id)
         # One pooled connection per message, shared by progress writes, returned at the end.
         database_proxy.connect(reuse_if_open=True)
         for _ in range(5):  # another delivery of the same job may win each race; look again
@@ -192,6 +198,8 @@ class JobStatus(Middleware):
                 raise SkipMessage()
             if not follows_on:
                 self._take_over(broker, message, job)
+        if job.trace_id:
+            structlog.contextvars.bind_contextvars(trace_id=job.trace_id)
         attempt = job.attempts + 1
         if attempt > job.max_retries + 1:
             error = (job.error_type, job.error_message)
@@ -202,11 +210,18 @@ class JobStatus(Middleware):
             )
             logger.info("Skipping message %s: job %s has no attempts left.", message, job_id)
             raise SkipMessage()
-        if not jobs.mark_running(job_id, attempt=attempt, worker_id=self.worker_id):
+        # Wait time: from submission to the first attempt's start (a retry's wait is mostly
+        # its own back-off delay, which says nothing about the workers).
+        wait = (utcnow() - job.created_at).total_seconds() if attempt == 1 else None
+        marked = jobs.mark_running(
+            job_id, attempt=attempt, worker_id=self.worker_id, wait_seconds=wait
+        )
+        if not marked:
             return False
         message.options[ATTEMPT_OPTION] = attempt
         message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
-        self.running.start(job_id, message, attempt=attempt)
+        started = self.running.start(job_id, message, attempt=attempt)
+        started.log_fields = structlog.contextvars.get_contextvars()
         return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
@@ -250,17 +265,27 @@ class JobStatus(Middleware):
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is None:
             return
+        running = current_job()
+        # Each attempt's run time, whatever its outcome, recorded with it.
+        started = running.started if running is not None and running.job_id == job_id else None
+        run = None if started is None else time.monotonic() - started
         try:
-            self._record_outcome(broker, job_id, message, result, exception)
+            recorded = self._record_outcome(broker, job_id, message, result, exception, run)
+            if not recorded and run is not None:
+                # The job had moved on (a retry that overtook this failure, a newer attempt):
+                # this attempt still ran for so long.
+                job_metrics.observe(message.actor_name, "run_seconds", run)
         finally:
             self.running.finish(job_id)
             database_proxy.close()
+            structlog.contextvars.unbind_contextvars(*_JOB_LOG_FIELDS)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is not None:
             self.running.finish(job_id)
             database_proxy.close()
+            structlog.contextvars.unbind_contextvars(*_JOB_LOG_FIELDS)
 
     def _record_outcome(
         self,
@@ -269,7 +294,9 @@ class JobStatus(Middleware):
         message: dramatiq.Message,
         result: Any,
         exception: BaseException | None,
-    ) -> None:
+        run_seconds: float | None,
+    ) -> bool:
+        """Record how the attempt ended; False if the job had moved on (nothing written)."""
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
             # Nothing is written that cannot be read back: a NaN or a lone surrogate in one
@@ -277,38 +304,50 @@ class JobStatus(Middleware):
             problems = storable_problems(result, "result")
             if problems:
                 where = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
-                jobs.mark_failed(
+                return jobs.mark_failed(
                     job_id,
                     attempt=attempt,
                     error_type="ResultNotSerializable",
                     error_message=f"the job's result cannot be stored as JSON: {where}",
+                    run_seconds=run_seconds,
                 )
-                return
             size = stored_size(result)
             if size > self.max_result_bytes:
-                jobs.mark_failed(
+                return jobs.mark_failed(
                     job_id,
                     attempt=attempt,
                     error_type="ResultTooLarge",
                     error_message=f"the job's result is {size} bytes of JSON; at most"
                     f" {self.max_result_bytes} are kept (jobs.max_result_bytes)",
+                    run_seconds=run_seconds,
                 )
-                return
-            jobs.mark_completed(job_id, attempt=attempt, result=result)
-            return
+            completed = jobs.mark_completed(
+                job_id, attempt=attempt, result=result, run_seconds=run_seconds
+            )
+            if completed:
+                # One line per outcome: failures are dramatiq's ERROR with the traceback, a
+                # cancel is one INFO line (brokers.cancellation), a success is this.
+                logger.info("Job %s completed (attempt %d).", job_id, attempt)
+            return completed
         if message.options.get(CANCELLED_OPTION):
-            jobs.mark_cancelled(job_id, attempt=attempt)
-            return
+            return jobs.mark_cancelled(job_id, attempt=attempt, run_seconds=run_seconds)
         limit_ms = time_limit(broker, message) if isinstance(exception, TimeLimitExceeded) else None
         error_type, error_message = describe_error(exception, limit_ms)
         if message.failed or attempt >= message.options.get(LAST_ATTEMPT_OPTION, attempt + 1):
-            jobs.mark_failed(
-                job_id, attempt=attempt, error_type=error_type, error_message=error_message
+            return jobs.mark_failed(
+                job_id,
+                attempt=attempt,
+                error_type=error_type,
+                error_message=error_message,
+                run_seconds=run_seconds,
             )
-        else:
-            jobs.mark_retrying(
-                job_id, attempt=attempt, error_type=error_type, error_message=error_message
-            )
+        return jobs.mark_retrying(
+            job_id,
+            attempt=attempt,
+            error_type=error_type,
+            error_message=error_message,
+            run_seconds=run_seconds,
+        )
 
 
 def time_limit(broker: dramatiq.Broker, message: dramatiq.Message) -> float | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +39,11 @@ class RunningJob:
         self.message = message
         self.attempt = attempt
         self.thread_id = thread_id
+        #: `time.monotonic()` when the attempt started: its run time is measured from here.
+        self.started = time.monotonic()
+        #: The fields every log line about the job carries (`job_id`, `trace_id`,
+        #: `worker_id`), for lines written from other threads (set by `JobStatus`).
+        self.log_fields: dict[str, object] = {"job_id": job_id}
         self.lock = threading.Lock()
         #: Cancellation interrupted the job's thread.
         self.interrupted = False

@@ -225,6 +225,13 @@ class LlmSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    #: console: readable lines for a terminal; json: one JSON object a line, for collectors.
+    format: Annotated[str, _R(choices=("console", "json"))] = "console"
+    level: Annotated[str, _R(choices=("debug", "info", "warning", "error", "critical"))] = "info"
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetrySettings:
     #: none: no tracing at all (no tracer provider); otlp: spans to an OTLP/HTTP collector,
     #: which needs the `telemetry` extra.
@@ -252,6 +259,7 @@ class Settings:
     skills: SkillsSettings = field(default_factory=SkillsSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     schedules: tuple[ScheduleSettings, ...] = ()
     source: Annotated[Path | None, _R(internal=True)] = None

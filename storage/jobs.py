@@ -21,7 +21,7 @@ from typing import Any
 import peewee
 
 from skillq.json_values import storable_text
-from skillq.storage import job_logs
+from skillq.storage import job_logs, job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.models import Job, JobState, utcnow
 
@@ -130,13 +130,38 @@ def position_in_queue(job: Job) -> int:
     return database_proxy.execute_sql(sql, params).fetchone()[0]
 
 
+def _counted(
+    query: peewee.ModelUpdate,
+    counter: str | None,
+    durations: dict[str, float] | None = None,
+) -> bool:
+    """Run a transition and, if it happened, count it and record its durations
+    (`storage.job_metrics`) in the same transaction: a counter never misses or repeats a
+    transition. Two statements: the UPDATE returns the job's type, one upsert adds."""
+    if counter is None and not durations:
+        return query.execute() == 1
+    with database_proxy.atomic():
+        changed = list(query.returning(Job.type).tuples().execute())
+        if len(changed) != 1:
+            return False
+        job_metrics.record(changed[0][0], counter, durations)
+    return True
+
+
+def _seconds(name: str, value: float | None) -> dict[str, float] | None:
+    return None if value is None else {name: value}
+
+
 def _transition(job_id: str, from_states: Iterable[str], **changes: Any) -> bool:
     query = Job.update(**changes).where((Job.id == job_id) & (Job.state.in_(list(from_states))))
     return query.execute() == 1
 
 
-def mark_running(job_id: str, *, attempt: int, worker_id: str) -> bool:
-    """Start attempt number `attempt`, which must follow the last one begun.
+def mark_running(
+    job_id: str, *, attempt: int, worker_id: str, wait_seconds: float | None = None
+) -> bool:
+    """Start attempt number `attempt`, which must follow the last one begun; `wait_seconds`
+    (how long the job waited for it) goes to the job metrics.
 
     `running` is allowed as a source so that a message redelivered after its worker died can
     take over the job; the `attempts` guard lets only one of two concurrent deliveries win."""
@@ -150,11 +175,18 @@ def mark_running(job_id: str, *, attempt: int, worker_id: str) -> bool:
         error_type=None,
         error_message=None,
     ).where((Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt - 1))
-    return query.execute() == 1
+    # A retry is counted when it starts, whichever way it came: a failed attempt's retry (it
+    # may start before the failure is recorded), or a lost worker's job run again.
+    counter = "retried" if attempt > 1 else None
+    return _counted(query, counter, _seconds("wait_seconds", wait_seconds))
 
 
-def mark_completed(job_id: str, *, attempt: int, result: Any) -> bool:
-    return _finish(job_id, attempt, state=JobState.COMPLETED, result=result, progress=1.0)
+def mark_completed(
+    job_id: str, *, attempt: int, result: Any, run_seconds: float | None = None
+) -> bool:
+    """`run_seconds`, the attempt's run time, here and below goes to the job metrics."""
+    changes = {"state": JobState.COMPLETED, "result": result, "progress": 1.0}
+    return _finish(job_id, attempt, run_seconds, **changes)
 
 
 def _error(error_type: str, error_message: str) -> dict[str, str]:
@@ -164,11 +196,26 @@ def _error(error_type: str, error_message: str) -> dict[str, str]:
     return {"error_type": storable_text(error_type), "error_message": storable_text(error_message)}
 
 
-def mark_failed(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
-    return _finish(job_id, attempt, state=JobState.FAILED, **_error(error_type, error_message))
+def mark_failed(
+    job_id: str,
+    *,
+    attempt: int,
+    error_type: str,
+    error_message: str,
+    run_seconds: float | None = None,
+) -> bool:
+    changes = {"state": JobState.FAILED, **_error(error_type, error_message)}
+    return _finish(job_id, attempt, run_seconds, **changes)
 
 
-def mark_retrying(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
+def mark_retrying(
+    job_id: str,
+    *,
+    attempt: int,
+    error_type: str,
+    error_message: str,
+    run_seconds: float | None = None,
+) -> bool:
     """Back to pending after a failed attempt; the last error stays visible until it runs."""
     query = Job.update(
         state=JobState.PENDING,
@@ -177,12 +224,13 @@ def mark_retrying(job_id: str, *, attempt: int, error_type: str, error_message: 
         heartbeat_at=None,
         enqueued_at=utcnow(),
     ).where((Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt))
-    return query.execute() == 1
+    # The retry is counted when it starts (see `mark_running`); this attempt's run time now.
+    return _counted(query, None, _seconds("run_seconds", run_seconds))
 
 
-def mark_cancelled(job_id: str, *, attempt: int) -> bool:
+def mark_cancelled(job_id: str, *, attempt: int, run_seconds: float | None = None) -> bool:
     """A running attempt stopped because a client cancelled the job."""
-    return _finish(job_id, attempt, state=JobState.CANCELLED, message="cancelled")
+    return _finish(job_id, attempt, run_seconds, state=JobState.CANCELLED, message="cancelled")
 
 
 def fail_unfinished(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
@@ -208,7 +256,7 @@ def _transition_from_attempt(job_id: str, attempt: int, **changes: Any) -> bool:
     query = Job.update(**changes).where(
         (Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt)
     )
-    return query.execute() == 1
+    return _counted(query, changes["state"].value)
 
 
 def release_abandoned(job_id: str, *, attempt: int) -> bool:
@@ -281,24 +329,23 @@ def claim_resend(job: Job) -> bool:
     return query.execute() == 1
 
 
-def _finish(job_id: str, attempt: int, **changes: Any) -> bool:
+def _finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> bool:
     # The attempt guard keeps a slow, superseded attempt from overwriting a newer one.
     # worker_id stays: which worker ran a finished job is worth keeping.
     query = Job.update(completed_at=utcnow(), heartbeat_at=None, **changes).where(
         (Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt)
     )
-    return query.execute() == 1
+    return _counted(query, changes["state"].value, _seconds("run_seconds", run_seconds))
 
 
 def mark_enqueue_failed(job_id: str, error_message: str) -> bool:
     """The broker refused the message: the job can never run, so it must not stay pending."""
-    return _transition(
-        job_id,
-        (JobState.PENDING,),
+    query = Job.update(
         state=JobState.FAILED,
         **_error("EnqueueError", error_message),
         completed_at=utcnow(),
-    )
+    ).where((Job.id == job_id) & (Job.state == JobState.PENDING))
+    return _counted(query, "failed")
 
 
 def set_progress(job_id: str, progress: float | None, message: str | None) -> bool:
@@ -313,7 +360,10 @@ def set_progress(job_id: str, progress: float | None, message: str | None) -> bo
 
 
 def cancel_pending(job_id: str) -> bool:
-    return _transition(job_id, (JobState.PENDING,), state=JobState.CANCELLED, completed_at=utcnow())
+    query = Job.update(state=JobState.CANCELLED, completed_at=utcnow()).where(
+        (Job.id == job_id) & (Job.state == JobState.PENDING)
+    )
+    return _counted(query, "cancelled")
 
 
 def request_cancel(job_id: str) -> bool:

@@ -242,6 +242,22 @@ def _job_log_table_v7(database: peewee.Database) -> type[peewee.Model]:
     return JobLogLineV7
 
 
+def _job_metric_table_v8(database: peewee.Database) -> type[peewee.Model]:
+    class JobMetricV8(peewee.Model):
+        job_type = peewee.CharField(max_length=100)
+        name = peewee.CharField(max_length=32)
+        bucket = peewee.CharField(max_length=16)
+        observations = peewee.BigIntegerField(default=0)
+        total = peewee.DoubleField(default=0.0)
+
+        class Meta:
+            table_name = "skillq_job_metric"
+            primary_key = peewee.CompositeKey("job_type", "name", "bucket")
+
+    JobMetricV8._meta.set_database(database)
+    return JobMetricV8
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -284,6 +300,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the job log table",
         upgrade=lambda db: _job_log_table_v7(db).create_table(safe=False),
         downgrade=lambda db: _job_log_table_v7(db).drop_table(safe=False),
+    ),
+    Migration(
+        8,
+        "create the job metric table",
+        upgrade=lambda db: _job_metric_table_v8(db).create_table(safe=False),
+        downgrade=lambda db: _job_metric_table_v8(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

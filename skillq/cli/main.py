@@ -9,7 +9,6 @@ of `skillq.cli.exit_status`.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from skillq.cli.jobs import jobs_app
 from skillq.cli.output import print_json, print_rows
 from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
 from skillq.errors import ServiceUnavailable, SkillqError
+from skillq.log_output import configure_logging
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
 
@@ -82,7 +82,7 @@ def configure(
         refuse_bad_schedules(loaded)
     if settings is not None:
         os.environ[ENV_VAR] = str(settings.resolve())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(loaded.logging.format, loaded.logging.level)
 
 
 @app.command()
@@ -132,7 +132,10 @@ def api(
         host=host or settings.server.host,
         port=port or settings.server.port,
         workers=workers,
-        log_level="info",
+        log_level=settings.logging.level,
+        # Not uvicorn's own handlers: its records go through the root logger's, in the format
+        # `[logging]` asks for (set again in each API process, see skillq.actors.process).
+        log_config=None,
         # On SIGTERM, open requests and event streams get this long to finish.
         timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.

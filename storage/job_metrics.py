@@ -1,0 +1,125 @@
+"""Job counters and duration histograms, kept in the store so every process adds to the same.
+
+Workers run in other processes, often on other machines, than the API that serves
+`/metrics`; each transition adds to a row here (one UPDATE, in the transaction of the
+transition itself), and a scrape of any API process reads the totals. Unlike counts of
+job rows, these never go down when finished jobs are purged, so they are true Prometheus
+counters.
+
+One row per (job type, metric, bucket):
+
+- a counter (`completed`, `failed`, `cancelled`, `retried`: an attempt after the first
+  started) has the bucket "" and counts events;
+- a histogram (`run_seconds`, `wait_seconds`) has one row per bucket an observation fell in
+  (not cumulative: each observation touches one row), its upper bound as the bucket, with
+  the observations' count and sum. `histograms` makes them cumulative, as Prometheus wants.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import peewee
+
+from skillq.storage.models import BaseModel
+
+COUNTERS = ("completed", "failed", "cancelled", "retried")
+HISTOGRAMS = ("run_seconds", "wait_seconds")
+#: Upper bounds, in seconds: jobs last from milliseconds (a sleep of 0) to an hour (an index).
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, math.inf)
+
+
+class JobMetric(BaseModel):
+    job_type = peewee.CharField(max_length=100)
+    name = peewee.CharField(max_length=32)
+    #: A histogram bucket's upper bound ("0.5", "+Inf"), or "" for a counter.
+    bucket = peewee.CharField(max_length=16)
+    observations = peewee.BigIntegerField(default=0)
+    total = peewee.DoubleField(default=0.0)
+
+    class Meta:
+        table_name = "skillq_job_metric"
+        primary_key = peewee.CompositeKey("job_type", "name", "bucket")
+
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == math.inf else f"{bound:g}"
+
+
+def record(
+    job_type: str, counter: str | None = None, durations: Mapping[str, float] | None = None
+) -> None:
+    """Count one `counter` event (completed, failed, cancelled, retried) of `job_type` and
+    record its `durations` (run_seconds, wait_seconds), in one statement: a multi-row upsert,
+    so two processes adding to a new row at once both count."""
+    rows = []
+    if counter is not None:
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown job counter {counter!r}")
+        rows.append(_row(job_type, counter, "", 1.0))
+    for name, seconds in (durations or {}).items():
+        if name not in HISTOGRAMS:
+            raise ValueError(f"unknown job histogram {name!r}")
+        seconds = max(0.0, seconds)
+        bound = BUCKETS[bisect.bisect_left(BUCKETS, seconds)]
+        rows.append(_row(job_type, name, _bucket_label(bound), seconds))
+    if not rows:
+        return
+    JobMetric.insert_many(rows).on_conflict(
+        conflict_target=[JobMetric.job_type, JobMetric.name, JobMetric.bucket],
+        update={
+            JobMetric.observations: JobMetric.observations + peewee.EXCLUDED.observations,
+            JobMetric.total: JobMetric.total + peewee.EXCLUDED.total,
+        },
+    ).execute()
+
+
+def _row(job_type: str, name: str, bucket: str, value: float) -> dict[str, object]:
+    return {"job_type": job_type, "name": name, "bucket": bucket, "observations": 1, "total": value}
+
+
+def count(job_type: str, name: str) -> None:
+    """One more `name` event of `job_type`."""
+    record(job_type, name)
+
+
+def observe(job_type: str, name: str, seconds: float) -> None:
+    """One duration `name` of `job_type`."""
+    record(job_type, durations={name: seconds})
+
+
+@dataclass
+class Histogram:
+    """One job type's histogram: cumulative counts per upper bound, as Prometheus has them."""
+
+    buckets: list[tuple[str, int]] = field(default_factory=list)
+    count: int = 0
+    sum: float = 0.0
+
+
+def counters() -> dict[tuple[str, str], int]:
+    """`{(counter name, job type): total}` for every counter that has counted anything."""
+    rows = JobMetric.select().where(JobMetric.bucket == "")
+    return {(row.name, row.job_type): row.observations for row in rows}
+
+
+def histograms() -> dict[tuple[str, str], Histogram]:
+    """`{(histogram name, job type): Histogram}` with every bucket, empty ones included."""
+    per_bucket: dict[tuple[str, str], dict[str, tuple[int, float]]] = defaultdict(dict)
+    for row in JobMetric.select().where(JobMetric.bucket != ""):
+        per_bucket[(row.name, row.job_type)][row.bucket] = (row.observations, row.total)
+    result: dict[tuple[str, str], Histogram] = {}
+    for key, rows in per_bucket.items():
+        histogram = Histogram()
+        for bound in BUCKETS:
+            label = _bucket_label(bound)
+            observations, total = rows.get(label, (0, 0.0))
+            histogram.count += observations
+            histogram.sum += total
+            histogram.buckets.append((label, histogram.count))
+        result[key] = histogram
+    return result

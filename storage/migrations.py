@@ -153,6 +153,22 @@ def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
     return ApiKeyV4
 
 
+def _desired_pool_table(database: peewee.Database) -> type[peewee.Model]:
+    """The desired threads per queue that `skillq workers scale` records."""
+
+    class DesiredPoolV5(peewee.Model):
+        queue = peewee.CharField(max_length=100, primary_key=True)
+        threads = peewee.IntegerField()
+        updated_at = peewee.DateTimeField()
+        updated_by = peewee.CharField(max_length=200)
+
+        class Meta:
+            table_name = "skillq_desired_pool"
+
+    DesiredPoolV5._meta.set_database(database)
+    return DesiredPoolV5
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -177,6 +193,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the api key table",
         upgrade=lambda db: _api_key_table_v4(db).create_table(safe=False),
         downgrade=lambda db: _api_key_table_v4(db).drop_table(safe=False),
+    ),
+    Migration(
+        5,
+        "create the desired worker pool table",
+        upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
+        downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -1,0 +1,106 @@
+"""`skillq workers`: the worker registry, and each queue's pool size (desired vs actual).
+
+`workers scale skill=8 index=2` records desired sizes in the store; the supervisor of a
+running `skillq up` (or `skillq worker`) applies them within a few seconds
+(`skillq.cli.worker_pools`). `workers status` shows, per queue, the desired size beside
+what the live worker processes in the registry run, then the processes themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from skillq.settings import Settings, load_settings
+
+workers_app = typer.Typer(help="Worker processes and per-queue pools.", no_args_is_help=True)
+
+
+def declared_queues() -> list[str]:
+    """Every queue with a pool: the built-in ones and any a plugin's actors declare.
+
+    Importing the actors also binds the store and brings its schema up to date.
+    """
+    from skillq import actors
+    from skillq.jobs.pools import served_queues
+
+    return served_queues(actor.queue_name for actor in actors.broker.actors.values())
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@workers_app.command("status")
+def workers_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each queue's pool (desired vs actual), then the registered worker processes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from skillq.jobs.pools import pool_status
+    from skillq.jobs.workers import worker_list
+
+    settings = _settings()
+    queues = declared_queues()
+    listed = worker_list(settings.workers.dead_after_secs)
+    pools = pool_status(settings, queues)
+    if as_json:
+        typer.echo(json.dumps({**listed, **pools}, indent=2))
+        return
+    console = Console()
+    pool_table = Table("queue", "desired", "actual", "source")
+    for pool in pools["pools"]:
+        pool_table.add_row(
+            pool["queue"],
+            _size(pool["desired_threads"], pool["desired_processes"]),
+            " + ".join(_threads(t) for t in pool["actual_threads"]) or "none",
+            pool["source"],
+        )
+    console.print(pool_table)
+    table = Table("id", "status", "queues", "threads", "jobs", "started", "last beat")
+    for row in listed["workers"]:
+        table.add_row(
+            row["id"],
+            row["status"],
+            ",".join(row["queues"]),
+            str(row["threads"]),
+            str(row["jobs_running"]),
+            row["started_at"],
+            row["last_beat_at"],
+        )
+    console.print(table)
+    counts = listed["counts"]
+    console.print(f"{counts['alive']} alive, {counts['dead']} dead, {counts['stopped']} stopped")
+
+
+def _threads(count: int) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")
+
+
+def _size(threads: int, processes: int) -> str:
+    if threads == 0:
+        return "none"
+    return f"{_threads(threads)} x {processes} process" + ("es" if processes > 1 else "")
+
+
+@workers_app.command("scale")
+def workers_scale(
+    sizes: Annotated[
+        list[str], typer.Argument(metavar="QUEUE=THREADS...", help="e.g. skill=8 index=2")
+    ],
+) -> None:
+    """Set the threads per worker process of each named queue's pool (0 stops it).
+
+    A running `skillq up` or `skillq worker` applies it within a few seconds, restarting
+    that queue's workers gracefully; the new size lasts until scaled again.
+    """
+    from skillq.jobs.pools import parse_sizes, scale
+
+    queues = declared_queues()
+    scale(parse_sizes(sizes), queues, updated_by="cli")
+    for pair in sizes:
+        typer.echo(f"desired {pair}")

@@ -257,6 +257,10 @@ def test_only_an_admin_may_resize_a_pool(jwt_client: TestClient) -> None:
     assert done.status_code == 200, done.text
     pool = skill_pool(jwt_client, viewer)
     assert (pool["desired_threads"], pool["source"]) == (8, "scaled")
+    # JSON's integer 3.0 is 3, as the document's schema says.
+    again = {"threads": {"skill": 3.0}}
+    assert jwt_client.put("/api/v1/workers/scale", json=again, headers=admin).status_code == 200
+    assert skill_pool(jwt_client, viewer)["desired_threads"] == 3
     with connection():
         assert pools.DesiredPool.get_by_id("skill").updated_by == "root"
 

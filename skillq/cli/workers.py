@@ -21,12 +21,29 @@ workers_app = typer.Typer(help="Worker processes and per-queue pools.", no_args_
 def declared_queues() -> list[str]:
     """Every queue with a pool: the built-in ones and any a plugin's actors declare.
 
-    Importing the actors also binds the store and brings its schema up to date.
+    For the supervisor, which must know them before any worker runs. Importing the actors
+    also binds the store and brings its schema up to date.
     """
     from skillq import actors
     from skillq.jobs.pools import served_queues
 
     return served_queues(actor.queue_name for actor in actors.broker.actors.values())
+
+
+def known_queues() -> list[str]:
+    """The built-in queues and any other a registered worker serves (a plugin's).
+
+    For `status` and `scale`, which only read and write the store: importing the actors
+    would build the broker too, and a store outage must stay exit status 5.
+    """
+    from skillq.jobs.pools import registered_queues, served_queues
+    from skillq.storage import bind_database, open_database
+    from skillq.storage.migrations import ensure_schema
+
+    storage = _settings().storage
+    bind_database(open_database(storage.backend, **storage.database_args()))
+    ensure_schema()
+    return served_queues(registered_queues())
 
 
 def _settings() -> Settings:
@@ -45,7 +62,7 @@ def workers_status(
     from skillq.jobs.workers import worker_list
 
     settings = _settings()
-    queues = declared_queues()
+    queues = known_queues()
     listed = worker_list(settings.workers.dead_after_secs)
     pools = pool_status(settings, queues)
     if as_json:
@@ -100,7 +117,7 @@ def workers_scale(
     """
     from skillq.jobs.pools import parse_sizes, scale
 
-    queues = declared_queues()
+    queues = known_queues()
     scale(parse_sizes(sizes), queues, updated_by="cli")
     for pair in sizes:
         typer.echo(f"desired {pair}")

@@ -29,6 +29,12 @@ def served_queues(declared: Iterable[str]) -> list[str]:
     return [*QUEUES, *sorted(set(declared) - set(QUEUES))]
 
 
+@in_connection
+def registered_queues() -> set[str]:
+    """Every queue a worker in the registry serves or served."""
+    return {queue for entry in workers.list_workers(0) for queue in entry.worker.queues}
+
+
 def configured_threads(settings: Settings, queue: str) -> int:
     """The setting for the queue's pool; `default_workers` for a queue without one."""
     w = settings.workers
@@ -64,7 +70,11 @@ def check_sizes(sizes: Any, queues: list[str]) -> dict[str, int]:
             [{"path": "threads", "message": 'an object such as {"skill": 8}'}],
         )
     problems = []
+    checked = {}
     for queue, count in sizes.items():
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)  # JSON Schema's integer: 8.0 is 8
+        checked[queue] = count
         if queue not in queues:
             problems.append(
                 {"path": f"threads.{queue}", "message": f"no such queue ({', '.join(queues)})"}
@@ -77,7 +87,7 @@ def check_sizes(sizes: Any, queues: list[str]) -> dict[str, int]:
             )
     if problems:
         raise InvalidParams("cannot scale these pools", problems)
-    return dict(sizes)
+    return checked
 
 
 @in_connection

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from typer.testing import CliRunner
 from skillq import actors
 from skillq.api.app import create_app
 from skillq.cli.main import app as cli_app
-from skillq.cli.supervisor import Child
+from skillq.cli.supervisor import Child, Supervisor
 from skillq.cli.worker_pools import WorkerPools
 from skillq.errors import InvalidRequest
 from skillq.jobs.pools import QUEUES, configured_threads, parse_sizes, served_queues
@@ -386,3 +387,40 @@ def test_worker_with_one_queue_is_exactly_that_queues_dramatiq(monkeypatch, tmp_
     result = runner.invoke(cli_app, ["worker", "--queue", "ai"])
     assert isinstance(result.exception, InvalidRequest), result.output
     assert len(calls) == 1
+
+
+def test_a_retired_child_drains_then_is_killed_after_the_grace() -> None:
+    """Retiring sends SIGTERM only; a child that ignores it is SIGKILLed at the deadline and
+    never restarted, while its replacement is supervised as usual."""
+    stubborn = Child(
+        "worker:skill",
+        [
+            sys.executable,
+            "-c",
+            "import signal, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: print('term', flush=True))\n"
+            "time.sleep(120)",
+        ],
+    )
+    polite = Child("worker:skill", [sys.executable, "-c", "import time; time.sleep(120)"])
+    supervisor = Supervisor([stubborn], grace_secs=1.0)
+    stubborn.start()
+    try:
+        time.sleep(0.5)  # let it install its handler
+        supervisor.retire(stubborn)
+        supervisor.add(polite)
+        assert supervisor.children == [polite]
+        assert stubborn.process.poll() is None  # SIGTERM ignored: still draining
+        wait_for(
+            lambda: (supervisor._reap_draining(), stubborn.process.poll() is not None)[1],
+            timeout=30,
+            what="the stubborn child to be killed",
+        )
+        assert stubborn.process.returncode == -signal.SIGKILL
+        supervisor._reap_draining()
+        assert supervisor.draining == []
+        assert supervisor._restart_dead_children() is None
+        assert polite.process.poll() is None and stubborn.restarts == 0
+    finally:
+        supervisor._stop_all()
+    assert polite.process.poll() is not None

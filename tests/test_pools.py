@@ -124,6 +124,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
+@pytest.mark.timeout(400)  # real processes on a shared machine: boot is slow under load
 def test_a_flood_of_index_jobs_neither_delays_skill_jobs_nor_widens_their_pool(
     tmp_path: Path,
 ) -> None:
@@ -163,6 +164,7 @@ def scale_with_cli(settings_path: Path, pair: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.timeout(600)  # four resizes, each a group's boot and drain
 def test_scaling_up_and_down_under_load_runs_every_job_exactly_once(tmp_path: Path) -> None:
     workers = {"skill_workers": 1, "shutdown_grace_secs": 20}
     with running_up(tmp_path, workers) as (url, settings_path, record):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -213,6 +214,25 @@ def test_scaling_up_and_down_under_load_runs_every_job_exactly_once(tmp_path: Pa
         # The jobs really ran across the successive groups (4, 2 and 3 threads, and the first).
         pids = {pid for kind, _, pid, _ in runs(record) if kind == "start"}
         assert len(pids) >= 3
+
+        # The CLI shows the same pools: desired (and whence) against what runs.
+        status = subprocess.run(
+            [sys.executable, "-m", "skillq", "workers", "status", "--json"],
+            cwd=ROOT,
+            env=child_env(settings_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stderr
+        (skill,) = [p for p in json.loads(status.stdout)["pools"] if p["queue"] == "skill"]
+        assert skill == {
+            "queue": "skill",
+            "desired_threads": 3,
+            "desired_processes": 1,
+            "source": "scaled",
+            "actual_threads": [3],
+        }
 
 
 # --- REST: admins only ------------------------------------------------------------------

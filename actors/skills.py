@@ -26,7 +26,8 @@ from skillq.engine.bubblewrap import Isolation
 from skillq.engine.sandbox import Limits, ToolFailed, kill_running, run_tool
 from skillq.engine.skills import NAME_PATTERN, Skill, SkillError, SkillLibrary, Tool
 from skillq.errors import InvalidParams, NotFound
-from skillq.jobs.coordinator import schema_errors
+from skillq.jobs.schema_messages import schema_errors
+from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ def execute(
 ) -> dict[str, Any]:
     """The body of `execute_skill`, callable without a broker (CLI, tests)."""
     input = {} if input is None else input
+    if timeout_secs is not None and not 0 < timeout_secs <= 86400:
+        # Checked at submission too; here so that no value can make a tool run retry.
+        raise InvalidParams(
+            "timeout_secs must be a number of seconds in (0, 86400]",
+            [{"path": "params.timeout_secs", "message": f"got {shown(timeout_secs)}"}],
+        )
     found, chosen = resolve(skill, tool, input)
     run = run_tool(
         found.argv(chosen),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 
 from skillq.api import (
     collections,
+    dashboard,
     job_types,
     jobs,
     metrics,
@@ -25,6 +28,7 @@ from skillq.api.auth import routes as auth_routes
 from skillq.api.body_limit import BodySizeLimit
 from skillq.api.errors import EXCEPTION_HANDLERS
 from skillq.api.mcp import McpEndpoints
+from skillq.api.trusted_origins import TrustedOrigins, allowed_names
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
@@ -44,6 +48,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Every blocking call of a request (store reads, submits, MCP tools) runs on the
+        # default thread limiter; sized below the store's pool, it never waits for a
+        # connection, and the probes keep connections and threads of their own.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = request_threads(settings)
         async with contextlib.AsyncExitStack() as stack:
             if mcp is not None:
                 await stack.enter_async_context(mcp.running())
@@ -60,12 +69,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *workers.routes,
         *job_types.routes,
         *collections.routes,
+        *dashboard.routes,
         *(mcp.routes() if mcp else []),
     ]
     request_metrics = metrics.Metrics()
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(
+                TrustedOrigins,
+                names=allowed_names(settings),
+                exempt=probes.UNCHECKED_PATHS,
+                exempt_prefixes=mcp.paths if mcp else (),
+            ),
             Middleware(
                 BodySizeLimit,
                 max_body_size=settings.server.max_body_size,
@@ -84,4 +100,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.coordinator = coordinator
     app.state.metrics = request_metrics
+    app.state.probe_limiter = anyio.CapacityLimiter(probes.PROBE_THREADS)
+    app.state.streams = stream.OpenStreams(settings.server.max_streams_per_principal)
     return app
+
+
+def request_threads(settings: Settings) -> int:
+    """Threads (and so store connections) requests may use at once: the pool less the
+    probes' share, at least one."""
+    return max(1, settings.storage.pool_size - probes.PROBE_THREADS)

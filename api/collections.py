@@ -23,6 +23,7 @@ from skillq.engine.collection_files import check_owner
 from skillq.engine.embeddings import embedder_from_settings
 from skillq.engine.search import Collections
 from skillq.errors import InvalidParams
+from skillq.json_values import shown
 
 
 @functools.cache
@@ -41,7 +42,7 @@ def _k(request: Request) -> int:
         return int(raw)
     except ValueError:
         raise InvalidParams(
-            "k must be an integer", [{"path": "k", "message": f"got {raw!r}"}]
+            "k must be an integer", [{"path": "k", "message": f"got {shown(raw)}"}]
         ) from None
 
 
@@ -55,7 +56,7 @@ async def search_collection(request: Request) -> JSONResponse:
     owner = principal.data_owner(_named_owner(request))
     name = request.path_params["name"]
     query = request.query_params.get("q")
-    if query is None:
+    if not query:
         raise InvalidParams("q is required", [{"path": "q", "message": "the search text"}])
     k = _k(request)
     hits = await run_in_threadpool(collections_of(request).search, name, query, k, owner=owner)

@@ -20,11 +20,13 @@ from starlette.responses import JSONResponse
 from skillq.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidParams,
     InvalidRequest,
     NotFound,
     ServiceUnavailable,
     SkillqError,
+    TooManyRequests,
     Unauthorized,
     UnknownJobType,
     row_of,
@@ -41,7 +43,9 @@ HTTP_STATUS: dict[type[SkillqError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    IdempotencyKeyReused: 409,
     Forbidden: 403,
+    TooManyRequests: 429,
     ServiceUnavailable: 503,
 }
 

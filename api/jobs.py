@@ -6,7 +6,6 @@ filter to the coordinator, so a non-admin's view of another owner's job is a pla
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,56 +15,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from skillq.api.auth.access import require_submitter, require_viewer
-from skillq.errors import InvalidParams, InvalidRequest
+from skillq.api.request_json import read_json
+from skillq.engine.collection_files import check_owner
+from skillq.errors import InvalidParams
 from skillq.jobs.coordinator import JobCoordinator
-from skillq.jobs.fields import job_to_dict
+from skillq.jobs.fields import job_summary_to_dict, job_to_dict
+from skillq.json_values import shown
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-#: Deepest nesting of arrays and objects a request body may have. Deeper documents are
-#: almost always an attack on recursive code (schema validation, serialisation).
-MAX_JSON_DEPTH = 64
 
 
 def coordinator_of(request: Request) -> JobCoordinator:
     return request.app.state.coordinator
-
-
-def json_depth(value: Any) -> int:
-    """Nesting depth without recursion, so a hostile document cannot exhaust the stack."""
-    depth, level = 0, [value]
-    while level:
-        depth += 1
-        children: list[Any] = []
-        for item in level:
-            if isinstance(item, dict):
-                children.extend(item.values())
-            elif isinstance(item, list):
-                children.extend(item)
-        level = [child for child in children if isinstance(child, dict | list)]
-    return depth
-
-
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    try:
-        document = json.loads(body)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(
-            "the request body is not valid JSON",
-            [{"path": "body", "message": f"{error.msg} at line {error.lineno} col {error.colno}"}],
-        ) from None
-    except (RecursionError, UnicodeDecodeError) as error:
-        message = "nested too deeply" if isinstance(error, RecursionError) else "not UTF-8"
-        raise InvalidRequest(
-            "the request body is not valid JSON", [{"path": "body", "message": message}]
-        ) from None
-    if json_depth(document) > MAX_JSON_DEPTH:
-        raise InvalidRequest(
-            "the request body is nested too deeply",
-            [{"path": "body", "message": f"at most {MAX_JSON_DEPTH} levels of arrays/objects"}],
-        )
-    return document
 
 
 async def submit_job(request: Request) -> JSONResponse:
@@ -93,7 +54,7 @@ def int_param(request: Request, name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidParams(
-            f"{name} must be an integer", [{"path": name, "message": f"got {raw!r}"}]
+            f"{name} must be an integer", [{"path": name, "message": f"got {shown(raw)}"}]
         ) from None
 
 
@@ -104,28 +65,31 @@ def list_param(request: Request, name: str) -> list[str]:
         parts = raw.split(",")
         if not all(parts):
             raise InvalidParams(
-                f"{name} has an empty value", [{"path": name, "message": f"got {raw!r}"}]
+                f"{name} has an empty value", [{"path": name, "message": f"got {shown(raw)}"}]
             )
         values.extend(parts)
     return values
 
 
 async def list_jobs(request: Request) -> JSONResponse:
+    """`owner` narrows an admin's list to one owner; anyone else may only name itself
+    (checked as the search routes check it: a malformed name is 422, another's 403)."""
     principal = require_viewer(request)
     coordinator = coordinator_of(request)
     limit = int_param(request, "limit", 50)
     offset = int_param(request, "offset", 0)
+    named = request.query_params.get("owner")
     page = await run_in_threadpool(
         coordinator.list_jobs,
         states=list_param(request, "state"),
         types=list_param(request, "type"),
-        owner=principal.owner_filter,
+        owner=principal.owner_filter if named is None else principal.data_owner(check_owner(named)),
         limit=limit,
         offset=offset,
     )
     return JSONResponse(
         {
-            "jobs": [job_to_dict(job) for job in page.jobs],
+            "jobs": [job_summary_to_dict(job) for job in page.jobs],
             "total": page.total,
             "limit": limit,
             "offset": offset,
@@ -145,7 +109,10 @@ async def show_job(request: Request) -> JSONResponse:
 
 
 async def cancel_job(request: Request) -> JSONResponse:
-    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop."""
+    """200 with the cancelled job if it was pending; 202 if it runs and was asked to stop.
+
+    Served as `POST .../cancel` and as `DELETE`, its alias: DELETE cancels, it does not
+    delete, and the job stays readable."""
     owner = require_submitter(request).owner_filter
     coordinator = coordinator_of(request)
     job = await run_in_threadpool(
@@ -178,5 +145,6 @@ def by_method(path: str, **handlers: Endpoint) -> Route:
 routes = [
     by_method("/api/v1/jobs", get=list_jobs, post=submit_job),
     by_method("/api/v1/jobs/{job_id}", get=show_job, delete=cancel_job),
+    Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),
 ]

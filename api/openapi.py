@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.openapi_schemas import SCHEMAS, STATES
+from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.search import MAX_K
 from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
@@ -88,6 +89,44 @@ _JOB_ID = {
 _LOCATION = {"Location": "The job's URL."}
 
 
+#: One Server-Sent Event as OpenAPI 3.1 describes an event stream: an object per event,
+#: its `data` JSON (contentMediaType) of the schema its `event` names.
+_STREAM_EVENT = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "event": {"const": name},
+                "id": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": schema,
+                },
+            },
+            "required": ["event", "id", "data"],
+        }
+        for name, schema in [("state", _ref("Job")), ("progress", _ref("Progress"))]
+    ]
+}
+
+
+def _cancel(auth: list[int], job: dict[str, Any], store: list[int]) -> dict[str, Any]:
+    return {
+        "summary": "Cancel a job",
+        "description": "A pending job is cancelled at once (200); a running one is marked "
+        "cancel-requested (202, `cancel_requested_at` set) and its worker stops it. The job "
+        "stays readable either way.",
+        "tags": ["jobs"],
+        "parameters": [_JOB_ID],
+        "responses": {
+            "200": _json("Cancelled.", job),
+            "202": _json("Running; asked to stop.", job),
+            **{str(s): _error(s) for s in [*auth, 404, 409, *store]},
+        },
+    }
+
+
 def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict[str, Any]:
     """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
     variants = []
@@ -138,6 +177,12 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     **_error(404),
                     "description": "The params name a skill or tool that does not exist.",
                 },
+                "409": {
+                    **_error(409),
+                    "description": "`idempotency_key_reused`: the key already names a job made "
+                    "from a different request (type, params or priority); `details[0].job_id` "
+                    "names it. A new request needs a new key.",
+                },
                 **{str(s): _error(s) for s in [400, *auth, 413, 422, 503]},
             },
         },
@@ -170,6 +215,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "explode": True,
                 },
                 {
+                    **_OWNER_PARAMETER,
+                    "description": "Only this owner's jobs. Only an admin may name another "
+                    "owner than itself (anyone else: 403); default: every job the caller sees.",
+                },
+                {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
@@ -177,7 +227,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 {
                     "name": "offset",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": min(MAX_OFFSET, settings.jobs.max_list_offset),
+                    },
                 },
             ],
             "responses": {
@@ -194,17 +248,15 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 **{str(s): _error(s) for s in [*auth, 404, *store]},
             },
         },
+        ("/api/v1/jobs/{job_id}/cancel", "post"): _cancel(auth, job, store),
         ("/api/v1/jobs/{job_id}", "delete"): {
-            "summary": "Cancel a job",
-            "description": "A pending job is cancelled at once (200); a running one is marked "
-            "cancel-requested (202, `cancel_requested_at` set) and its worker stops it.",
-            "tags": ["jobs"],
-            "parameters": [_JOB_ID],
-            "responses": {
-                "200": _json("Cancelled.", job),
-                "202": _json("Running; asked to stop.", job),
-                **{str(s): _error(s) for s in [*auth, 404, 409, *store]},
-            },
+            **_cancel(auth, job, store),
+            "summary": "Cancel a job (alias of POST /api/v1/jobs/{job_id}/cancel)",
+            "description": "DELETE cancels; it does not delete: the job stays readable, in "
+            "state `cancelled` (or `running` with `cancel_requested_at` until its worker "
+            "stops it), until its TTL expires. Marked deprecated so that clients and API "
+            "fuzzers do not expect a 404 after it; it stays, as the documented alias.",
+            "deprecated": True,
         },
         ("/api/v1/jobs/{job_id}/retry", "post"): {
             "summary": "Run a failed or cancelled job again",
@@ -228,7 +280,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "responses": {
                 "200": {
                     "description": "The event stream.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": _STREAM_EVENT}},
                 },
                 **{str(s): _error(s) for s in [*auth, 404, *store]},
             },
@@ -275,8 +327,10 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "name": "q",
                     "in": "query",
                     "required": True,
-                    "description": "Free text; at least one word.",
-                    "schema": {"type": "string", "pattern": "\\w"},
+                    "description": "Free text; its words (letters and digits of any script) "
+                    "are searched, and a query without any matches nothing.",
+                    # No pattern: ECMA-262 `\w` is ASCII, and fuzzers approximate `\p{L}`.
+                    "schema": {"type": "string", "minLength": 1},
                 },
                 {
                     "name": "k",
@@ -326,7 +380,28 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         ("/api/v1/stats", "get"): {
             "summary": "Job counts by state, type and queue",
             "tags": ["operations"],
+            "description": "`oldest_pending` names each queue with pending jobs and when "
+            "its oldest one was created.",
             "responses": {"200": _json("Counts.", _ref("Stats")), **_auth_errors([*auth, *store])},
+        },
+        ("/api/v1/stats/history", "get"): {
+            "summary": "Jobs finished and pending depth per minute",
+            "description": "One bucket per minute, oldest first; the last is the current "
+            "minute. Computed from the jobs' timestamps: a retried job counts as pending "
+            "from its first start on, and purged jobs are gone.",
+            "tags": ["operations"],
+            "parameters": [
+                {
+                    "name": "minutes",
+                    "in": "query",
+                    "description": "How far back (default 60).",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_MINUTES},
+                }
+            ],
+            "responses": {
+                "200": _json("The buckets.", _ref("StatsHistory")),
+                **{str(s): _error(s) for s in [*auth, 422, *store]},
+            },
         },
         ("/api/v1/auth/whoami", "get"): {
             "summary": "The caller as the server sees it",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from skillq.jobs.fields import JOB_SCHEMA, STATES
+from skillq.jobs.fields import JOB_SCHEMA, JOB_SUMMARY_SCHEMA, STATES
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNTS = {
@@ -37,10 +37,19 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error"],
     },
     "Job": JOB_SCHEMA,
+    "Progress": {
+        "type": "object",
+        "description": "A `progress` event of a job's stream: only these two changed.",
+        "properties": {
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "message": {"type": ["string", "null"]},
+        },
+        "required": ["progress", "message"],
+    },
     "JobPage": {
         "type": "object",
         "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
             "total": {"type": "integer", "minimum": 0},
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
@@ -54,8 +63,41 @@ SCHEMAS: dict[str, Any] = {
             "by_state": _COUNTS,
             "by_type": {"type": "object", "additionalProperties": _COUNTS},
             "by_queue": {"type": "object", "additionalProperties": _COUNTS},
+            "oldest_pending": {
+                "type": "object",
+                "description": "Per queue with pending jobs: the oldest one's creation time "
+                "and age in seconds.",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "age_secs": {"type": "number"},
+                    },
+                    "required": ["created_at", "age_secs"],
+                },
+            },
         },
-        "required": ["total", "by_state", "by_type", "by_queue"],
+        "required": ["total", "by_state", "by_type", "by_queue", "oldest_pending"],
+    },
+    "StatsHistory": {
+        "type": "object",
+        "properties": {
+            "minutes": {"type": "integer", "minimum": 1},
+            "buckets": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "start": {"type": "string", "format": "date-time"},
+                        "completed": {"type": "integer", "minimum": 0},
+                        "failed": {"type": "integer", "minimum": 0},
+                        "pending": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["start", "completed", "failed", "pending"],
+                },
+            },
+        },
+        "required": ["minutes", "buckets"],
     },
     "Principal": {
         "type": "object",
@@ -238,3 +280,6 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "queue", "description", "params_schema"],
     },
 }
+
+# A listed job: the job without its documents (params, result), which only a single job shows.
+SCHEMAS["JobSummary"] = JOB_SUMMARY_SCHEMA

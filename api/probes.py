@@ -6,6 +6,11 @@ up?), `/version` (what runs here?).
 that cannot submit jobs. `/health` also says which sandbox skill tools get on this machine
 (`skills.sandbox`, whether bwrap works here): the workers on this host get the same; each
 worker also logs its own at start.
+
+Probes run their blocking checks on threads of their own (`PROBE_THREADS`, beside the
+requests' share of the store's pool), so a flood of slow job requests never makes a healthy
+process look dead. They are never checked for Host/Origin: load balancers call them by
+address.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sqlite3
+from collections.abc import Callable
+from typing import Any
 
+import anyio.to_thread
 import dramatiq
 import peewee
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -29,6 +36,15 @@ from skillq.storage.models import Job
 
 #: Seconds a readiness check waits for the broker.
 BROKER_TIMEOUT_SECS = 2.0
+#: Threads (and store connections) reserved for the probes.
+PROBE_THREADS = 2
+#: Paths answered whatever Host or Origin a request names.
+UNCHECKED_PATHS = ("/health", "/ready", "/live")
+
+
+async def _on_probe_thread(request: Request, function: Callable[..., Any], *args: Any) -> Any:
+    limiter = request.app.state.probe_limiter
+    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
 
 
 def _store_answers() -> bool:
@@ -65,9 +81,9 @@ def _broker_answers(broker: dramatiq.Broker, settings: Settings) -> bool:
 
 async def health(request: Request) -> JSONResponse:
     settings = request.app.state.settings
-    store_ok = await run_in_threadpool(_store_answers)
+    store_ok = await _on_probe_thread(request, _store_answers)
     # The first call runs bwrap once (cached afterwards): off the event loop.
-    sandbox = await run_in_threadpool(bubblewrap.status, settings.skills.sandbox)
+    sandbox = await _on_probe_thread(request, bubblewrap.status, settings.skills.sandbox)
     body = {
         "status": "ok" if store_ok else "unavailable",
         "broker": settings.broker.backend,
@@ -84,8 +100,8 @@ async def live(request: Request) -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     broker = request.app.state.coordinator.broker
-    store_ok = await run_in_threadpool(_store_answers)
-    broker_ok = await run_in_threadpool(_broker_answers, broker, settings)
+    store_ok = await _on_probe_thread(request, _store_answers)
+    broker_ok = await _on_probe_thread(request, _broker_answers, broker, settings)
     ok = store_ok and broker_ok
     body = {
         "status": "ok" if ok else "unavailable",
@@ -110,7 +126,7 @@ async def version(request: Request) -> JSONResponse:
             "version": importlib.metadata.version("skillq"),
             "python": platform.python_version(),
             "dramatiq": importlib.metadata.version("dramatiq"),
-            "schema_version": await run_in_threadpool(_schema_version),
+            "schema_version": await _on_probe_thread(request, _schema_version),
             "broker": settings.broker.backend,
             "store": settings.storage.backend,
             "auth": settings.auth.mode,

@@ -1,6 +1,8 @@
-"""`GET /api/v1/stats`: how many jobs are in each state, per type and per queue.
+"""`GET /api/v1/stats`: how many jobs are in each state, per type and per queue, and how
+long the oldest pending job of each queue has waited; `GET /api/v1/stats/history`: jobs
+finished and pending depth per minute, for the dashboard's chart.
 
-Counted from the store in one grouped query; a non-admin sees the counts of its own jobs.
+Counted from the store in grouped queries; a non-admin sees the counts of its own jobs.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.auth.access import require_viewer
-from skillq.storage import jobs
+from skillq.api.jobs import int_param
+from skillq.errors import InvalidParams
+from skillq.jobs.fields import iso
+from skillq.storage import job_history, jobs
 from skillq.storage.database import in_connection
-from skillq.storage.models import JobState
+from skillq.storage.models import JobState, utcnow
+
+#: The longest history one request may ask for (a day of minutes).
+MAX_HISTORY_MINUTES = 1440
 
 
 def _by_state() -> dict[str, int]:
@@ -34,7 +42,35 @@ def job_stats(owner: str | None = None) -> dict[str, Any]:
         for breakdown, key in ((by_type, job_type), (by_queue, queue)):
             counts = breakdown.setdefault(key, _by_state())
             counts[state] = counts.get(state, 0) + count
-    return {"total": total, "by_state": by_state, "by_type": by_type, "by_queue": by_queue}
+    now = utcnow()
+    oldest_pending = {
+        queue: {"created_at": iso(created_at), "age_secs": (now - created_at).total_seconds()}
+        for queue, created_at in job_history.oldest_pending(owner).items()
+    }
+    return {
+        "total": total,
+        "by_state": by_state,
+        "by_type": by_type,
+        "by_queue": by_queue,
+        "oldest_pending": oldest_pending,
+    }
+
+
+@in_connection
+def history(minutes: int, owner: str | None = None) -> dict[str, Any]:
+    buckets = job_history.queue_history(minutes, owner=owner)
+    return {
+        "minutes": minutes,
+        "buckets": [
+            {
+                "start": iso(bucket.start),
+                "completed": bucket.completed,
+                "failed": bucket.failed,
+                "pending": bucket.pending,
+            }
+            for bucket in buckets
+        ],
+    }
 
 
 async def stats(request: Request) -> JSONResponse:
@@ -42,4 +78,18 @@ async def stats(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(job_stats, owner))
 
 
-routes = [Route("/api/v1/stats", stats, methods=["GET"])]
+async def stats_history(request: Request) -> JSONResponse:
+    owner = require_viewer(request).owner_filter
+    minutes = int_param(request, "minutes", 60)
+    if not 1 <= minutes <= MAX_HISTORY_MINUTES:
+        raise InvalidParams(
+            "minutes is out of range",
+            [{"path": "minutes", "message": f"must be 1-{MAX_HISTORY_MINUTES}"}],
+        )
+    return JSONResponse(await run_in_threadpool(history, minutes, owner))
+
+
+routes = [
+    Route("/api/v1/stats", stats, methods=["GET"]),
+    Route("/api/v1/stats/history", stats_history, methods=["GET"]),
+]

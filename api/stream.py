@@ -3,7 +3,10 @@
 The stream polls the store (the source of truth; workers write it from any machine) every
 `server.stream_poll_secs`, checking a pooled connection out for each read and returning
 it at once, so an idle stream holds no database connection and a hundred open streams
-cost a hundred short reads per poll interval, not a hundred connections.
+cost a hundred short reads per poll interval, not a hundred connections. A poll reads the
+state, attempt, progress and message columns only; the whole job (params and result too)
+is read when its state changes, which happens a few times per job. One principal holds at
+most `server.max_streams_per_principal` streams at once (429 past it).
 
 Events:
   state     the whole job (as `GET /api/v1/jobs/{id}`) whenever its state or attempt changes
@@ -15,18 +18,21 @@ gets only what changed since that snapshot, and a stream ends after the terminal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from skillq.api.auth.access import require_viewer
-from skillq.errors import NotFound
+from skillq.errors import NotFound, TooManyRequests
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.fields import job_to_dict
 from skillq.storage.models import Job
@@ -63,6 +69,29 @@ class Snapshot:
             return None
 
 
+@dataclass
+class OpenStreams:
+    """How many event streams each principal holds open, against `limit`."""
+
+    limit: int
+    open: Counter[str] = field(default_factory=Counter)
+
+    @contextlib.contextmanager
+    def held(self, subject: str) -> Iterator[None]:
+        if self.open[subject] >= self.limit:
+            raise TooManyRequests(
+                f"{self.limit} event streams are open for {subject!r}; close one first",
+                [{"path": "stream", "message": "server.max_streams_per_principal"}],
+            )
+        self.open[subject] += 1
+        try:
+            yield
+        finally:
+            self.open[subject] -= 1
+            if not self.open[subject]:
+                del self.open[subject]
+
+
 def _events(job: Job, seen: Snapshot | None) -> list[ServerSentEvent]:
     now = Snapshot.of(job)
     if seen is not None and (seen.attempt, seen.state) == (now.attempt, now.state):
@@ -88,12 +117,15 @@ async def _follow(
             return
         await asyncio.sleep(poll_secs)
         try:
-            job = await run_in_threadpool(coordinator.get_job, job.id, owner=owner)
+            job = await run_in_threadpool(coordinator.get_progress, job.id, owner=owner)
+            if (job.attempts, job.state) != (seen.attempt, seen.state):
+                # A state event carries the whole job: read it once, now.
+                job = await run_in_threadpool(coordinator.get_job, job.id, owner=owner)
         except NotFound:
             return  # purged while we watched; nothing more will happen to it
 
 
-async def stream_job(request: Request) -> EventSourceResponse:
+async def _stream_response(request: Request) -> EventSourceResponse:
     owner = require_viewer(request).owner_filter
     coordinator: JobCoordinator = request.app.state.coordinator
     server = request.app.state.settings.server
@@ -107,4 +139,16 @@ async def stream_job(request: Request) -> EventSourceResponse:
     )
 
 
-routes = [Route("/api/v1/jobs/{job_id}/stream", stream_job, methods=["GET"])]
+class _StreamJob:
+    """ASGI, so the principal's stream is counted for exactly as long as the response runs
+    (a generator's clean-up would not run for a client gone before its first event)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        streams: OpenStreams = request.app.state.streams
+        with streams.held(require_viewer(request).subject):
+            response = await _stream_response(request)
+            await response(scope, receive, send)
+
+
+routes = [Route("/api/v1/jobs/{job_id}/stream", _StreamJob(), methods=["GET"], name="stream_job")]

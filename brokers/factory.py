@@ -46,7 +46,10 @@ REDIS_MAINTENANCE_CHANCE = 100_000
 
 
 def job_middleware(
-    workers: WorkerSettings, *, recover: Callable[[], Any] | None = None
+    workers: WorkerSettings,
+    *,
+    recover: Callable[[], Any] | None = None,
+    max_result_bytes: int = 1_048_576,
 ) -> list[Middleware]:
     """skillq's middleware stack, sharing one new `RunningJobs`.
 
@@ -62,7 +65,11 @@ def job_middleware(
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
-        JobStatus(running, dead_after_secs=workers.dead_after_secs),
+        JobStatus(
+            running,
+            dead_after_secs=workers.dead_after_secs,
+            max_result_bytes=max_result_bytes,
+        ),
         JobRetries(
             max_retries=workers.max_retries,
             min_backoff=retry_delay_ms,
@@ -85,7 +92,9 @@ def build_broker(
     settings: Settings, *, recover: Callable[[], Any] | None = None
 ) -> dramatiq.Broker:
     """The configured broker; `recover` runs stale-job recovery from the worker registry."""
-    middleware = job_middleware(settings.workers, recover=recover)
+    middleware = job_middleware(
+        settings.workers, recover=recover, max_result_bytes=settings.jobs.max_result_bytes
+    )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":
         from skillq.brokers.redis_priority import PriorityRedisBroker

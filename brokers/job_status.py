@@ -7,7 +7,6 @@ whether the failure will be retried (`message.failed` is set when it will not).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -26,9 +25,10 @@ from dramatiq.middleware import (
 )
 
 from skillq.brokers.running import RunningJobs
+from skillq.json_values import storable_problems
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import database_proxy
-from skillq.storage.models import utcnow
+from skillq.storage.models import stored_size, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +131,20 @@ class JobStatus(Middleware):
     Parameters:
       running(RunningJobs): The jobs this process runs (shared with the other middleware).
       dead_after_secs(float): A worker silent this long is dead (`workers.dead_after_secs`).
+      max_result_bytes(int): A result larger than this, as stored JSON, fails the job with
+        `ResultTooLarge` (`jobs.max_result_bytes`).
     """
 
-    def __init__(self, running: RunningJobs, *, dead_after_secs: float = 15.0) -> None:
+    def __init__(
+        self,
+        running: RunningJobs,
+        *,
+        dead_after_secs: float = 15.0,
+        max_result_bytes: int = 1048576,
+    ) -> None:
         self.running = running
         self.dead_after_secs = dead_after_secs
+        self.max_result_bytes = max_result_bytes
         self.worker_id = current_worker_id()
         logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_StoredResultsFilter())
 
@@ -263,14 +272,26 @@ class JobStatus(Middleware):
     ) -> None:
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
-            try:
-                json.dumps(result)
-            except (TypeError, ValueError) as error:
+            # Nothing is written that cannot be read back: a NaN or a lone surrogate in one
+            # result would break every listing that includes the job.
+            problems = storable_problems(result, "result")
+            if problems:
+                where = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
                 jobs.mark_failed(
                     job_id,
                     attempt=attempt,
                     error_type="ResultNotSerializable",
-                    error_message=f"the job's result is not JSON: {error}",
+                    error_message=f"the job's result cannot be stored as JSON: {where}",
+                )
+                return
+            size = stored_size(result)
+            if size > self.max_result_bytes:
+                jobs.mark_failed(
+                    job_id,
+                    attempt=attempt,
+                    error_type="ResultTooLarge",
+                    error_message=f"the job's result is {size} bytes of JSON; at most"
+                    f" {self.max_result_bytes} are kept (jobs.max_result_bytes)",
                 )
                 return
             jobs.mark_completed(job_id, attempt=attempt, result=result)

@@ -11,8 +11,12 @@ an error leaves skillq is decided by the surface it leaves through, each in one 
     ├── UnknownJobType        unknown_job_type     no job type of that name
     ├── NotFound              not_found            no such job (or not the caller's)
     ├── Conflict              conflict             the job's state does not allow it
+    │   └── IdempotencyKeyReused  idempotency_key_reused  the key names a job made from a
+    │                                              different request (details: its job_id)
     ├── Unauthorized          unauthorized         no valid credential
     ├── Forbidden             forbidden            a credential without the needed role
+    ├── TooManyRequests       too_many_requests    a per-principal limit is reached (streams,
+    │                                              MCP sessions)
     └── ServiceUnavailable    service_unavailable  the broker or the store cannot be reached
 
     SettingsError             (not a SkillqError)  a bad settings file: start-up stops with
@@ -74,12 +78,22 @@ class Conflict(SkillqError):
     code = "conflict"
 
 
+class IdempotencyKeyReused(Conflict):
+    """The idempotency key already names a job of a different request; details name it."""
+
+    code = "idempotency_key_reused"
+
+
 class Unauthorized(SkillqError):
     code = "unauthorized"
 
 
 class Forbidden(SkillqError):
     code = "forbidden"
+
+
+class TooManyRequests(SkillqError):
+    code = "too_many_requests"
 
 
 class ServiceUnavailable(SkillqError):

@@ -57,6 +57,21 @@ class ServerSettings:
     #: How often a job's event stream reads the store, and sends a keep-alive when idle.
     stream_poll_secs: _Positive = 0.5
     stream_keepalive_secs: _Positive = 15.0
+    #: Host / Origin headers any request may carry (DNS-rebinding and cross-site protection;
+    #: "name:*" for any port). Empty: `[mcp] allowed_hosts` / `allowed_origins`, else loopback
+    #: names when `host` is a loopback address, else Host unchecked. Probes are never checked.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    #: Open connections (and requests in progress) one API process accepts; past it new
+    #: connections are closed at once and requests answered 503.
+    limit_concurrency: Annotated[int, _R(lo=2, hi=1_000_000)] = 1000
+    #: Seconds a connection may take to send a request's headers, after it opens or after
+    #: its previous response (keep-alive); then it is closed. Stops idle and slowloris sockets.
+    timeout_keep_alive_secs: Annotated[int, _R(lo=1, hi=3600)] = 5
+    #: Values (objects, arrays, scalars) a JSON request body may hold.
+    max_json_nodes: Annotated[int, _R(lo=100)] = 100_000
+    #: Job event streams (`/api/v1/jobs/{id}/stream`) one principal may hold open at once.
+    max_streams_per_principal: Annotated[int, _R(lo=1)] = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +166,13 @@ class McpSettings:
     #: port). Empty: loopback names when `server.host` is a loopback address, else unchecked.
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    #: Streamable HTTP sessions open at once (all principals; 503 past it), per principal,
+    #: and how long a session may stay idle before it is closed.
+    max_sessions: Annotated[int, _R(lo=1)] = 1000
+    max_sessions_per_principal: Annotated[int, _R(lo=1)] = 50
+    session_idle_secs: _Positive = 300.0
+    #: Legacy SSE connections (`<endpoint>/sse`) one principal may hold open at once.
+    max_sse_per_principal: Annotated[int, _R(lo=1)] = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +182,11 @@ class JobsSettings:
     #: Modules declaring job types with `@skillq.job_type` (besides the `skillq.job_types`
     #: entry points of installed packages).
     modules: tuple[str, ...] = ()
+    #: A job's params and result, as JSON, at most this many bytes (422 / the job fails).
+    max_params_bytes: Annotated[int, _R(lo=1024)] = 262_144
+    max_result_bytes: Annotated[int, _R(lo=1024)] = 1_048_576
+    #: The deepest `offset` a job listing may ask for (400 past it): deep pages cost a scan.
+    max_list_offset: Annotated[int, _R(lo=0)] = 10_000
 
 
 def _shipped_skills() -> tuple[Path, ...]:

@@ -10,6 +10,12 @@ Both backends are connection pools, and a unit of work (an API request, a messag
 processed) checks a connection out with `connection()` and returns it at the end. Threads
 come and go (Starlette's thread pool, dramatiq's workers); a connection held by each thread
 forever would exhaust PostgreSQL's pool.
+
+Both pools hold at most `pool_size` connections; a unit of work that finds them all in use
+waits up to `POOL_WAIT_SECS` for one. A process must fit its concurrent units of work in the
+pool: a worker holds one per running job (its threads) plus short ones for its heartbeat,
+cancellation watcher and registry; the API gives its requests `pool_size - 2` threads and
+keeps two for the probes.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ database_proxy = peewee.DatabaseProxy()
 #: Milliseconds a writer waits for SQLite's lock before giving up. Workers, the API and the
 #: scheduler are separate processes writing the same file, so contention is normal.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: Seconds a unit of work waits for a free pooled connection before giving up.
+POOL_WAIT_SECS = 30
 
 #: What the drivers raise when the store cannot be reached or used right now (refused or
 #: dropped connection, a lock held past the busy timeout, an exhausted pool): not a bug in
@@ -51,7 +59,7 @@ def open_database(
         return _open_postgres(url or "", pool_size)
     if path is None:
         raise ValueError("a SQLite store needs a path")
-    return open_sqlite(Path(path))
+    return open_sqlite(Path(path), pool_size)
 
 
 class _SqliteStore(PooledSqliteDatabase):
@@ -62,7 +70,7 @@ class _SqliteStore(PooledSqliteDatabase):
         start_checkpointer(self.database)
 
 
-def open_sqlite(path: Path) -> PooledSqliteDatabase:
+def open_sqlite(path: Path, pool_size: int = 10) -> PooledSqliteDatabase:
     """SQLite in WAL mode so readers never block the single writer.
 
     `synchronous=NORMAL` in WAL mode survives process crashes; only a power cut can drop the
@@ -73,9 +81,11 @@ def open_sqlite(path: Path) -> PooledSqliteDatabase:
     path.parent.mkdir(parents=True, exist_ok=True)
     return _SqliteStore(
         str(path),
-        max_connections=None,
+        max_connections=pool_size,
         stale_timeout=None,
-        timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        # Peewee's pool `timeout` is the wait for a free connection; SQLite's own lock wait
+        # is the `busy_timeout` pragma.
+        timeout=POOL_WAIT_SECS,
         check_same_thread=False,
         pragmas={
             "journal_mode": "wal",
@@ -104,7 +114,7 @@ def _open_postgres(url: str, pool_size: int) -> PooledPostgresqlDatabase:
         unquote(parts.path.lstrip("/")) or "postgres",
         max_connections=pool_size,
         stale_timeout=300,
-        timeout=30,
+        timeout=POOL_WAIT_SECS,
         **connect_kwargs,
     )
 

@@ -20,10 +20,18 @@ from typing import Any
 
 import peewee
 
+from skillq.json_values import storable_text
 from skillq.storage.database import database_proxy
 from skillq.storage.models import Job, JobState, utcnow
 
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
+
+
+#: Every column but the job's documents (its params and result).
+SUMMARY_COLUMNS = tuple(
+    field for field in Job._meta.sorted_fields if field.name not in ("params", "result")
+)
+WATCHED_COLUMNS = (Job.id, Job.state, Job.attempts, Job.progress, Job.message, Job.owner)
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,11 @@ def list_jobs(
     limit: int = 50,
     offset: int = 0,
 ) -> JobPage:
-    """Newest first, as an operator scanning recent work expects."""
-    query = Job.select()
+    """Newest first, as an operator scanning recent work expects.
+
+    The rows carry every column but `params` and `result` (None here): a page of a hundred
+    jobs each holding a large document would cost a hundred documents per listing."""
+    query = Job.select(*SUMMARY_COLUMNS)
     states, types = list(states), list(types)
     if states:
         query = query.where(Job.state.in_(states))
@@ -90,6 +101,11 @@ def list_jobs(
     total = query.count()
     rows = list(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
     return JobPage(jobs=rows, total=total)
+
+
+def get_progress(job_id: str) -> Job | None:
+    """The columns a watcher polls (state, attempt, progress, message), never the documents."""
+    return Job.select(*WATCHED_COLUMNS).where(Job.id == job_id).first()
 
 
 def count_by_type_queue_state(owner: str | None = None) -> list[tuple[str, str, str, int]]:
@@ -140,18 +156,22 @@ def mark_completed(job_id: str, *, attempt: int, result: Any) -> bool:
     return _finish(job_id, attempt, state=JobState.COMPLETED, result=result, progress=1.0)
 
 
+def _error(error_type: str, error_message: str) -> dict[str, str]:
+    """An error as both stores hold it: an exception's text may carry NUL or lone
+    surrogates (a tool's stderr, a file name), which PostgreSQL refuses and SQLite stores
+    but cannot hand back; and a failure that cannot be recorded leaves its job running."""
+    return {"error_type": storable_text(error_type), "error_message": storable_text(error_message)}
+
+
 def mark_failed(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
-    return _finish(
-        job_id, attempt, state=JobState.FAILED, error_type=error_type, error_message=error_message
-    )
+    return _finish(job_id, attempt, state=JobState.FAILED, **_error(error_type, error_message))
 
 
 def mark_retrying(job_id: str, *, attempt: int, error_type: str, error_message: str) -> bool:
     """Back to pending after a failed attempt; the last error stays visible until it runs."""
     query = Job.update(
         state=JobState.PENDING,
-        error_type=error_type,
-        error_message=error_message,
+        **_error(error_type, error_message),
         worker_id=None,
         heartbeat_at=None,
         enqueued_at=utcnow(),
@@ -170,8 +190,7 @@ def fail_unfinished(job_id: str, *, attempt: int, error_type: str, error_message
         job_id,
         attempt,
         state=JobState.FAILED,
-        error_type=error_type,
-        error_message=error_message,
+        **_error(error_type, error_message),
         completed_at=utcnow(),
         heartbeat_at=None,
     )
@@ -276,18 +295,19 @@ def mark_enqueue_failed(job_id: str, error_message: str) -> bool:
         job_id,
         (JobState.PENDING,),
         state=JobState.FAILED,
-        error_type="EnqueueError",
-        error_message=error_message,
+        **_error("EnqueueError", error_message),
         completed_at=utcnow(),
     )
 
 
 def set_progress(job_id: str, progress: float | None, message: str | None) -> bool:
     changes: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None and not 0.0 <= progress <= 1.0:
+        progress = None  # NaN or out of range: it would poison every read of the job
     if progress is not None:
         changes["progress"] = progress
     if message is not None:
-        changes["message"] = message
+        changes["message"] = storable_text(message)
     return _transition(job_id, (JobState.RUNNING,), **changes)
 
 

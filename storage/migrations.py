@@ -153,8 +153,24 @@ def _api_key_table_v4(database: peewee.Database) -> type[peewee.Model]:
     return ApiKeyV4
 
 
+_HISTORY_INDEXES = ("started_at", "completed_at")
+
+
+def _add_history_indexes_v5(database: peewee.Database) -> None:
+    """v5: when jobs started and finished, indexed for the queue history by minute."""
+    migrator = SchemaMigrator.from_database(database)
+    migrate(*(migrator.add_index("skillq_job", (column,)) for column in _HISTORY_INDEXES))
+
+
+def _drop_history_indexes_v5(database: peewee.Database) -> None:
+    migrator = SchemaMigrator.from_database(database)
+    migrate(
+        *(migrator.drop_index("skillq_job", f"skillq_job_{column}") for column in _HISTORY_INDEXES)
+    )
+
+
 def _desired_pool_table(database: peewee.Database) -> type[peewee.Model]:
-    """The desired threads per queue that `skillq workers scale` records."""
+    """v6: the desired threads per queue that `skillq workers scale` records."""
 
     class DesiredPoolV5(peewee.Model):
         queue = peewee.CharField(max_length=100, primary_key=True)
@@ -196,6 +212,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        "index job start and finish times",
+        upgrade=lambda db: _add_history_indexes_v5(db),
+        downgrade=lambda db: _drop_history_indexes_v5(db),
+    ),
+    Migration(
+        6,
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),

@@ -32,6 +32,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def stored_size(document: Any) -> int:
+    """Bytes `document` takes as a JSONField stores it (compact JSON, ASCII-escaped)."""
+    return len(json.dumps(document, separators=(",", ":")))
+
+
 class JSONField(peewee.TextField):
     """JSON kept as text, so the same schema works on SQLite and PostgreSQL."""
 
@@ -62,8 +67,9 @@ class Job(BaseModel):
     attempts = peewee.IntegerField(default=0)
     max_retries = peewee.IntegerField()
     created_at = peewee.DateTimeField(index=True)
-    started_at = peewee.DateTimeField(null=True)
-    completed_at = peewee.DateTimeField(null=True)
+    #: Indexed for the queue history (`storage.job_history`): range scans by minute (v5).
+    started_at = peewee.DateTimeField(null=True, index=True)
+    completed_at = peewee.DateTimeField(null=True, index=True)
     expires_at = peewee.DateTimeField(index=True)
     owner = peewee.CharField(max_length=200, index=True)
     trace_id = peewee.CharField(max_length=64, null=True, index=True)

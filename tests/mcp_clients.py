@@ -92,6 +92,14 @@ class Rest:
         assert response.status_code == 200, response.text
         return response.json()["jobs"]
 
+    def unfinished_with_echo(self, marker: str) -> str | None:
+        """The id of the pending or running `sleep` job whose params echo `marker` (listings
+        carry no params, so each candidate is read)."""
+        for listed in self.jobs(type="sleep", state="pending,running"):
+            if self.job(listed["id"])["params"].get("echo") == marker:
+                return listed["id"]
+        return None
+
     def wait_state(self, job_id: str, *states: str, timeout: float = 60) -> dict:
         return wait_for(
             lambda: (job := self.job(job_id))["state"] in states and job,

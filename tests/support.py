@@ -39,6 +39,11 @@ RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 POSTGRES_URL = "postgresql://127.0.0.1:5432/test"
 
 
+#: The base URL in-process test clients use: a loopback name, which a loopback-bound app
+#: accepts as Host (Starlette's default, "testserver", it refuses with 400).
+LOCAL_URL = "http://127.0.0.1"
+
+
 def require_service(name: str) -> None:
     host, port = SERVICES[name]
     try:

@@ -13,12 +13,12 @@ from starlette.testclient import TestClient
 from skillq.api.app import create_app
 from skillq.storage import jobs
 from skillq.storage.database import connection
-from tests.support import store_outage
+from tests.support import LOCAL_URL, store_outage
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), base_url=LOCAL_URL) as client:
         yield client
 
 

@@ -22,7 +22,7 @@ from skillq.api.app import create_app
 from skillq.settings import AuthSettings, JwtSettings
 from skillq.storage import api_keys
 from skillq.storage.database import connection
-from tests.support import store_outage
+from tests.support import LOCAL_URL, store_outage
 
 SECRET = "test-secret-" + "x" * 32
 ISSUER, AUDIENCE = "skillq", "skillq-api"
@@ -42,7 +42,9 @@ def app_with(key_cache_secs: float = 0, **jwt_settings: object) -> TestClient:
     auth = AuthSettings(
         mode="jwt", jwt=JwtSettings(**jwt_settings), api_key_cache_secs=key_cache_secs
     )
-    return TestClient(create_app(dataclasses.replace(actors.settings, auth=auth)))
+    return TestClient(
+        create_app(dataclasses.replace(actors.settings, auth=auth)), base_url=LOCAL_URL
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,9 @@ def test_probes_stay_open_and_metrics_follow_the_setting(client: TestClient) -> 
     for path in ("/health", "/live", "/ready", "/version", "/metrics", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     auth = AuthSettings(mode="jwt", jwt=JwtSettings(secret=SECRET), protect_metrics=True)
-    with TestClient(create_app(dataclasses.replace(actors.settings, auth=auth))) as protected:
+    with TestClient(
+        create_app(dataclasses.replace(actors.settings, auth=auth)), base_url=LOCAL_URL
+    ) as protected:
         assert_401(protected.get("/metrics"))
         assert protected.get("/metrics", headers=bearer(token())).status_code == 200
         assert protected.get("/live").status_code == 200

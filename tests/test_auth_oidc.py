@@ -24,7 +24,7 @@ from skillq.api.app import create_app
 from skillq.api.auth.oidc import OidcVerifier
 from skillq.settings import AuthSettings, OidcSettings
 from skillq.tokens import TokenError
-from tests.support import JsonHandler, serve_http
+from tests.support import LOCAL_URL, JsonHandler, serve_http
 
 AUDIENCE = "skillq-api"
 
@@ -106,7 +106,7 @@ def client_for(provider: Provider, min_refresh_secs: float) -> TestClient:
         provider_url=provider.issuer, audience=AUDIENCE, jwks_min_refresh_secs=min_refresh_secs
     )
     settings = dataclasses.replace(actors.settings, auth=AuthSettings(mode="oidc", oidc=oidc))
-    return TestClient(create_app(settings))
+    return TestClient(create_app(settings), base_url=LOCAL_URL)
 
 
 def whoami(client: TestClient, token: str):

@@ -25,13 +25,23 @@ from tests.support import (
     write_settings,
 )
 
-BAD_OUTPUT_SKILL = """
+BAD_OUTPUT_SKILL = r"""
 name = "bad-output"
-description = "Prints text that is not JSON."
+description = "Prints text that is not JSON, or JSON that Python parses but no client can read."
 
 [[tools]]
 name = "chatter"
 command = ["{python}", "-c", "print('this is not JSON')"]
+timeout_secs = 10
+
+[[tools]]
+name = "nan"
+command = ["{python}", "-c", 'print("{\"x\": [1, NaN]}")']
+timeout_secs = 10
+
+[[tools]]
+name = "surrogate"
+command = ["{python}", "-c", 'print("{\"y\": \"\\udfff\"}")']
 timeout_secs = 10
 """
 
@@ -178,16 +188,27 @@ def test_bad_tool_output_and_bad_input_fail_the_job_clearly(system: System) -> N
     error = refused("execute_skill", {"skill": "text-stats", "tool": "word_count", "input": {}})
     assert error["message"] == "input does not match the schema of text-stats/word_count"
     assert error["details"] == [
-        {"path": "params.input", "message": "'text' is a required property"}
+        {"path": "params.input", "message": 'missing required properties: "text"'}
     ]
     error = refused("execute_skill", {"skill": "../skills", "tool": "x"})
     assert error["details"][0]["path"] == "params.skill"
     error = refused("execute_skill", {"skill": "nonexistent", "tool": "x"}, 404)
-    assert error["message"] == "no skill named 'nonexistent'"
+    assert error["message"] == 'no skill named "nonexistent"'
     error = refused("execute_skill", {"skill": "primes", "tool": "nope"}, 404)
-    assert error["message"] == "skill 'primes' has no tool 'nope'"
+    assert error["message"] == 'skill "primes" has no tool "nope"'
     error = refused("generate_examples", {"skill": "primes", "tool_names": ["nope"]}, 404)
-    assert error["message"] == "skill 'primes' has no tool 'nope'"
+    assert error["message"] == 'skill "primes" has no tool "nope"'
+
+
+def test_a_tool_output_that_cannot_be_stored_fails_the_job_once(system: System) -> None:
+    """Python parses NaN and lone surrogates; stored, they broke every listing."""
+    for tool, why in [("nan", "NaN is not JSON"), ("surrogate", "output.y: not valid Unicode")]:
+        job = system.run("execute_skill", {"skill": "bad-output", "tool": tool})
+        assert (job["state"], job["attempts"], job["result"]) == ("failed", 1, None), job
+        assert job["error"]["type"] == "ToolBadOutput"
+        assert why in job["error"]["message"]
+    listing = system.client.get("/api/v1/jobs", params={"limit": 100})
+    assert listing.status_code == 200, listing.text
 
 
 def test_examples_are_generated_stored_and_shown(system: System) -> None:

@@ -178,6 +178,10 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
         "skillq/storage/jobs.py",
         "skillq/example_skills/primes/skill.toml",
         "skillq/example_skills/text-stats/text_stats.py",
+        "skillq/api/static/index.html",
+        "skillq/api/static/dashboard.js",
+        "skillq/api/static/api.js",
+        "skillq/api/static/dashboard.css",
     ]:
         assert expected in names
 

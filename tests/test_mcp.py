@@ -191,7 +191,7 @@ def test_bad_arguments_and_unknown_tools_are_tool_errors(busy: System, transport
     assert wrong_type.is_error
     error = wrong_type.structured_content["error"]
     assert error["code"] == "invalid_params"
-    message = "'long' is not of type 'number'"
+    message = '"long" is not of type "number"'
     assert error["details"] == [{"path": "params.seconds", "message": message}]
     assert "params.seconds" in wrong_type.content[0].text
     assert extra.is_error and "colour" in extra.content[0].text
@@ -244,11 +244,9 @@ def test_cancelling_the_call_while_it_waits_inline_cancels_the_job(
     marker = uuid.uuid4().hex
 
     def submitted() -> str:
-        def find() -> str | None:
-            jobs = idle.rest.jobs(type="sleep")
-            return next((job["id"] for job in jobs if job["params"].get("echo") == marker), None)
-
-        return wait_for(find, what="the tool call to submit its job")
+        return wait_for(
+            lambda: idle.rest.unfinished_with_echo(marker), what="the tool call to submit its job"
+        )
 
     async def main() -> str:
         async with idle.connect(transport) as client, anyio.create_task_group() as group:
@@ -337,9 +335,8 @@ def test_stopping_the_server_does_not_cancel_jobs_waiting_inline(
     rest = Rest(base_url)
     marker = uuid.uuid4().hex
 
-    def submitted() -> str:
-        jobs = rest.jobs(type="sleep")
-        return next((job["id"] for job in jobs if job["params"].get("echo") == marker), None)
+    def submitted() -> str | None:
+        return rest.unfinished_with_echo(marker)
 
     found: list[str] = []
 

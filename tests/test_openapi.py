@@ -1,20 +1,30 @@
 """`GET /openapi.json` describes every REST route, and the app keeps to it: schemathesis
-generates requests from the document (valid and invalid) and checks every response, in
-process in auth mode `none` and in `jwt` mode with an admin token, and over HTTP against a
-real API process on PostgreSQL.
+generates requests from the document (valid and invalid) and runs every check on every
+response, in process in auth mode `none` and in `jwt` mode with an admin token, and over
+HTTP against real API processes (SQLite and PostgreSQL, with a worker) with the
+schemathesis command itself: every phase, every check, the stateful one included.
+
+`SKILLQ_FUZZ_EXAMPLES` (default 25) sets the examples per operation; raise it for a longer
+run by hand, e.g. `SKILLQ_FUZZ_EXAMPLES=500 pytest tests/test_openapi.py -k command`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.generation import GenerationMode
 from starlette.testclient import TestClient
 
@@ -23,23 +33,33 @@ from skillq.api.app import create_app
 from skillq.api.openapi import documented_routes
 from skillq.settings import AuthSettings, JwtSettings
 from tests.support import (
+    LOCAL_URL,
+    api_with_worker,
     create_postgres_schema,
     drop_postgres_schema,
     postgres_schema_url,
     require_service,
     start_api,
+    wait_for,
     write_settings,
 )
 
 SECRET = "openapi-test-secret-" + "q" * 32
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = int(os.environ.get("SKILLQ_FUZZ_EXAMPLES", "25"))
 #: An event stream of a pending job never ends, so it is tested in test_stream.py.
 STREAM = r"/stream$"
 
 
-def jwt_app():
+def jwt_app(settings=None):
     auth = AuthSettings(mode="jwt", jwt=JwtSettings(secret=SECRET))
-    return create_app(dataclasses.replace(actors.settings, auth=auth))
+    return create_app(dataclasses.replace(settings or actors.settings, auth=auth))
+
+
+def answering_testserver():
+    """schemathesis calls an ASGI app with `Host: testserver`, which a loopback-bound app
+    refuses (400); name it, as a deployment names its own host."""
+    server = dataclasses.replace(actors.settings.server, allowed_hosts=("testserver",))
+    return dataclasses.replace(actors.settings, server=server)
 
 
 def admin_token() -> str:
@@ -51,7 +71,7 @@ def admin_token() -> str:
 @pytest.mark.parametrize("make_app", [create_app, jwt_app], ids=["auth-none", "auth-jwt"])
 def test_every_rest_route_is_documented(make_app) -> None:
     app = make_app()
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL_URL) as client:
         document = client.get("/openapi.json").json()
     assert document["openapi"] == "3.1.0"
     served = documented_routes(app.routes, app.state.settings.mcp.endpoint)
@@ -104,6 +124,11 @@ def postgres_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         drop_postgres_schema(schema)
 
 
+def every_check() -> list:
+    load_all_checks()
+    return CHECKS.get_all()
+
+
 def operations(target) -> list:
     if isinstance(target, str):
         schema = schemathesis.openapi.from_url(f"{target}/openapi.json")
@@ -117,7 +142,7 @@ def fuzz(operation, mode: GenerationMode, headers: dict | None):
     @given(case=operation.as_strategy(generation_mode=mode))
     @FUZZ
     def check(case) -> None:
-        response = case.call_and_validate(headers=headers)
+        response = case.call_and_validate(headers=headers, checks=every_check())
         assert response.status_code < 500
 
     return check
@@ -131,7 +156,8 @@ def test_the_api_keeps_to_its_document(request, target: str, mode: GenerationMod
     if target == "postgres-process":
         app = request.getfixturevalue("postgres_api")
     else:
-        app = jwt_app() if target == "auth-jwt" else create_app()
+        named = answering_testserver()
+        app = jwt_app(named) if target == "auth-jwt" else create_app(named)
     headers = {"Authorization": f"Bearer {admin_token()}"} if target == "auth-jwt" else None
     checked = []
     for operation in operations(app):
@@ -143,3 +169,100 @@ def test_the_api_keeps_to_its_document(request, target: str, mode: GenerationMod
             continue
         checked.append(operation.label)
     assert len(checked) >= (10 if mode is GenerationMode.POSITIVE else 3)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live_api(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
+    """A real API and worker on each store, with one indexed collection, so search reaches
+    its own logic instead of answering 404."""
+    directory = tmp_path_factory.mktemp(f"openapi-live-{request.param}")
+    storage: dict = {}
+    schema = None
+    if request.param == "postgres":
+        require_service("postgres")
+        schema = create_postgres_schema()
+        storage = {"backend": "postgres", "url": postgres_schema_url(schema)}
+    sections = {"server": {"data_dir": str(directory / "data")}, "storage": storage}
+    try:
+        with api_with_worker(directory, {k: v for k, v in sections.items() if v}) as url:
+            documents = [{"id": "d1", "text": "żółw and tortoise notes"}]
+            submitted = httpx.post(
+                f"{url}/api/v1/jobs",
+                json={
+                    "type": "index_documents",
+                    "params": {"collection": "notes", "documents": documents},
+                },
+            ).json()
+            wait_for(
+                lambda: (
+                    httpx.get(f"{url}/api/v1/jobs/{submitted['id']}").json()["state"] == "completed"
+                ),
+                what="the collection to be indexed",
+            )
+            yield url
+    finally:
+        if schema:
+            drop_postgres_schema(schema)
+
+
+def schemathesis_run(url: str, workdir: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """The schemathesis command, every check, as a user would run it (its cache and
+    reports go to `workdir`, not the checkout)."""
+    command = Path(sys.executable).with_name("schemathesis")
+    return subprocess.run(
+        [
+            str(command),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            # An event stream of a job that runs for an hour is cut here: it is not a failure.
+            "--request-timeout",
+            "2",
+            "--generation-database",
+            "none",
+            "--no-color",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=workdir,
+    )
+
+
+@pytest.mark.parametrize(
+    "phases",
+    [
+        pytest.param(["--phases", "examples,coverage,fuzzing"], id="stateless"),
+        # DELETE /api/v1/jobs/{id} cancels (DESIGN.md) and the job stays readable; the
+        # document marks it a deprecated alias of POST .../cancel, which is how it tells
+        # the stateful phase not to expect a 404 after it (ST301).
+        pytest.param(["--phases", "stateful", "--exclude-deprecated"], id="stateful"),
+    ],
+)
+def test_the_schemathesis_command_finds_nothing(
+    live_api: str, phases: list[str], tmp_path: Path
+) -> None:
+    result = schemathesis_run(live_api, tmp_path, *phases)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
+
+
+def test_cancel_is_a_post_and_delete_its_documented_alias() -> None:
+    with TestClient(create_app()) as client:
+        document = client.get("/openapi.json").json()
+        delete = document["paths"]["/api/v1/jobs/{job_id}"]["delete"]
+        cancel = document["paths"]["/api/v1/jobs/{job_id}/cancel"]["post"]
+        assert delete["deprecated"] is True and "does not delete" in delete["description"]
+        assert delete["responses"].keys() == cancel["responses"].keys()
+        assert "409" in document["paths"]["/api/v1/jobs"]["post"]["responses"]
+        for method in ("post", "delete"):
+            job = client.post("/api/v1/jobs", json={"type": "sleep"}).json()
+            url = f"/api/v1/jobs/{job['id']}" + ("/cancel" if method == "post" else "")
+            response = client.request(method.upper(), url)
+            assert (response.status_code, response.json()["state"]) == (200, "cancelled")
+            assert client.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "cancelled"
+            assert client.request(method.upper(), url).status_code == 409

@@ -127,8 +127,7 @@ def test_bad_requests_are_refused_precisely(collections: Collections) -> None:
     with pytest.raises(NotFound):
         collections.search("missing", "anything", owner=OWNER)
     collections.index("docs", corpus(5), owner=OWNER)
-    with pytest.raises(InvalidParams, match="no words"):
-        collections.search("docs", '"*( )', owner=OWNER)
+    assert collections.search("docs", '"*( )', owner=OWNER) == []  # no words: nothing matches
     with pytest.raises(InvalidParams, match="k is out of range"):
         collections.search("docs", "uniq1", k=0, owner=OWNER)
     for name in ("../etc", "a/b", "", "x" * 65):

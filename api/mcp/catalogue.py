@@ -18,7 +18,9 @@ from jsonschema import Draft202012Validator
 
 from skillq.api.mcp.immediate import IMMEDIATE_TOOLS, ImmediateTool
 from skillq.errors import InvalidParams, NotFound
-from skillq.jobs.coordinator import JobCoordinator, schema_errors
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.schema_messages import schema_errors
+from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ class JobTool:
         if self.validator is not None:
             details = schema_errors(self.validator, arguments, "arguments")
             if details:
-                raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)
+                message = f"arguments do not match the schema of {shown(self.name)}"
+                raise InvalidParams(message, details)
         return self.params(arguments)
 
 
@@ -118,7 +121,7 @@ class ToolCatalogue:
         if tool is None and "." in name:  # only skill tools are dotted; reading skills costs I/O
             tool = self.job_tools().get(name)
         if tool is None:
-            raise NotFound(f"no tool named {name!r}; tools/list shows the available tools")
+            raise NotFound(f"no tool named {shown(name)}; tools/list shows the available tools")
         return tool
 
     def input_schema(self, name: str) -> dict[str, Any] | None:

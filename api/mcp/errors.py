@@ -25,11 +25,13 @@ from mcp.shared.exceptions import MCPError
 from skillq.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidParams,
     InvalidRequest,
     NotFound,
     ServiceUnavailable,
     SkillqError,
+    TooManyRequests,
     Unauthorized,
     UnknownJobType,
     row_of,
@@ -44,7 +46,9 @@ JSONRPC_CODES: dict[type[SkillqError], int] = {
     NotFound: types.INVALID_PARAMS,
     Conflict: types.INVALID_PARAMS,
     Unauthorized: types.INVALID_PARAMS,
+    IdempotencyKeyReused: types.INVALID_PARAMS,
     Forbidden: types.INVALID_PARAMS,
+    TooManyRequests: types.INTERNAL_ERROR,
     ServiceUnavailable: types.INTERNAL_ERROR,
 }
 

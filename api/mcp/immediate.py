@@ -17,8 +17,10 @@ from jsonschema import Draft202012Validator
 from skillq.api.principal import Principal
 from skillq.engine.collection_files import MAX_OWNER_LENGTH
 from skillq.errors import Forbidden, InvalidParams
-from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator, schema_errors
-from skillq.jobs.fields import job_to_dict
+from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator
+from skillq.jobs.fields import job_summary_to_dict, job_to_dict
+from skillq.jobs.schema_messages import schema_errors
+from skillq.json_values import shown, storable_problems
 from skillq.storage import JobState
 
 _JOB_ID = {"type": "string", "minLength": 1, "maxLength": 36, "description": "The job's id."}
@@ -45,9 +47,12 @@ class ImmediateTool:
     def __call__(
         self, coordinator: JobCoordinator, caller: Principal, arguments: dict[str, Any]
     ) -> dict[str, Any]:
+        details = storable_problems(arguments, "arguments")
+        if details:
+            raise InvalidParams("arguments hold values that cannot be stored", details)
         details = schema_errors(self.validator, arguments, "arguments")
         if details:
-            raise InvalidParams(f"arguments do not match the schema of {self.name!r}", details)
+            raise InvalidParams(f"arguments do not match the schema of {shown(self.name)}", details)
         return self.run(coordinator, caller, arguments)
 
 
@@ -70,7 +75,7 @@ def _list_jobs(coordinator: JobCoordinator, caller: Principal, args: dict) -> di
         limit=limit,
         offset=offset,
     )
-    jobs = [job_to_dict(job) for job in page.jobs]
+    jobs = [job_summary_to_dict(job) for job in page.jobs]
     return {"jobs": jobs, "total": page.total, "limit": limit, "offset": offset}
 
 
@@ -121,7 +126,8 @@ IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
         ),
         ImmediateTool(
             "list_jobs",
-            "List jobs, newest first, optionally by state and type.",
+            "List jobs, newest first, optionally by state and type; without params and results"
+            " (job_status shows them).",
             {
                 "type": "object",
                 "properties": {

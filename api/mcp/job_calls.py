@@ -13,6 +13,7 @@ returned, only `cancel_job` / `tasks/cancel` / REST do. A server shutdown cancel
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from skillq.api.mcp.results import handle_result, outcome_result
 from skillq.api.principal import Principal
 from skillq.errors import InvalidParams, SkillqError
 from skillq.jobs.coordinator import JobCoordinator
+from skillq.json_values import shown, storable_problems
 from skillq.storage import Job
 
 logger = logging.getLogger(__name__)
@@ -52,23 +54,32 @@ def inline_wait_secs(limit: float, params: Mapping[str, Any] | None) -> float:
     asked = _meta_of(params).get(INLINE_WAIT_META_KEY)
     if asked is None:
         return limit
-    if isinstance(asked, bool) or not isinstance(asked, int | float) or asked < 0:
+    if isinstance(asked, bool) or not isinstance(asked, int | float) or not 0 <= asked < math.inf:
         raise InvalidParams(
             f"_meta.{INLINE_WAIT_META_KEY} must be a number of seconds >= 0",
-            [{"path": f"_meta.{INLINE_WAIT_META_KEY}", "message": f"got {asked!r}"}],
+            [{"path": f"_meta.{INLINE_WAIT_META_KEY}", "message": f"got {shown(asked)}"}],
         )
     return min(float(asked), limit)
 
 
+def refuse_unstorable(arguments: Any) -> None:
+    """Values no store can read back (NaN, lone surrogates, huge integers) are a tool error
+    naming the argument, before any schema or job sees them."""
+    problems = storable_problems(arguments, "arguments")
+    if problems:
+        raise InvalidParams("arguments hold values that cannot be stored", problems)
+
+
 def submission(tool: JobTool, arguments: dict[str, Any], params: Mapping[str, Any] | None) -> dict:
     """The coordinator's submission body for a call: job type, params and any options."""
+    refuse_unstorable(arguments)
     request: dict[str, Any] = {"type": tool.job_type, "params": tool.job_params(arguments)}
     options = _meta_of(params).get(JOB_OPTIONS_META_KEY) or {}
     if not isinstance(options, Mapping) or set(options) - set(_JOB_OPTIONS):
         allowed = ", ".join(_JOB_OPTIONS)
         raise InvalidParams(
             f"_meta.{JOB_OPTIONS_META_KEY} must be an object with only {allowed}",
-            [{"path": f"_meta.{JOB_OPTIONS_META_KEY}", "message": f"got {options!r}"}],
+            [{"path": f"_meta.{JOB_OPTIONS_META_KEY}", "message": f"got {shown(options)}"}],
         )
     request.update(options)
     return request
@@ -91,19 +102,27 @@ async def follow(
     """Polls the store until the job is terminal or `wait_secs` pass; returns its last state.
 
     Progress goes out as percent of 100 and only when it grew: MCP requires every
-    notification's `progress` to be larger than the last.
+    notification's `progress` to be larger than the last. Polls read the job's state and
+    progress only; the whole job (its params and result) is read once, at the end.
     """
     sent = -1.0
     interval = _FIRST_POLL_SECS
+    polled = job
     with anyio.move_on_after(wait_secs):
-        while not job.job_state.is_terminal:
-            if progress is not None and job.progress is not None and job.progress * 100 > sent:
-                sent = job.progress * 100
-                await progress(sent, 100.0, job.message)
+        while not polled.job_state.is_terminal:
+            if (
+                progress is not None
+                and polled.progress is not None
+                and polled.progress * 100 > sent
+            ):
+                sent = polled.progress * 100
+                await progress(sent, 100.0, polled.message)
             await anyio.sleep(interval)
             interval = min(interval * 1.5, _MAX_POLL_SECS)
-            job = await anyio.to_thread.run_sync(coordinator.get_job, job.id)
-    return job
+            polled = await anyio.to_thread.run_sync(coordinator.get_progress, job.id)
+    if polled is job:
+        return job
+    return await anyio.to_thread.run_sync(coordinator.get_job, job.id)
 
 
 async def cancel_quietly(coordinator: JobCoordinator, job_id: str, reason: str) -> None:

@@ -39,6 +39,7 @@ from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.principal import Principal
 from skillq.errors import Forbidden, InvalidParams, NotFound, SkillqError
 from skillq.jobs.fields import iso
+from skillq.json_values import shown
 from skillq.storage import Job, JobState
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
@@ -144,7 +145,7 @@ class TaskHandlers:
         try:
             return await anyio.to_thread.run_sync(lambda: coordinator.get_job(task_id, owner=owner))
         except NotFound:
-            raise NotFound(f"no task {task_id!r}") from None
+            raise NotFound(f"no task {shown(task_id)}") from None
 
     async def get(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         job = await self._job(ctx, params.task_id)
@@ -183,7 +184,7 @@ class TaskHandlers:
     async def list(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         cursor = params.cursor or "0"
         if not cursor.isdigit():
-            raise InvalidParams(f"invalid cursor {cursor!r}")
+            raise InvalidParams(f"invalid cursor {shown(cursor)}")
         offset = int(cursor)
         owner = self._caller(ctx).owner_filter
         coordinator = self.runtime.coordinator
@@ -213,7 +214,7 @@ class TaskAugmentedCalls:
         try:
             tool = self.runtime.catalogue.find(name if isinstance(name, str) else "")
             if not isinstance(tool, JobTool):
-                raise InvalidParams(f"{name!r} answers at once and does not run as a task")
+                raise InvalidParams(f"{shown(name)} answers at once and does not run as a task")
             request = submission(tool, arguments, params)
             job = await submit(self.runtime.coordinator, self.runtime.caller(ctx), request)
         except SkillqError as error:

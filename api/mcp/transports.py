@@ -8,20 +8,30 @@ valid principal gets 401 + `WWW-Authenticate` before any MCP message is read; th
 principal then owns the session it opens (the SDK answers another principal's session id
 with 404). Responses stream as SSE, which carries progress notifications; a client that
 accepts only JSON gets plain JSON bodies (and so no progress).
+
+Bounds, so one client cannot lock the others out: at most `[mcp] max_sessions` Streamable
+HTTP sessions (503 past it), `max_sessions_per_principal` of them per principal (503 too,
+from the SDK's own refusal path), each closed after `session_idle_secs` without a request;
+at most `max_sse_per_principal` legacy SSE connections per principal (429).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 from mcp.server import Server
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext, RequireAuthMiddleware
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
+from mcp.server.streamable_http import (
+    MCP_SESSION_ID_HEADER,
+    StreamableHTTPServerTransport,
+    check_accept_headers,
+)
 from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
@@ -31,29 +41,66 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.mcp.server import build_server
+from skillq.api.principal import AuthenticatedPrincipal
+from skillq.api.trusted_origins import allowed_names
+from skillq.errors import TooManyRequests
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def transport_security(settings: Settings) -> TransportSecuritySettings | None:
-    """DNS-rebinding protection: a web page must not reach a local MCP server through a
-    browser. Checked names come from `[mcp] allowed_hosts` / `allowed_origins`; unset, a
-    loopback-bound server accepts loopback names only (421 / 403 otherwise), and a server
-    bound elsewhere (behind a proxy, with auth) checks nothing."""
-    mcp = settings.mcp
-    if mcp.allowed_hosts or mcp.allowed_origins:
-        hosts, origins = list(mcp.allowed_hosts), list(mcp.allowed_origins)
-    elif settings.server.host in _LOOPBACK:
-        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
-        origins = [f"{scheme}://{host}" for scheme in ("http", "https") for host in hosts]
-    else:
+    """DNS-rebinding protection with the app's own Host/Origin names (`allowed_names`): the
+    SDK checks its routes itself (421 / 403), before it reads a message."""
+    names = allowed_names(settings)
+    if names.hosts is None and not names.origins:
         return None
-    return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
+    hosts = list(names.hosts) if names.hosts is not None else []
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=names.hosts is not None,
+        allowed_hosts=hosts,
+        allowed_origins=list(names.origins),
+    )
+
+
+class _SessionsPerPrincipal(StreamableHTTPSessionManager):
+    """The SDK's session manager, refusing a new session while `group` (the managers of one
+    app) holds `max_sessions`, or its principal holds `per_principal` of them.
+
+    mcp 2.3 admits every new session in `_admit_session`, under its creation lock, and
+    records its owner in `_session_owners` until the session ends (DELETE, idle expiry,
+    shutdown); returning None there is its own "too many sessions" answer (503).
+    """
+
+    def __init__(
+        self,
+        *,
+        per_principal: int,
+        group: list[_SessionsPerPrincipal],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.per_principal = per_principal
+        self.group = group
+        group.append(self)
+
+    def sessions_of(self, requestor: AuthorizationContext) -> int:
+        return sum(1 for owner in self._session_owners.values() if owner == requestor)
+
+    def _admit_session(
+        self, requestor: AuthorizationContext | None
+    ) -> StreamableHTTPServerTransport | None:
+        open_sessions = sum(len(manager._server_instances) for manager in self.group)
+        if self.max_sessions is not None and open_sessions >= self.max_sessions:
+            return None
+        if requestor is not None:
+            held = sum(manager.sessions_of(requestor) for manager in self.group)
+            if held >= self.per_principal:
+                subject = requestor.get("subject")
+                logger.warning("Refusing a session: %s holds %d already.", subject, held)
+                return None
+        return super()._admit_session(requestor)
 
 
 class _StreamableHttp:
@@ -100,13 +147,32 @@ class _StreamableHttp:
 
 
 class _SseStream:
-    """GET <endpoint>/sse: one legacy session, served for as long as the stream is open."""
+    """GET <endpoint>/sse: one legacy session, served for as long as the stream is open, at
+    most `per_principal` at once for one principal."""
 
-    def __init__(self, transport: SseServerTransport, server: Server[Any]) -> None:
+    def __init__(self, transport: SseServerTransport, server: Server[Any], per_principal: int):
         self.transport = transport
         self.server = server
+        self.per_principal = per_principal
+        self.open: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user")
+        subject = user.principal.subject if isinstance(user, AuthenticatedPrincipal) else ""
+        if self.open[subject] >= self.per_principal:
+            raise TooManyRequests(
+                f"{self.per_principal} SSE connections are open for {subject!r}",
+                [{"path": "sse", "message": "mcp.max_sse_per_principal"}],
+            )
+        self.open[subject] += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.open[subject] -= 1
+            if not self.open[subject]:
+                del self.open[subject]
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with self.transport.connect_sse(scope, receive, send) as (reader, writer):
                 options = self.server.create_initialization_options()
@@ -133,16 +199,22 @@ class McpEndpoints:
         self.server = build_server(self.runtime)
         self.endpoint = mcp.endpoint.rstrip("/") or "/mcp"
         security = transport_security(settings)
+        group: list[_SessionsPerPrincipal] = []
         self.managers = [
-            StreamableHTTPSessionManager(
+            _SessionsPerPrincipal(
+                per_principal=mcp.max_sessions_per_principal,
+                group=group,
                 app=self.server,
                 json_response=json_response,
                 stateless=mcp.stateless,
                 security_settings=security,
                 max_request_body_size=mcp.max_body_size,
+                session_idle_timeout=mcp.session_idle_secs,
+                max_sessions=mcp.max_sessions,
             )
             for json_response in (False, True)
         ]
+        self.max_sse_per_principal = mcp.max_sse_per_principal
         self.sse: SseServerTransport | None = None
         if mcp.legacy_sse:
             self.sse = SseServerTransport(
@@ -174,7 +246,7 @@ class McpEndpoints:
             routes += [
                 Route(
                     f"{self.endpoint}/sse",
-                    self._guarded(_SseStream(self.sse, self.server)),
+                    self._guarded(_SseStream(self.sse, self.server, self.max_sse_per_principal)),
                     methods=["GET"],
                 ),
                 Route(

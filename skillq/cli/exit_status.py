@@ -13,12 +13,14 @@ import typer
 from skillq.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidParams,
     InvalidRequest,
     NotFound,
     ServiceUnavailable,
     SettingsError,
     SkillqError,
+    TooManyRequests,
     Unauthorized,
     UnknownJobType,
     row_of,
@@ -34,7 +36,9 @@ EXIT_STATUS: dict[type[Exception], int] = {
     Conflict: 4,
     # The CLI acts as the local admin and does not meet these; should it, they are 'other'.
     Unauthorized: 1,
+    IdempotencyKeyReused: 4,
     Forbidden: 1,
+    TooManyRequests: 5,
     ServiceUnavailable: 5,
     SettingsError: 2,
 }

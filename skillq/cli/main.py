@@ -146,7 +146,17 @@ def api(
         timeout_graceful_shutdown=max(1, int(settings.workers.shutdown_grace_secs)),
         # One log line per request costs measurable latency; errors are still logged.
         access_log=False,
+        # Bounds on what one client can hold: open connections (closed past the limit,
+        # requests 503), and the seconds a connection gets to send each request's headers.
+        http="skillq.api.connection_limits:BoundedHttpProtocol",
+        limit_concurrency=settings.server.limit_concurrency,
+        timeout_keep_alive=settings.server.timeout_keep_alive_secs,
     )
+
+
+#: Store connections a worker process uses besides its job threads' (heartbeat, cancellation
+#: watcher, registry).
+WORKER_SIDE_CONNECTIONS = 3
 
 
 @app.command()
@@ -175,6 +185,13 @@ def _exec_pool(
     size = threads or configured_threads(settings, queue)
     if size < 1:
         raise InvalidRequest(f"the {queue} queue's pool has 0 threads in the settings")
+    if size + WORKER_SIDE_CONNECTIONS > settings.storage.pool_size:
+        typer.echo(
+            f"warning: storage.pool_size ({settings.storage.pool_size}) is below the {queue}"
+            f" pool's {size} threads + {WORKER_SIDE_CONNECTIONS}: running jobs hold a store"
+            " connection each, so jobs and heartbeats will wait for one; raise pool_size",
+            err=True,
+        )
     command = [
         sys.executable,
         "-m",
@@ -231,17 +248,21 @@ def jobs_submit(
     params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
     priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="At most one job per key; the same request again shows that job."),
+    ] = None,
 ) -> None:
     """Submit a job; prints its id (or, with --wait, its final state)."""
     from skillq.jobs.fields import job_to_dict
+    from skillq.json_values import parse_json
 
-    try:
-        parsed_params = json.loads(params)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"--params is not valid JSON: {error}") from None
+    parsed_params = parse_json(params, "--params")
     request: dict[str, Any] = {"type": job_type, "params": parsed_params}
     if priority is not None:
         request["priority"] = int(priority) if priority.isdigit() else priority
+    if idempotency_key is not None:
+        request["idempotency_key"] = idempotency_key
     coordinator = _coordinator()
     # The CLI is the operator's, beside the store and the settings: as an admin.
     job = coordinator.submit_job(request, any_owner=True).job

@@ -66,10 +66,9 @@ def _submit(job_type: str, params: dict[str, Any], background: bool) -> None:
 
 
 def _json_option(raw: str, name: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise InvalidRequest(f"{name} is not valid JSON: {error}") from None
+    from skillq.json_values import parse_json
+
+    return parse_json(raw, name)
 
 
 @skills_app.command("list")
@@ -121,12 +120,16 @@ def read_documents(source: Path) -> list[dict[str, Any]]:
             for path in sorted(source.rglob("*"))
             if path.is_file() and path.suffix.lower() in _TEXT_SUFFIXES
         ]
+    from skillq.json_values import parse_json
+
     try:
         text = source.read_text(encoding="utf-8")
         if source.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        parsed = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            lines = enumerate(text.splitlines(), 1)
+            name = source.name
+            return [parse_json(line, f"{name} line {i}") for i, line in lines if line.strip()]
+        parsed = parse_json(text, source.name)
+    except (OSError, UnicodeDecodeError) as error:
         raise InvalidRequest(f"cannot read documents from {source}: {error}") from None
     return parsed.get("documents", []) if isinstance(parsed, dict) else parsed
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from skillq.errors import InvalidParams
+from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ _LOCK_FILE = ".layout.lock"
 def check_collection(name: Any) -> str:
     if not isinstance(name, str) or not _COLLECTION.match(name):
         raise InvalidParams(
-            f"invalid collection name {name!r}",
+            f"invalid collection name {shown(name)}",
             [{"path": "collection", "message": f"must match {COLLECTION_PATTERN}"}],
         )
     return name

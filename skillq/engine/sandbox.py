@@ -40,6 +40,8 @@ from typing import Any
 
 from skillq.engine import bubblewrap
 from skillq.engine.bubblewrap import Isolation
+from skillq.errors import InvalidRequest
+from skillq.json_values import parse_json, storable_problems
 
 PROGRESS_PREFIX = b"PROGRESS "
 STDERR_TAIL_BYTES = 4096
@@ -370,7 +372,13 @@ def _parse_output(stdout: bytes) -> Any:
     if not text:
         raise ToolBadOutput("the tool printed nothing on stdout; expected one JSON document")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+        result = parse_json(text, "output")
+    except InvalidRequest as error:
         preview = text[:200] + ("..." if len(text) > 200 else "")
-        raise ToolBadOutput(f"the tool's output is not JSON ({error.msg}): {preview!r}") from None
+        why = error.details[0]["message"]
+        raise ToolBadOutput(f"the tool's output is not JSON ({why}): {preview!r}") from None
+    problems = storable_problems(result, "output")
+    if problems:
+        where = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
+        raise ToolBadOutput(f"the tool's output cannot be stored: {where}")
+    return result

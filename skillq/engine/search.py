@@ -41,6 +41,7 @@ import numpy as np
 from skillq.engine.collection_files import LEGACY_OWNER, CollectionFiles, check_collection
 from skillq.engine.embeddings import Embedder
 from skillq.errors import InvalidParams, NotFound
+from skillq.json_values import shown
 
 _WORD = re.compile(r"\w+")
 BATCH = 500
@@ -110,12 +111,11 @@ def content_hash(text: str, metadata: dict[str, Any]) -> str:
 
 
 def _words(text: str) -> list[str]:
-    words = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))
-    if not words:
-        raise InvalidParams(
-            "the query has no words to search for", [{"path": "q", "message": f"got {text!r}"}]
-        )
-    return words[:64]
+    """The query's words; none (punctuation only) is a query that matches nothing. Refusing
+    it would need clients to know which characters are letters in which Unicode version;
+    an API fuzzer could not, and neither can a JSON Schema pattern (ECMA-262 `\\w` is
+    ASCII)."""
+    return list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))[:64]
 
 
 def _to_query(words: list[str]) -> str:
@@ -149,7 +149,7 @@ class Collections:
         path = self.path(collection, owner=owner)
         if not create and not path.is_file():
             # The same answer for another owner's collection: existence does not leak.
-            raise NotFound(f"no collection named {collection!r}")
+            raise NotFound(f"no collection named {shown(collection)}")
         if create:
             self.files.prepare(owner)
         db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -157,6 +157,10 @@ class Collections:
         db.execute("PRAGMA synchronous=NORMAL")
         if create:
             db.executescript(_SCHEMA)
+        elif not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'documents'").fetchone():
+            # The file exists but its first indexing has not created the tables yet.
+            db.close()
+            raise NotFound(f"no collection named {shown(collection)} yet")
         return db
 
     def owners(self) -> list[str]:
@@ -168,7 +172,11 @@ class Collections:
         return self.files.names(owner)
 
     def count(self, collection: str, *, owner: str) -> int:
-        db = self._connect(collection, owner=owner, create=False)
+        """Documents in the collection; 0 while it is being created (or just went away)."""
+        try:
+            db = self._connect(collection, owner=owner, create=False)
+        except NotFound:
+            return 0
         try:
             return db.execute("SELECT count(*) FROM documents").fetchone()[0]
         finally:
@@ -196,7 +204,7 @@ class Collections:
         for i, doc in enumerate(documents):
             if doc["id"] in seen:
                 raise InvalidParams(
-                    f"document id {doc['id']!r} appears twice",
+                    f"document id {shown(doc['id'])} appears twice",
                     [{"path": f"documents.{i}.id", "message": "ids must be unique in a request"}],
                 )
             seen.add(doc["id"])
@@ -305,6 +313,9 @@ class Collections:
         words = _words(query)
         db = self._connect(collection, owner=owner, create=False)
         key = (owner, collection)
+        if not words:
+            db.close()
+            return []
         try:
             match = _to_query(self._informative(db, key, words))
             depth = k if self.embedder is None else max(4 * k, 50)

@@ -32,6 +32,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from skillq.errors import InvalidParams, NotFound
+from skillq.json_values import shown
 
 MANIFEST = "skill.toml"
 #: Skill and tool names: a letter or digit, then letters, digits, `_`, `-`, `.`; never `..`.
@@ -90,7 +91,7 @@ class Skill:
         if tool is None:
             known = ", ".join(self.tools) or "none"
             raise NotFound(
-                f"skill {self.name!r} has no tool {name!r}",
+                f"skill {shown(self.name)} has no tool {shown(name)}",
                 [{"path": "params.tool", "message": f"known tools: {known}"}],
             )
         return tool
@@ -124,7 +125,7 @@ def check_name(name: Any, what: str) -> str:
     """Refuses anything that is not a plain name, before it is joined to a path."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise InvalidParams(
-            f"invalid {what} name {name!r}",
+            f"invalid {what} name {shown(name)}",
             [{"path": f"params.{what}", "message": f"must match {NAME_PATTERN} without '..'"}],
         )
     return name
@@ -216,13 +217,14 @@ class SkillLibrary:
                 continue
             if not _inside(candidate, root) or not _inside(candidate / MANIFEST, root):
                 raise InvalidParams(
-                    f"skill {name!r} leads out of its folder {root}",
+                    f"skill {shown(name)} leads out of its skills folder",
                     [{"path": "params.skill", "message": "symlinks out of a skills root"}],
                 )
             return load_skill(candidate)
+        # Name what was looked up, never where: the server's paths are not the client's.
         raise NotFound(
-            f"no skill named {name!r}",
-            [{"path": "params.skill", "message": f"searched {', '.join(map(str, self.roots))}"}],
+            f"no skill named {shown(name)}",
+            [{"path": "params.skill", "message": f"no skill {shown(name)} is installed"}],
         )
 
     def all(self) -> tuple[list[Skill], list[str]]:

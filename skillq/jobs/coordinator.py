@@ -22,12 +22,16 @@ from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.errors import (
     Conflict,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidParams,
     NotFound,
     ServiceUnavailable,
     UnknownJobType,
 )
+from skillq.jobs.schema_messages import schema_errors
+from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
+from skillq.json_values import shown, storable_problems
 from skillq.settings import Settings
 from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import in_connection
@@ -76,15 +80,6 @@ class Submission:
     created: bool
 
 
-def schema_errors(validator: Draft202012Validator, instance: Any, root: str) -> list[dict]:
-    """Every violation with a dotted path, so a client can point at the offending field."""
-    details = []
-    for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
-        path = ".".join([root, *(str(part) for part in error.absolute_path)])
-        details.append({"path": path, "message": error.message})
-    return details
-
-
 def _check_acts_for_itself(job_type: JobType, params: dict[str, Any], owner: str) -> None:
     named = params.get(job_type.owner_param) if job_type.owner_param else None
     if named is not None and named != owner:
@@ -114,7 +109,7 @@ class JobCoordinator:
         if key is not None:
             existing = jobs.find_by_idempotency_key(owner, key)
             if existing is not None:
-                return Submission(existing, created=False)
+                return Submission(same_request(existing, job_type, fields), created=False)
         max_retries = (
             job_type.max_retries
             if job_type.max_retries is not None
@@ -138,7 +133,7 @@ class JobCoordinator:
             existing = jobs.find_by_idempotency_key(owner, key) if key else None
             if existing is None:
                 raise
-            return Submission(existing, created=False)
+            return Submission(same_request(existing, job_type, fields), created=False)
         self._enqueue(job, job_type)
         return Submission(job, created=True)
 
@@ -148,7 +143,7 @@ class JobCoordinator:
         # Only a canonical UUID can be a job id; anything else (even NUL) is simply unknown.
         job = jobs.get_job(job_id) if _JOB_ID.fullmatch(job_id) else None
         if job is None or (owner is not None and job.owner != owner):
-            raise NotFound(f"no job with id {job_id!r}")
+            raise NotFound(f"no job with id {shown(job_id)}")
         return job
 
     @in_connection
@@ -168,16 +163,26 @@ class JobCoordinator:
         for state in states or []:
             if state not in JobState.__members__.values():
                 allowed = ", ".join(s.value for s in JobState)
-                details.append({"path": "state", "message": f"{state!r} is not one of {allowed}"})
+                message = f"{shown(state)} is not one of {allowed}"
+                details.append({"path": "state", "message": message})
         if not 1 <= limit <= MAX_PAGE_SIZE:
             details.append({"path": "limit", "message": f"must be 1-{MAX_PAGE_SIZE}"})
-        if not 0 <= offset <= MAX_OFFSET:
-            details.append({"path": "offset", "message": f"must be 0-{MAX_OFFSET}"})
+        max_offset = min(MAX_OFFSET, self.settings.jobs.max_list_offset)
+        if not 0 <= offset <= max_offset:
+            details.append({"path": "offset", "message": f"must be 0-{max_offset}"})
         if details:
             raise InvalidParams("invalid list filters", details)
         return jobs.list_jobs(
             states=states or (), types=types or (), owner=owner, limit=limit, offset=offset
         )
+
+    @in_connection
+    def get_progress(self, job_id: str, *, owner: str | None = None) -> Job:
+        """A job's state, attempt, progress and message only (what a watcher polls)."""
+        job = jobs.get_progress(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job with id {job_id!r}")
+        return job
 
     @in_connection
     def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -197,7 +202,7 @@ class JobCoordinator:
         job = self.get_job(job_id, owner=owner)
         job_type = self.job_types.get(job.type)
         if job_type is None:
-            raise Conflict(f"job type {job.type!r} no longer exists")
+            raise Conflict(f"job type {shown(job.type)} no longer exists")
         ttl = job.expires_at - job.created_at
         if not jobs.reset_for_retry(job.id, expires_at=utcnow() + ttl):
             raise Conflict(f"job {job_id} is {job.state}; only failed or cancelled jobs retry")
@@ -210,6 +215,10 @@ class JobCoordinator:
         return jobs.position_in_queue(job) if job.state == JobState.PENDING else None
 
     def _validate_submission(self, request: Any) -> tuple[JobType, dict[str, Any]]:
+        # First, before any schema: nothing is written that cannot be read back.
+        details = unstorable_fields(request)
+        if details:
+            raise InvalidParams("the submission holds values that cannot be stored", details)
         details = schema_errors(_submission_validator, request, "body")
         if details:
             raise InvalidParams("the submission does not match the job request schema", details)
@@ -217,13 +226,15 @@ class JobCoordinator:
         if job_type is None:
             known = ", ".join(self.job_types) or "none"
             raise UnknownJobType(
-                f"unknown job type {request['type']!r}",
+                f"unknown job type {shown(request['type'])}",
                 [{"path": "body.type", "message": f"known job types: {known}"}],
             )
         params = request.get("params", {})
         details = schema_errors(job_type.validator, params, "params")
         if details:
-            raise InvalidParams(f"params do not match the schema of {job_type.name!r}", details)
+            message = f"params do not match the schema of {shown(job_type.name)}"
+            raise InvalidParams(message, details)
+        check_params_size(params, self.settings.jobs.max_params_bytes)
         if job_type.params_check is not None:
             job_type.params_check(params)
         ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)
@@ -271,3 +282,56 @@ class JobCoordinator:
             logger.exception("Enqueue of job %s failed.", job.id)
             jobs.mark_enqueue_failed(job.id, f"the broker refused the job: {error}")
             raise ServiceUnavailable("the broker is unavailable; the job was not queued") from error
+
+
+def unstorable_fields(request: Any) -> list[dict[str, str]]:
+    """Storability problems of a submission; `params` paths read as schema errors do."""
+    if not isinstance(request, dict):
+        return []
+    details = []
+    for name, value in request.items():
+        details += storable_problems(value, "params" if name == "params" else f"body.{name}")
+    return details
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value (`1` is `1.0`), but `true` is not `1` as in Python.
+    Recursion is bounded: both values passed the depth check."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def same_request(existing: Job, job_type: JobType, fields: dict[str, Any]) -> Job:
+    """The job an idempotency key already names, if this submission is the same request
+    (type, params and priority; a retry may change its trace id and TTL). A different
+    request with the same key is an error, never the other request's job (Stripe's rule)."""
+    differs = [
+        name
+        for name, before, now in [
+            ("type", existing.type, job_type.name),
+            ("params", existing.params, fields["params"]),
+            ("priority", existing.priority, fields["priority"]),
+        ]
+        if not same_json(before, now)
+    ]
+    if not differs:
+        return existing
+    raise IdempotencyKeyReused(
+        f"idempotency key {shown(existing.idempotency_key)} was already used for job "
+        f"{existing.id} ({existing.type}) with a different {' and '.join(differs)}; "
+        "use a new key for a new request",
+        [
+            {
+                "path": "body.idempotency_key",
+                "message": f"already names job {existing.id}; differs in {', '.join(differs)}",
+                "job_id": existing.id,
+            }
+        ],
+    )

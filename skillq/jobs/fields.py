@@ -114,3 +114,27 @@ def job_to_dict(job: Job, *, position_in_queue: int | None = None) -> dict[str, 
     shown = {field.name: field.read(job) for field in JOB_FIELDS}
     shown["position_in_queue"] = position_in_queue
     return shown
+
+
+#: What a listing leaves out of each job: its documents (read one job for them), so a page of
+#: a hundred jobs stays small whatever their params and results weigh.
+DOCUMENT_FIELDS = ("params", "result")
+
+#: The OpenAPI schema of a listed job, derived from the same table.
+JOB_SUMMARY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A job as listed: every field of Job but params and result.",
+    "properties": {
+        field.name: field.schema for field in JOB_FIELDS if field.name not in DOCUMENT_FIELDS
+    },
+    "required": [
+        field.name for field in JOB_FIELDS if field.required and field.name not in DOCUMENT_FIELDS
+    ],
+}
+
+
+def job_summary_to_dict(job: Job) -> dict[str, Any]:
+    """A job of a listing: every field but params and result (none are read)."""
+    return {
+        field.name: field.read(job) for field in JOB_FIELDS if field.name not in DOCUMENT_FIELDS
+    }

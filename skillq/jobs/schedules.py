@@ -21,8 +21,10 @@ from periodiq import cron
 
 from skillq.brokers.job_status import current_worker_id
 from skillq.errors import SkillqError
-from skillq.jobs.coordinator import JobCoordinator, schema_errors
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.schema_messages import schema_errors
 from skillq.jobs.types import job_types_of
+from skillq.json_values import storable_problems
 from skillq.settings import ScheduleSettings, Settings, SettingsError
 from skillq.storage import schedules
 from skillq.storage.database import connection
@@ -84,7 +86,10 @@ def check_schedules(broker: dramatiq.Broker, settings: Settings) -> None:
             known = ", ".join(catalogue) or "none"
             problem = f"unknown job type {schedule.type!r} (known: {known})"
             raise SettingsError(problem, f"schedules[{i}].type", settings.source)
-        details = schema_errors(job_type.validator, schedule.params, f"schedules[{i}].params")
+        root = f"schedules[{i}].params"
+        details = storable_problems(schedule.params, root) or schema_errors(
+            job_type.validator, schedule.params, root
+        )
         if details:
             problem = f"{details[0]['message']} (at {details[0]['path']})"
             raise SettingsError(problem, f"schedules[{i}].params", settings.source)

@@ -39,7 +39,15 @@ from skillq.jobs.pools import QUEUES, configured_threads, parse_sizes, served_qu
 from skillq.settings import AuthSettings, JwtSettings, Settings, WorkerSettings
 from skillq.storage import pools
 from skillq.storage.database import connection
-from tests.support import ROOT, ChildProcess, child_env, free_port, wait_for, write_settings
+from tests.support import (
+    LOCAL_URL,
+    ROOT,
+    ChildProcess,
+    child_env,
+    free_port,
+    wait_for,
+    write_settings,
+)
 
 # --- end to end: `skillq up` -------------------------------------------------------------
 
@@ -252,7 +260,8 @@ def jwt_client() -> Iterator[TestClient]:
     auth = AuthSettings(mode="jwt", jwt=JwtSettings(secret=SECRET))
     with connection():
         pools.reset_desired(list(QUEUES))
-    with TestClient(create_app(dataclasses.replace(actors.settings, auth=auth))) as client:
+    app = create_app(dataclasses.replace(actors.settings, auth=auth))
+    with TestClient(app, base_url=LOCAL_URL) as client:
         yield client
     with connection():
         pools.reset_desired(list(QUEUES))

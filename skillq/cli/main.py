@@ -173,7 +173,9 @@ def worker(
         raise InvalidRequest(f"--threads must be at least 1 (got {threads})")
     if queues and len(queues) == 1:
         _exec_pool(settings, queues[0], processes=processes, threads=threads)
-    raise typer.Exit(_run_pools(settings, [], processes=processes, queues=queues, threads=threads))
+    else:
+        code = _run_pools(settings, [], processes=processes, queues=queues, threads=threads)
+        raise typer.Exit(code)
 
 
 def _exec_pool(

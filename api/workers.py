@@ -56,8 +56,12 @@ async def put_scale(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(pool_status, settings, queues))
 
 
+async def workers_scale(request: Request) -> JSONResponse:
+    # One route for both methods, so a 405 lists them both in `Allow`.
+    return await (put_scale if request.method == "PUT" else get_scale)(request)
+
+
 routes = [
     Route("/api/v1/workers", list_workers, methods=["GET"]),
-    Route("/api/v1/workers/scale", get_scale, methods=["GET"]),
-    Route("/api/v1/workers/scale", put_scale, methods=["PUT"]),
+    Route("/api/v1/workers/scale", workers_scale, methods=["GET", "PUT"]),
 ]

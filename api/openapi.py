@@ -22,6 +22,7 @@ from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.search import MAX_K
 from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
+from skillq.jobs.pools import served_queues
 from skillq.jobs.types import JobType
 from skillq.settings import Settings
 from skillq.storage.job_logs import MAX_READ_LINES, MAX_SEQ
@@ -140,6 +141,14 @@ def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict
             variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
     return {"oneOf": variants} if variants else copy.deepcopy(SUBMISSION_SCHEMA)
+
+
+def pool_scale_schema(job_types: dict[str, JobType]) -> dict[str, Any]:
+    """PoolScale, naming the queues this deployment has (maintenance's included)."""
+    schema = copy.deepcopy(SCHEMAS["PoolScale"])
+    queues = served_queues(job_type.queue for job_type in job_types.values())
+    schema["properties"]["threads"]["propertyNames"] = {"enum": queues}
+    return schema
 
 
 def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple[str, str], Any]:
@@ -392,6 +401,29 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "Registered workers and how many are in each status.", _ref("Workers")
                 ),
                 **_auth_errors([*auth, *store]),
+            },
+        },
+        ("/api/v1/workers/scale", "get"): {
+            "summary": "Each queue's pool: desired size against what runs",
+            "tags": ["operations"],
+            "responses": {
+                "200": _json("One entry per queue.", _ref("Pools")),
+                **_auth_errors([*auth, *store]),
+            },
+        },
+        ("/api/v1/workers/scale", "put"): {
+            "summary": "Resize queue pools (admin)",
+            "description": "Records the threads per worker process of each named queue "
+            "(0 stops its pool); the supervisor of `skillq up` restarts that queue's "
+            "workers gracefully with the new size within a few seconds.",
+            "tags": ["operations"],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": pool_scale_schema(job_types)}},
+            },
+            "responses": {
+                "200": _json("The pools after the change (actual follows shortly).", _ref("Pools")),
+                **{str(s): _error(s) for s in [400, *auth, 413, 422, 503]},
             },
         },
         ("/api/v1/stats", "get"): {

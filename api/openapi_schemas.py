@@ -236,6 +236,49 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["workers", "counts", "dead_after_secs"],
     },
+    "Pools": {
+        "type": "object",
+        "properties": {
+            "pools": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "queue": {"type": "string"},
+                        "desired_threads": {"type": "integer", "minimum": 0},
+                        "desired_processes": {"type": "integer", "minimum": 0},
+                        "source": {"type": "string", "enum": ["settings", "scaled"]},
+                        "actual_threads": {
+                            "type": "array",
+                            "items": {"type": "integer"},
+                            "description": "Threads of each live process serving the queue.",
+                        },
+                    },
+                    "required": [
+                        "queue",
+                        "desired_threads",
+                        "desired_processes",
+                        "source",
+                        "actual_threads",
+                    ],
+                },
+            }
+        },
+        "required": ["pools"],
+    },
+    "PoolScale": {
+        "type": "object",
+        "properties": {
+            "threads": {
+                "type": "object",
+                "description": "Queue name to threads per worker process (0 stops the pool).",
+                "minProperties": 1,
+                "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 256},
+            }
+        },
+        "required": ["threads"],
+        "additionalProperties": False,
+    },
     "JobType": {
         "type": "object",
         "properties": {

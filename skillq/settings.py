@@ -98,9 +98,14 @@ class StorageSettings:
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
+    #: Threads per worker process of each queue's own pool (`skillq.jobs.pools`); 0: no pool.
     ai_workers: _Count = 2
     index_workers: _Count = 1
     skill_workers: _Count = 4
+    #: `sleep`, `[jobs] modules` plugins without a queue, and any other queue not named here.
+    default_workers: _Count = 2
+    #: The periodic maintenance actors (purge, recovery, WAL checkpoints): small and steady.
+    maintenance_workers: _Count = 1
     processes: Annotated[int, _R(lo=1, hi=64)] = 1
     job_timeout_secs: _Positive = 300.0
     max_retries: Annotated[int, _R(lo=0, hi=100)] = 3

@@ -258,6 +258,22 @@ def _job_metric_table_v8(database: peewee.Database) -> type[peewee.Model]:
     return JobMetricV8
 
 
+def _desired_pool_table(database: peewee.Database) -> type[peewee.Model]:
+    """v9: the desired threads per queue that `skillq workers scale` records."""
+
+    class DesiredPoolV9(peewee.Model):
+        queue = peewee.CharField(max_length=100, primary_key=True)
+        threads = peewee.IntegerField()
+        updated_at = peewee.DateTimeField()
+        updated_by = peewee.CharField(max_length=200)
+
+        class Meta:
+            table_name = "skillq_desired_pool"
+
+    DesiredPoolV9._meta.set_database(database)
+    return DesiredPoolV9
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -306,6 +322,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the job metric table",
         upgrade=lambda db: _job_metric_table_v8(db).create_table(safe=False),
         downgrade=lambda db: _job_metric_table_v8(db).drop_table(safe=False),
+    ),
+    Migration(
+        9,
+        "create the desired worker pool table",
+        upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
+        downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

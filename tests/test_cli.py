@@ -235,10 +235,16 @@ def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
                 return False
 
         wait_for(api_answers, timeout=30, what="the API of skillq up")
+        # The API, the scheduler and one worker group per queue, each up once it registers.
+        wait_for(
+            lambda: httpx.get(f"{base_url}/api/v1/workers").json()["counts"]["alive"] == 5,
+            timeout=60,
+            what="a worker pool per queue",
+        )
         children = _children(supervisor.pid)
-        assert len(children) == 3
-        # `skillq worker` execs dramatiq, so the worker child's command line is dramatiq's.
-        worker = next(pid for pid in children if "dramatiq skillq.actors" in _command_line(pid))
+        assert len(children) == 2 + 5
+        # `skillq worker --queue Q` execs dramatiq, so its command line is dramatiq's.
+        worker = next(pid for pid in children if "--queues default" in _command_line(pid))
 
         job = httpx.post(
             f"{base_url}/api/v1/jobs", json={"type": "sleep", "params": {"seconds": 0.1}}

@@ -324,10 +324,14 @@ def test_a_worker_with_more_threads_than_the_pool_fits_is_warned(
     launched: list[list[str]] = []
     monkeypatch.setattr(main.os, "execv", lambda path, argv: launched.append(argv))
     runner = CliRunner()
-    crowded = runner.invoke(main.app, ["--settings", str(settings), "worker", "--threads", "4"])
+    crowded = runner.invoke(
+        main.app, ["--settings", str(settings), "worker", "--queue", "skill", "--threads", "4"]
+    )
     assert "warning: storage.pool_size (5)" in crowded.output
     assert launched[-1][launched[-1].index("--threads") + 1] == "4"
-    fits = runner.invoke(main.app, ["--settings", str(settings), "worker", "--threads", "2"])
+    fits = runner.invoke(
+        main.app, ["--settings", str(settings), "worker", "--queue", "skill", "--threads", "2"]
+    )
     assert "warning" not in fits.output
 
 

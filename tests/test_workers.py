@@ -34,11 +34,12 @@ def test_up_replaces_a_sigkilled_worker_and_its_job_runs_again(tmp_path: Path) -
         def answers() -> bool:
             assert supervisor.poll() is None, log_path.read_text()
             try:
-                return httpx.get(f"{base}/workers", timeout=1).json()["counts"]["alive"] == 1
+                # One worker process per queue (ai, index, skill, default, maintenance).
+                return httpx.get(f"{base}/workers", timeout=1).json()["counts"]["alive"] == 5
             except (httpx.HTTPError, KeyError, ValueError):
                 return False
 
-        wait_for(answers, timeout=60, what="the API and one live worker")
+        wait_for(answers, timeout=60, what="the API and a live worker per queue")
         job = httpx.post(f"{base}/jobs", json={"type": "sleep", "params": {"seconds": 4}}).json()
         running = wait_for(
             lambda: (j := httpx.get(f"{base}/jobs/{job['id']}").json())["state"] == "running" and j,
@@ -57,7 +58,7 @@ def test_up_replaces_a_sigkilled_worker_and_its_job_runs_again(tmp_path: Path) -
         )
         assert done["attempts"] == 2 and done["worker_id"] != running["worker_id"]
         log = log_path.read_text()
-        assert "worker (pid" in log and "restarting in" in log, log
+        assert "worker:default (pid" in log and "restarting in" in log, log
         workers = httpx.get(f"{base}/workers").json()
         by_id = {w["id"]: w for w in workers["workers"]}
         assert by_id[running["worker_id"]]["status"] == "dead", json.dumps(workers)

@@ -36,3 +36,10 @@ def require_submitter(conn: HTTPConnection) -> Principal:
     if not principal.can_submit:
         raise Forbidden(f"{principal.subject!r} may not submit or change jobs (needs submitter)")
     return principal
+
+
+def require_admin(conn: HTTPConnection) -> Principal:
+    principal = principal_of(conn)
+    if not principal.is_admin:
+        raise Forbidden(f"{principal.subject!r} may not do this (needs admin)")
+    return principal

@@ -21,9 +21,10 @@ import typer.core
 from skillq.cli.auth import auth_app
 from skillq.cli.exit_status import report
 from skillq.cli.jobs import jobs_app
-from skillq.cli.output import print_json, print_rows
+from skillq.cli.output import print_json
 from skillq.cli.schedule_check import CHECKED_ON_IMPORT, refuse_bad_schedules
-from skillq.errors import ServiceUnavailable, SkillqError
+from skillq.cli.workers import workers_app
+from skillq.errors import InvalidRequest, ServiceUnavailable, SkillqError
 from skillq.log_output import configure_logging
 from skillq.settings import ENV_VAR, Settings, SettingsError, load_settings
 
@@ -60,7 +61,6 @@ db_app = typer.Typer(help="The job store's schema version.", no_args_is_help=Tru
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
-workers_app = typer.Typer(help="The worker processes in the registry.", no_args_is_help=True)
 app.add_typer(workers_app, name="workers")
 
 
@@ -87,25 +87,62 @@ def configure(
 
 @app.command()
 def up(
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes per queue.")] = None,
     scheduler: Annotated[bool, typer.Option(help="Also run the scheduler.")] = True,
 ) -> None:
-    """Run the API, the worker(s) and the scheduler until Ctrl-C or SIGTERM."""
-    from skillq.cli.supervisor import Child, Supervisor, python_command
+    """Run the API, a worker pool per queue and the scheduler until Ctrl-C or SIGTERM."""
+    from skillq.cli.supervisor import Child, python_command
 
     settings = _settings()
     _upgrade_schema()
-    processes = workers or settings.workers.processes
-    children = [
-        Child("api", python_command("-m", "skillq", "api")),
-        Child("worker", python_command("-m", "skillq", "worker", "--processes", str(processes))),
-    ]
+    children = [Child("api", python_command("-m", "skillq", "api"))]
     if scheduler:
         children.append(Child("scheduler", python_command("-m", "skillq", "scheduler")))
     typer.echo(f"skillq API on http://{settings.server.host}:{settings.server.port}")
+    raise typer.Exit(_run_pools(settings, children, processes=workers))
+
+
+def _run_pools(
+    settings: Settings,
+    others: list[Any],
+    *,
+    processes: int | None,
+    queues: list[str] | None = None,
+    threads: int | None = None,
+) -> int:
+    """Supervise one worker group per queue (resized by `workers scale`) beside `others`."""
+    from skillq.cli.supervisor import Supervisor
+    from skillq.cli.worker_pools import WorkerPools
+    from skillq.cli.workers import declared_queues
+    from skillq.jobs.pools import desired_threads
+
+    declared = declared_queues()  # which also binds the store
+    served = queues or declared
+
+    def read_desired() -> dict[str, int]:
+        # An explicit --threads fixes every pool's size: nothing to reconcile.
+        if threads is not None:
+            return dict.fromkeys(served, threads)
+        return desired_threads(settings, served)
+
+    pools = WorkerPools(
+        read_desired(),
+        processes=processes or settings.workers.processes,
+        read_desired=read_desired,
+    )
     # Children get their own grace period first; the supervisor waits a little longer.
     grace = settings.workers.shutdown_grace_secs + 10
-    raise typer.Exit(Supervisor(children, grace_secs=grace).run())
+    supervisor = Supervisor(
+        [*others, *pools.children()],
+        grace_secs=grace,
+        reconcile=pools,
+        reconcile_every_secs=POOL_POLL_SECS,
+    )
+    return supervisor.run()
+
+
+#: How often a supervisor reads the desired pool sizes from the store.
+POOL_POLL_SECS = 2.0
 
 
 @app.command()
@@ -153,25 +190,38 @@ def api(
 WORKER_SIDE_CONNECTIONS = 3
 
 
-def worker_threads(settings: Settings) -> int:
-    """One pool for every queue, as large as the per-queue thread counts together."""
-    w = settings.workers
-    return max(1, w.ai_workers + w.index_workers + w.skill_workers)
-
-
 @app.command()
 def worker(
-    processes: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+    processes: Annotated[int | None, typer.Option(help="Worker processes per queue.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads per process (default: the queue's setting).")
+    ] = None,
     queues: Annotated[list[str] | None, typer.Option("--queue", help="Only these queues.")] = None,
-) -> NoReturn:
-    """Run dramatiq workers for every job type (`dramatiq actors` with our settings)."""
+) -> None:
+    """Run a worker pool per queue; with one --queue, exactly that queue's dramatiq workers."""
     settings = _settings()
-    thread_count = threads or worker_threads(settings)
-    if thread_count + WORKER_SIDE_CONNECTIONS > settings.storage.pool_size:
+    if threads is not None and threads < 1:
+        raise InvalidRequest(f"--threads must be at least 1 (got {threads})")
+    if queues and len(queues) == 1:
+        _exec_pool(settings, queues[0], processes=processes, threads=threads)
+    else:
+        code = _run_pools(settings, [], processes=processes, queues=queues, threads=threads)
+        raise typer.Exit(code)
+
+
+def _exec_pool(
+    settings: Settings, queue: str, *, processes: int | None, threads: int | None
+) -> NoReturn:
+    """Become `dramatiq skillq.actors --queues QUEUE`: one queue's pool, nothing else."""
+    from skillq.jobs.pools import configured_threads
+
+    size = threads or configured_threads(settings, queue)
+    if size < 1:
+        raise InvalidRequest(f"the {queue} queue's pool has 0 threads in the settings")
+    if size + WORKER_SIDE_CONNECTIONS > settings.storage.pool_size:
         typer.echo(
-            f"warning: storage.pool_size ({settings.storage.pool_size}) is below the worker's"
-            f" {thread_count} threads + {WORKER_SIDE_CONNECTIONS}: running jobs hold a store"
+            f"warning: storage.pool_size ({settings.storage.pool_size}) is below the {queue}"
+            f" pool's {size} threads + {WORKER_SIDE_CONNECTIONS}: running jobs hold a store"
             " connection each, so jobs and heartbeats will wait for one; raise pool_size",
             err=True,
         )
@@ -183,13 +233,13 @@ def worker(
         "--processes",
         str(processes or settings.workers.processes),
         "--threads",
-        str(thread_count),
+        str(size),
         # On SIGTERM: stop fetching, let running jobs finish this long, then requeue the rest.
         "--worker-shutdown-timeout",
         str(int(settings.workers.shutdown_grace_secs * 1000)),
+        "--queues",
+        queue,
     ]
-    if queues:
-        command += ["--queues", *queues]
     os.execv(sys.executable, command)
 
 
@@ -216,39 +266,6 @@ def scheduler() -> None:
 
 def _exit_on_signal(signum: int, frame: object) -> NoReturn:
     raise SystemExit(0)
-
-
-@workers_app.command("status")
-def workers_status(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """List the registered worker processes: alive, stopped, or dead (no heartbeat)."""
-    from skillq.jobs.workers import worker_list
-
-    settings = _settings()
-    _upgrade_schema()
-    listed = worker_list(settings.workers.dead_after_secs)
-    if as_json:
-        print_json(listed)
-        return
-    rows = [
-        (
-            row["id"],
-            row["status"],
-            ",".join(row["queues"]),
-            row["threads"],
-            row["jobs_running"],
-            row["started_at"],
-            row["last_beat_at"],
-        )
-        for row in listed["workers"]
-    ]
-    counts = listed["counts"]
-    print_rows(
-        ("id", "status", "queues", "threads", "jobs", "started", "last beat"),
-        rows,
-        footer=f"{counts['alive']} alive, {counts['dead']} dead, {counts['stopped']} stopped",
-    )
 
 
 def _bind_store() -> None:

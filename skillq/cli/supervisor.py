@@ -12,6 +12,11 @@ Each child leads its own process group, and whatever is left of a group when its
 the restart. SIGINT or SIGTERM stops every child: SIGTERM first, so workers finish or
 requeue their jobs, then SIGKILL after the grace period. Children also get SIGTERM from the
 kernel if this process itself is killed.
+
+A reconciler (`skillq.cli.worker_pools.WorkerPools`) may change the set of children while
+they run: every `reconcile_every_secs` it may `retire` a child (SIGTERM to it alone; it
+drains, is SIGKILLed after the grace period if still running, and is not restarted) and
+`add` its replacement at once, so a queue is never without a pool during a resize.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -110,10 +116,36 @@ def _relay(stream: IO[bytes], last_lines: deque[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], *, grace_secs: float = 30.0) -> None:
+    def __init__(
+        self,
+        children: list[Child],
+        *,
+        grace_secs: float = 30.0,
+        reconcile: Callable[[Supervisor], None] | None = None,
+        reconcile_every_secs: float = 2.0,
+    ) -> None:
         self.children = children
         self.grace_secs = grace_secs
         self.stopping = False
+        self.reconcile = reconcile
+        self.reconcile_every_secs = reconcile_every_secs
+        #: Retired children finishing their jobs, each with the time it gets SIGKILL.
+        self.draining: list[tuple[Child, float]] = []
+
+    def add(self, child: Child) -> None:
+        """Start a new child and supervise it like the others."""
+        child.start()
+        self.children.append(child)
+
+    def retire(self, child: Child) -> None:
+        """Stop supervising a child and let it drain: SIGTERM now, SIGKILL after the grace."""
+        self.children.remove(child)
+        if child.process is None or child.process.poll() is not None:
+            child.kill_leftovers()
+            return
+        logger.info("stopping %s (pid %d) gracefully", child.name, child.process.pid)
+        child.process.send_signal(signal.SIGTERM)
+        self.draining.append((child, time.monotonic() + self.grace_secs))
 
     def run(self) -> int:
         """Run until asked to stop (0) or until a child keeps failing at start (its status)."""
@@ -122,8 +154,13 @@ class Supervisor:
             for child in self.children:
                 child.start()
             failed: Child | None = None
+            next_reconcile = time.monotonic() + self.reconcile_every_secs
             while not self.stopping and failed is None:
                 failed = self._restart_dead_children()
+                self._reap_draining()
+                if self.reconcile is not None and time.monotonic() >= next_reconcile:
+                    self._reconcile()
+                    next_reconcile = time.monotonic() + self.reconcile_every_secs
                 time.sleep(0.2)
             self._stop_all()
         finally:
@@ -134,6 +171,29 @@ class Supervisor:
         assert failed.process is not None
         code = failed.process.returncode
         return code if 0 < code < 256 else 1
+
+    def _reconcile(self) -> None:
+        assert self.reconcile is not None
+        try:
+            self.reconcile(self)
+        except Exception:
+            # The store may be down for a while: the pools keep their sizes meanwhile.
+            logger.warning("could not reconcile the worker pools; retrying", exc_info=True)
+
+    def _reap_draining(self) -> None:
+        now = time.monotonic()
+        for entry in list(self.draining):
+            child, deadline = entry
+            assert child.process is not None
+            if child.process.poll() is not None:
+                child.kill_leftovers()
+                self.draining.remove(entry)
+                logger.info("%s (pid %d) stopped", child.name, child.process.pid)
+            elif now >= deadline:
+                logger.warning(
+                    "%s did not stop within %.0f s; killing it", child.name, self.grace_secs
+                )
+                child.process.kill()
 
     def _request_stop(self, signum: int, frame: object) -> None:
         if not self.stopping:
@@ -178,6 +238,8 @@ class Supervisor:
         running = [c for c in self.children if c.process and c.process.poll() is None]
         for child in running:
             child.process.send_signal(signal.SIGTERM)
+        # Retired children already had their SIGTERM; they get the same grace as the rest.
+        running += [c for c, _ in self.draining]
         deadline = time.monotonic() + self.grace_secs
         for child in running:
             try:
@@ -188,8 +250,9 @@ class Supervisor:
                 )
                 child.process.kill()
                 child.process.wait()
-        for child in self.children:
+        for child in [*self.children, *(c for c, _ in self.draining)]:
             child.kill_leftovers()
+        self.draining.clear()
         logger.info("all processes stopped")
 
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-from periodiq import CronSpec
-
 from skillq.errors import SettingsError
 
 _CRON_FIELDS = (
@@ -35,7 +33,11 @@ _CRON_FIELDS = (
 
 
 def _cron_problem(spec: str) -> str | None:
-    """periodiq accepts e.g. minute 61 or a sixth field silently, so check what it parsed."""
+    """periodiq accepts e.g. minute 61 or a sixth field silently, so check what it parsed.
+    Imported here: periodiq brings dramatiq, which a settings file without schedules (and
+    quick commands such as minting a token) should not pay for."""
+    from periodiq import CronSpec
+
     text = spec.strip()
     if text.startswith("@") and text not in CronSpec._named_spec:
         return f"unknown shortcut {text!r}"

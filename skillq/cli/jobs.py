@@ -20,7 +20,6 @@ import typer
 from skillq.cli.exit_status import JOB_NOT_COMPLETED
 from skillq.cli.output import print_json, print_rows
 from skillq.cli.remote import ApiKeyOption, Server, TokenOption, UrlOption, server_of
-from skillq.client.models import TERMINAL_STATES
 from skillq.errors import InvalidRequest
 
 jobs_app = typer.Typer(
@@ -323,6 +322,6 @@ def jobs_logs(
         since = page["next_since"]
         if more:
             continue  # a full page: read on at once
-        if not follow_log or page["state"] in TERMINAL_STATES:
+        if not follow_log or page["state"] in ("completed", "failed", "cancelled"):
             return
         time.sleep(LOG_POLL_SECS)

@@ -116,9 +116,12 @@ class Stack:
             self.api.stop()
             self.api = None
 
-    def start_worker(self, threads: int = 4) -> ChildProcess:
-        """`skillq worker`: dramatiq with our shutdown grace period, as in production."""
+    def start_worker(self, threads: int = 4, queue: str | None = None) -> ChildProcess:
+        """`skillq worker`: dramatiq with our shutdown grace period, as in production (a
+        pool per queue, or only `queue`'s: one worker process)."""
         args = ["-m", "skillq", "worker", "--processes", "1", "--threads", str(threads)]
+        if queue is not None:
+            args += ["--queue", queue]
         worker = ChildProcess("worker", args, self.settings_path, self.directory)
         wait_for(
             lambda: "Worker process is ready" in worker.log() or not worker.alive(),

@@ -207,7 +207,7 @@ def test_owners_are_isolated_and_admins_see_all(client: TestClient) -> None:
     # Indistinguishable from an id that does not exist.
     assert client.get(url, headers=bob).json()["error"] == {
         "code": "not_found",
-        "message": f"no job with id {job['id']!r}",
+        "message": f'no job with id "{job["id"]}"',
         "details": None,
     }
     bob_list = client.get("/api/v1/jobs", headers=bob).json()

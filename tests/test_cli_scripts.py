@@ -188,7 +188,9 @@ def test_piped_output_is_plain_lines_with_whole_ids(local: Path) -> None:
 
     workers = json_of(skillq("workers", "status", "--json", settings=local))["workers"]
     lines = skillq("workers", "status", settings=local).stdout.splitlines()
-    assert [line.split("\t")[0] for line in lines] == [w["id"] for w in workers]
+    # The pools first (one line per queue), then one line per worker process, whole ids.
+    shown = [line.split("\t")[0] for line in lines[len(lines) - len(workers) :]]
+    assert shown == [w["id"] for w in workers]
 
     keys = skillq("auth", "api-key", "list", settings=local).stdout.splitlines()
     assert keys == [] or all("\t" in line for line in keys)

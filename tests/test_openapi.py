@@ -252,7 +252,7 @@ def test_the_schemathesis_command_finds_nothing(
 
 
 def test_cancel_is_a_post_and_delete_its_documented_alias() -> None:
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), base_url=LOCAL_URL) as client:
         document = client.get("/openapi.json").json()
         delete = document["paths"]["/api/v1/jobs/{job_id}"]["delete"]
         cancel = document["paths"]["/api/v1/jobs/{job_id}/cancel"]["post"]

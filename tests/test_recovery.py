@@ -238,8 +238,9 @@ def test_the_job_of_a_sigkilled_worker_runs_again_on_a_new_one(stack: Stack) -> 
 
 
 def test_workers_are_listed_alive_then_dead_or_stopped(stack: Stack) -> None:
-    killed = stack.start_worker()
-    stopped = stack.start_worker()
+    # One queue each, so that each is one worker process in the registry.
+    killed = stack.start_worker(queue="default")
+    stopped = stack.start_worker(queue="default")
     listed = wait_for(
         lambda: (w := stack.client.get("/api/v1/workers").json())["counts"]["alive"] == 2 and w,
         what="two live workers",

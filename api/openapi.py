@@ -111,6 +111,41 @@ _STREAM_EVENT = {
     ]
 }
 
+#: Events of a job's log stream: each kept line (its number as the event id), then `end`.
+_LOG_STREAM_EVENT = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "event": {"const": "line"},
+                "id": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": _ref("LogLine"),
+                },
+            },
+            "required": ["event", "id", "data"],
+        },
+        {
+            "type": "object",
+            "properties": {
+                "event": {"const": "end"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "properties": {"state": {"type": "string", "enum": STATES}},
+                        "required": ["state"],
+                    },
+                },
+            },
+            "required": ["event", "data"],
+        },
+    ]
+}
+
 
 def _cancel(auth: list[int], job: dict[str, Any], store: list[int]) -> dict[str, Any]:
     return {
@@ -329,7 +364,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "responses": {
                 "200": {
                     "description": "The event stream.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": _LOG_STREAM_EVENT}},
                 },
                 **{str(s): _error(s) for s in [*auth, 404, 422, *store]},
             },

@@ -197,9 +197,9 @@ def test_a_running_job_shows_its_progress_log_and_is_cancelled(
     until(browser, lambda: text_of(browser, "#job-state") == "running", "running")
     assert job["id"] in text_of(browser, "#job-id")
     assert '"seconds": 60' in text_of(browser, "#job-params")
-    # Job logs are not served yet (404): the panel says so and shows the job's own
-    # progress messages as they come.
-    until(browser, lambda: "No logs yet" in text_of(browser, "#log-status"), "no logs yet")
+    # The panel follows the job's kept log (GET .../logs, then .../logs/stream) and shows
+    # the job's own progress messages from its event stream beside it.
+    until(browser, lambda: "Following the job's log" in text_of(browser, "#log-status"), "log")
 
     def progress_lines() -> list[str]:
         return [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#log li")]

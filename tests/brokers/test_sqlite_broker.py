@@ -278,7 +278,9 @@ class Workers:
                         [sys.executable, str(self.script), *args], env=env, stdout=log, stderr=log
                     )
                 )
-        assert wait_for(lambda: len(self.events("ready")) >= len(self.procs), within=20.0)
+        # Generous: under a loaded CI machine two interpreters can take long to come up.
+        ready = wait_for(lambda: len(self.events("ready")) >= len(self.procs), within=60.0)
+        assert ready, f"workers not ready; their output:\n{self.log.read_text()}"
 
     def events(self, event: str) -> list[tuple[int, int]]:
         if not self.record.exists():

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from skillq.api.openapi_schemas import SCHEMAS, STATES
 from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
-from skillq.engine.search import MAX_K
+from skillq.engine.collection_model import MAX_K
 from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
 from skillq.jobs.pools import served_queues
 from skillq.jobs.types import JobType

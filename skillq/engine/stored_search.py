@@ -30,9 +30,7 @@ from typing import Any
 import numpy as np
 
 from skillq.engine.collection_files import check_collection, check_owner
-from skillq.engine.embeddings import Embedder
-from skillq.engine.search import (
-    BATCH,
+from skillq.engine.collection_model import (
     Hit,
     IndexReport,
     check_k,
@@ -41,6 +39,8 @@ from skillq.engine.search import (
     fuse,
     words_of,
 )
+from skillq.engine.embeddings import Embedder
+from skillq.engine.search import BATCH
 from skillq.errors import InvalidParams, NotFound
 from skillq.storage import search_collections as store
 from skillq.storage.database import connection

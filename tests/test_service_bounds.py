@@ -34,7 +34,7 @@ MAX_OFFSET = 50
 MAX_NODES = 2000
 #: How long a control request may take while an attack runs: generous on a busy machine,
 #: far below "never" (what the unbounded server gave).
-CONTROL_TIMEOUT_SECS = 10
+CONTROL_TIMEOUT_SECS = 30
 MCP_JSON = {"Accept": "application/json", "Content-Type": "application/json"}
 
 

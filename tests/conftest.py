@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from skillq.settings import StorageSettings
-from tests.support import bound_store, require_bwrap, write_settings
+from tests.support import (
+    RABBITMQ_VHOST,
+    bound_store,
+    ensure_rabbitmq_vhost,
+    require_bwrap,
+    write_settings,
+)
 
 _session_dir = Path(tempfile.mkdtemp(prefix="skillq-tests-"))
 
@@ -30,6 +36,7 @@ def pytest_configure(config: object) -> None:
         },
     )
     os.environ["SKILLQ_SETTINGS"] = str(settings)
+    ensure_rabbitmq_vhost(RABBITMQ_VHOST)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

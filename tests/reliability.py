@@ -22,6 +22,7 @@ import httpx
 
 from tests.support import (
     ChildProcess,
+    redis_url,
     require_service,
     start_api,
     wait_for,
@@ -29,7 +30,7 @@ from tests.support import (
 )
 
 BROKERS = ("sqlite", "redis", "rabbitmq")
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_url(14)
 RABBITMQ_VHOST = f"skillq_reliability_{os.getpid()}"
 RABBITMQ_URL = f"amqp://guest:guest@127.0.0.1:5672/{RABBITMQ_VHOST}"
 TERMINAL = {"completed", "failed", "cancelled"}

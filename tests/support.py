@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,8 +36,28 @@ SERVICES = {
     "rabbitmq": ("127.0.0.1", 5672),
     "postgres": ("127.0.0.1", 5432),
 }
-REDIS_URL = "redis://127.0.0.1:6379/15"
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: Which pytest-xdist worker this process is (0 when the suite runs in one process). The
+#: suite runs in two processes (README); each gets Redis databases and a RabbitMQ virtual
+#: host of its own, so one process's flushes and queue purges never touch the other's jobs.
+TEST_PROCESS = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+if TEST_PROCESS > 1:
+    raise RuntimeError("the suite's service isolation covers two test processes (-n 2)")
+
+
+def redis_url(db: int) -> str:
+    """Redis database `db` for the first test process, `db - 8` for the second."""
+    return f"redis://127.0.0.1:6379/{db - 8 * TEST_PROCESS}"
+
+
+#: Without xdist the default virtual host; under xdist one per test process, created by
+#: `ensure_rabbitmq_vhost` (tests/conftest.py calls it at start-up).
+RABBITMQ_VHOST = (
+    f"skillq_tests_{os.environ['PYTEST_XDIST_WORKER']}"
+    if ("PYTEST_XDIST_WORKER" in os.environ)
+    else "/"
+)
+REDIS_URL = redis_url(15)
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/" + RABBITMQ_VHOST.replace("/", "%2F")
 POSTGRES_URL = "postgresql://127.0.0.1:5432/test"
 
 
@@ -54,6 +75,18 @@ def require_service(name: str) -> None:
         if os.environ.get("SKILLQ_REQUIRE_SERVICES") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def ensure_rabbitmq_vhost(vhost: str) -> None:
+    """Create `vhost` with guest's permissions (needs rabbitmqctl, as CI and our machines have);
+    a missing rabbitmqctl or server is left to the tests' own service checks."""
+    if vhost == "/" or not shutil.which("rabbitmqctl"):
+        return
+    for command in (
+        ["add_vhost", vhost],
+        ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+    ):
+        subprocess.run(["rabbitmqctl", "-q", *command], capture_output=True, timeout=60)
 
 
 def require_bwrap() -> None:

@@ -22,12 +22,13 @@ from tests.support import (
     LOCAL_URL,
     RABBITMQ_URL,
     free_port,
+    redis_url,
     require_service,
     start_api,
     write_settings,
 )
 
-REDIS_DB_URL = "redis://127.0.0.1:6379/11"
+REDIS_DB_URL = redis_url(11)
 
 
 @pytest.mark.parametrize(

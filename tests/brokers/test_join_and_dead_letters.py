@@ -17,9 +17,9 @@ from dramatiq.errors import QueueJoinTimeout
 from skillq.brokers.failures import RecentFailures
 from skillq.brokers.redis_priority import PriorityRedisBroker
 from skillq.brokers.sqlite import SQLiteBroker
-from tests.support import require_service
+from tests.support import redis_url, require_service
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_url(9)
 
 MakeBroker = Callable[..., dramatiq.Broker]
 

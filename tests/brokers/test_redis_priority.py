@@ -10,9 +10,9 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from skillq.brokers.redis_priority import PriorityRedisBroker
-from tests.support import require_service, wait_for
+from tests.support import redis_url, require_service, wait_for
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_url(9)
 
 
 def make_broker(cls: type[RedisBroker], namespace: str, **kwargs: object) -> RedisBroker:

@@ -61,7 +61,9 @@ def claims(**overrides: object) -> dict:
         "iss": ISSUER,
         "aud": AUDIENCE,
         "iat": now,
-        "exp": now + 600,
+        # A day: the parametrized tokens below are made when the suite is collected, which
+        # can be long before their test runs.
+        "exp": now + 86400,
     }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
@@ -109,7 +111,7 @@ def test_valid_tokens_of_each_key_type_are_accepted(client: TestClient) -> None:
         ({"Authorization": "Bearer"}, "Bearer <token>"),
         (bearer("not-a-jwt"), "well-formed"),
         (bearer(token(exp=int(time.time()) - 60)), "expired"),
-        (bearer(token(nbf=int(time.time()) + 600)), "not valid yet"),
+        (bearer(token(nbf=int(time.time()) + 86400)), "not valid yet"),
         (bearer(token(iss="someone-else")), "issuer"),
         (bearer(token(aud="another-api")), "audience"),
         (bearer(token(key="wrong-secret-" + "y" * 32)), "signature"),

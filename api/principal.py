@@ -19,8 +19,8 @@ from skillq.api.scopes import (
     SCOPE_OF_ROLE,
     SUBMITTER,
     VIEWER,
-    InsufficientScope,
     grants,
+    insufficient_scope,
 )
 
 __all__ = ["ADMIN", "LOCAL", "ROLES", "SUBMITTER", "VIEWER", "AuthenticatedPrincipal", "Principal"]
@@ -43,11 +43,11 @@ class Principal:
         return grants(self.roles, SUBMITTER)
 
     def require(self, role: str, doing: str) -> None:
-        """Refuse (`InsufficientScope`, 403) unless this principal's roles allow `role`'s acts;
+        """Refuse (`insufficient_scope`, 403) unless this principal's roles allow `role`'s acts;
         `doing` says what it tried, for the message."""
         if not grants(self.roles, role):
             needs = f"needs role {role} or scope {SCOPE_OF_ROLE[role]}"
-            raise InsufficientScope(f"{self.subject!r} may not {doing} ({needs})", role)
+            raise insufficient_scope(f"{self.subject!r} may not {doing} ({needs})", role)
 
     @property
     def owner_filter(self) -> str | None:

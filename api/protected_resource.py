@@ -27,7 +27,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from skillq.api.scopes import DEFAULT_SCOPES, SCOPES, InsufficientScope
+from skillq.api.scopes import DEFAULT_SCOPES, SCOPES, needed_scope
 from skillq.api.trusted_origins import allowed_names
 from skillq.errors import SkillqError, Unauthorized
 from skillq.settings import Settings
@@ -106,8 +106,9 @@ class ProtectedResource:
         """The header a REST error answer carries: on a 401, and on a 403 for a missing role."""
         if isinstance(error, Unauthorized):
             return {"WWW-Authenticate": self.challenge(conn)}
-        if isinstance(error, InsufficientScope) and self.enabled:
-            value = self.challenge(conn, error="insufficient_scope", scopes=(error.scope,))
+        scope = needed_scope(error)
+        if scope is not None and self.enabled:
+            value = self.challenge(conn, error="insufficient_scope", scopes=(scope,))
             return {"WWW-Authenticate": value}
         return None
 

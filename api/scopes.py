@@ -10,8 +10,9 @@ space-separated string, or `scp`, a list or a string), so a plain OAuth client t
 authorization server for `skillq:submit` gets what a `submitter` role gives. Other scopes
 (`openid`, `email`, ...) grant nothing.
 
-A caller without the role an act needs gets `InsufficientScope` (403 `forbidden`; on HTTP the
-challenge names the scope that would do, RFC 6750 `error="insufficient_scope"`).
+A caller without the role an act needs gets `insufficient_scope(...)`: 403 `forbidden` whose
+details name the scope that would do; on HTTP the challenge names it too (RFC 6750
+`error="insufficient_scope"`).
 """
 
 from __future__ import annotations
@@ -35,16 +36,22 @@ SCOPES = (READ_SCOPE, SUBMIT_SCOPE, ADMIN_SCOPE)
 DEFAULT_SCOPES = (READ_SCOPE, SUBMIT_SCOPE)
 
 
-class InsufficientScope(Forbidden):
-    """The caller lacks the role (or scope) an act needs; `role` is the one that would do."""
+def insufficient_scope(message: str, role: str) -> Forbidden:
+    """A refusal for a missing role: 403 `forbidden` (the code clients already know), whose
+    details name the scope that would do, `[{"path": "scope", "message": "skillq:submit"}]`;
+    on HTTP the RFC 6750 challenge is built from them (`needed_scope`)."""
+    return Forbidden(message, [{"path": "scope", "message": SCOPE_OF_ROLE[role]}])
 
-    def __init__(self, message: str, role: str) -> None:
-        super().__init__(message)
-        self.role = role
 
-    @property
-    def scope(self) -> str:
-        return SCOPE_OF_ROLE[self.role]
+def needed_scope(error: Exception) -> str | None:
+    """The scope a `Forbidden` from `insufficient_scope` names; None for other refusals."""
+    if not isinstance(error, Forbidden) or not isinstance(error.details, list):
+        return None
+    for detail in error.details:
+        if isinstance(detail, dict) and detail.get("path") == "scope":
+            scope = detail.get("message")
+            return scope if scope in ROLE_OF_SCOPE else None
+    return None
 
 
 def scope_words(value: Any) -> list[str]:

@@ -34,8 +34,8 @@ from skillq.api.mcp.errors import JSONRPC_CODES
 from skillq.api.mcp.immediate import ImmediateTool
 from skillq.api.principal import SUBMITTER, VIEWER, AuthenticatedPrincipal, Principal
 from skillq.api.protected_resource import ProtectedResource
-from skillq.api.scopes import SCOPE_OF_ROLE, InsufficientScope, grants
-from skillq.errors import Unauthorized, row_of
+from skillq.api.scopes import SCOPE_OF_ROLE, grants, insufficient_scope
+from skillq.errors import Forbidden, Unauthorized, row_of
 from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
@@ -76,16 +76,14 @@ class McpGuard:
         if refusal is None:
             await self.app(scope, _replaying(read, receive), send)
             return
-        error, answers = refusal
-        challenge = self.resource.challenge(conn, error="insufficient_scope", scopes=(error.scope,))
+        needed, answers = refusal
+        challenge = self.resource.challenge(conn, error="insufficient_scope", scopes=(needed,))
         response = JSONResponse(answers, status_code=403, headers={"WWW-Authenticate": challenge})
         await response(scope, receive, send)
 
-    async def _refusal(
-        self, principal: Principal, body: bytes
-    ) -> tuple[InsufficientScope, Any] | None:
-        """The first request in `body` the principal may not make, and the JSON-RPC errors
-        that answer the POST (one per request of a batch, which is refused as a whole)."""
+    async def _refusal(self, principal: Principal, body: bytes) -> tuple[str, Any] | None:
+        """The scope the first request in `body` the principal may not make needs, and the
+        JSON-RPC errors that answer the POST (one per request of a batch, refused whole)."""
         try:
             parsed = json.loads(body)
         except ValueError:
@@ -97,9 +95,9 @@ class McpGuard:
             if role is None or grants(principal.roles, role):
                 continue
             needs = f"needs role {role} or scope {SCOPE_OF_ROLE[role]}"
-            error = InsufficientScope(f"{principal.subject!r} may not {what} ({needs})", role)
+            error = insufficient_scope(f"{principal.subject!r} may not {what} ({needs})", role)
             answers = [_jsonrpc_error(m.get("id"), error) for m in requests]
-            return error, answers if isinstance(parsed, list) else answers[0]
+            return SCOPE_OF_ROLE[role], answers if isinstance(parsed, list) else answers[0]
         return None
 
     async def _needs(self, message: dict[str, Any]) -> tuple[str | None, str]:
@@ -123,8 +121,8 @@ class McpGuard:
         return None, ""
 
 
-def _jsonrpc_error(request_id: Any, error: InsufficientScope) -> dict[str, Any]:
-    data = {"code": error.code, "details": None}
+def _jsonrpc_error(request_id: Any, error: Forbidden) -> dict[str, Any]:
+    data = {"code": error.code, "details": error.details}
     body = {"code": row_of(JSONRPC_CODES, error), "message": error.message, "data": data}
     return {"jsonrpc": "2.0", "id": request_id, "error": body}
 

@@ -1,13 +1,22 @@
 """Authorization discovery against a live skillq in `oidc` mode and the test-double provider:
 the protected resource metadata (RFC 9728), the 401 and 403 challenges (RFC 6750), scopes
-granting roles, the canonical URL as a token audience (RFC 8707), and the MCP SDK's own
-OAuth client finding its way from a bare 401 to the provider and back with a token, over
-Streamable HTTP and legacy SSE.
+granting roles, the canonical URL as a token audience (RFC 8707), and the Python and
+TypeScript MCP SDKs' own OAuth clients finding their way from a bare 401 to the provider
+and back with a token, over Streamable HTTP and legacy SSE.
+
+The TypeScript SDK is an npm package, installed once into a cache folder
+(`$SKILLQ_TEST_CACHE`, default `~/.cache/skillq-tests`); without node and npm, or when npm
+cannot install it, its test skips.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -23,7 +32,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.mcp_clients import connect
 from tests.oidc_provider import Provider
-from tests.support import start_api, write_settings
+from tests.support import ROOT, start_api, write_settings
 
 METADATA = "/.well-known/oauth-protected-resource"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -51,6 +60,10 @@ def oidc_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pr
     finally:
         api.stop()
         provider.close()
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
 
 
 def bearer(provider: Provider, **claims: object) -> dict[str, str]:
@@ -249,7 +262,7 @@ def test_the_sdk_oauth_client_discovers_the_provider_and_gets_in(oidc_api, trans
 
     result = anyio.run(main)
     assert len(redirects) == 1
-    query = {name: values[0] for name, values in parse_qs(urlsplit(redirects[0]).query).items()}
+    query = query_of(redirects[0])
     assert redirects[0].startswith(f"{provider.issuer}/authorize?")
     assert query["resource"] == f"{base_url}/mcp"
     assert query["scope"] == "skillq:read skillq:submit"
@@ -257,3 +270,48 @@ def test_the_sdk_oauth_client_discovers_the_provider_and_gets_in(oidc_api, trans
     assert provider.token_requests[-1]["resource"] == f"{base_url}/mcp"
     # The token carries the MCP resource as its audience and only scopes: both are honoured.
     assert result.structured_content["owner"] == "ada@example.com"
+
+
+TS_SDK = "@modelcontextprotocol/sdk@1.32.2"
+
+
+@pytest.fixture(scope="module")
+def ts_sdk() -> Path:
+    """A folder holding the TypeScript SDK and our script (ESM resolves from the script)."""
+    cache = Path(os.environ.get("SKILLQ_TEST_CACHE", "~/.cache/skillq-tests")).expanduser()
+    prefix = cache / f"mcp-ts-sdk-{TS_SDK.rsplit('@', 1)[1]}"
+    if not (prefix / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            pytest.skip("node and npm are needed for the TypeScript SDK")
+        prefix.mkdir(parents=True, exist_ok=True)
+        installed = subprocess.run(
+            ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", TS_SDK],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if installed.returncode != 0:
+            pytest.skip(f"npm could not install {TS_SDK}: {installed.stderr[-500:]}")
+    shutil.copy(ROOT / "tests" / "js" / "oauth_discovery.mjs", prefix)
+    return prefix
+
+
+@pytest.mark.parametrize(("transport", "path"), [("http", "/mcp"), ("sse", "/mcp/sse")])
+def test_the_typescript_sdk_oauth_client_gets_in(oidc_api, ts_sdk, transport, path) -> None:
+    base_url, provider = oidc_api
+    provider.last_scope = "skillq:read"  # what the user grants: reading is enough here
+    done = subprocess.run(
+        ["node", str(ts_sdk / "oauth_discovery.mjs"), base_url + path, transport],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    query = query_of(answer["redirect"])
+    assert answer["redirect"].startswith(f"{provider.issuer}/authorize?")
+    assert query["resource"] == f"{base_url}/mcp"
+    assert query["scope"] == "skillq:read skillq:submit"
+    assert provider.token_requests[-1]["resource"] == f"{base_url}/mcp"
+    assert answer["result"]["isError"] is False
+    assert "jobs" in answer["result"]["structuredContent"]

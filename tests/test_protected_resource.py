@@ -130,6 +130,8 @@ def test_the_mcp_guard_refuses_a_batch_whole_and_passes_what_it_cannot_read() ->
         # Not JSON, or past the body limit: the SDK answers, as without the guard.
         garbled = http.post("/mcp", content=b"{nope", headers=reader)
         assert garbled.status_code == 400 and "jsonrpc" in garbled.text
+        deep = http.post("/mcp", content=b"[" * 2000 + b"]" * 2000, headers=reader)
+        assert deep.status_code < 500, deep.text
         huge = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "sleep"}}
         huge["params"]["arguments"] = {"pad": "x" * 5000}
         assert http.post("/mcp", json=huge, headers=reader).status_code == 413

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import anyio.to_thread
@@ -38,7 +37,8 @@ from skillq.api.scopes import SCOPE_OF_ROLE, grants, insufficient_scope
 from skillq.errors import Forbidden, Unauthorized, row_of
 from skillq.json_values import shown
 
-logger = logging.getLogger(__name__)
+#: Bodies larger than this are parsed in a worker thread, off the event loop.
+_PARSE_INLINE_BYTES = 65_536
 
 
 class McpGuard:
@@ -85,9 +85,12 @@ class McpGuard:
         """The scope the first request in `body` the principal may not make needs, and the
         JSON-RPC errors that answer the POST (one per request of a batch, refused whole)."""
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None  # the SDK answers a parse error
+            if len(body) > _PARSE_INLINE_BYTES:
+                parsed = await anyio.to_thread.run_sync(json.loads, body)
+            else:
+                parsed = json.loads(body)
+        except (ValueError, RecursionError):
+            return None  # the SDK answers what it cannot parse
         messages = parsed if isinstance(parsed, list) else [parsed]
         requests = [m for m in messages if isinstance(m, dict) and "id" in m and "method" in m]
         for message in requests:

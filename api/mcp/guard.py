@@ -62,7 +62,10 @@ class McpGuard:
         conn = HTTPConnection(scope)
         user = scope.get("user")
         if not isinstance(user, AuthenticatedPrincipal):
-            error = Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+            header = conn.app.state.settings.auth.api_key_header
+            error = Unauthorized(
+                f"authentication required: send 'Authorization: Bearer' or '{header}'"
+            )
             challenge = {"WWW-Authenticate": self.resource.challenge(conn)}
             await error_response(error, headers=challenge)(scope, receive, send)
             return

@@ -29,6 +29,7 @@ from skillq.api.auth import routes as auth_routes
 from skillq.api.body_limit import BodySizeLimit
 from skillq.api.errors import EXCEPTION_HANDLERS
 from skillq.api.mcp import McpEndpoints
+from skillq.api.protected_resource import ProtectedResource
 from skillq.api.tracing import RequestTracing
 from skillq.api.trusted_origins import TrustedOrigins, allowed_names
 from skillq.jobs.coordinator import JobCoordinator
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     settings = settings or actors.settings
     coordinator = JobCoordinator(actors.broker, settings)
-    mcp = McpEndpoints(coordinator, settings) if settings.mcp.enabled else None
+    resource = ProtectedResource(settings)
+    mcp = McpEndpoints(coordinator, settings, resource) if settings.mcp.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *metrics.routes,
         *openapi.routes,
         *auth_routes.routes,
+        *resource.routes(),
         *jobs.routes,
         *stream.routes,
         *logs.routes,
@@ -94,7 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(metrics.RequestMetrics, metrics=request_metrics, routes=routes),
             Middleware(
                 AuthenticationMiddleware,
-                backend=build_auth_backend(settings),
+                backend=build_auth_backend(settings, resource),
                 on_error=on_auth_error,
             ),
         ],
@@ -103,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.coordinator = coordinator
+    app.state.protected_resource = resource
     app.state.metrics = request_metrics
     app.state.probe_limiter = anyio.CapacityLimiter(probes.PROBE_THREADS)
     app.state.streams = stream.OpenStreams(settings.server.max_streams_per_principal)

@@ -49,7 +49,7 @@ HTTP_STATUS: dict[type[SkillqError], int] = {
     ServiceUnavailable: 503,
 }
 
-#: The challenge sent with every 401 (RFC 6750); the auth backend adds why a token failed.
+#: The least a 401 says (RFC 7235); `skillq.api.protected_resource` adds where to get a token.
 CHALLENGE = 'Bearer realm="skillq"'
 
 #: Codes for the HTTP errors Starlette raises itself (routing, a body it cannot read).
@@ -84,7 +84,9 @@ def error_response(error: SkillqError, headers: Mapping[str, str] | None = None)
 
 async def skillq_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SkillqError)
-    return error_response(exc)
+    # A 401, or a 403 for a missing role, points at how to get a token (RFC 6750 / 9728).
+    resource = getattr(request.app.state, "protected_resource", None)
+    return error_response(exc, resource.challenge_for(request, exc) if resource else None)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -30,7 +30,7 @@ from skillq.storage.job_logs import MAX_READ_LINES, MAX_SEQ
 _ERRORS = {
     400: "The request body is not JSON, or is nested too deeply.",
     401: "No credentials, or wrong ones (see WWW-Authenticate).",
-    403: "The caller's role does not allow this.",
+    403: "The caller's role does not allow this (WWW-Authenticate names the scope).",
     404: "No such job or collection, or not the caller's.",
     409: "The job's state does not allow this.",
     413: "The request body is larger than server.max_body_size.",
@@ -58,7 +58,9 @@ def _error(status: int) -> dict[str, Any]:
         "description": _ERRORS[status],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
-    if status == 401:
+    if status in (401, 403):
+        # Bearer realm, resource_metadata and scope (RFC 6750, RFC 9728); a 403 for a
+        # missing role says error="insufficient_scope", and names the scope that would do.
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return response
 
@@ -487,6 +489,7 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 **{str(s): _error(s) for s in [*auth, 422, *store]},
             },
         },
+        **_discovery(settings),
         ("/api/v1/auth/whoami", "get"): {
             "summary": "The caller as the server sees it",
             "tags": ["auth"],
@@ -550,6 +553,27 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
 
 def _auth_errors(statuses: list[int]) -> dict[str, Any]:
     return {str(status): _error(status) for status in statuses}
+
+
+def _discovery(settings: Settings) -> dict[tuple[str, str], Any]:
+    """The OAuth protected resource metadata routes (`skillq.api.protected_resource`)."""
+    root = "/.well-known/oauth-protected-resource"
+    described = {
+        root: "Where to get a token for the REST API: its canonical URL, the authorization "
+        "server (auth.mode oidc), the scopes and how to send a token (RFC 9728).",
+        root + settings.mcp.endpoint.rstrip("/"): "The same for the MCP endpoint, whose "
+        "canonical URL is the server's URL plus the endpoint path.",
+    }
+    return {
+        (path, "get"): {
+            "security": [],
+            "summary": "OAuth protected resource metadata",
+            "description": description,
+            "tags": ["auth"],
+            "responses": {"200": _json("The metadata.", _ref("ProtectedResourceMetadata"))},
+        }
+        for path, description in described.items()
+    }
 
 
 def documented_routes(routes: list[Any], mcp_endpoint: str) -> list[tuple[str, str]]:

@@ -122,6 +122,25 @@ SCHEMAS: dict[str, Any] = {
         },
         "required": ["subject", "roles", "method", "admin", "can_submit"],
     },
+    "ProtectedResourceMetadata": {
+        "type": "object",
+        "description": "OAuth 2.0 Protected Resource Metadata (RFC 9728).",
+        "properties": {
+            "resource": {"type": "string", "format": "uri"},
+            "resource_name": {"type": "string"},
+            "authorization_servers": {
+                "type": "array",
+                "description": "auth.mode oidc only: the provider's issuer.",
+                "items": {"type": "string", "format": "uri"},
+            },
+            "scopes_supported": {
+                "type": "array",
+                "items": {"enum": ["skillq:read", "skillq:submit", "skillq:admin"]},
+            },
+            "bearer_methods_supported": {"type": "array", "items": {"const": "header"}},
+        },
+        "required": ["resource", "scopes_supported", "bearer_methods_supported"],
+    },
     "Probe": {
         "type": "object",
         "properties": {

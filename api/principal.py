@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
-from skillq.errors import Forbidden
+from skillq.api.scopes import (
+    ADMIN,
+    ROLES,
+    SCOPE_OF_ROLE,
+    SUBMITTER,
+    VIEWER,
+    grants,
+    insufficient_scope,
+)
 
-#: Roles, from most to least powerful.
-ADMIN, SUBMITTER, VIEWER = "admin", "submitter", "viewer"
-ROLES = (ADMIN, SUBMITTER, VIEWER)
+__all__ = ["ADMIN", "LOCAL", "ROLES", "SUBMITTER", "VIEWER", "AuthenticatedPrincipal", "Principal"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,14 @@ class Principal:
 
     @property
     def can_submit(self) -> bool:
-        return self.is_admin or SUBMITTER in self.roles
+        return grants(self.roles, SUBMITTER)
+
+    def require(self, role: str, doing: str) -> None:
+        """Refuse (`insufficient_scope`, 403) unless this principal's roles allow `role`'s acts;
+        `doing` says what it tried, for the message."""
+        if not grants(self.roles, role):
+            needs = f"needs role {role} or scope {SCOPE_OF_ROLE[role]}"
+            raise insufficient_scope(f"{self.subject!r} may not {doing} ({needs})", role)
 
     @property
     def owner_filter(self) -> str | None:
@@ -47,8 +60,7 @@ class Principal:
         that owner exists, so the answer tells nothing about other tenants."""
         if named is None or named == self.subject:
             return self.subject
-        if not self.is_admin:
-            raise Forbidden(f"{self.subject!r} may not name another owner (admin only)")
+        self.require(ADMIN, "name another owner")
         return named
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 from skillq.errors import SettingsError
 from skillq.settings_loader import Context, build, read_toml
@@ -72,6 +73,10 @@ class ServerSettings:
     max_json_nodes: Annotated[int, _R(lo=100)] = 100_000
     #: Job event streams (`/api/v1/jobs/{id}/stream`) one principal may hold open at once.
     max_streams_per_principal: Annotated[int, _R(lo=1)] = 128
+    #: Where clients reach this server, `scheme://host[:port]` (no path): the canonical URL
+    #: its OAuth resource metadata names, and an accepted token audience (RFC 8707). Unset:
+    #: taken from each request's Host (accepted as an audience only when Host is checked).
+    public_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +297,23 @@ def _check_url(obj: BrokerSettings | StorageSettings, where: str) -> None:
         raise SettingsError(f"must start with {need} (got {got})", f"{where}.url")
 
 
+def _check_server(obj: ServerSettings, where: str) -> None:
+    if obj.public_url is None:
+        return
+    parts = urlsplit(obj.public_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = "must be an http:// or https:// URL with a host"
+    elif parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        problem = "must be scheme://host[:port] only (no path, query, fragment or user)"
+    else:
+        try:
+            parts.port  # noqa: B018 -- raises on a port that is not a number
+            return
+        except ValueError:
+            problem = "has a port that is not a number"
+    raise SettingsError(f"{problem} (got {obj.public_url!r})", f"{where}.public_url")
+
+
 def _check_auth(obj: AuthSettings, where: str) -> None:
     if obj.mode == "jwt" and obj.jwt.secret is None and obj.jwt.public_key is None:
         problem = f"required when {where}.mode is 'jwt' (or set {where}.jwt.public_key)"
@@ -330,6 +352,7 @@ def _check_settings(obj: Settings, where: str) -> None:
 
 
 _CHECKS: dict[type, Callable[[Any, str], None]] = {
+    ServerSettings: _check_server,
     BrokerSettings: _check_url,
     StorageSettings: _check_url,
     AuthSettings: _check_auth,

@@ -9,6 +9,7 @@ signature is computed.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jwt
@@ -41,16 +42,25 @@ def public_key_algorithm(key: Any) -> str:
 
 
 def decode_claims(
-    token: str, key: Any, algorithm: str, *, issuer: str | None, audience: str | None
+    token: str,
+    key: Any,
+    algorithm: str,
+    *,
+    issuer: str | None,
+    audience: str | None,
+    extra_audiences: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Verify signature, issuer, audience and times; map pyjwt's errors to plain reasons."""
+    """Verify signature, issuer, audience and times; map pyjwt's errors to plain reasons.
+    The token's `aud` must name `audience` or one of `extra_audiences` (the server's own
+    URLs, RFC 8707 resource indicators)."""
+    audiences = [audience, *extra_audiences] if audience is not None else None
     try:
         return jwt.decode(
             token,
             key,
             algorithms=[algorithm],
             issuer=issuer,
-            audience=audience,
+            audience=audiences,
             leeway=LEEWAY_SECS,
             options={"require": ["exp", "sub"]},
         )
@@ -97,14 +107,19 @@ class JwtVerifier:
             key = load_pem_public_key(settings.public_key.encode())
             self.keys[public_key_algorithm(key)] = key
 
-    def verify(self, token: str) -> dict[str, Any]:
+    def verify(self, token: str, *, extra_audiences: Sequence[str] = ()) -> dict[str, Any]:
         algorithm = unverified_header(token).get("alg")
         key = self.keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None:
             accepted = ", ".join(self.keys)
             raise TokenError(f"the token's algorithm {algorithm!r} is not accepted ({accepted})")
         return decode_claims(
-            token, key, algorithm, issuer=self.settings.issuer, audience=self.settings.audience
+            token,
+            key,
+            algorithm,
+            issuer=self.settings.issuer,
+            audience=self.settings.audience,
+            extra_audiences=extra_audiences,
         )
 
 

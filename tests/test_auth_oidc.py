@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import json
 import time
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
 from skillq import actors
@@ -24,73 +23,8 @@ from skillq.api.app import create_app
 from skillq.api.auth.oidc import OidcVerifier
 from skillq.settings import AuthSettings, OidcSettings
 from skillq.tokens import TokenError
-from tests.support import LOCAL_URL, JsonHandler, serve_http
-
-AUDIENCE = "skillq-api"
-
-
-class Provider:
-    """Discovery + JWKS; `keys` maps kid -> private key, and only those are published."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, object] = {}
-        self.jwks_fetches = 0
-        self.up = True
-        provider = self
-
-        class Handler(JsonHandler):
-            def do_GET(self) -> None:
-                if not provider.up:
-                    self.send_error(503)
-                    return
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": provider.issuer, "jwks_uri": f"{provider.issuer}/jwks"}
-                elif self.path == "/jwks":
-                    provider.jwks_fetches += 1
-                    body = {"keys": [provider.jwk(kid) for kid in list(provider.keys)]}
-                else:
-                    self.send_error(404)
-                    return
-                self.send_json(body)
-
-        self._server = contextlib.ExitStack()
-        self.issuer = self._server.enter_context(serve_http(Handler))
-
-    def jwk(self, kid: str) -> dict:
-        key = self.keys[kid]
-        algorithm = (
-            jwt.algorithms.RSAAlgorithm
-            if isinstance(key, rsa.RSAPrivateKey)
-            else (jwt.algorithms.ECAlgorithm)
-        )
-        jwk = json.loads(algorithm.to_jwk(key.public_key()))
-        return {**jwk, "kid": kid, "use": "sig"}
-
-    def add_key(self, kid: str, kind: str = "rsa") -> None:
-        self.keys[kid] = (
-            rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            if kind == "rsa"
-            else ec.generate_private_key(ec.SECP256R1())
-        )
-
-    def token(self, kid: str, **overrides: object) -> str:
-        now = int(time.time())
-        claims = {
-            "sub": "user-1",
-            "email": "ada@example.com",
-            "groups": ["submitter", "staff"],
-            "iss": self.issuer,
-            "aud": AUDIENCE,
-            "iat": now,
-            "exp": now + 600,
-            **overrides,
-        }
-        key = self.keys[kid]
-        algorithm = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
-        return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
-
-    def close(self) -> None:
-        self._server.close()
+from tests.oidc_provider import AUDIENCE, Provider
+from tests.support import LOCAL_URL
 
 
 @pytest.fixture

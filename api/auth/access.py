@@ -1,8 +1,11 @@
 """What a REST endpoint demands of its caller: a principal, and a role that allows the act.
 
-    viewer     read its own jobs
-    submitter  also submit, cancel and retry its own jobs
-    admin      everything, on every owner's jobs
+    viewer     read its own jobs                              (scope skillq:read)
+    submitter  also submit, cancel and retry its own jobs     (scope skillq:submit)
+    admin      everything, on every owner's jobs              (scope skillq:admin)
+
+A principal lacking the role gets 403 with `WWW-Authenticate: Bearer
+error="insufficient_scope", scope="..."` naming the scope that would do (`skillq.api.scopes`).
 
 Reads of other owners' jobs are not refused here but filtered by the coordinator
 (`owner=principal.owner_filter`), so they answer 404 and ids cannot be probed.
@@ -12,8 +15,8 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from skillq.api.principal import ROLES, AuthenticatedPrincipal, Principal
-from skillq.errors import Forbidden, Unauthorized
+from skillq.api.principal import ADMIN, SUBMITTER, VIEWER, AuthenticatedPrincipal, Principal
+from skillq.errors import Unauthorized
 
 
 def principal_of(conn: HTTPConnection) -> Principal:
@@ -26,20 +29,17 @@ def principal_of(conn: HTTPConnection) -> Principal:
 
 def require_viewer(conn: HTTPConnection) -> Principal:
     principal = principal_of(conn)
-    if not principal.roles & set(ROLES):
-        raise Forbidden(f"{principal.subject!r} has no role (needs one of {', '.join(ROLES)})")
+    principal.require(VIEWER, "read jobs")
     return principal
 
 
 def require_submitter(conn: HTTPConnection) -> Principal:
     principal = principal_of(conn)
-    if not principal.can_submit:
-        raise Forbidden(f"{principal.subject!r} may not submit or change jobs (needs submitter)")
+    principal.require(SUBMITTER, "submit or change jobs")
     return principal
 
 
 def require_admin(conn: HTTPConnection) -> Principal:
     principal = principal_of(conn)
-    if not principal.is_admin:
-        raise Forbidden(f"{principal.subject!r} may not do this (needs admin)")
+    principal.require(ADMIN, "do this")
     return principal

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -47,7 +47,7 @@ class OidcVerifier:
         self.fetches = 0
         self._lock = asyncio.Lock()
 
-    async def verify(self, token: str) -> dict[str, Any]:
+    async def verify(self, token: str, *, extra_audiences: Sequence[str] = ()) -> dict[str, Any]:
         header = unverified_header(token)
         algorithm = header.get("alg")
         if algorithm not in _ASYMMETRIC:
@@ -59,7 +59,12 @@ class OidcVerifier:
         if key.algorithm_name != algorithm:
             raise TokenError(f"the signing key is for {key.algorithm_name}, not {algorithm}")
         return decode_claims(
-            token, key.key, algorithm, issuer=self.issuer, audience=self.settings.audience
+            token,
+            key.key,
+            algorithm,
+            issuer=self.issuer,
+            audience=self.settings.audience,
+            extra_audiences=extra_audiences,
         )
 
     async def _key(self, kid: str | None) -> jwt.PyJWK:

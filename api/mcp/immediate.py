@@ -14,9 +14,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from skillq.api.principal import Principal
+from skillq.api.principal import SUBMITTER, VIEWER, Principal
 from skillq.engine.collection_files import MAX_OWNER_LENGTH
-from skillq.errors import Forbidden, InvalidParams
+from skillq.errors import InvalidParams
 from skillq.jobs.coordinator import MAX_PAGE_SIZE, JobCoordinator
 from skillq.jobs.fields import job_summary_to_dict, job_to_dict
 from skillq.jobs.logs import log_page_to_dict
@@ -41,6 +41,8 @@ class ImmediateTool:
     input_schema: dict[str, Any]
     #: Runs in a worker thread: (coordinator, caller, arguments) -> structured result.
     run: Callable[[JobCoordinator, Principal, dict[str, Any]], dict[str, Any]]
+    #: The role a call needs (checked again by `run`; HTTP refuses a call without it first).
+    role: str = VIEWER
 
     @functools.cached_property
     def validator(self) -> Draft202012Validator:
@@ -59,8 +61,7 @@ class ImmediateTool:
 
 
 def require_submitter(caller: Principal) -> None:
-    if not caller.can_submit:
-        raise Forbidden(f"{caller.subject!r} may read jobs but not submit or change them")
+    caller.require(SUBMITTER, "submit or change jobs")
 
 
 def _job_status(coordinator: JobCoordinator, caller: Principal, args: dict) -> dict:
@@ -168,12 +169,14 @@ IMMEDIATE_TOOLS: dict[str, ImmediateTool] = {
             "Cancel a pending or running job.",
             _JOB_ID_ONLY,
             _cancel_job,
+            SUBMITTER,
         ),
         ImmediateTool(
             "retry_job",
             "Run a failed or cancelled job again.",
             _JOB_ID_ONLY,
             _retry_job,
+            SUBMITTER,
         ),
         ImmediateTool(
             "search",

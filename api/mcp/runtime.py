@@ -15,8 +15,8 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 
 from skillq.api.mcp.catalogue import ToolCatalogue
-from skillq.api.principal import LOCAL, ROLES, AuthenticatedPrincipal, Principal
-from skillq.errors import Forbidden, Unauthorized
+from skillq.api.principal import LOCAL, VIEWER, AuthenticatedPrincipal, Principal
+from skillq.errors import Unauthorized
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import McpSettings
 
@@ -58,7 +58,6 @@ class McpRuntime:
             # RequireAuthMiddleware lets no such request through; refuse rather than guess.
             raise Unauthorized("this request carries no skillq principal")
         principal = user.principal
-        if not principal.roles & set(ROLES):
-            # As on REST: without a role a principal may do nothing with jobs.
-            raise Forbidden(f"{principal.subject!r} has no role (needs one of {', '.join(ROLES)})")
+        # As on REST: without a role a principal may do nothing with jobs.
+        principal.require(VIEWER, "use the tools")
         return principal

@@ -3,11 +3,11 @@ DELETE) and, with `[mcp] legacy_sse`, HTTP+SSE at `<endpoint>/sse` + `<endpoint>
 
 Both are plain top-level routes of our app (a mounted sub-app's lifespan would never run,
 and its middleware would be lost), and the session manager runs inside our app's
-lifespan. Each route sits behind the SDK's `RequireAuthMiddleware`, so a request without a
-valid principal gets 401 + `WWW-Authenticate` before any MCP message is read; the
-principal then owns the session it opens (the SDK answers another principal's session id
-with 404). Responses stream as SSE, which carries progress notifications; a client that
-accepts only JSON gets plain JSON bodies (and so no progress).
+lifespan. Each route sits behind `McpGuard`, so a request without a valid principal gets
+401 + `WWW-Authenticate` before any MCP message is read (and a Streamable HTTP call its
+roles do not allow, 403); the principal then owns the session it opens (the SDK answers
+another principal's session id with 404). Responses stream as SSE, which carries progress
+notifications; a client that accepts only JSON gets plain JSON bodies (and so no progress).
 
 Bounds, so one client cannot lock the others out: at most `[mcp] max_sessions` Streamable
 HTTP sessions (503 past it), `max_sessions_per_principal` of them per principal (503 too,
@@ -25,7 +25,7 @@ from typing import Any
 
 from mcp.server import Server
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import AuthorizationContext, RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import (
     MCP_SESSION_ID_HEADER,
@@ -39,9 +39,11 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from skillq.api.mcp.guard import McpGuard
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.mcp.server import build_server
 from skillq.api.principal import AuthenticatedPrincipal
+from skillq.api.protected_resource import ProtectedResource
 from skillq.api.trusted_origins import allowed_names
 from skillq.errors import TooManyRequests
 from skillq.jobs.coordinator import JobCoordinator
@@ -193,8 +195,15 @@ class _SseMessages:
 class McpEndpoints:
     """The MCP routes of one app, and the lifespan that runs their session manager."""
 
-    def __init__(self, coordinator: JobCoordinator, settings: Settings) -> None:
+    def __init__(
+        self,
+        coordinator: JobCoordinator,
+        settings: Settings,
+        resource: ProtectedResource | None = None,
+    ) -> None:
         mcp = settings.mcp
+        self.resource = resource or ProtectedResource(settings)
+        self.max_body_size = mcp.max_body_size
         self.runtime = McpRuntime(coordinator, mcp)
         self.server = build_server(self.runtime)
         self.endpoint = mcp.endpoint.rstrip("/") or "/mcp"
@@ -229,16 +238,22 @@ class McpEndpoints:
             return (self.endpoint,)
         return (self.endpoint, f"{self.endpoint}/sse", f"{self.endpoint}/message")
 
-    def _guarded(self, app: ASGIApp) -> ASGIApp:
+    def _guarded(self, app: ASGIApp, *, calls: bool = False) -> ASGIApp:
         """The app's authentication middleware has set `scope["user"]` (the local principal
-        in auth mode `none`); without a principal, 401 before the SDK reads anything."""
-        return RequireAuthMiddleware(AuthContextMiddleware(app), required_scopes=[])
+        in auth mode `none`); without a principal, 401 before the SDK reads anything.
+        `calls`: also refuse (403) calls the principal's roles do not allow."""
+        return McpGuard(
+            AuthContextMiddleware(app),
+            self.resource,
+            catalogue=self.runtime.catalogue if calls else None,
+            max_body_size=self.max_body_size,
+        )
 
     def routes(self) -> list[Route]:
         routes = [
             Route(
                 self.endpoint,
-                self._guarded(_StreamableHttp(*self.managers)),
+                self._guarded(_StreamableHttp(*self.managers), calls=True),
                 methods=["GET", "POST", "DELETE"],
             )
         ]

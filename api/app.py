@@ -20,6 +20,7 @@ from skillq.api import (
     metrics,
     openapi,
     probes,
+    remote_workers,
     stats,
     stream,
     workers,
@@ -32,6 +33,7 @@ from skillq.api.mcp import McpEndpoints
 from skillq.api.tracing import RequestTracing
 from skillq.api.trusted_origins import TrustedOrigins, allowed_names
 from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.settings import Settings
 
 
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *logs.routes,
         *stats.routes,
         *workers.routes,
+        *remote_workers.routes,
         *job_types.routes,
         *collections.routes,
         *dashboard.routes,
@@ -103,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.coordinator = coordinator
+    app.state.remote_fetch = RemoteFetch(actors.broker, settings)
     app.state.metrics = request_metrics
     app.state.probe_limiter = anyio.CapacityLimiter(probes.PROBE_THREADS)
     app.state.streams = stream.OpenStreams(settings.server.max_streams_per_principal)

@@ -1,0 +1,228 @@
+"""The remote worker routes: register, heartbeat, fetch, and progress/complete/fail reports.
+
+Only a worker token (`Authorization: Bearer skqw_...`, minted by `skillq auth worker-token
+create`) may call them: user credentials get 403, none at all 401. A token sees only the
+workers registered with it (another token's worker id is 404), and a worker reports only on
+the attempt whose lease it holds (`skillq.jobs.remote_reports`: else 409). The store and
+broker work runs in the thread pool; a fetch long-polls there in slices of at most
+`_FETCH_SLICE_SECS`, so a worker that hangs up stops holding a thread soon after.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from skillq.api import remote_worker_schemas as schemas
+from skillq.api.principal import AuthenticatedPrincipal
+from skillq.api.request_json import read_json
+from skillq.errors import Forbidden, InvalidParams, NotFound, Unauthorized
+from skillq.jobs import remote_reports
+from skillq.jobs.remote_fetch import MAX_WAIT_SECS, RemoteFetch
+from skillq.jobs.schema_messages import schema_errors
+from skillq.storage import worker_tokens, workers
+from skillq.storage.database import connection
+from skillq.storage.worker_tokens import RemoteWorker, WorkerToken
+
+#: A fetch's default long-poll, in seconds.
+DEFAULT_WAIT_SECS = 20.0
+_FETCH_SLICE_SECS = 2.0
+
+
+_VALIDATORS = {
+    id(schema): Draft202012Validator(schema)
+    for schema in (
+        schemas.REGISTER,
+        schemas.HEARTBEAT,
+        schemas.FETCH,
+        schemas.PROGRESS,
+        schemas.COMPLETE,
+        schemas.FAIL,
+    )
+}
+
+
+async def _body(request: Request, schema: dict[str, Any]) -> dict[str, Any]:
+    raw = await request.body()
+    body = await read_json(request) if raw.strip() else {}
+    details = schema_errors(_VALIDATORS[id(schema)], body, "body")
+    if details:
+        raise InvalidParams("the request body breaks its schema", details)
+    return body
+
+
+async def _token(request: Request) -> WorkerToken:
+    scheme, _, credential = request.headers.get("authorization", "").strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() == "bearer" and credential.startswith(worker_tokens.TOKEN_PREFIX):
+        row = await run_in_threadpool(_find_token, credential)
+        if row is None:
+            raise Unauthorized("the worker token is unknown or revoked")
+        return row
+    if isinstance(request.user, AuthenticatedPrincipal):
+        raise Forbidden("only a worker token may call the worker routes, not a user's credentials")
+    raise Unauthorized("a worker token is required: 'Authorization: Bearer skqw_...'")
+
+
+def _find_token(token: str) -> WorkerToken | None:
+    with connection():
+        return worker_tokens.find_active(token)
+
+
+async def _worker(request: Request, token: WorkerToken, worker_id: str) -> RemoteWorker:
+    worker = await run_in_threadpool(_find_worker, worker_id, token.name)
+    if worker is None:
+        raise NotFound(f"no remote worker {worker_id} registered with this token")
+    return worker
+
+
+def _find_worker(worker_id: str, token: str) -> RemoteWorker | None:
+    with connection():
+        return worker_tokens.get_worker(worker_id, token)
+
+
+def _subset(asked: list[str] | None, allowed: list[str], what: str) -> list[str]:
+    if asked is None:
+        return list(allowed)
+    extra = sorted(set(asked) - set(allowed))
+    if extra:
+        raise Forbidden(f"the worker token does not allow the {what} {', '.join(extra)}")
+    return asked
+
+
+async def register(request: Request) -> JSONResponse:
+    token = await _token(request)
+    body = await _body(request, schemas.REGISTER)
+    queues = _subset(body.get("queues"), token.queues, "queues")
+    capabilities = _subset(body.get("capabilities"), token.capabilities, "capabilities")
+    settings = request.app.state.settings
+
+    def record() -> RemoteWorker:
+        with connection():
+            worker = worker_tokens.register_worker(
+                token.name, queues=queues, capabilities=capabilities, skills=body.get("skills")
+            )
+            workers.register(
+                worker.id,
+                host=body.get("host") or (request.client.host if request.client else "remote"),
+                pid=body.get("pid", 0),
+                queues=queues,
+                threads=body.get("threads", 1),
+            )
+            return worker
+
+    worker = await run_in_threadpool(record)
+    answer = {
+        "worker_id": worker.id,
+        "queues": worker.queues,
+        "capabilities": worker.capabilities,
+        "skills": worker.skills,
+        "heartbeat_secs": settings.workers.heartbeat_secs,
+        "lease_secs": settings.workers.dead_after_secs,
+        "max_wait_secs": MAX_WAIT_SECS,
+    }
+    return JSONResponse(answer, status_code=201)
+
+
+async def heartbeat(request: Request) -> JSONResponse:
+    token = await _token(request)
+    worker = await _worker(request, token, request.path_params["worker_id"])
+    body = await _body(request, schemas.HEARTBEAT)
+    fetcher: RemoteFetch = request.app.state.remote_fetch
+
+    def beat() -> dict[str, list[str]]:
+        with connection():
+            answer = remote_reports.heartbeat(worker, body["running"])
+        fetcher.recover_now_and_then()
+        return answer
+
+    return JSONResponse(await run_in_threadpool(beat))
+
+
+async def fetch(request: Request) -> Response:
+    token = await _token(request)
+    worker = await _worker(request, token, request.path_params["worker_id"])
+    body = await _body(request, schemas.FETCH)
+    fetcher: RemoteFetch = request.app.state.remote_fetch
+    deadline = time.monotonic() + body.get("wait_secs", DEFAULT_WAIT_SECS)
+    await run_in_threadpool(fetcher.recover_now_and_then)
+    while True:
+        left = deadline - time.monotonic()
+        assignment = await run_in_threadpool(
+            fetcher.fetch, worker, max(0.0, min(left, _FETCH_SLICE_SECS))
+        )
+        if assignment is not None:
+            return JSONResponse({"job": assignment.to_dict()})
+        if left <= _FETCH_SLICE_SECS or await request.is_disconnected():
+            return Response(status_code=204)
+
+
+async def _report_target(request: Request, schema: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    token = await _token(request)
+    body = await _body(request, schema)
+    worker = await _worker(request, token, body["worker_id"])
+    return worker, body
+
+
+async def report_progress(request: Request) -> JSONResponse:
+    worker, body = await _report_target(request, schemas.PROGRESS)
+    job_id = request.path_params["job_id"]
+
+    def record() -> bool:
+        with connection():
+            return remote_reports.progress(
+                worker, job_id, body["attempt"], body.get("progress"), body.get("message")
+            )
+
+    return JSONResponse({"cancel_requested": await run_in_threadpool(record)})
+
+
+async def report_complete(request: Request) -> JSONResponse:
+    worker, body = await _report_target(request, schemas.COMPLETE)
+    job_id = request.path_params["job_id"]
+    limit = request.app.state.settings.jobs.max_result_bytes
+
+    def record() -> str:
+        with connection():
+            return remote_reports.complete(
+                worker, job_id, body["attempt"], body.get("result"), body.get("run_seconds"), limit
+            )
+
+    return JSONResponse({"state": await run_in_threadpool(record)})
+
+
+async def report_fail(request: Request) -> JSONResponse:
+    worker, body = await _report_target(request, schemas.FAIL)
+    job_id = request.path_params["job_id"]
+    coordinator = request.app.state.coordinator
+    error = (body["error"]["type"], body["error"]["message"])
+
+    def record() -> str:
+        with connection():
+            return remote_reports.fail(
+                coordinator,
+                worker,
+                job_id,
+                body["attempt"],
+                error,
+                retryable=body.get("retryable", True),
+                run_seconds=body.get("run_seconds"),
+            )
+
+    return JSONResponse({"state": await run_in_threadpool(record)})
+
+
+routes = [
+    Route("/api/v1/workers/register", register, methods=["POST"]),
+    Route("/api/v1/workers/{worker_id}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/api/v1/workers/{worker_id}/fetch", fetch, methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}/progress", report_progress, methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}/complete", report_complete, methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}/fail", report_fail, methods=["POST"]),
+]

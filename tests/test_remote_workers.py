@@ -51,9 +51,9 @@ class RemoteStack:
 
     def token(self, name: str, queues: str = "default") -> str:
         if name not in self.tokens:
+            command = ["-m", "skillq", "auth", "worker-token", "create", name, "--queues", queues]
             result = subprocess.run(
-                [sys.executable, "-m", "skillq", "auth", "worker-token", "create", name]
-                + ["--queues", queues],
+                [sys.executable, *command],
                 cwd=ROOT,
                 env=child_env(self.stack.settings_path),
                 capture_output=True,
@@ -131,13 +131,9 @@ def test_a_mixed_batch_runs_once_each_on_local_and_remote_workers(remote: Remote
         # The server's retry rules, whichever worker ran each attempt.
         assert job["state"] == "failed" and job["attempts"] == job["max_retries"] + 1, job
         assert job["error"]["type"] == "RuntimeError"
-    ran_on = {job["worker_id"] or "" for job in finished}
-    with httpx.Client(base_url=stack.base_url) as client:
-        ids = [j["id"] for j in finished[:36]]
-        workers = {client.get(f"/api/v1/jobs/{i}").json().get("worker_id") for i in ids}
-    assert ran_on or workers  # worker ids are cleared once finished on some paths
-    history = stack.client.get("/api/v1/workers").json()["workers"]
-    assert any(w["id"].startswith("remote-") for w in history)
+    # Both kinds of worker took jobs from the same queue (a finished job keeps its worker).
+    ran_on = {job["worker_id"].startswith("remote-") for job in finished}
+    assert ran_on == {True, False}, [job["worker_id"] for job in finished]
 
 
 def test_progress_and_cancel_reach_a_remote_job(remote: RemoteStack) -> None:
@@ -146,7 +142,9 @@ def test_progress_and_cancel_reach_a_remote_job(remote: RemoteStack) -> None:
         remote.start_remote()
     job = stack.submit({"type": "sleep", "params": {"seconds": 60, "steps": 600}})
     running = wait_for(
-        lambda: (j := stack.job(job["id"]))["state"] == "running" and (j["progress"] or 0) > 0 and j,
+        lambda: (
+            (j := stack.job(job["id"]))["state"] == "running" and (j["progress"] or 0) > 0 and j
+        ),
         what="the remote job to report progress",
     )
     assert running["worker_id"].startswith("remote-")
@@ -192,7 +190,9 @@ def test_a_sigkilled_remote_workers_job_completes_elsewhere(remote: RemoteStack)
         remote.start_remote(threads=1)
     job = stack.submit({"type": "sleep", "params": {"seconds": 3, "steps": 30}})
     first = wait_for(
-        lambda: (j := stack.job(job["id"]))["state"] == "running" and (j["progress"] or 0) > 0 and j,
+        lambda: (
+            (j := stack.job(job["id"]))["state"] == "running" and (j["progress"] or 0) > 0 and j
+        ),
         what="a remote worker to run the job",
     )
     pid = remote.remote_pid(first["worker_id"])
@@ -204,3 +204,4 @@ def test_a_sigkilled_remote_workers_job_completes_elsewhere(remote: RemoteStack)
     done = stack.wait_state(job["id"], TERMINAL, timeout=90)
     assert done["state"] == "completed", done
     assert done["attempts"] == 2, done  # the lost attempt counted
+    assert done["worker_id"] != first["worker_id"]

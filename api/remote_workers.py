@@ -4,7 +4,8 @@ Only a worker token (`Authorization: Bearer skqw_...`, minted by `skillq auth wo
 create`) may call them: user credentials get 403, none at all 401. A token sees only the
 workers registered with it (another token's worker id is 404), and a worker reports only on
 the attempt whose lease it holds (`skillq.jobs.remote_reports`: else 409). The store and
-broker work runs in the thread pool; a fetch long-polls there in slices of at most
+broker work runs in the thread pool; a fetch long-polls on threads of its own
+(`FETCH_THREADS`, so waiting workers never starve other requests) in slices of at most
 `_FETCH_SLICE_SECS`, so a worker that hangs up stops holding a thread soon after.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from jsonschema import Draft202012Validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,6 +33,8 @@ from skillq.storage import worker_tokens, workers
 from skillq.storage.database import connection
 from skillq.storage.worker_tokens import RemoteWorker, WorkerToken
 
+#: Long-polls waiting at once per API process; more wait for a thread (asynchronously).
+FETCH_THREADS = 32
 #: A fetch's default long-poll, in seconds.
 DEFAULT_WAIT_SECS = 20.0
 _FETCH_SLICE_SECS = 2.0
@@ -154,8 +159,12 @@ async def fetch(request: Request) -> Response:
     await run_in_threadpool(fetcher.recover_now_and_then)
     while True:
         left = deadline - time.monotonic()
-        assignment = await run_in_threadpool(
-            fetcher.fetch, worker, max(0.0, min(left, _FETCH_SLICE_SECS))
+        # Long-polls wait on threads of their own, so they never starve other requests.
+        assignment = await anyio.to_thread.run_sync(
+            fetcher.fetch,
+            worker,
+            max(0.0, min(left, _FETCH_SLICE_SECS)),
+            limiter=request.app.state.fetch_limiter,
         )
         if assignment is not None:
             return JSONResponse({"job": assignment.to_dict()})

@@ -42,7 +42,7 @@ from skillq.brokers.job_status import (
 )
 from skillq.brokers.running import RunningJob, RunningJobs
 from skillq.client.worker import WorkerClient
-from skillq.errors import Conflict, NotFound
+from skillq.errors import Conflict, Forbidden, NotFound, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ class RemoteRunner:
         self.lost: set[str] = set()
         self.stopping = threading.Event()
         self.heartbeat_secs = 2.0
+        #: Why the API stopped answering this worker, if it did (the process then fails).
+        self.refused: Exception | None = None
 
     def run(self, grace_secs: float = 30.0) -> None:
         fields: dict[str, Any] = {
@@ -154,6 +156,12 @@ class RemoteRunner:
         while not self.stopping.is_set():
             try:
                 assignment = self.client.fetch(FETCH_WAIT_SECS)
+            except (Unauthorized, Forbidden, NotFound) as error:
+                # Token revoked, or this worker forgotten: nothing will change by waiting.
+                logger.error("The API refuses this worker (%s); stopping.", error)
+                self.refused = error
+                self.stop()
+                return
             except Exception as error:
                 logger.warning("Could not fetch a job (%s); trying again.", error)
                 self.stopping.wait(1.0)
@@ -334,3 +342,5 @@ def run_remote_worker(
         runner.run(grace_secs=actors.settings.workers.shutdown_grace_secs)
     finally:
         client.close()
+    if runner.refused is not None:
+        raise runner.refused

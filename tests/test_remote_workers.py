@@ -34,6 +34,8 @@ from tests.support import (
 )
 
 TERMINAL = {"completed", "failed", "cancelled"}
+#: Brokers the stack runs on (PostgreSQL store; SQLite: the embedded default for both).
+STACKS = os.environ.get("SKILLQ_REMOTE_TEST_BROKERS", "redis").split(",")
 
 
 class RemoteStack:
@@ -87,22 +89,27 @@ class RemoteStack:
         self.stack.close()
 
 
-@pytest.fixture(scope="module")
-def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteStack]:
-    require_service("postgres")
-    directory = tmp_path_factory.mktemp("remote-workers")
-    schema = create_postgres_schema()
-    storage = {"backend": "postgres", "url": postgres_schema_url(schema)}
-    stack = Stack.create(
-        "redis", directory, extra={"storage": storage}, heartbeat_secs=0.5, dead_after_secs=2
-    )
+@pytest.fixture(scope="module", params=STACKS)
+def remote(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RemoteStack]:
+    broker = request.param
+    directory = tmp_path_factory.mktemp(f"remote-workers-{broker}")
+    schema = None
+    extra: dict[str, dict[str, Any]] = {}
+    if broker != "sqlite":
+        require_service("postgres")
+        schema = create_postgres_schema()
+        extra["storage"] = {"backend": "postgres", "url": postgres_schema_url(schema)}
+    stack = Stack.create(broker, directory, extra=extra, heartbeat_secs=0.5, dead_after_secs=2)
     system = RemoteStack(stack, directory)
     try:
         stack.start_api()
         yield system
     finally:
         system.close()
-        drop_postgres_schema(schema)
+        if schema is not None:
+            drop_postgres_schema(schema)
 
 
 def _post(stack: Stack, path: str, token: str | None, body: Any = None) -> httpx.Response:

@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.coordinator = coordinator
     app.state.remote_fetch = RemoteFetch(actors.broker, settings)
     app.state.fetch_limiter = anyio.CapacityLimiter(remote_workers.FETCH_THREADS)
+    app.state.worker_tokens = {}
     app.state.metrics = request_metrics
     app.state.probe_limiter = anyio.CapacityLimiter(probes.PROBE_THREADS)
     app.state.streams = stream.OpenStreams(settings.server.max_streams_per_principal)

@@ -44,7 +44,9 @@ from skillq.storage.worker_tokens import RemoteWorker
 logger = logging.getLogger(__name__)
 
 #: Milliseconds one consumer waits for a message before the next queue is looked at.
-POLL_MS = 200
+POLL_MS = 50
+#: Seconds between two looks at the delay queues (their messages come due seldom).
+DELAY_POLL_SECS = 1.0
 #: The longest long-poll a worker may ask for, in seconds.
 MAX_WAIT_SECS = 30.0
 #: Actor option: capabilities a worker must declare to be handed the job (`["gpu"]`).
@@ -92,9 +94,15 @@ class RemoteFetch:
         deadline = time.monotonic() + min(max(wait_secs, 0.0), MAX_WAIT_SECS)
         consumers = dict(self._consumers(worker.queues))
         passed: set[str] = set()
+        next_delayed = 0.0
         try:
             while consumers:
+                delayed_too = time.monotonic() >= next_delayed
+                if delayed_too:
+                    next_delayed = time.monotonic() + DELAY_POLL_SECS
                 for name, consumer in list(consumers.items()):
+                    if name.endswith(".DQ") and not delayed_too:
+                        continue
                     proxy = next(consumer)
                     if proxy is None:
                         continue

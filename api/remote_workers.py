@@ -1,7 +1,8 @@
 """The remote worker routes: register, heartbeat, fetch, and progress/complete/fail reports.
 
 Only a worker token (`Authorization: Bearer skqw_...`, minted by `skillq auth worker-token
-create`) may call them: user credentials get 403, none at all 401. A token sees only the
+create`) may call them: user credentials (a JWT, an API key) get 403, none at all 401, in
+every auth mode. A token sees only the
 workers registered with it (another token's worker id is 404), and a worker reports only on
 the attempt whose lease it holds (`skillq.jobs.remote_reports`: else 409). The store and
 broker work runs in the thread pool; a fetch long-polls on threads of its own
@@ -24,7 +25,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from skillq.api import remote_worker_schemas as schemas
-from skillq.api.principal import AuthenticatedPrincipal
 from skillq.api.request_json import read_json
 from skillq.errors import Forbidden, InvalidParams, NotFound, ServiceUnavailable, Unauthorized
 from skillq.jobs import remote_reports
@@ -69,7 +69,9 @@ async def _token(request: Request) -> WorkerToken:
     credential = credential.strip()
     if scheme.lower() == "bearer" and credential.startswith(worker_tokens.TOKEN_PREFIX):
         return await _checked_token(request, credential)
-    if isinstance(request.user, AuthenticatedPrincipal):
+    key_header = request.app.state.settings.auth.api_key_header
+    if scheme or key_header in request.headers:
+        # A user's credentials (checked or not, as in auth mode none): the wrong kind.
         raise Forbidden("only a worker token may call the worker routes, not a user's credentials")
     raise Unauthorized("a worker token is required: 'Authorization: Bearer skqw_...'")
 

@@ -167,8 +167,9 @@ def test_only_worker_tokens_call_worker_routes_and_only_on_their_leases(
     stack = remote.stack
     if not remote.remotes:
         remote.start_remote()
-    # auth none: the caller is the local admin, a user, not a worker.
-    assert _post(stack, "/api/v1/workers/register", None).status_code == 403
+    # auth none: whoever calls is the local admin, a user, not a worker.
+    assert _post(stack, "/api/v1/workers/register", None).status_code == 401
+    assert _post(stack, "/api/v1/workers/register", "a-user-token").status_code == 403
     assert _post(stack, "/api/v1/workers/register", "skqw_forged").status_code == 401
     job = stack.submit({"type": "sleep", "params": {"seconds": 60, "steps": 600}})
     running = wait_for(

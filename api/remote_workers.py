@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from dramatiq.errors import ConnectionError as BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError
 from jsonschema import Draft202012Validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request

@@ -113,6 +113,9 @@ class RemoteFetch:
                         return handed
                 if time.monotonic() >= deadline:
                     return None
+            # No queue to look at (none declared, or only unsuitable messages): wait out the
+            # poll rather than have the worker ask again at once.
+            time.sleep(max(0.0, deadline - time.monotonic()))
             return None
         finally:
             for consumer in consumers.values():

@@ -20,6 +20,7 @@ from skillq.api import (
     metrics,
     openapi,
     probes,
+    remote_workers,
     stats,
     stream,
     workers,
@@ -33,6 +34,7 @@ from skillq.api.protected_resource import ProtectedResource
 from skillq.api.tracing import RequestTracing
 from skillq.api.trusted_origins import TrustedOrigins, allowed_names
 from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.settings import Settings
 
 
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *logs.routes,
         *stats.routes,
         *workers.routes,
+        *remote_workers.routes,
         *job_types.routes,
         *collections.routes,
         *dashboard.routes,
@@ -107,6 +110,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.coordinator = coordinator
     app.state.protected_resource = resource
+    app.state.remote_fetch = RemoteFetch(actors.broker, settings)
+    app.state.fetch_limiter = anyio.CapacityLimiter(remote_workers.FETCH_THREADS)
+    app.state.worker_tokens = {}
     app.state.metrics = request_metrics
     app.state.probe_limiter = anyio.CapacityLimiter(probes.PROBE_THREADS)
     app.state.streams = stream.OpenStreams(settings.server.max_streams_per_principal)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from skillq.api import remote_workers_openapi
 from skillq.api.openapi_schemas import SCHEMAS, STATES
 from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
@@ -591,7 +592,7 @@ def documented_routes(routes: list[Any], mcp_endpoint: str) -> list[tuple[str, s
 def build_document(
     settings: Settings, job_types: dict[str, JobType], routes: list[Any]
 ) -> dict[str, Any]:
-    operations = _operations(settings, job_types)
+    operations = {**_operations(settings, job_types), **remote_workers_openapi.operations()}
     paths: dict[str, dict[str, Any]] = {}
     for path, method in documented_routes(routes, settings.mcp.endpoint):
         operation = operations.get((path, method))
@@ -606,13 +607,18 @@ def build_document(
             '`{"error": {"code", "message", "details"}}`.',
         },
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {
+            "schemas": {**SCHEMAS, **remote_workers_openapi.SCHEMAS},
+            "securitySchemes": dict(remote_workers_openapi.SECURITY_SCHEME),
+        },
     }
     if settings.auth.mode != "none":
-        document["components"]["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": settings.auth.api_key_header},
-        }
+        document["components"]["securitySchemes"].update(
+            {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": settings.auth.api_key_header},
+            }
+        )
         document["security"] = [{"bearer": []}, {"apiKey": []}]
     return document
 

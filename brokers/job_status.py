@@ -66,6 +66,9 @@ def current_job_owner() -> str:
 
     Read from the job's row, the record of who submitted it, rather than trusted from the
     message; it needs the `CurrentMessage` middleware (in `job_middleware`)."""
+    running = current_job()
+    if running is not None and running.owner is not None:
+        return running.owner  # a remote worker: the server said whose it is
     message = CurrentMessage.get_current_message()
     job_id = None if message is None else message.options.get(JOB_ID_OPTION)
     job = None if job_id is None else jobs.get_job(job_id)

@@ -55,6 +55,8 @@ class RunningJob:
         self.on_progress: ProgressCallback | None = None
         #: Where the job's log lines go (set by `JobLogs`; takes a `storage.job_logs.LogEntry`).
         self.on_log: Callable[[Any], None] | None = None
+        #: Whose job it is, when the process cannot read the store (a remote worker).
+        self.owner: str | None = None
         self._cancel_hooks: list[Callable[[], object]] = []
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from skillq.storage import search_collections
+from skillq.storage import search_collections, worker_token_migration
 from skillq.storage.database import database_proxy
 from skillq.storage.models import JSONField, utcnow
 
@@ -328,6 +328,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        14,
+        "create the worker token and remote worker tables",
+        upgrade=worker_token_migration.add_worker_tokens,
+        downgrade=worker_token_migration.drop_worker_tokens,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -4,6 +4,7 @@
     auth.mode = jwt    `Authorization: Bearer <JWT>` checked with the configured key
     auth.mode = oidc   `Authorization: Bearer <JWT>` checked against the provider's JWKS
     (jwt, oidc)        an API key in `auth.api_key_header`, or as `Bearer skq_...`
+    (any mode)         `Bearer skqw_...`, a worker token, is left to the worker routes
 
 A token's roles are its roles claim plus what its `scope`/`scp` claims grant
 (`skillq.api.scopes`); its audience may be `auth.*.audience` or this server's canonical URL
@@ -37,7 +38,7 @@ from skillq.api.protected_resource import METADATA_PATH, ProtectedResource
 from skillq.api.scopes import roles_from_scopes
 from skillq.errors import ServiceUnavailable, Unauthorized
 from skillq.settings import Settings
-from skillq.storage import api_keys
+from skillq.storage import api_keys, worker_tokens
 from skillq.storage.database import STORE_OUTAGES, connection
 from skillq.tokens import LEEWAY_SECS, ROLES_CLAIM, JwtVerifier, TokenError, roles_of
 
@@ -79,6 +80,9 @@ class SkillqAuthBackend(AuthenticationBackend):
             credential = credential.strip()
             if scheme.lower() != "bearer" or not credential:
                 raise InvalidCredentials("the Authorization header must be 'Bearer <token>'")
+            if credential.startswith(worker_tokens.TOKEN_PREFIX):
+                # A worker token is no user: the worker routes check it themselves.
+                return None
             if credential.startswith(api_keys.KEY_PREFIX):
                 key = credential
             else:

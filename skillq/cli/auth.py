@@ -1,4 +1,5 @@
-"""`skillq auth`: API keys (create, list, revoke) and locally minted JWTs.
+"""`skillq auth`: API keys (create, list, revoke), locally minted JWTs, and worker tokens
+(`skillq.cli.worker_tokens`).
 
 A key is printed once, at creation, and only its digest is stored; `list` shows names,
 roles and dates, never a key. Errors are raised and end the command with
@@ -13,6 +14,7 @@ from typing import Annotated
 import peewee
 import typer
 
+from skillq.cli.worker_tokens import worker_token_app
 from skillq.errors import Conflict, InvalidParams, InvalidRequest, NotFound
 from skillq.settings import Settings, load_settings
 
@@ -25,6 +27,7 @@ api_key_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_h
 token_app = typer.Typer(help="Mint JWTs signed with auth.jwt.secret.", no_args_is_help=True)
 auth_app.add_typer(api_key_app, name="api-key")
 auth_app.add_typer(token_app, name="token")
+auth_app.add_typer(worker_token_app, name="worker-token")
 
 
 def _settings() -> Settings:

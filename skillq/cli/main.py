@@ -197,16 +197,51 @@ def worker(
         int | None, typer.Option(help="Threads per process (default: the queue's setting).")
     ] = None,
     queues: Annotated[list[str] | None, typer.Option("--queue", help="Only these queues.")] = None,
+    remote: Annotated[
+        str | None, typer.Option(help="Run as a remote worker of the API at this URL.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SKILLQ_WORKER_TOKEN", help="The worker token (with --remote)."),
+    ] = None,
+    capabilities: Annotated[
+        str | None, typer.Option(help="With --remote: capabilities it has, e.g. gpu.")
+    ] = None,
+    skills: Annotated[
+        str | None, typer.Option(help="With --remote: the only skills it runs, e.g. a,b.")
+    ] = None,
 ) -> None:
-    """Run a worker pool per queue; with one --queue, exactly that queue's dramatiq workers."""
+    """Run a worker pool per queue; with one --queue, exactly that queue's dramatiq workers;
+    with --remote, a worker that reaches only the API (its token names the queues)."""
     settings = _settings()
     if threads is not None and threads < 1:
         raise InvalidRequest(f"--threads must be at least 1 (got {threads})")
+    if remote is not None:
+        _run_remote(remote, token, threads or 1, capabilities, skills)
+        return
     if queues and len(queues) == 1:
         _exec_pool(settings, queues[0], processes=processes, threads=threads)
     else:
         code = _run_pools(settings, [], processes=processes, queues=queues, threads=threads)
         raise typer.Exit(code)
+
+
+def _run_remote(
+    url: str, token: str | None, threads: int, capabilities: str | None, skills: str | None
+) -> None:
+    from skillq.jobs.remote_runner import run_remote_worker
+
+    if not token:
+        raise InvalidRequest("--remote needs --token or SKILLQ_WORKER_TOKEN")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"--remote must be an http:// or https:// URL (got {url!r})")
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    run_remote_worker(
+        url, token, threads=threads, capabilities=names(capabilities), skills=names(skills)
+    )
 
 
 def _exec_pool(

@@ -283,15 +283,17 @@ class JobCoordinator:
         fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours)
         return job_type, fields
 
-    def resend(self, job: Job) -> None:
-        """Send a pending job's message again, for stale-job recovery when the first was lost.
+    def resend(self, job: Job, *, delay_ms: int | None = None) -> None:
+        """Send a pending job's message again: for stale-job recovery when the first was lost
+        (or its remote worker's lease expired), and for a remote worker's retry, after
+        `delay_ms` of back-off.
 
         Raises the broker's error and leaves the job pending, for the next recovery pass."""
         job_type = self.job_types.get(job.type)
         if job_type is None:
             jobs.mark_enqueue_failed(job.id, f"job type {job.type!r} no longer exists")
             return
-        self._send(job, job_type)
+        self._send(job, job_type, delay_ms=delay_ms or None)
 
     def _message(self, job: Job, job_type: JobType) -> dramatiq.Message:
         # No time limit: the worker that runs the job applies its job type's, else its own
@@ -307,11 +309,11 @@ class JobCoordinator:
             broker_priority=job.priority,
         )
 
-    def _send(self, job: Job, job_type: JobType) -> None:
+    def _send(self, job: Job, job_type: JobType, *, delay_ms: int | None = None) -> None:
         """Enqueue the job's message; with tracing on, in an enqueue span of the job's trace
         (also when a retry or a recovery pass, in a trace of its own, sends it)."""
         if not tracing.enabled():
-            self.broker.enqueue(self._message(job, job_type))
+            self.broker.enqueue(self._message(job, job_type), delay=delay_ms)
             return
         attributes = {
             "skillq.job_id": job.id,
@@ -321,7 +323,7 @@ class JobCoordinator:
         with tracing.span(
             "skillq.enqueue", join=job.trace_id, kind=SpanKind.PRODUCER, attributes=attributes
         ):
-            self.broker.enqueue(self._message(job, job_type))
+            self.broker.enqueue(self._message(job, job_type), delay=delay_ms)
 
     def _enqueue(self, job: Job, job_type: JobType) -> None:
         try:

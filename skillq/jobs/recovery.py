@@ -7,7 +7,9 @@ brokers cannot:
 
 - a running job whose worker stopped beating for `workers.dead_after_secs` goes back to
   `pending` (or `failed` with `WorkerLost` once its attempts are spent, or `cancelled` if a
-  client asked for that), so the store tells the truth while the broker redelivers;
+  client asked for that), so the store tells the truth while the broker redelivers; a remote
+  worker's job (its lease expired) is sent again at once, as its message was acknowledged
+  when the remote worker fetched it;
 - a pending job whose message was last sent `workers.requeue_pending_after_secs` ago is sent
   again: its message was lost (the API died between writing the job and enqueueing it, or a
   Redis server restarted without persistence). A duplicate this creates is harmless: the
@@ -28,7 +30,7 @@ import dramatiq
 
 from skillq.brokers.job_status import run_once
 from skillq.settings import Settings
-from skillq.storage import jobs
+from skillq.storage import jobs, worker_tokens
 from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
@@ -59,11 +61,14 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
                     error_type="WorkerLost",
                     error_message=f"the worker running attempt {job.attempts} stopped",
                 )
-            else:
-                released += jobs.release_stale(
-                    job,
-                    error_message=f"worker {job.worker_id} stopped during attempt {job.attempts}",
-                )
+            elif jobs.release_stale(
+                job, error_message=f"worker {job.worker_id} stopped during attempt {job.attempts}"
+            ):
+                released += 1
+                if worker_tokens.is_remote(job.worker_id):
+                    # A remote worker's message was acknowledged when it fetched the job:
+                    # nothing will redeliver it, so its lease expiring sends it again now.
+                    resent += _resend_released(settings, broker, job.id)
         lost = jobs.lost_pending(timedelta(seconds=workers.requeue_pending_after_secs))
         coordinator = JobCoordinator(broker, settings) if lost else None
         for job in lost:
@@ -82,3 +87,17 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
             *(released, failed, cancelled, resent),
         )
     return recovery
+
+
+def _resend_released(settings: Settings, broker: dramatiq.Broker, job_id: str) -> int:
+    from skillq.jobs.coordinator import JobCoordinator
+
+    job = jobs.get_job(job_id)
+    if job is None or not jobs.claim_resend(job):
+        return 0
+    try:
+        JobCoordinator(broker, settings).resend(job)
+    except Exception:
+        logger.warning("Could not re-send job %s; lost-job recovery retries.", job_id)
+        return 0
+    return 1

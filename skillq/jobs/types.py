@@ -15,8 +15,11 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from jsonschema import Draft202012Validator
 
-#: Actor options that make an actor a job type, read back by `job_types_of`.
-JOB_TYPE_OPTIONS = frozenset({"params_schema", "description", "params_check", "owner_param"})
+#: Actor options that make an actor a job type, read back by `job_types_of`; `requires`
+#: names the capabilities (`["gpu"]`) a remote worker must declare to be handed the job.
+JOB_TYPE_OPTIONS = frozenset(
+    {"params_schema", "description", "params_check", "owner_param", "requires"}
+)
 
 
 class JobTypeOptions(Middleware):

@@ -1,14 +1,16 @@
 """skillq alone, on the embedded default: latency with a full store, API RSS, and a wide fan-out.
 
-    .venv/bin/python bench/store_scale.py [--rows 1000000] [--sleepers 1000]
+    .venv/bin/python bench/store_scale.py [--rows 1000000] [--sleepers 1000] [--processes 1]
+    (--rows 0: the sleepers only)
 
 1. Submit (POST /api/v1/jobs) and status (GET /api/v1/jobs/{id}) p50/p99 over HTTP, one
    keep-alive client, no worker running, against an empty store; then `--rows` finished jobs
    are bulk-inserted (one executemany, timed) and the same is measured again. The API's RSS
    is read after each. Target: the full store within 20 % of the empty one.
 2. `--sleepers` jobs that each sleep 2 s, submitted over HTTP to `skillq worker --queue
-   default` (`--processes` x 256 threads): seconds from the first submit until the store
-   shows every one completed. Target: <= 10 s.
+   default` (`--processes`, default 1, x 256 threads): seconds from the first submit until
+   the store shows every one completed, and how long the submits took. Target: <= 10 s.
+   More processes boot while the submits run and slow them down on 2 cores.
 Prints only. `bench/side_by_side.py` runs it after its table.
 """
 
@@ -133,6 +135,7 @@ def sleepers(data_dir: Path, port: int, count: int) -> float:
             started = time.time()
             for _ in range(count):
                 client.post("/api/v1/jobs", json=body).raise_for_status()
+            print(f"{count} jobs submitted over HTTP in {time.time() - started:.1f} s")
         conn = sqlite3.connect(data_dir / "jobs.db")
         query = "SELECT COUNT(*), MAX(completed_at) FROM skillq_job WHERE state = 'completed'"
         while (row := conn.execute(query).fetchone())[0] < count:
@@ -147,14 +150,7 @@ def sleepers(data_dir: Path, port: int, count: int) -> float:
         server.wait(timeout=20)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--sleepers", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--submits", type=int, default=500)
-    parser.add_argument("--reads", type=int, default=1000)
-    args = parser.parse_args()
+def latency_run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="skillq-scale-") as tmp:
         data_dir, port = Path(tmp), free_port()
         os.environ["SKILLQ_SETTINGS"] = str(write_settings(data_dir, port, args.processes))
@@ -173,6 +169,18 @@ def main() -> None:
                   f" {f50 / e50:.2f} / {f99 / e99:.2f} |")  # fmt: skip
         print(f"| API RSS, MB | {empty['api_rss_mb']:.0f} | {full['api_rss_mb']:.0f} | |")
         print(f"\n{args.rows:,} rows bulk-inserted in {fill_secs:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--sleepers", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--submits", type=int, default=500)
+    parser.add_argument("--reads", type=int, default=1000)
+    args = parser.parse_args()
+    if args.rows:  # --rows 0: the sleepers only
+        latency_run(args)
     if args.sleepers:
         # A fresh store: the latency runs left their jobs queued.
         with tempfile.TemporaryDirectory(prefix="skillq-sleepers-") as tmp:

@@ -28,7 +28,7 @@ from dramatiq.middleware import (
 
 from skillq.brokers.running import RunningJobs, current_job
 from skillq.json_values import storable_problems
-from skillq.storage import Job, JobState, job_metrics, jobs
+from skillq.storage import Job, JobState, job_metrics, job_writes, jobs
 from skillq.storage.database import database_proxy
 from skillq.storage.models import stored_size, utcnow
 
@@ -181,6 +181,13 @@ class JobStatus(Middleware):
     def _start(self, broker: dramatiq.Broker, job_id: str, message: dramatiq.Message) -> bool:
         """Mark the job running for this message; False if another delivery got there first.
         Raises SkipMessage when this message must not run the job."""
+        # The usual case, a pending job with attempts left, in one statement.
+        started = job_writes.start_pending(job_id, worker_id=self.worker_id)
+        if started is not None:
+            if started.trace_id:
+                structlog.contextvars.bind_contextvars(trace_id=started.trace_id)
+            self._started(job_id, message, started.attempt, started.max_retries)
+            return True
         job = jobs.get_job(job_id)
         if job is None or job.job_state.is_terminal:
             state = job.state if job else "deleted"
@@ -221,11 +228,16 @@ class JobStatus(Middleware):
         )
         if not marked:
             return False
+        self._started(job_id, message, attempt, job.max_retries)
+        return True
+
+    def _started(
+        self, job_id: str, message: dramatiq.Message, attempt: int, max_retries: int
+    ) -> None:
         message.options[ATTEMPT_OPTION] = attempt
-        message.options[LAST_ATTEMPT_OPTION] = job.max_retries + 1
+        message.options[LAST_ATTEMPT_OPTION] = max_retries + 1
         started = self.running.start(job_id, message, attempt=attempt)
         started.log_fields = structlog.contextvars.get_contextvars()
-        return True
 
     def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
         """A delivery of a job whose worker died: run it again, unless its job type is

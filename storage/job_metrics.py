@@ -18,6 +18,7 @@ One row per (job type, metric, bucket):
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 import peewee
 
+from skillq.storage.database import database_proxy
 from skillq.storage.models import BaseModel
 
 COUNTERS = ("completed", "failed", "cancelled", "retried")
@@ -69,17 +71,27 @@ def record(
         rows.append(_row(job_type, name, _bucket_label(bound), seconds))
     if not rows:
         return
-    JobMetric.insert_many(rows).on_conflict(
-        conflict_target=[JobMetric.job_type, JobMetric.name, JobMetric.bucket],
-        update={
-            JobMetric.observations: JobMetric.observations + peewee.EXCLUDED.observations,
-            JobMetric.total: JobMetric.total + peewee.EXCLUDED.total,
-        },
-    ).execute()
+    values = [value for row in rows for value in row]
+    database_proxy.execute_sql(_upsert_sql(database_proxy.param, len(rows)), values)
 
 
-def _row(job_type: str, name: str, bucket: str, value: float) -> dict[str, object]:
-    return {"job_type": job_type, "name": name, "bucket": bucket, "observations": 1, "total": value}
+@functools.cache
+def _upsert_sql(p: str, count: int) -> str:
+    """The upsert as SQL built once per database and row count (SQLite and PostgreSQL share
+    the syntax): peewee building it cost more than running it, twice per job."""
+    table = f'"{JobMetric._meta.table_name}"'
+    row = f"({p}, {p}, {p}, {p}, {p})"
+    return (
+        f"INSERT INTO {table} (job_type, name, bucket, observations, total)"
+        f" VALUES {', '.join([row] * count)}"
+        " ON CONFLICT (job_type, name, bucket) DO UPDATE SET"
+        f" observations = {table}.observations + EXCLUDED.observations,"
+        f" total = {table}.total + EXCLUDED.total"
+    )
+
+
+def _row(job_type: str, name: str, bucket: str, value: float) -> tuple[str, str, str, int, float]:
+    return (job_type, name, bucket, 1, value)
 
 
 def count(job_type: str, name: str) -> None:

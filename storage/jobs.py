@@ -21,7 +21,7 @@ from typing import Any
 import peewee
 
 from skillq.json_values import storable_text
-from skillq.storage import job_logs, job_metrics
+from skillq.storage import job_logs, job_metrics, job_writes
 from skillq.storage.database import database_proxy
 from skillq.storage.models import Job, JobState, utcnow
 
@@ -331,11 +331,7 @@ def claim_resend(job: Job) -> bool:
 
 def _finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> bool:
     # The attempt guard keeps a slow, superseded attempt from overwriting a newer one.
-    # worker_id stays: which worker ran a finished job is worth keeping.
-    query = Job.update(completed_at=utcnow(), heartbeat_at=None, **changes).where(
-        (Job.id == job_id) & (Job.state == JobState.RUNNING) & (Job.attempts == attempt)
-    )
-    return _counted(query, changes["state"].value, _seconds("run_seconds", run_seconds))
+    return job_writes.finish(job_id, attempt, run_seconds, **changes)
 
 
 def mark_enqueue_failed(job_id: str, error_message: str) -> bool:

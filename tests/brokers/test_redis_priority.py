@@ -103,3 +103,32 @@ def test_a_dead_consumers_message_on_a_level_is_requeued(namespace: str) -> None
     redelivered = wait_for(lambda: next(again), timeout=15, what="the redelivery")
     assert redelivered.message_id == message.message_id
     again.ack(redelivered)
+
+
+def test_an_enqueue_wakes_an_idle_consumer_instead_of_waiting_out_its_poll(
+    namespace: str,
+) -> None:
+    """A consumer that found its queue empty waits on the queue's wake-up channel: a send
+    ends the wait at once, where dramatiq's consumer sleeps out its back-off (here up to
+    ten minutes, far past the test's timeout)."""
+    import threading
+
+    broker = make_broker(PriorityRedisBroker, namespace)
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name="noop")
+    def noop() -> None: ...
+
+    consumer = broker.consume("q", prefetch=1, timeout=600_000)
+    try:
+        consumer.misses = 30  # long idle: the next back-off is the full timeout
+        returned = threading.Event()
+        thread = threading.Thread(target=lambda: (next(consumer), returned.set()), daemon=True)
+        thread.start()
+        wait_for(lambda: consumer.misses > 30, timeout=30, what="the consumer to go idle")
+        noop.send()
+        wait_for(returned.is_set, timeout=30, what="the send to wake the consumer")
+        message = wait_for(lambda: next(consumer), timeout=30, what="the message")
+        assert message.actor_name == "noop"
+        consumer.ack(message)
+    finally:
+        consumer.close()

@@ -1,0 +1,67 @@
+"""The worker's one-statement writes (storage.job_writes) keep the guards of the general path."""
+
+from __future__ import annotations
+
+import threading
+
+from skillq.settings import StorageSettings
+from skillq.storage import job_metrics, job_writes, jobs
+from skillq.storage.database import connection
+from tests.test_store import new_job
+
+
+def test_a_pending_job_starts_once_of_eight_concurrent_deliveries(store: StorageSettings) -> None:
+    job = new_job()
+    won: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def deliver() -> None:
+        with connection():
+            barrier.wait()
+            started = job_writes.start_pending(job.id, worker_id="w:1")
+            if started is not None:
+                won.append(started.attempt)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert won == [1]
+    row = jobs.get_job(job.id)
+    assert (row.state, row.attempts, row.worker_id) == ("running", 1, "w:1")
+    assert row.started_at is not None and row.heartbeat_at is not None
+    assert job_writes.start_pending(job.id, worker_id="w:2") is None  # running: general path
+
+
+def test_a_retry_is_counted_and_a_job_without_attempts_left_is_not_started(
+    store: StorageSettings,
+) -> None:
+    job = new_job(max_retries=1)
+    assert job_writes.start_pending(job.id, worker_id="w:1").attempt == 1
+    assert jobs.mark_retrying(job.id, attempt=1, error_type="E", error_message="boom")
+    second = job_writes.start_pending(job.id, worker_id="w:1")
+    assert second is not None and second.attempt == 2 and second.max_retries == 1
+    assert jobs.get_job(job.id).error_type is None  # the last error clears when it runs
+    assert jobs.mark_retrying(job.id, attempt=2, error_type="E", error_message="boom")
+    assert job_writes.start_pending(job.id, worker_id="w:1") is None  # 3 > max_retries + 1
+    assert jobs.get_job(job.id).state == "pending"
+    assert job_metrics.counters()[("retried", "sleep")] == 1
+
+
+def test_finish_writes_only_the_attempt_it_names(store: StorageSettings) -> None:
+    job = new_job()
+    job_writes.start_pending(job.id, worker_id="w:1")
+    assert not jobs.mark_completed(job.id, attempt=2, result={"late": True})
+    assert jobs.mark_completed(job.id, attempt=1, result={"n": 1}, run_seconds=0.01)
+    assert not jobs.mark_completed(job.id, attempt=1, result={"n": 2})
+    row = jobs.get_job(job.id)
+    assert (row.state, row.result, row.progress, row.heartbeat_at) == (
+        "completed",
+        {"n": 1},
+        1.0,
+        None,
+    )
+    assert row.worker_id == "w:1" and row.completed_at is not None
+    assert job_metrics.counters()[("completed", "sleep")] == 1
+    assert job_metrics.histograms()[("run_seconds", "sleep")].count == 1

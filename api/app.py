@@ -23,6 +23,7 @@ from skillq.api import (
     stats,
     stream,
     workers,
+    workflows,
 )
 from skillq.api.auth import build_auth_backend, on_auth_error
 from skillq.api.auth import routes as auth_routes
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *openapi.routes,
         *auth_routes.routes,
         *jobs.routes,
+        *workflows.routes,
         *stream.routes,
         *logs.routes,
         *stats.routes,

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.openapi_schemas import SCHEMAS, STATES
+from skillq.api.openapi_workflows import WORKFLOW_STATE_SCHEMA, workflow_operations
 from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.search import MAX_K
@@ -163,7 +164,9 @@ def _cancel(auth: list[int], job: dict[str, Any], store: list[int]) -> dict[str,
     }
 
 
-def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict[str, Any]:
+def submission_schema(
+    job_types: dict[str, JobType], max_ttl_hours: int, max_dependencies: int = 100
+) -> dict[str, Any]:
     """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
     variants = []
     for job_type in job_types.values():
@@ -172,6 +175,7 @@ def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict
         variant["properties"]["type"] = {"const": job_type.name}
         variant["properties"]["params"] = job_type.params_schema
         variant["properties"]["ttl_hours"]["maximum"] = max_ttl_hours
+        variant["properties"]["depends_on"]["maxItems"] = max_dependencies
         if not job_type.validator.is_valid({}):  # an absent `params` is validated as {}
             variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
@@ -196,12 +200,16 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         "required": True,
         "content": {
             "application/json": {
-                "schema": submission_schema(job_types, settings.jobs.max_ttl_hours)
+                "schema": submission_schema(
+                    job_types, settings.jobs.max_ttl_hours, settings.jobs.max_workflow_jobs
+                )
             }
         },
     }
     open_ = {"security": []}
+    workflows = workflow_operations(job_types, settings.jobs, auth, _json, _error)
     return {
+        **workflows,
         ("/api/v1/jobs", "post"): {
             "summary": "Submit a job",
             "tags": ["jobs"],
@@ -582,7 +590,7 @@ def build_document(
             '`{"error": {"code", "message", "details"}}`.',
         },
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": {**SCHEMAS, "Workflow": WORKFLOW_STATE_SCHEMA}},
     }
     if settings.auth.mode != "none":
         document["components"]["securitySchemes"] = {

@@ -9,8 +9,12 @@ processes (a SIGKILLed worker mid-workflow, every broker) are in test_workflow_r
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -27,7 +31,7 @@ from skillq.settings import AuthSettings, JwtSettings, StorageSettings
 from skillq.storage import jobs
 from skillq.storage.database import connection
 from skillq.storage.models import Job, utcnow
-from tests.support import LOCAL_URL
+from tests.support import LOCAL_URL, child_env, write_settings
 
 SECRET = "workflow-test-secret-" + "w" * 32
 
@@ -288,3 +292,18 @@ def test_overall_state() -> None:
     assert overall_state({**counts, "completed": 2}) == "completed"
     assert overall_state({**counts, "completed": 1, "failed": 1, "cancelled": 1}) == "failed"
     assert overall_state({**counts, "completed": 1, "cancelled": 1}) == "cancelled"
+
+
+def test_the_cli_submits_with_depends_on(tmp_path: Path) -> None:
+    settings = write_settings(tmp_path, {"server": {"data_dir": str(tmp_path / "data")}})
+
+    def skillq(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "skillq", "jobs", "submit", "sleep", *args]
+        env = child_env(settings)
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    first = skillq().stdout.strip()
+    held = skillq("--depends-on", first, "--json")
+    assert held.returncode == 0, held.stderr
+    job = json.loads(held.stdout)
+    assert (job["state"], job["waiting_for"]) == ("pending", [first])

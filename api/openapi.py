@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.openapi_schemas import SCHEMAS, STATES
-from skillq.api.openapi_workflows import WORKFLOW_STATE_SCHEMA, workflow_operations
+from skillq.api.openapi_workflows import UUID_PATTERN, WORKFLOW_STATE_SCHEMA, workflow_operations
 from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.search import MAX_K
@@ -85,7 +85,9 @@ _JOB_ID = {
     "name": "job_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    # A pattern, so that fuzzers find wrong ids at once (a bare string has no wrong value
+    # to find, and looking for one took ~20 s per operation); any other id is a 404.
+    "schema": {"type": "string", "pattern": UUID_PATTERN},
     "description": "The job's id (a UUID).",
 }
 _LOCATION = {"Location": "The job's URL."}

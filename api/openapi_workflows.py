@@ -15,6 +15,9 @@ from skillq.jobs.types import JobType
 from skillq.jobs.workflows import WORKFLOW_SCHEMA
 from skillq.settings import JobsSettings
 
+#: A canonical (lower-case) UUID, as job and workflow ids are.
+UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
 WORKFLOW_STATE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A workflow's jobs and their overall state: `pending` until one starts, "
@@ -79,10 +82,7 @@ _WORKFLOW_ID = {
     "in": "path",
     "required": True,
     # A pattern, so that fuzzers find wrong ids at once (a bare string has no wrong value).
-    "schema": {
-        "type": "string",
-        "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-    },
+    "schema": {"type": "string", "pattern": UUID_PATTERN},
     "description": "The workflow's id (a UUID).",
 }
 

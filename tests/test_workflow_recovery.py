@@ -145,7 +145,9 @@ def service_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         require_service("postgres")
         schema = create_postgres_schema()
         extra["storage"] = {"backend": "postgres", "url": postgres_schema_url(schema)}
-    stack = Stack.create(broker, tmp_path, extra=extra)
+    # No recovery pass after boot within the test: the worker's middleware alone must
+    # release each dependant once its dependencies end.
+    stack = Stack.create(broker, tmp_path, extra=extra, dead_after_secs=300)
     try:
         stack.start_api()
         stack.start_worker(threads=2)

@@ -1,6 +1,6 @@
 """Workflows on real processes: a 3-level DAG of 20 jobs with a failing branch survives a
-worker SIGKILLed in the middle (SQLite), and a small DAG runs on Redis with PostgreSQL and
-on RabbitMQ, results passed along with `$result`.
+worker SIGKILLed in the middle (SQLite), and a small DAG runs on Redis with PostgreSQL,
+results passed along with `$result`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def test_a_dag_of_20_jobs_ends_as_documented_after_a_worker_is_killed_midway(
         assert job["waiting_for"] == [] and job["workflow_id"] == workflow["id"]
 
 
-@pytest.fixture(params=["redis-postgres", "rabbitmq-sqlite"])
+#: Releasing is the store's and the worker middleware's, the same code on every broker;
+#: "rabbitmq-sqlite" passes too but is left out to keep the suite short.
+@pytest.fixture(params=["redis-postgres"])
 def service_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     broker, store = request.param.split("-")
     schema = None

@@ -73,12 +73,10 @@ def _settle_one(job_id: str, coordinator: JobCoordinator) -> JobState | None:
         return _cancel(job_id, edge, labels.get(edge.dependency_id, edge.dependency_id))
     try:
         params = _resolved(job, coordinator)
-    except (SkillqError, LookupError) as error:
-        message = error.message if isinstance(error, SkillqError) else str(error)
-        details = getattr(error, "details", None) or []
-        where = "; ".join(f"{d['path']}: {d['message']}" for d in details if isinstance(d, dict))
-        text = f"{message} ({where})" if where else message
-        settled = edges.settle_unreleased(job_id, JobState.FAILED, "InvalidParams", text)
+    except Exception as error:
+        # Whatever keeps it from being released fails it, rather than leaving it waiting for
+        # recovery passes that would fail the same way forever.
+        settled = edges.settle_unreleased(job_id, JobState.FAILED, *_described(job_id, error))
         return JobState.FAILED if settled else None
     if not edges.claim_release(job_id, params):
         return None
@@ -89,6 +87,19 @@ def _settle_one(job_id: str, coordinator: JobCoordinator) -> JobState | None:
         except Exception:
             logger.warning("Could not send released job %s; recovery re-sends it.", job_id)
     return JobState.PENDING
+
+
+def _described(job_id: str, error: Exception) -> tuple[str, str]:
+    """The error type and message a job that could not be released fails with."""
+    if not isinstance(error, SkillqError | LookupError):
+        logger.exception("Could not release job %s.", job_id)
+        return type(error).__name__, str(error) or type(error).__name__
+    message = error.message if isinstance(error, SkillqError) else str(error)
+    details = getattr(error, "details", None) or []
+    where = "; ".join(
+        f"{d['path']}: {d.get('message')}" for d in details if isinstance(d, dict) and "path" in d
+    )
+    return "InvalidParams", f"{message} ({where})" if where else message
 
 
 def _cancel(job_id: str, edge: edges.Edge, label: str) -> JobState | None:

@@ -17,7 +17,7 @@ from periodiq import cron
 from skillq.actors import broker, settings
 from skillq.brokers.sqlite import SQLiteBroker
 from skillq.jobs import recovery
-from skillq.storage import jobs, schedules, workers
+from skillq.storage import jobs, schedules, workers, workflows
 from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def purge_expired_jobs() -> int:
     """Delete finished jobs whose TTL (`ttl_hours`) has run out; pending or running ones stay."""
     with connection():
         purged = jobs.purge_expired()
+        workflows.purge_expired()
     if purged:
         logger.info("Purged %d expired jobs.", purged)
     return purged

@@ -14,7 +14,9 @@ import dramatiq
 import peewee
 
 from skillq.brokers.factory import build_broker
+from skillq.brokers.job_status import JobStatus
 from skillq.jobs.recovery import recover_stale_jobs
+from skillq.jobs.release import DependencyRelease
 from skillq.jobs.types import JobTypeOptions
 from skillq.log_output import configure_logging
 from skillq.settings import SettingsError, load_settings, settings_error_exit
@@ -38,6 +40,9 @@ except TelemetryUnavailable as error:
 
 broker = build_broker(settings, recover=functools.partial(recover_stale_jobs, settings))
 broker.add_middleware(JobTypeOptions())
+# Before JobStatus, so it settles a job's dependants after their dependency's outcome is
+# recorded (`after_*` hooks run in reverse order).
+broker.add_middleware(DependencyRelease(settings), before=JobStatus)
 dramatiq.set_broker(broker)
 bind_database(open_database(settings.storage.backend, **settings.storage.database_args()))
 try:

@@ -24,6 +24,7 @@ from skillq.api import (
     stats,
     stream,
     workers,
+    workflows,
 )
 from skillq.api.auth import build_auth_backend, on_auth_error
 from skillq.api.auth import routes as auth_routes
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *auth_routes.routes,
         *resource.routes(),
         *jobs.routes,
+        *workflows.routes,
         *stream.routes,
         *logs.routes,
         *stats.routes,

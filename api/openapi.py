@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from skillq.api import remote_workers_openapi
 from skillq.api.openapi_schemas import SCHEMAS, STATES
+from skillq.api.openapi_workflows import UUID_PATTERN, WORKFLOW_STATE_SCHEMA, workflow_operations
 from skillq.api.stats import MAX_HISTORY_MINUTES
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
 from skillq.engine.collection_model import MAX_K
@@ -87,7 +88,9 @@ _JOB_ID = {
     "name": "job_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    # A pattern, so that fuzzers find wrong ids at once (a bare string has no wrong value
+    # to find, and looking for one took ~20 s per operation); any other id is a 404.
+    "schema": {"type": "string", "pattern": UUID_PATTERN},
     "description": "The job's id (a UUID).",
 }
 _LOCATION = {"Location": "The job's URL."}
@@ -166,7 +169,9 @@ def _cancel(auth: list[int], job: dict[str, Any], store: list[int]) -> dict[str,
     }
 
 
-def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict[str, Any]:
+def submission_schema(
+    job_types: dict[str, JobType], max_ttl_hours: int, max_dependencies: int = 100
+) -> dict[str, Any]:
     """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
     variants = []
     for job_type in job_types.values():
@@ -175,6 +180,7 @@ def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict
         variant["properties"]["type"] = {"const": job_type.name}
         variant["properties"]["params"] = job_type.params_schema
         variant["properties"]["ttl_hours"]["maximum"] = max_ttl_hours
+        variant["properties"]["depends_on"]["maxItems"] = max_dependencies
         if not job_type.validator.is_valid({}):  # an absent `params` is validated as {}
             variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
@@ -199,12 +205,16 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         "required": True,
         "content": {
             "application/json": {
-                "schema": submission_schema(job_types, settings.jobs.max_ttl_hours)
+                "schema": submission_schema(
+                    job_types, settings.jobs.max_ttl_hours, settings.jobs.max_workflow_jobs
+                )
             }
         },
     }
     open_ = {"security": []}
+    workflows = workflow_operations(job_types, settings.jobs, auth, _json, _error)
     return {
+        **workflows,
         ("/api/v1/jobs", "post"): {
             "summary": "Submit a job",
             "tags": ["jobs"],
@@ -608,7 +618,11 @@ def build_document(
         },
         "paths": paths,
         "components": {
-            "schemas": {**SCHEMAS, **remote_workers_openapi.SCHEMAS},
+            "schemas": {
+                **SCHEMAS,
+                **remote_workers_openapi.SCHEMAS,
+                "Workflow": WORKFLOW_STATE_SCHEMA,
+            },
             "securitySchemes": dict(remote_workers_openapi.SECURITY_SCHEME),
         },
     }

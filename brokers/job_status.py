@@ -193,6 +193,10 @@ class JobStatus(Middleware):
             state = job.state if job else "deleted"
             logger.info("Skipping message %s: job %s is %s.", message.message_id, job_id, state)
             raise SkipMessage()
+        if job.waiting:
+            # Held for its dependencies: its own message is sent when it is released.
+            logger.info("Skipping message %s: job %s waits.", message.message_id, job_id)
+            raise SkipMessage()
         if job.job_state is JobState.RUNNING:
             # dramatiq's retry of an attempt that just failed can arrive before that attempt's
             # outcome is recorded; it follows on from it rather than duplicating it.

@@ -194,6 +194,8 @@ class JobsSettings:
     max_result_bytes: Annotated[int, _R(lo=1024)] = 1_048_576
     #: The deepest `offset` a job listing may ask for (400 past it): deep pages cost a scan.
     max_list_offset: Annotated[int, _R(lo=0)] = 10_000
+    #: The jobs of one workflow, and the dependencies of one job, at most this many (422).
+    max_workflow_jobs: Annotated[int, _R(lo=1, hi=10_000)] = 100
 
 
 def _shipped_skills() -> tuple[Path, ...]:

@@ -123,7 +123,7 @@ def position_in_queue(job: Job) -> int:
     p = _placeholder()
     sql = (
         f'SELECT COUNT(*) FROM "{Job._meta.table_name}" WHERE state = {p} AND queue = {p}'
-        f" AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
+        f" AND NOT waiting AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
     )
     created_at = Job.created_at.db_value(job.created_at)
     params = [JobState.PENDING.value, job.queue, job.priority, job.priority, created_at]
@@ -314,7 +314,10 @@ def lost_pending(
     probably lost (the API died between insert and enqueue, a broker lost its data)."""
     cutoff = (now or utcnow()) - requeue_after
     sent = peewee.fn.COALESCE(Job.enqueued_at, Job.created_at)
-    query = Job.select().where((Job.state == JobState.PENDING) & (sent < cutoff))
+    # A job waiting for its dependencies has no message yet (`storage.dependencies`).
+    query = Job.select().where(
+        (Job.state == JobState.PENDING) & (Job.waiting == False) & (sent < cutoff)  # noqa: E712
+    )
     return list(query.order_by(Job.created_at).limit(limit))
 
 
@@ -356,7 +359,7 @@ def set_progress(job_id: str, progress: float | None, message: str | None) -> bo
 
 
 def cancel_pending(job_id: str) -> bool:
-    query = Job.update(state=JobState.CANCELLED, completed_at=utcnow()).where(
+    query = Job.update(state=JobState.CANCELLED, completed_at=utcnow(), waiting=False).where(
         (Job.id == job_id) & (Job.state == JobState.PENDING)
     )
     return _counted(query, "cancelled")

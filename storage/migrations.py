@@ -18,6 +18,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from skillq.storage import search_collections, worker_token_migration
 from skillq.storage.database import database_proxy
+from skillq.storage.dependency_migration import add_dependencies_v11, drop_dependencies_v11
 from skillq.storage.models import JSONField, utcnow
 
 
@@ -328,6 +329,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        11,
+        "job dependencies and workflows",
+        upgrade=add_dependencies_v11,
+        downgrade=drop_dependencies_v11,
     ),
     Migration(
         14,

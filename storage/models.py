@@ -81,6 +81,13 @@ class Job(BaseModel):
     #: When the job's message was last handed to the broker; stale-job recovery re-sends a
     #: job pending far longer than that, as its message was lost (v3).
     enqueued_at = peewee.DateTimeField(null=True)
+    #: Pending and held back until its dependencies end: not on the broker yet (v11).
+    waiting = peewee.BooleanField(default=False)
+    #: Its dependencies as submitted, `[{"job", "on_failure", "name"}]`, or null (v11); the
+    #: edges themselves, for finding a job's dependants, are `storage.dependencies`'.
+    depends_on = JSONField(null=True)
+    #: The workflow that created it, if any (v11).
+    workflow_id = peewee.CharField(max_length=36, null=True, index=True)
 
     class Meta:
         table_name = "skillq_job"

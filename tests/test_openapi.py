@@ -25,6 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.config import SchemathesisConfig
 from schemathesis.core.warnings import SchemathesisWarning
 from schemathesis.generation import GenerationMode
 from starlette.testclient import TestClient
@@ -46,6 +47,8 @@ from tests.support import (
 )
 
 SECRET = "openapi-test-secret-" + "q" * 32
+#: Per-operation check settings (why: in the file), for the in-process runs and the command.
+CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = int(os.environ.get("SKILLQ_FUZZ_EXAMPLES", "25"))
 #: An event stream of a pending job never ends, so it is tested in test_stream.py.
 STREAM = r"/stream$"
@@ -131,10 +134,11 @@ def every_check() -> list:
 
 
 def operations(target) -> list:
+    config = SchemathesisConfig.from_path(CONFIG_FILE)
     if isinstance(target, str):
-        schema = schemathesis.openapi.from_url(f"{target}/openapi.json")
+        schema = schemathesis.openapi.from_url(f"{target}/openapi.json", config=config)
     else:
-        schema = schemathesis.openapi.from_asgi("/openapi.json", target)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", target, config=config)
     schema = schema.exclude(path_regex=STREAM)
     return [result.ok() for result in schema.get_all_operations()]
 
@@ -213,6 +217,8 @@ def schemathesis_run(url: str, workdir: Path, *options: str) -> subprocess.Compl
     return subprocess.run(
         [
             str(command),
+            "--config-file",
+            str(CONFIG_FILE),
             "run",
             f"{url}/openapi.json",
             "--checks",

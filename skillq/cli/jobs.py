@@ -187,6 +187,10 @@ def jobs_submit(
         str | None, typer.Option(help="A repeat with this key returns the first job.")
     ] = None,
     trace_id: Annotated[str | None, typer.Option(help="Your id to correlate the job.")] = None,
+    depends_on: Annotated[
+        list[str] | None,
+        typer.Option(help="A job id this one waits for (repeat); it is cancelled if that fails."),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
     url: UrlOption = None,
@@ -204,6 +208,8 @@ def jobs_submit(
     ):
         if value is not None:
             request[name] = value
+    if depends_on:
+        request["depends_on"] = depends_on
     jobs = jobs_of(url, api_key, token)
     job = jobs.submit(request)
     if wait:

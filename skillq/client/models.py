@@ -47,6 +47,9 @@ class Job:
     worker_id: str | None
     heartbeat_at: datetime | None
     cancel_requested_at: datetime | None
+    depends_on: list[dict[str, Any]] | None = None
+    waiting_for: list[str] = field(default_factory=list)
+    workflow_id: str | None = None
     #: The JSON as the server sent it (fields a newer server adds are kept here).
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

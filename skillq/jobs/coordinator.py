@@ -30,13 +30,15 @@ from skillq.errors import (
     ServiceUnavailable,
     UnknownJobType,
 )
+from skillq.jobs import dependencies, release, result_refs
 from skillq.jobs.schema_messages import schema_errors
 from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
 from skillq.json_values import shown, storable_problems
 from skillq.settings import Settings
 from skillq.storage import Job, JobState, job_logs, jobs
-from skillq.storage.database import in_connection
+from skillq.storage import dependencies as edges
+from skillq.storage.database import database_proxy, in_connection
 from skillq.storage.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
             "pattern": "^[^\\x00]*$",
         },
         "trace_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*$"},
+        "depends_on": dependencies.DEPENDS_ON_SCHEMA,
     },
     "required": ["type"],
     "additionalProperties": False,
@@ -117,41 +120,68 @@ class JobCoordinator:
             span.set_attribute("skillq.created", submission.created)
             return submission
 
-    def _submit(self, request: Any, owner: str, any_owner: bool) -> Submission:
+    def check_submission(
+        self, request: Any, *, owner: str, any_owner: bool
+    ) -> tuple[JobType, dict[str, Any]]:
+        """A submission checked as `submit_job` checks it, nothing written (workflows check
+        each of their jobs so before writing any)."""
         job_type, fields = self._validate_submission(request)
         if not any_owner:
             _check_acts_for_itself(job_type, fields["params"], owner)
+        return job_type, fields
+
+    def _submit(self, request: Any, owner: str, any_owner: bool) -> Submission:
+        job_type, fields = self.check_submission(request, owner=owner, any_owner=any_owner)
         key = fields.get("idempotency_key")
         if key is not None:
             existing = jobs.find_by_idempotency_key(owner, key)
             if existing is not None:
                 return Submission(same_request(existing, job_type, fields), created=False)
-        max_retries = (
-            job_type.max_retries
-            if job_type.max_retries is not None
-            else self.settings.workers.max_retries
+        wanted = dependencies.requested(
+            fields.get("depends_on"), "body.depends_on", self.settings.jobs.max_workflow_jobs
         )
+        dependencies.check_existing(wanted, owner)
+        dependencies.check_references(fields["refs"], {edge.ref for edge in wanted})
         try:
-            job = jobs.insert_job(
-                id=str(uuid.uuid4()),
-                type=job_type.name,
-                queue=job_type.queue,
-                params=fields["params"],
-                priority=fields["priority"],
-                max_retries=max_retries,
-                expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
-                owner=owner,
-                trace_id=_trace_id_of(fields.get("trace_id")),
-                idempotency_key=key,
-            )
+            with database_proxy.atomic():
+                job = jobs.insert_job(
+                    **self.job_fields(job_type, fields, owner),
+                    idempotency_key=key,
+                    waiting=bool(wanted),
+                    depends_on=dependencies.stored([(e.ref, e.on_failure, None) for e in wanted]),
+                )
+                edges.add_edges(job.id, [(edge.ref, edge.on_failure) for edge in wanted])
         except peewee.IntegrityError:
             # Another request with the same key won the race: answer with its job.
             existing = jobs.find_by_idempotency_key(owner, key) if key else None
             if existing is None:
                 raise
             return Submission(same_request(existing, job_type, fields), created=False)
+        if wanted:
+            # Its dependencies may all have ended already (or just now, racing this insert).
+            release.settle([job.id], self)
+            return Submission(self.get_job(job.id), created=True)
         self._enqueue(job, job_type)
         return Submission(job, created=True)
+
+    def job_fields(self, job_type: JobType, fields: dict[str, Any], owner: str) -> dict[str, Any]:
+        """The columns of a new job of a checked submission (`_validate_submission`)."""
+        max_retries = (
+            job_type.max_retries
+            if job_type.max_retries is not None
+            else self.settings.workers.max_retries
+        )
+        return {
+            "id": str(uuid.uuid4()),
+            "type": job_type.name,
+            "queue": job_type.queue,
+            "params": fields["params"],
+            "priority": fields["priority"],
+            "max_retries": max_retries,
+            "expires_at": utcnow() + timedelta(hours=fields["ttl_hours"]),
+            "owner": owner,
+            "trace_id": _trace_id_of(fields.get("trace_id")),
+        }
 
     @in_connection
     def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -160,6 +190,8 @@ class JobCoordinator:
         job = jobs.get_job(job_id) if _JOB_ID.fullmatch(job_id) else None
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job with id {shown(job_id)}")
+        if job.waiting:
+            job.waiting_for = edges.waiting_for([job.id])[job.id]
         return job
 
     @in_connection
@@ -202,9 +234,13 @@ class JobCoordinator:
             details.append({"path": "offset", "message": f"must be 0-{max_offset}"})
         if details:
             raise InvalidParams("invalid list filters", details)
-        return jobs.list_jobs(
+        page = jobs.list_jobs(
             states=states or (), types=types or (), owner=owner, limit=limit, offset=offset
         )
+        waiting = edges.waiting_for(job.id for job in page.jobs if job.waiting)
+        for job in page.jobs:
+            job.waiting_for = waiting.get(job.id, [])
+        return page
 
     @in_connection
     def get_progress(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -219,7 +255,9 @@ class JobCoordinator:
         """A pending job is cancelled at once; a running one is marked cancel-requested and
         the worker side ends it. Either way the returned job says which happened."""
         job = self.get_job(job_id, owner=owner)
-        if not jobs.cancel_pending(job.id) and not jobs.request_cancel(job.id):
+        if jobs.cancel_pending(job.id):
+            release.release_dependants(job.id, self)
+        elif not jobs.request_cancel(job.id):
             # Neither pending nor running: it ended (or ended just now, racing us).
             job = self.get_job(job_id)
             raise Conflict(
@@ -234,15 +272,23 @@ class JobCoordinator:
         if job_type is None:
             raise Conflict(f"job type {shown(job.type)} no longer exists")
         ttl = job.expires_at - job.created_at
-        if not jobs.reset_for_retry(job.id, expires_at=utcnow() + ttl):
-            raise Conflict(f"job {job_id} is {job.state}; only failed or cancelled jobs retry")
+        with database_proxy.atomic():
+            if not jobs.reset_for_retry(job.id, expires_at=utcnow() + ttl):
+                raise Conflict(f"job {job_id} is {job.state}; only failed or cancelled jobs retry")
+            # A dependant waits for its dependencies again (and runs if they completed).
+            held = edges.hold_again(job.id)
+        if held:
+            release.settle([job.id], self)
+            return self.get_job(job_id)
         job = self.get_job(job_id)
         self._enqueue(job, job_type)
         return job
 
     @in_connection
     def position_in_queue(self, job: Job) -> int | None:
-        return jobs.position_in_queue(job) if job.state == JobState.PENDING else None
+        if job.state != JobState.PENDING or job.waiting:
+            return None
+        return jobs.position_in_queue(job)
 
     def _validate_submission(self, request: Any) -> tuple[JobType, dict[str, Any]]:
         # First, before any schema: nothing is written that cannot be read back.
@@ -260,12 +306,15 @@ class JobCoordinator:
                 [{"path": "body.type", "message": f"known job types: {known}"}],
             )
         params = request.get("params", {})
+        # `$result` values are not known yet: checked when the job is released.
+        refs = result_refs.references(params)
         details = schema_errors(job_type.validator, params, "params")
+        details = result_refs.outside_references(details, refs)
         if details:
             message = f"params do not match the schema of {shown(job_type.name)}"
             raise InvalidParams(message, details)
         check_params_size(params, self.settings.jobs.max_params_bytes)
-        if job_type.params_check is not None:
+        if job_type.params_check is not None and not refs:
             job_type.params_check(params)
         ttl_hours = request.get("ttl_hours", self.settings.jobs.default_ttl_hours)
         if ttl_hours > self.settings.jobs.max_ttl_hours:
@@ -280,7 +329,7 @@ class JobCoordinator:
             )
         priority = request.get("priority", DEFAULT_PRIORITY)
         priority = PRIORITY_NAMES.get(priority, priority)
-        fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours)
+        fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours, refs=refs)
         return job_type, fields
 
     def resend(self, job: Job, *, delay_ms: int | None = None) -> None:

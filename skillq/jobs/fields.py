@@ -40,6 +40,17 @@ def _error(job: Job) -> dict[str, Any] | None:
     return {"type": job.error_type, "message": job.error_message}
 
 
+def _waiting_for(job: Job) -> list[str]:
+    """The coordinator attaches what is still awaited to the jobs it reads; a job read
+    otherwise shows all its dependencies while it waits."""
+    if not job.waiting:
+        return []
+    known = getattr(job, "waiting_for", None)
+    if known is not None:
+        return known
+    return [item["job"] for item in job.depends_on or []]
+
+
 @dataclass(frozen=True, slots=True)
 class JobField:
     name: str
@@ -99,6 +110,35 @@ JOB_FIELDS: tuple[JobField, ...] = (
     _column("worker_id", {"type": ["string", "null"]}),
     _time("heartbeat_at"),
     _time("cancel_requested_at"),
+    _column(
+        "depends_on",
+        {
+            "type": ["array", "null"],
+            "description": "The jobs it waits for, as submitted; `name` is the workflow "
+            "node's name.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "job": {"type": "string", "format": "uuid"},
+                    "on_failure": {"type": "string", "enum": ["cancel", "run"]},
+                    "name": {"type": ["string", "null"]},
+                },
+                "required": ["job", "on_failure"],
+            },
+        },
+    ),
+    JobField(
+        "waiting_for",
+        {
+            "type": "array",
+            "items": {"type": "string", "format": "uuid"},
+            "description": "While pending and held: the dependencies that have not "
+            "completed yet (it is not queued before they end).",
+        },
+        _waiting_for,
+        required=True,
+    ),
+    _column("workflow_id", {"type": ["string", "null"]}),
 )
 
 #: The OpenAPI component schema of a job, derived from the same table.

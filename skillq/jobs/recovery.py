@@ -29,8 +29,9 @@ from datetime import timedelta
 import dramatiq
 
 from skillq.brokers.job_status import run_once
+from skillq.jobs import release
 from skillq.settings import Settings
-from skillq.storage import jobs, worker_tokens
+from skillq.storage import dependencies, jobs, worker_tokens
 from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class Recovery:
     failed: int = 0
     cancelled: int = 0
     resent: int = 0
+    #: Jobs waiting for dependencies that had all ended, settled here (released, cancelled
+    #: or failed): their last dependency's worker died before it could settle them.
+    settled: int = 0
 
 
 def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None) -> Recovery:
@@ -49,7 +53,7 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
 
     broker = broker or dramatiq.get_broker()
     workers = settings.workers
-    released = failed = cancelled = resent = 0
+    released = failed = cancelled = resent = settled = 0
     with connection():
         for job in jobs.stale_running(timedelta(seconds=workers.dead_after_secs)):
             if job.cancel_requested_at is not None:
@@ -80,11 +84,15 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
                 logger.warning("Could not re-send job %s; the next pass retries.", job.id)
                 break
             resent += 1
-    recovery = Recovery(released, failed, cancelled, resent)
+        ready = dependencies.ready_waiting()
+        if ready:
+            settled = release.settle(ready, coordinator or JobCoordinator(broker, settings))
+    recovery = Recovery(released, failed, cancelled, resent, settled)
     if recovery != Recovery():
         logger.info(
-            "Recovered stale jobs: %d back to pending, %d failed, %d cancelled, %d re-sent.",
-            *(released, failed, cancelled, resent),
+            "Recovered stale jobs: %d back to pending, %d failed, %d cancelled, %d re-sent,"
+            " %d waiting jobs settled.",
+            *(released, failed, cancelled, resent, settled),
         )
     return recovery
 

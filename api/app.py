@@ -22,6 +22,7 @@ from skillq.api import (
     probes,
     stats,
     stream,
+    webhooks,
     workers,
 )
 from skillq.api.auth import build_auth_backend, on_auth_error
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *jobs.routes,
         *stream.routes,
         *logs.routes,
+        *webhooks.routes,
         *stats.routes,
         *workers.routes,
         *job_types.routes,

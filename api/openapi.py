@@ -346,6 +346,19 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 **{str(s): _error(s) for s in [*auth, 404, 422, *store]},
             },
         },
+        ("/api/v1/jobs/{job_id}/deliveries", "get"): {
+            "summary": "A job's webhook deliveries",
+            "description": "Each event sent for the job (to its `callback_url`, and for an "
+            "admin to the settings' subscriptions too), its state (`pending` while retried, "
+            "`delivered`, `failed` once given up) and every attempt with the receiver's "
+            "status code or the error. Another owner's job is a 404.",
+            "tags": ["jobs"],
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json("The deliveries, oldest first.", _ref("WebhookDeliveries")),
+                **{str(s): _error(s) for s in [*auth, 404, *store]},
+            },
+        },
         ("/api/v1/jobs/{job_id}/logs/stream", "get"): {
             "summary": "Follow a job's log as Server-Sent Events",
             "description": "`line` events carry one `LogLine`, with its `seq` as the event "

@@ -19,6 +19,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from skillq.storage import search_collections
 from skillq.storage.database import database_proxy
 from skillq.storage.models import JSONField, utcnow
+from skillq.storage.webhook_tables import create_webhook_tables, drop_webhook_tables
 
 
 class SchemaVersion(peewee.Model):
@@ -328,6 +329,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        10,
+        "create the webhook event, delivery and attempt tables",
+        upgrade=create_webhook_tables,
+        downgrade=drop_webhook_tables,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -349,6 +349,7 @@ def test_each_queue_has_its_own_setting_and_others_take_default_workers() -> Non
         "skill": 7,
         "default": 11,
         "maintenance": 13,
+        "webhooks": 0,  # no [webhooks] secret nor subscriptions: nothing to deliver
         "plugin-queue": 11,
     }
     assert served_queues(["skill", "zeta", "alpha"]) == [*QUEUES, "alpha", "zeta"]

@@ -187,6 +187,9 @@ def jobs_submit(
         str | None, typer.Option(help="A repeat with this key returns the first job.")
     ] = None,
     trace_id: Annotated[str | None, typer.Option(help="Your id to correlate the job.")] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="POST the job's outcome here (a signed webhook).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
     url: UrlOption = None,
@@ -201,6 +204,7 @@ def jobs_submit(
         ("ttl_hours", ttl_hours),
         ("idempotency_key", idempotency_key),
         ("trace_id", trace_id),
+        ("callback_url", callback_url),
     ):
         if value is not None:
             request[name] = value

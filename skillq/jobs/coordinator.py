@@ -36,8 +36,9 @@ from skillq.jobs.types import JobType, job_types_of
 from skillq.json_values import shown, storable_problems
 from skillq.settings import Settings
 from skillq.storage import Job, JobState, job_logs, jobs
-from skillq.storage.database import in_connection
+from skillq.storage.database import database_proxy, in_connection
 from skillq.storage.models import utcnow
+from skillq.webhooks import events as webhook_events
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
             "pattern": "^[^\\x00]*$",
         },
         "trace_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*$"},
+        # Checked further by the SSRF guard (skillq.webhooks.addresses).
+        "callback_url": {"type": "string", "minLength": 1, "maxLength": 2000},
     },
     "required": ["type"],
     "additionalProperties": False,
@@ -132,18 +135,22 @@ class JobCoordinator:
             else self.settings.workers.max_retries
         )
         try:
-            job = jobs.insert_job(
-                id=str(uuid.uuid4()),
-                type=job_type.name,
-                queue=job_type.queue,
-                params=fields["params"],
-                priority=fields["priority"],
-                max_retries=max_retries,
-                expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
-                owner=owner,
-                trace_id=_trace_id_of(fields.get("trace_id")),
-                idempotency_key=key,
-            )
+            # The job and its webhook watch in one transaction: neither is half-written.
+            with database_proxy.atomic():
+                job = jobs.insert_job(
+                    id=str(uuid.uuid4()),
+                    type=job_type.name,
+                    queue=job_type.queue,
+                    params=fields["params"],
+                    priority=fields["priority"],
+                    max_retries=max_retries,
+                    expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
+                    owner=owner,
+                    trace_id=_trace_id_of(fields.get("trace_id")),
+                    idempotency_key=key,
+                )
+                callback_url = fields.get("callback_url")
+                webhook_events.watch_submission(self.settings.webhooks, job.id, callback_url)
         except peewee.IntegrityError:
             # Another request with the same key won the race: answer with its job.
             existing = jobs.find_by_idempotency_key(owner, key) if key else None
@@ -219,13 +226,26 @@ class JobCoordinator:
         """A pending job is cancelled at once; a running one is marked cancel-requested and
         the worker side ends it. Either way the returned job says which happened."""
         job = self.get_job(job_id, owner=owner)
-        if not jobs.cancel_pending(job.id) and not jobs.request_cancel(job.id):
+        cancelled = jobs.cancel_pending(job.id)
+        if cancelled:
+            self._notify(job.id)
+        if not cancelled and not jobs.request_cancel(job.id):
             # Neither pending nor running: it ended (or ended just now, racing us).
             job = self.get_job(job_id)
             raise Conflict(
                 f"job {job_id} is {job.state}; only a pending or running job can be cancelled"
             )
         return self.get_job(job_id)
+
+    def _notify(self, job_id: str) -> None:
+        """The webhook events of an outcome reached here (a pending job cancelled); never
+        fails the request: the webhook sweep records what this could not."""
+        if not webhook_events.configured(self.settings.webhooks):
+            return
+        try:
+            webhook_events.notify_outcome(self.broker, self.settings, job_id)
+        except Exception:
+            logger.exception("Recording the webhook events of job %s failed.", job_id)
 
     @in_connection
     def retry_job(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -278,6 +298,8 @@ class JobCoordinator:
                     }
                 ],
             )
+        if "callback_url" in request:
+            webhook_events.check_callback_url(self.settings.webhooks, request["callback_url"])
         priority = request.get("priority", DEFAULT_PRIORITY)
         priority = PRIORITY_NAMES.get(priority, priority)
         fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours)

@@ -163,11 +163,34 @@ def _cancel(auth: list[int], job: dict[str, Any], store: list[int]) -> dict[str,
     }
 
 
-def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict[str, Any]:
+_CALLBACK_URL = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https?://",
+    "maxLength": 2000,
+    "description": "POST the job's outcome here as a signed Standard Webhook. Only http(s) "
+    "to hosts resolving to public addresses, unless the server allows private ones "
+    "(`[webhooks] allow_private`); a refused URL is 422.",
+}
+
+
+def _submission(callbacks: bool) -> dict[str, Any]:
+    """SUBMISSION_SCHEMA; `callback_url` only where the server can sign callbacks."""
+    schema = copy.deepcopy(SUBMISSION_SCHEMA)
+    if callbacks:
+        schema["properties"]["callback_url"] = dict(_CALLBACK_URL)
+    else:
+        del schema["properties"]["callback_url"]
+    return schema
+
+
+def submission_schema(
+    job_types: dict[str, JobType], max_ttl_hours: int, *, callbacks: bool = False
+) -> dict[str, Any]:
     """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
     variants = []
     for job_type in job_types.values():
-        variant = copy.deepcopy(SUBMISSION_SCHEMA)
+        variant = _submission(callbacks)
         variant["title"] = job_type.name
         variant["properties"]["type"] = {"const": job_type.name}
         variant["properties"]["params"] = job_type.params_schema
@@ -175,7 +198,7 @@ def submission_schema(job_types: dict[str, JobType], max_ttl_hours: int) -> dict
         if not job_type.validator.is_valid({}):  # an absent `params` is validated as {}
             variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
-    return {"oneOf": variants} if variants else copy.deepcopy(SUBMISSION_SCHEMA)
+    return {"oneOf": variants} if variants else _submission(callbacks)
 
 
 def pool_scale_schema(job_types: dict[str, JobType]) -> dict[str, Any]:
@@ -196,7 +219,11 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         "required": True,
         "content": {
             "application/json": {
-                "schema": submission_schema(job_types, settings.jobs.max_ttl_hours)
+                "schema": submission_schema(
+                    job_types,
+                    settings.jobs.max_ttl_hours,
+                    callbacks=settings.webhooks.secret is not None,
+                )
             }
         },
     }

@@ -4,8 +4,10 @@ worker, retries while a receiver is down, the SSRF guard, and owner rules on del
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import threading
 import time
 import uuid
@@ -21,9 +23,11 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
 from skillq import actors
 from skillq.api.app import create_app
+from skillq.cli.main import app as cli_app
 from skillq.errors import SettingsError
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import WebhookSettings, load_settings
@@ -33,12 +37,18 @@ from skillq.storage.database import connection
 from skillq.webhooks import delivery, events
 from tests.support import (
     LOCAL_URL,
+    REDIS_URL,
+    create_postgres_schema,
+    drop_postgres_schema,
     free_port,
+    postgres_schema_url,
+    require_service,
     start_api,
     start_worker,
     toml_value,
     wait_for,
 )
+from tests.test_hostile_values import mcp_call
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="
 SUB_SECRET = "whsec_" + "c3Vic2NyaXB0aW9uLXNlY3JldC1mb3ItdGVzdHMhIQ=="
@@ -100,14 +110,16 @@ def receiver() -> Iterator[Receiver]:
     receiver.close()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[str]:
-    """One API and one worker (every queue, the `webhooks` one included) on SQLite."""
-    directory = tmp_path_factory.mktemp("webhooks")
+@contextlib.contextmanager
+def live_system(
+    directory: Path, receiver: Receiver, stores: dict[str, dict[str, Any]]
+) -> Iterator[str]:
+    """A real API and one worker (every queue, the `webhooks` one included)."""
     sections = {
         "server": {"data_dir": str(directory / "data")},
         "broker": {"path": str(directory / "broker.db")},
         "storage": {"path": str(directory / "jobs.db")},
+        **stores,
         "auth": {"mode": "jwt"},
         "auth.jwt": {"secret": JWT_SECRET},
         "workers": {"max_retries": 0, "job_timeout_secs": 20},
@@ -134,12 +146,21 @@ def live(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
     settings_path = directory / "settings.toml"
     settings_path.write_text(text)
     api, base_url = start_api(settings_path, directory)
-    worker = start_worker(settings_path, directory)
     try:
-        yield base_url
+        worker = start_worker(settings_path, directory)
+        try:
+            yield base_url
+        finally:
+            worker.stop()
     finally:
-        worker.stop()
         api.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[str]:
+    """On the embedded SQLite broker and store."""
+    with live_system(tmp_path_factory.mktemp("webhooks"), receiver, {}) as base_url:
+        yield base_url
 
 
 def submit(base_url: str, headers: dict[str, str] = ALICE, **body: Any) -> dict[str, Any]:
@@ -250,6 +271,30 @@ def test_another_owner_cannot_read_deliveries(live: str, receiver: Receiver) -> 
     assert httpx.get(url, headers=ALICE).status_code == 200
 
 
+def test_on_redis_and_postgresql_the_outcome_is_delivered(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    require_service("redis")
+    require_service("postgres")
+    schema = create_postgres_schema()
+    stores = {
+        "broker": {"backend": "redis", "url": REDIS_URL, "namespace": f"w{uuid.uuid4().hex[:8]}"},
+        "storage": {"backend": "postgres", "url": postgres_schema_url(schema)},
+    }
+    try:
+        with live_system(tmp_path, receiver, stores) as base_url:
+            path = f"/pg-{uuid.uuid4().hex[:8]}"
+            job = submit(
+                base_url, type="sleep", params={"seconds": 0}, callback_url=receiver.url + path
+            )
+            wait_for(lambda: delivered(base_url, job["id"]), timeout=60, what="the delivery")
+            (request,) = [r for r in receiver.requests if r["path"] == path]
+            event = Webhook(SECRET).verify(request["body"], request["headers"])
+            assert (event["type"], event["data"]["id"]) == ("job.completed", job["id"])
+    finally:
+        drop_postgres_schema(schema)
+
+
 PRIVATE_URLS = [
     "http://127.0.0.1:9/hook",
     "http://10.1.2.3/hook",
@@ -287,6 +332,20 @@ def test_submit_refuses_a_callback_the_guard_refuses(
     (detail,) = response.json()["error"]["details"]
     assert detail["path"] == "body.callback_url" and problem in detail["message"]
     assert guarded.get("/api/v1/jobs").json()["total"] == before, "nothing was written"
+
+
+def test_mcp_job_options_and_the_cli_carry_callback_url(guarded: TestClient) -> None:
+    options = {
+        "skillq/job_options": {"callback_url": "http://169.254.169.254/latest/"},
+        "skillq/inline_wait_secs": 0,
+    }
+    refused = mcp_call(guarded, "sleep", '{"seconds": 0}', **options)
+    assert refused["isError"] is True, refused
+    assert refused["structuredContent"]["error"]["details"][0]["path"] == "body.callback_url"
+    # The CLI on the session's settings, which have no [webhooks] secret.
+    args = ["jobs", "submit", "sleep", "--callback-url", "https://example.com/hook"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code != 0 and "[webhooks] secret" in result.output, result.output
 
 
 def test_without_a_secret_callbacks_are_refused_and_the_pool_is_off() -> None:
@@ -349,15 +408,20 @@ def test_an_outcome_gives_events_once_and_a_lost_attempt_is_made_again() -> None
 
 
 def test_settings_refuse_bad_secrets_events_and_urls(tmp_path: Path) -> None:
+    subscription = f'[[webhooks.subscriptions]]\nsecret = "{SECRET}"\n'
     cases = {
         'secret = "nope"': "webhooks.secret: must start with 'whsec_'",
         'secret = "whsec_***"': "webhooks.secret: must be whsec_ followed by base64",
         'secret = "whsec_c2hvcnQ="': "webhooks.secret: must hold at least 24 bytes",
-        f'[[webhooks.subscriptions]]\nurl = "http://x"\nsecret = "{SECRET}"\nevents = ["job.x"]': "webhooks.subscriptions[0].events[0]: must be one of",
-        f'[[webhooks.subscriptions]]\nurl = "ftp://x"\nsecret = "{SECRET}"': "webhooks.subscriptions[0].url: must start with http:// or https://",
+        subscription + 'url = "http://x"\nevents = ["job.x"]': (
+            "webhooks.subscriptions[0].events[0]: must be one of"
+        ),
+        subscription + 'url = "ftp://x"': (
+            "webhooks.subscriptions[0].url: must start with http:// or https://"
+        ),
     }
     for text, message in cases.items():
         path = tmp_path / "settings.toml"
         path.write_text(f"[webhooks]\n{text}\n")
-        with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(SettingsError, match=re.escape(message)):
             load_settings(path)

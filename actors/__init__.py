@@ -18,7 +18,7 @@ else:
     from skillq.actors.process import broker, settings  # isort: split
 
     # Declared on the broker configured above, so they must be imported after it.
-    from skillq.actors import diagnostics, examples, index, maintenance, skills
+    from skillq.actors import diagnostics, examples, index, maintenance, skills, webhooks
     from skillq.jobs.plugins import PluginError, declare_plugins
     from skillq.jobs.schedules import declare_schedules
     from skillq.settings import SettingsError, settings_error_exit
@@ -36,4 +36,13 @@ else:
     except SettingsError as error:
         settings_error_exit(error)
 
-__all__ = ["broker", "diagnostics", "examples", "index", "maintenance", "settings", "skills"]
+__all__ = [
+    "broker",
+    "diagnostics",
+    "examples",
+    "index",
+    "maintenance",
+    "settings",
+    "skills",
+    "webhooks",
+]

@@ -19,6 +19,7 @@ from skillq.brokers.sqlite import SQLiteBroker
 from skillq.jobs import recovery
 from skillq.storage import jobs, schedules, workers, workflows
 from skillq.storage.database import connection
+from skillq.webhooks import events as webhook_events
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,13 @@ def purge_expired_jobs() -> int:
 
 @dramatiq.actor(queue_name="maintenance", periodic=cron("* * * * *"), max_retries=0)
 def recover_stale_jobs() -> dict:
-    """Stale-job recovery (see `skillq.jobs.recovery`), once a minute."""
-    return dataclasses.asdict(recovery.recover_stale_jobs(settings))
+    """Stale-job recovery (see `skillq.jobs.recovery`) and the webhook sweep, once a minute."""
+    recovered = dataclasses.asdict(recovery.recover_stale_jobs(settings))
+    if webhook_events.configured(settings.webhooks):
+        recovered["webhook_events"], recovered["webhooks_resent"] = webhook_events.sweep(
+            broker, settings
+        )
+    return recovered
 
 
 @dramatiq.actor(queue_name="maintenance", periodic=cron("*/10 * * * *"), max_retries=0)

@@ -23,6 +23,7 @@ from skillq.api import (
     remote_workers,
     stats,
     stream,
+    webhooks,
     workers,
     workflows,
 )
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *workflows.routes,
         *stream.routes,
         *logs.routes,
+        *webhooks.routes,
         *stats.routes,
         *workers.routes,
         *remote_workers.routes,

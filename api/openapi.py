@@ -169,13 +169,37 @@ def _cancel(auth: list[int], job: dict[str, Any], store: list[int]) -> dict[str,
     }
 
 
+_CALLBACK_URL = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^https?://",
+    "maxLength": 2000,
+    "description": "POST the job's outcome here as a signed Standard Webhook. Only http(s) "
+    "to hosts resolving to public addresses, unless the server allows private ones "
+    "(`[webhooks] allow_private`); a refused URL is 422.",
+}
+
+
+def _submission(callbacks: bool) -> dict[str, Any]:
+    """SUBMISSION_SCHEMA; `callback_url` only where the server can sign callbacks."""
+    schema = copy.deepcopy(SUBMISSION_SCHEMA)
+    if callbacks:
+        schema["properties"]["callback_url"] = dict(_CALLBACK_URL)
+    else:
+        del schema["properties"]["callback_url"]
+    return schema
+
+
 def submission_schema(
-    job_types: dict[str, JobType], max_ttl_hours: int, max_dependencies: int = 100
+    job_types: dict[str, JobType], max_ttl_hours: int,
+    max_dependencies: int = 100,
+    *,
+    callbacks: bool = False,
 ) -> dict[str, Any]:
     """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
     variants = []
     for job_type in job_types.values():
-        variant = copy.deepcopy(SUBMISSION_SCHEMA)
+        variant = _submission(callbacks)
         variant["title"] = job_type.name
         variant["properties"]["type"] = {"const": job_type.name}
         variant["properties"]["params"] = job_type.params_schema
@@ -184,7 +208,7 @@ def submission_schema(
         if not job_type.validator.is_valid({}):  # an absent `params` is validated as {}
             variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
-    return {"oneOf": variants} if variants else copy.deepcopy(SUBMISSION_SCHEMA)
+    return {"oneOf": variants} if variants else _submission(callbacks)
 
 
 def pool_scale_schema(job_types: dict[str, JobType]) -> dict[str, Any]:
@@ -206,7 +230,10 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
         "content": {
             "application/json": {
                 "schema": submission_schema(
-                    job_types, settings.jobs.max_ttl_hours, settings.jobs.max_workflow_jobs
+                    job_types,
+                    settings.jobs.max_ttl_hours,
+                    settings.jobs.max_workflow_jobs,
+                    callbacks=settings.webhooks.secret is not None,
                 )
             }
         },
@@ -357,6 +384,19 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
             "responses": {
                 "200": _json("One page of lines and the next cursor.", _ref("LogPage")),
                 **{str(s): _error(s) for s in [*auth, 404, 422, *store]},
+            },
+        },
+        ("/api/v1/jobs/{job_id}/deliveries", "get"): {
+            "summary": "A job's webhook deliveries",
+            "description": "Each event sent for the job (to its `callback_url`, and for an "
+            "admin to the settings' subscriptions too), its state (`pending` while retried, "
+            "`delivered`, `failed` once given up) and every attempt with the receiver's "
+            "status code or the error. Another owner's job is a 404.",
+            "tags": ["jobs"],
+            "parameters": [_JOB_ID],
+            "responses": {
+                "200": _json("The deliveries, oldest first.", _ref("WebhookDeliveries")),
+                **{str(s): _error(s) for s in [*auth, 404, *store]},
             },
         },
         ("/api/v1/jobs/{job_id}/logs/stream", "get"): {

@@ -10,6 +10,7 @@ from typing import Any
 
 from skillq.jobs.fields import JOB_SCHEMA, JOB_SUMMARY_SCHEMA, STATES
 from skillq.jobs.logs import LOG_LINE_SCHEMA, LOG_PAGE_SCHEMA
+from skillq.webhooks.listing import DELIVERIES_SCHEMA
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
 _COUNTS = {
@@ -314,3 +315,4 @@ SCHEMAS: dict[str, Any] = {
 
 # A listed job: the job without its documents (params, result), which only a single job shows.
 SCHEMAS["JobSummary"] = JOB_SUMMARY_SCHEMA
+SCHEMAS["WebhookDeliveries"] = DELIVERIES_SCHEMA

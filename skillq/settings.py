@@ -8,6 +8,7 @@ allowed, so a new key is one line here.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib.resources
 import os
@@ -111,6 +112,8 @@ class WorkerSettings:
     default_workers: _Count = 2
     #: The periodic maintenance actors (purge, recovery, WAL checkpoints): small and steady.
     maintenance_workers: _Count = 1
+    #: Webhook deliveries (`skillq.webhooks`): short HTTP calls, their own pool.
+    webhooks_workers: _Count = 1
     processes: Annotated[int, _R(lo=1, hi=64)] = 1
     job_timeout_secs: _Positive = 300.0
     max_retries: Annotated[int, _R(lo=0, hi=100)] = 3
@@ -259,6 +262,39 @@ class ScheduleSettings:
     params: dict = field(default_factory=dict)
 
 
+#: The events a webhook subscription may ask for.
+WEBHOOK_EVENTS = ("job.completed", "job.failed", "job.cancelled", "job.progress")
+_Secret = Annotated[str, _R(prefix="whsec_")]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSubscriptionSettings:
+    """`[[webhooks.subscriptions]]`: every job's events of these types go to `url`."""
+
+    url: _Name
+    secret: _Secret
+    events: tuple[str, ...] = ("job.completed", "job.failed", "job.cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    #: Allow URLs to loopback, private, link-local and reserved addresses (tests, one host).
+    allow_private: bool = False
+    #: Signs the deliveries to a job's own `callback_url` (Standard Webhooks `whsec_...`);
+    #: without it a submission's `callback_url` is refused.
+    secret: Annotated[str | None, _R(prefix="whsec_")] = None
+    #: Retries: the first after `first_retry_secs`, doubling up to `max_retry_secs`, until
+    #: `max_attempts` attempts or the event is `max_age_secs` old.
+    max_attempts: Annotated[int, _R(lo=1, hi=100)] = 12
+    max_age_secs: _Positive = 86400.0
+    first_retry_secs: _Positive = 5.0
+    max_retry_secs: _Positive = 3600.0
+    timeout_secs: _Positive = 10.0
+    #: At most one `job.progress` event per job per this many seconds (per worker process).
+    progress_interval_secs: _NonNegative = 5.0
+    subscriptions: tuple[WebhookSubscriptionSettings, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -273,6 +309,7 @@ class Settings:
     llm: LlmSettings = field(default_factory=LlmSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     schedules: tuple[ScheduleSettings, ...] = ()
     source: Annotated[Path | None, _R(internal=True)] = None
 
@@ -344,6 +381,36 @@ def _check_telemetry(obj: TelemetrySettings, where: str) -> None:
         raise SettingsError(problem, f"{where}.otlp_endpoint")
 
 
+def _check_secret(secret: str | None, key: str) -> None:
+    """A Standard Webhooks secret: `whsec_` and base64 of at least 24 random bytes."""
+    if secret is None:
+        return
+    try:
+        key_bytes = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        raise SettingsError("must be whsec_ followed by base64", key) from None
+    if len(key_bytes) < 24:
+        raise SettingsError("must hold at least 24 bytes (32 recommended)", key)
+
+
+def _check_webhooks(obj: WebhookSettings, where: str) -> None:
+    _check_secret(obj.secret, f"{where}.secret")
+    if obj.first_retry_secs > obj.max_retry_secs:
+        raise SettingsError(f"must not exceed {where}.max_retry_secs", f"{where}.first_retry_secs")
+
+
+def _check_subscription(obj: WebhookSubscriptionSettings, where: str) -> None:
+    _check_secret(obj.secret, f"{where}.secret")
+    if not obj.url.startswith(("http://", "https://")):
+        raise SettingsError("must start with http:// or https://", f"{where}.url")
+    for i, event in enumerate(obj.events):
+        if event not in WEBHOOK_EVENTS:
+            problem = f"must be one of {', '.join(WEBHOOK_EVENTS)} (got {event!r})"
+            raise SettingsError(problem, f"{where}.events[{i}]")
+    if not obj.events:
+        raise SettingsError("must name at least one event", f"{where}.events")
+
+
 def _check_settings(obj: Settings, where: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(schedule.name for schedule in obj.schedules):
@@ -361,6 +428,8 @@ _CHECKS: dict[type, Callable[[Any, str], None]] = {
     JobsSettings: _check_jobs,
     SearchSettings: _check_search,
     TelemetrySettings: _check_telemetry,
+    WebhookSubscriptionSettings: _check_subscription,
+    WebhookSettings: _check_webhooks,
     Settings: _check_settings,
 }
 

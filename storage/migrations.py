@@ -20,6 +20,7 @@ from skillq.storage import search_collections, worker_token_migration
 from skillq.storage.database import database_proxy
 from skillq.storage.dependency_migration import add_dependencies_v11, drop_dependencies_v11
 from skillq.storage.models import JSONField, utcnow
+from skillq.storage.webhook_tables import create_webhook_tables, drop_webhook_tables
 
 
 class SchemaVersion(peewee.Model):
@@ -329,6 +330,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        10,
+        "create the webhook event, delivery and attempt tables",
+        upgrade=create_webhook_tables,
+        downgrade=drop_webhook_tables,
     ),
     Migration(
         11,

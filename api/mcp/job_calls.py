@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 #: `_meta` key: how long this call may wait inline, at most `[mcp] inline_wait_secs`.
 INLINE_WAIT_META_KEY = "skillq/inline_wait_secs"
 #: `_meta` key: submission options of the job behind the call (priority, ttl_hours,
-#: idempotency_key, depends_on), as in the REST submission body.
+#: idempotency_key, depends_on, callback_url), as in the REST submission body.
 JOB_OPTIONS_META_KEY = "skillq/job_options"
-_JOB_OPTIONS = ("priority", "ttl_hours", "idempotency_key", "depends_on")
+_JOB_OPTIONS = ("priority", "ttl_hours", "idempotency_key", "depends_on", "callback_url")
 
 #: Polls start fast (a quick job answers within milliseconds) and back off to the cap.
 _FIRST_POLL_SECS = 0.002

@@ -191,6 +191,9 @@ def jobs_submit(
         list[str] | None,
         typer.Option(help="A job id this one waits for (repeat); it is cancelled if that fails."),
     ] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="POST the job's outcome here (a signed webhook).")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
     url: UrlOption = None,
@@ -205,6 +208,7 @@ def jobs_submit(
         ("ttl_hours", ttl_hours),
         ("idempotency_key", idempotency_key),
         ("trace_id", trace_id),
+        ("callback_url", callback_url),
     ):
         if value is not None:
             request[name] = value

@@ -40,6 +40,7 @@ from skillq.storage import Job, JobState, job_logs, jobs
 from skillq.storage import dependencies as edges
 from skillq.storage.database import database_proxy, in_connection
 from skillq.storage.models import utcnow
+from skillq.webhooks import events as webhook_events
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
         },
         "trace_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*$"},
         "depends_on": dependencies.DEPENDS_ON_SCHEMA,
+        # Checked further by the SSRF guard (skillq.webhooks.addresses).
+        "callback_url": {"type": "string", "minLength": 1, "maxLength": 2000},
     },
     "required": ["type"],
     "additionalProperties": False,
@@ -143,6 +146,8 @@ class JobCoordinator:
         dependencies.check_existing(wanted, owner)
         dependencies.check_references(fields["refs"], {edge.ref for edge in wanted})
         try:
+            # The job, its dependency edges and its webhook watch in one transaction: none
+            # is half-written.
             with database_proxy.atomic():
                 job = jobs.insert_job(
                     **self.job_fields(job_type, fields, owner),
@@ -151,6 +156,8 @@ class JobCoordinator:
                     depends_on=dependencies.stored([(e.ref, e.on_failure, None) for e in wanted]),
                 )
                 edges.add_edges(job.id, [(edge.ref, edge.on_failure) for edge in wanted])
+                callback_url = fields.get("callback_url")
+                webhook_events.watch_submission(self.settings.webhooks, job.id, callback_url)
         except peewee.IntegrityError:
             # Another request with the same key won the race: answer with its job.
             existing = jobs.find_by_idempotency_key(owner, key) if key else None
@@ -256,6 +263,7 @@ class JobCoordinator:
         the worker side ends it. Either way the returned job says which happened."""
         job = self.get_job(job_id, owner=owner)
         if jobs.cancel_pending(job.id):
+            self._notify(job.id)
             release.release_dependants(job.id, self)
         elif not jobs.request_cancel(job.id):
             # Neither pending nor running: it ended (or ended just now, racing us).
@@ -264,6 +272,16 @@ class JobCoordinator:
                 f"job {job_id} is {job.state}; only a pending or running job can be cancelled"
             )
         return self.get_job(job_id)
+
+    def _notify(self, job_id: str) -> None:
+        """The webhook events of an outcome reached here (a pending job cancelled); never
+        fails the request: the webhook sweep records what this could not."""
+        if not webhook_events.configured(self.settings.webhooks):
+            return
+        try:
+            webhook_events.notify_outcome(self.broker, self.settings, job_id)
+        except Exception:
+            logger.exception("Recording the webhook events of job %s failed.", job_id)
 
     @in_connection
     def retry_job(self, job_id: str, *, owner: str | None = None) -> Job:
@@ -327,6 +345,8 @@ class JobCoordinator:
                     }
                 ],
             )
+        if "callback_url" in request:
+            webhook_events.check_callback_url(self.settings.webhooks, request["callback_url"])
         priority = request.get("priority", DEFAULT_PRIORITY)
         priority = PRIORITY_NAMES.get(priority, priority)
         fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours, refs=refs)

@@ -20,7 +20,7 @@ from skillq.storage import pools, workers
 from skillq.storage.database import in_connection
 
 #: The queues of the built-in job types, each with a `<queue>_workers` setting.
-QUEUES = ("ai", "index", "skill", "default", "maintenance")
+QUEUES = ("ai", "index", "skill", "default", "maintenance", "webhooks")
 MAX_THREADS = 256
 
 
@@ -36,8 +36,12 @@ def registered_queues() -> set[str]:
 
 
 def configured_threads(settings: Settings, queue: str) -> int:
-    """The setting for the queue's pool; `default_workers` for a queue without one."""
+    """The setting for the queue's pool; `default_workers` for a queue without one. The
+    webhook deliveries' pool runs only where webhooks are set up (a `[webhooks] secret` or
+    subscriptions): otherwise there is nothing to deliver."""
     w = settings.workers
+    if queue == "webhooks" and not (settings.webhooks.secret or settings.webhooks.subscriptions):
+        return 0
     return getattr(w, f"{queue}_workers") if queue in QUEUES else w.default_workers
 
 

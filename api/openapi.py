@@ -191,7 +191,8 @@ def _submission(callbacks: bool) -> dict[str, Any]:
 
 
 def submission_schema(
-    job_types: dict[str, JobType], max_ttl_hours: int,
+    job_types: dict[str, JobType],
+    max_ttl_hours: int,
     max_dependencies: int = 100,
     *,
     callbacks: bool = False,

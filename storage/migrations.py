@@ -16,7 +16,7 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from skillq.storage import search_collections
+from skillq.storage import migration_v15, search_collections
 from skillq.storage.database import database_proxy
 from skillq.storage.models import JSONField, utcnow
 
@@ -328,6 +328,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        15,
+        "create the MCP stream event table",
+        upgrade=migration_v15.upgrade,
+        downgrade=migration_v15.downgrade,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

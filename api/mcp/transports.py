@@ -21,13 +21,22 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
+import anyio
 from mcp.server import Server
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import AuthorizationContext, RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import (
+    AuthenticatedUser,
+    AuthorizationContext,
+    RequireAuthMiddleware,
+    authorization_context,
+)
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import (
+    LAST_EVENT_ID_HEADER,
     MCP_SESSION_ID_HEADER,
     StreamableHTTPServerTransport,
     check_accept_headers,
@@ -39,6 +48,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from skillq.api.mcp.gate import EnvelopeGate
+from skillq.api.mcp.resumable import (
+    ResumableTransport,
+    SessionEventStore,
+    owner_key,
+    replay_elsewhere,
+)
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.mcp.server import build_server
 from skillq.api.principal import AuthenticatedPrincipal
@@ -83,6 +99,7 @@ class _SessionsPerPrincipal(StreamableHTTPSessionManager):
         super().__init__(**kwargs)
         self.per_principal = per_principal
         self.group = group
+        self.retention_secs = self.session_idle_timeout or 3600
         group.append(self)
 
     def sessions_of(self, requestor: AuthorizationContext) -> int:
@@ -100,7 +117,38 @@ class _SessionsPerPrincipal(StreamableHTTPSessionManager):
                 subject = requestor.get("subject")
                 logger.warning("Refusing a session: %s holds %d already.", subject, held)
                 return None
-        return super()._admit_session(requestor)
+        # As the SDK's own `_admit_session`, with our transport and a store per session.
+        session_id = uuid4().hex
+        event_store = None
+        if not self.json_response:
+            event_store = SessionEventStore(
+                session_id, owner_key(requestor), timedelta(seconds=2 * self.retention_secs)
+            )
+        transport = ResumableTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=self.json_response,
+            event_store=event_store,
+            security_settings=self.security_settings,
+            idle_timeout=self.session_idle_timeout,
+        )
+        if requestor is not None:
+            self._session_owners[session_id] = requestor
+        self._server_instances[session_id] = transport
+        return transport
+
+    async def _discard_session(
+        self, session_id: str, transport: StreamableHTTPServerTransport
+    ) -> None:
+        await super()._discard_session(session_id, transport)
+        store = getattr(transport, "event_store", None)
+        # A session the client ended or let expire is gone for good; one that ends with
+        # the server (no task group any more) stays resumable until its rows are purged.
+        if isinstance(store, SessionEventStore) and self._task_group is not None:
+            with anyio.CancelScope(shield=True):
+                await store.forget()
+
+    def holds(self, session_id: str) -> bool:
+        return session_id in self._server_instances
 
 
 class _StreamableHttp:
@@ -123,6 +171,17 @@ class _StreamableHttp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         session_id = request.headers.get(MCP_SESSION_ID_HEADER)
+        if (
+            session_id is not None
+            and scope["method"] == "GET"
+            and LAST_EVENT_ID_HEADER in request.headers
+            and not self.streaming.stateless
+            and not any(manager.holds(session_id) for manager in (self.streaming, self.plain))
+        ):
+            user = scope.get("user")
+            requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+            if await replay_elsewhere(scope, receive, send, session_id, owner_key(requestor)):
+                return
         if session_id is not None:
             plain = session_id in self.plain_sessions
         else:
@@ -215,6 +274,7 @@ class McpEndpoints:
             for json_response in (False, True)
         ]
         self.max_sse_per_principal = mcp.max_sse_per_principal
+        self.max_body_size = mcp.max_body_size
         self.sse: SseServerTransport | None = None
         if mcp.legacy_sse:
             self.sse = SseServerTransport(
@@ -238,7 +298,7 @@ class McpEndpoints:
         routes = [
             Route(
                 self.endpoint,
-                self._guarded(_StreamableHttp(*self.managers)),
+                self._guarded(EnvelopeGate(_StreamableHttp(*self.managers), self.max_body_size)),
                 methods=["GET", "POST", "DELETE"],
             )
         ]
@@ -251,7 +311,7 @@ class McpEndpoints:
                 ),
                 Route(
                     f"{self.endpoint}/message",
-                    self._guarded(_SseMessages(self.sse)),
+                    self._guarded(EnvelopeGate(_SseMessages(self.sse), self.max_body_size)),
                     methods=["POST"],
                 ),
             ]

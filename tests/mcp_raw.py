@@ -79,11 +79,9 @@ class HttpSession(RawClient):
     def __init__(self, base_url: str, version: str = "2025-11-25") -> None:
         self.http = httpx.Client(base_url=base_url, timeout=60)
         self.headers = {"Accept": ACCEPT}
-        opened = self.http.post(
-            "/mcp",
-            json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": initialize_params(version)},
-            headers=self.headers,
-        )
+        params = initialize_params(version)
+        opening = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
+        opened = self.http.post("/mcp", json=opening, headers=self.headers)
         assert opened.status_code == 200, opened.text
         self.initialized = http_messages(opened)[-1]["result"]
         self.headers["Mcp-Session-Id"] = opened.headers["mcp-session-id"]

@@ -175,6 +175,99 @@ def test_a_cancelled_request_gets_no_response(raw, system: System) -> None:
         assert not [m for m in raw.lines.seen if m.get("id") == 55], raw.lines.seen
 
 
+def _timeless(result: dict) -> dict:
+    """A sleep job's result without the one value that differs between two runs."""
+    result = json.loads(json.dumps(result))
+    result["structuredContent"].pop("slept_secs")
+    text = json.loads(result["content"][0]["text"])
+    text.pop("slept_secs")
+    result["content"][0]["text"] = text
+    return result
+
+
 def _unfinished_sleep(system: System) -> str | None:
     jobs = system.rest.jobs(type="sleep", state="pending,running")
     return jobs[0]["id"] if jobs else None
+
+
+HANDSHAKE = ["http-2025", "sse", "stdio"]
+
+
+@pytest.mark.parametrize("transport", HANDSHAKE)
+def test_tasks_by_the_letter_on_2025_11_25(system: System, transport: str) -> None:
+    client = system.raw(transport)
+    try:
+        assert client.initialized["capabilities"]["tasks"]["cancel"] == {}
+        arguments = {"seconds": 0, "echo": {"same": transport}}
+        inline = client.result("tools/call", {"name": "sleep", "arguments": arguments})
+        task = {"ttl": 60_000}
+        created = client.result(
+            "tools/call", {"name": "sleep", "arguments": arguments, "task": task}
+        )
+        task_id = created["task"]["taskId"]
+        payload = client.result("tasks/result", {"taskId": task_id})
+        # Exactly what tools/call answers, plus the related-task _meta the spec asks for.
+        related = payload["_meta"].pop("io.modelcontextprotocol/related-task")
+        assert related == {"taskId": task_id}
+        for answer in (inline, payload):
+            assert answer["_meta"].pop("skillq/job")["state"] == "completed"
+        assert _timeless(payload) == _timeless(inline)
+
+        immediate = {"name": "list_jobs", "arguments": {}, "task": task}
+        refused = client.request("tools/call", immediate)
+        assert refused["error"]["code"] == types.METHOD_NOT_FOUND, refused
+
+        long = {"name": "sleep", "arguments": {"seconds": 30, "steps": 300}, "task": task}
+        long_id = client.result("tools/call", long)["task"]["taskId"]
+        system.rest.wait_state(long_id, "running")
+        cancelled = client.result("tasks/cancel", {"taskId": long_id})
+        assert cancelled["status"] == "cancelled", cancelled
+        again = client.request("tasks/cancel", {"taskId": long_id})
+        assert again["error"]["code"] == types.INVALID_PARAMS, again
+    finally:
+        client.close()
+
+
+def test_older_sessions_are_not_offered_tasks(system: System) -> None:
+    session = HttpSession(system.base_url, version="2025-06-18")
+    try:
+        assert session.initialized["protocolVersion"] == "2025-06-18"
+        assert "tasks" not in session.initialized["capabilities"]
+        tools = session.result("tools/list")["tools"]
+        assert not [tool for tool in tools if "execution" in tool]
+        for method in ("tasks/get", "tasks/list", "tasks/result", "tasks/cancel"):
+            answer = session.request(method, {"taskId": "x"})
+            assert answer["error"]["code"] == types.METHOD_NOT_FOUND, (method, answer)
+        # `task` means nothing before 2025-11-25: the call runs as any other.
+        call = {"name": "sleep", "arguments": {"seconds": 0}, "task": {"ttl": 1000}}
+        assert session.result("tools/call", call)["structuredContent"]["steps"] == 10
+    finally:
+        session.close()
+
+
+def test_the_2026_extension_has_its_own_method_set(system: System) -> None:
+    plain = ModernHttp(system.base_url)
+    tasks = ModernHttp(system.base_url, tasks=True)
+    try:
+        discovered = plain.result("server/discover")
+        assert "tasks" not in discovered["capabilities"]
+        assert "io.modelcontextprotocol/tasks" in discovered["capabilities"]["extensions"]
+        assert not [tool for tool in plain.result("tools/list")["tools"] if "execution" in tool]
+        job = system.rest.http.post("/api/v1/jobs", json={"type": "sleep", "params": {}})
+        task_id = job.json()["id"]
+        system.rest.wait_state(task_id, "completed")
+        for method in ("tasks/get", "tasks/cancel", "tasks/update"):
+            answer = plain.request(method, {"taskId": task_id})
+            assert answer["error"]["code"] == types.METHOD_NOT_FOUND, (method, answer)
+        for method in ("tasks/result", "tasks/list"):
+            answer = tasks.request(method, {"taskId": task_id})
+            assert answer["error"]["code"] == types.METHOD_NOT_FOUND, (method, answer)
+        got = tasks.result("tasks/get", {"taskId": task_id})
+        assert got["resultType"] == "complete" and got["status"] == "completed"
+        assert {"ttlMs", "pollIntervalMs", "createdAt", "lastUpdatedAt"} <= set(got)
+        assert not {"ttl", "pollInterval"} & set(got)
+        update = {"taskId": task_id, "inputResponses": {}}
+        assert tasks.request("tasks/update", update)["error"]["code"] == types.INVALID_PARAMS
+    finally:
+        plain.close()
+        tasks.close()

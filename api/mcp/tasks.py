@@ -110,8 +110,11 @@ def modern_task_created(job: Job) -> dict[str, Any]:
     return {"resultType": "task", **modern_task_fields(job)}
 
 
-def _tool_result(job: Job) -> dict[str, Any]:
+def _tool_result(job: Job, *, modern: bool) -> dict[str, Any]:
+    """What tools/call answers for the job, in the session's era (`resultType` is 2026's)."""
     result = outcome_result(job).model_dump(by_alias=True, mode="json", exclude_none=True)
+    if not modern:
+        result.pop("resultType", None)
     meta = result.setdefault("_meta", {})
     meta[RELATED_TASK_META_KEY] = {"taskId": job.id}
     return result
@@ -155,7 +158,7 @@ class TaskHandlers:
             # The extension's `failed` is a JSON-RPC error; a failed job is a tool error in
             # tools/call (`isError`), so its task completed with that result.
             detailed["status"] = "completed"
-            detailed["result"] = _tool_result(job)
+            detailed["result"] = _tool_result(job, modern=True)
         return detailed
 
     async def result(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
@@ -172,7 +175,7 @@ class TaskHandlers:
         if not job.job_state.is_terminal:
             message = f"task {job.id} is still {job.state}; poll tasks/get and ask again"
             raise MCPError(code=types.INTERNAL_ERROR, message=message)
-        return _tool_result(job)
+        return _tool_result(job, modern=False)
 
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
         """2025-11-25 answers the task as `cancelled` (MUST): a running job is cancelled by its

@@ -128,17 +128,21 @@ class ToolCalls:
             return data_result(data)
         # A client that declared the 2026 tasks extension gets a task where others get a handle.
         still_running = modern_task_created if client_wants_tasks(ctx) else handle_result
-        return await call_job_tool(
-            runtime.coordinator,
-            caller,
-            tool,
-            arguments,
-            params=ctx.params,
-            inline_limit_secs=runtime.inline_limit_secs,
-            progress=ctx.session.report_progress,
-            stopping=runtime.stopping,
-            still_running=still_running,
-        )
+        runtime.waiting += 1
+        try:
+            return await call_job_tool(
+                runtime.coordinator,
+                caller,
+                tool,
+                arguments,
+                params=ctx.params,
+                inline_limit_secs=runtime.inline_limit_secs,
+                progress=ctx.session.report_progress,
+                stopping=runtime.stopping,
+                still_running=still_running,
+            )
+        finally:
+            runtime.waiting -= 1
 
 
 def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> Any:

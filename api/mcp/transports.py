@@ -43,6 +43,7 @@ from mcp.server.streamable_http import (
 )
 from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from sse_starlette.sse import AppStatus
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.routing import Route
@@ -64,6 +65,11 @@ from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+_SHUTDOWN_POLL_SECS = 0.1
+#: How long a shutdown waits for inline calls to answer, and then for answers to go out.
+_DRAIN_SECS = 5.0
+_FLUSH_SECS = 0.5
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings | None:
@@ -319,9 +325,30 @@ class McpEndpoints:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.managers[0].run(), self.managers[1].run():
+        # sse-starlette would end every SSE stream the moment uvicorn is told to stop, before
+        # a call waiting inline could answer on it: `_drain_on_shutdown` ends them instead.
+        AppStatus.disable_automatic_graceful_drain()
+        async with (
+            self.managers[0].run(),
+            self.managers[1].run(),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(self._drain_on_shutdown)
             try:
                 yield
             finally:
                 # Handlers cancelled from here on are cancelled by the shutdown, not a client.
                 self.runtime.stopped = True
+                group.cancel_scope.cancel()
+
+    async def _drain_on_shutdown(self) -> None:
+        """Once uvicorn is stopping: inline waits answer with their job (they poll
+        `stopping`), their answers get a moment to reach the wire, then the SSE streams end
+        (the GET streams would otherwise hold the server until its graceful timeout)."""
+        while not self.runtime.stopping():
+            await anyio.sleep(_SHUTDOWN_POLL_SECS)
+        with anyio.move_on_after(_DRAIN_SECS):
+            while self.runtime.waiting:
+                await anyio.sleep(_SHUTDOWN_POLL_SECS)
+            await anyio.sleep(_FLUSH_SECS)
+        AppStatus.should_exit = True

@@ -16,7 +16,7 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from skillq.storage import search_collections, worker_token_migration
+from skillq.storage import migration_v15, search_collections, worker_token_migration
 from skillq.storage.database import database_proxy
 from skillq.storage.dependency_migration import add_dependencies_v11, drop_dependencies_v11
 from skillq.storage.models import JSONField, utcnow
@@ -348,6 +348,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the worker token and remote worker tables",
         upgrade=worker_token_migration.add_worker_tokens,
         downgrade=worker_token_migration.drop_worker_tokens,
+    ),
+    Migration(
+        15,
+        "create the MCP stream event table",
+        upgrade=migration_v15.upgrade,
+        downgrade=migration_v15.downgrade,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

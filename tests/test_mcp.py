@@ -6,16 +6,19 @@ against a real API process and a real worker on the embedded SQLite broker and s
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
+import httpx
 import pytest
 
 from skillq.jobs.types import job_types_of
 from tests.mcp_clients import PROTOCOL, TRANSPORTS, Rest, connect
+from tests.mcp_raw import open_raw
 from tests.support import ChildProcess, start_api, start_worker, wait_for, write_settings
 
 
@@ -137,6 +140,7 @@ def test_job_tool_reports_progress_and_returns_the_result_inline(
     assert events, "no progress notification arrived"
     values = [progress for progress, _, _ in events]
     assert values == sorted(set(values)), values  # strictly increasing
+    assert values[-1] == 100, values  # the last one, before the result, is 100 %
     assert all(total == 100 and 0 < progress <= 100 for progress, total, _ in events)
     assert all(message.startswith("slept ") for _, _, message in events)
     job = busy.rest.job(result.meta["skillq/job"]["id"])
@@ -319,41 +323,50 @@ def test_index_documents_then_search_inline(busy: System) -> None:
     assert unknown.structured_content["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize("transport_name", ["http", "http-2025", "sse"])
-def test_stopping_the_server_does_not_cancel_jobs_waiting_inline(
+@pytest.mark.parametrize("transport_name", ["http-2026", "http-2025", "sse"])
+def test_stopping_the_server_ends_inline_waits_with_the_job(
     tmp_path: Path, transport_name: str
 ) -> None:
+    """A call waiting inline when the server stops answers with its job (which keeps its
+    state, pending here) instead of seeing its stream cut. Raw JSON-RPC: the SDK clients
+    tear themselves down when the server goes, whatever arrived."""
     settings_path = write_settings(
         tmp_path,
         {
             "server": {"data_dir": str(tmp_path / "data")},
-            "workers": {"shutdown_grace_secs": 1},
+            "workers": {"shutdown_grace_secs": 10},
             "mcp": {"inline_wait_secs": 60},
         },
     )
     api, base_url = start_api(settings_path, tmp_path)
     rest = Rest(base_url)
     marker = uuid.uuid4().hex
-
-    def submitted() -> str | None:
-        return rest.unfinished_with_echo(marker)
-
-    found: list[str] = []
-
-    async def main() -> None:
-        async with (
-            connect(transport_name, base_url=base_url) as client,
-            anyio.create_task_group() as group,
-        ):
-            group.start_soon(client.call_tool, "sleep", {"seconds": 1, "echo": marker})
-            found.append(await anyio.to_thread.run_sync(lambda: wait_for(submitted)))
-            await anyio.to_thread.run_sync(api.stop)
-            group.cancel_scope.cancel()
-
-    # The client sees its connection drop when the server stops; that is not what is tested.
-    with contextlib.suppress(Exception):
-        anyio.run(main)
-    (job_id,) = found
+    client = open_raw(transport_name, base_url, settings_path)
+    answers: list[dict | None] = []
+    arguments = {"seconds": 1, "echo": marker}
+    call = threading.Thread(
+        target=lambda: answers.append(
+            client.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 31,
+                    "method": "tools/call",
+                    "params": {"name": "sleep", "arguments": arguments},
+                }
+            )
+        )
+    )
+    call.start()
+    job_id = wait_for(lambda: rest.unfinished_with_echo(marker), what="the call's job")
+    api.stop()
+    call.join(timeout=60)
+    assert answers and answers[0] is not None, api.log()
+    result = answers[0]["result"]
+    assert not result.get("isError"), result
+    assert result["structuredContent"]["job_id"] == job_id
+    assert result["structuredContent"]["state"] == "pending"
+    with contextlib.suppress(httpx.HTTPError):
+        client.close()  # the server is gone
     api, base_url = start_api(settings_path, tmp_path)
     try:
         assert Rest(base_url).job(job_id)["state"] == "pending", api.log()

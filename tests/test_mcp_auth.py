@@ -178,5 +178,6 @@ def test_a_session_belongs_to_the_principal_that_opened_it(secured) -> None:
         owned = http.post("/mcp", json=listing, headers={**headers, **token("alice", "admin")})
     assert borrowed.status_code == 404
     assert owned.status_code == 200
-    tools = json.loads(owned.text.split("data: ", 1)[1].splitlines()[0])["result"]["tools"]
+    *_, last = (line for line in owned.text.splitlines() if line.startswith("data: {"))
+    tools = json.loads(last[len("data: ") :])["result"]["tools"]
     assert "sleep" in {tool["name"] for tool in tools}

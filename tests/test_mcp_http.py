@@ -40,7 +40,8 @@ def messages(response: httpx.Response) -> list[dict]:
     return [
         json.loads(line[len("data: ") :])
         for line in response.text.splitlines()
-        if line.startswith("data: ")
+        # Priming events (an id, a retry, empty data) carry no message.
+        if line.startswith("data: ") and line[len("data: ") :].strip()
     ]
 
 

@@ -132,7 +132,9 @@ class ToolCatalogue:
         except NotFound:
             return None
 
-    def listing(self) -> list[types.Tool]:
+    def listing(self, with_tasks: bool = True) -> list[types.Tool]:
+        """`with_tasks`: the session speaks 2025-11-25 tasks, so job tools say they run as one."""
+        execution = types.ToolExecution(task_support="optional") if with_tasks else None
         listed = [
             types.Tool(name=tool.name, description=tool.description, input_schema=tool.input_schema)
             for tool in IMMEDIATE_TOOLS.values()
@@ -143,7 +145,7 @@ class ToolCatalogue:
                     name=tool.name,
                     description=tool.description,
                     input_schema=tool.input_schema,
-                    execution=types.ToolExecution(task_support="optional"),
+                    execution=execution,
                 )
             )
         return listed

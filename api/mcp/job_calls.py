@@ -7,7 +7,9 @@ call's result; one that does not keeps running and the call answers with a job h
 
 Cancelling the request while it waits inline (a `notifications/cancelled`, or on the
 2026-07-28 HTTP wire closing the response stream) cancels the job; after the call has
-returned, only `cancel_job` / `tasks/cancel` / REST do. A server shutdown cancels nothing.
+returned, only `cancel_job` / `tasks/cancel` / REST do. A server shutdown cancels nothing:
+a call waiting inline then answers at once with the job handle (or task), so the client
+learns the job's id instead of seeing its stream cut.
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ async def follow(
     job: Job,
     wait_secs: float,
     progress: ProgressSink | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> Job:
-    """Polls the store until the job is terminal or `wait_secs` pass; returns its last state.
+    """Polls the store until the job is terminal, `wait_secs` pass, or (`stopping`) the
+    server is shutting down; returns its last state.
 
     Progress goes out as percent of 100 and only when it grew: MCP requires every
     notification's `progress` to be larger than the last; a job that completes sends 100.
@@ -120,7 +124,7 @@ async def follow(
             ):
                 sent = polled.progress * 100
                 await progress(sent, 100.0, polled.message)
-            if polled.job_state.is_terminal:
+            if polled.job_state.is_terminal or (stopping is not None and stopping()):
                 break
             await anyio.sleep(interval)
             interval = min(interval * 1.5, _MAX_POLL_SECS)
@@ -162,7 +166,7 @@ async def call_job_tool(
     with anyio.CancelScope(shield=True):
         job = await submit(coordinator, caller, request)
     try:
-        job = await follow(coordinator, job, wait_secs, progress)
+        job = await follow(coordinator, job, wait_secs, progress, stopping)
     except anyio.get_cancelled_exc_class():
         if not stopping():
             await cancel_quietly(coordinator, job.id, "the client cancelled its tools/call")

@@ -30,6 +30,8 @@ class McpRuntime:
     catalogue: ToolCatalogue = field(init=False)
     #: Set when the app's lifespan ends: handlers cancelled then must not cancel their jobs.
     stopped: bool = False
+    #: Calls waiting inline for their job right now (a shutdown lets them answer first).
+    waiting: int = 0
 
     def __post_init__(self) -> None:
         self.catalogue = ToolCatalogue(self.coordinator)

@@ -19,11 +19,13 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
+from mcp.shared.exceptions import MCPError
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from skillq import tracing
 from skillq.api.mcp.catalogue import JobTool
 from skillq.api.mcp.errors import tool_error
+from skillq.api.mcp.guards import ProtocolGuards, has_core_tasks
 from skillq.api.mcp.job_calls import call_job_tool
 from skillq.api.mcp.results import data_result, handle_result
 from skillq.api.mcp.runtime import McpRuntime
@@ -35,6 +37,7 @@ from skillq.api.mcp.tasks import (
     modern_task_created,
 )
 from skillq.errors import InvalidParams, SkillqError
+from skillq.json_values import shown
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ class SkillqServer(Server[Any]):
             extensions,
             protocol_version=protocol_version,
         )
+        if protocol_version is not None and not has_core_tasks(protocol_version):
+            # 2026 `server/discover`: tasks are the extension there, not a capability.
+            return capabilities
+        # initialize (no version yet): `ProtocolGuards` drops it for versions before tasks.
         return capabilities.model_copy(update={"tasks": SERVER_TASKS_CAPABILITY})
 
 
@@ -72,7 +79,12 @@ class ToolCalls:
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        tools = await anyio.to_thread.run_sync(self.runtime.catalogue.listing)
+        if params is not None and params.cursor is not None:
+            # One page holds every tool, so no cursor was ever handed out.
+            message = f"unknown cursor {shown(params.cursor)}"
+            raise MCPError(code=types.INVALID_PARAMS, message=message)
+        with_tasks = has_core_tasks(ctx.protocol_version)
+        tools = await anyio.to_thread.run_sync(self.runtime.catalogue.listing, with_tasks)
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(
@@ -116,17 +128,21 @@ class ToolCalls:
             return data_result(data)
         # A client that declared the 2026 tasks extension gets a task where others get a handle.
         still_running = modern_task_created if client_wants_tasks(ctx) else handle_result
-        return await call_job_tool(
-            runtime.coordinator,
-            caller,
-            tool,
-            arguments,
-            params=ctx.params,
-            inline_limit_secs=runtime.inline_limit_secs,
-            progress=ctx.session.report_progress,
-            stopping=runtime.stopping,
-            still_running=still_running,
-        )
+        runtime.waiting += 1
+        try:
+            return await call_job_tool(
+                runtime.coordinator,
+                caller,
+                tool,
+                arguments,
+                params=ctx.params,
+                inline_limit_secs=runtime.inline_limit_secs,
+                progress=ctx.session.report_progress,
+                stopping=runtime.stopping,
+                still_running=still_running,
+            )
+        finally:
+            runtime.waiting -= 1
 
 
 def _http_trace_context(ctx: ServerRequestContext[Any, Any]) -> Any:
@@ -153,5 +169,6 @@ def build_server(runtime: McpRuntime) -> Server[Any]:
         on_call_tool=calls.call_tool,
     )
     TaskHandlers(runtime).register(server)
+    server.middleware.append(ProtocolGuards(server))
     server.middleware.append(TaskAugmentedCalls(runtime))
     return server

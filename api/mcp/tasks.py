@@ -33,6 +33,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from skillq.api.mcp.catalogue import JobTool
 from skillq.api.mcp.errors import answers_protocol_errors, protocol_error
+from skillq.api.mcp.guards import TASKS_EXTENSION, declared_tasks_extension, has_core_tasks
 from skillq.api.mcp.job_calls import follow, submission, submit
 from skillq.api.mcp.results import outcome_result
 from skillq.api.mcp.runtime import McpRuntime
@@ -42,7 +43,6 @@ from skillq.jobs.fields import iso
 from skillq.json_values import shown
 from skillq.storage import Job, JobState
 
-TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 RELATED_TASK_META_KEY = "io.modelcontextprotocol/related-task"
 POLL_INTERVAL_MS = 1000
 _LIST_PAGE = 50
@@ -70,9 +70,7 @@ def is_modern(ctx: ServerRequestContext[Any, Any]) -> bool:
 
 def client_wants_tasks(ctx: ServerRequestContext[Any, Any]) -> bool:
     """Whether this 2026-07-28 request declared the tasks extension (only then may it get one)."""
-    capabilities = ctx.session.client_capabilities
-    declared = (capabilities.extensions or {}) if capabilities else {}
-    return is_modern(ctx) and TASKS_EXTENSION in declared
+    return declared_tasks_extension(ctx)
 
 
 def _status_message(job: Job) -> str:
@@ -112,8 +110,11 @@ def modern_task_created(job: Job) -> dict[str, Any]:
     return {"resultType": "task", **modern_task_fields(job)}
 
 
-def _tool_result(job: Job) -> dict[str, Any]:
+def _tool_result(job: Job, *, modern: bool) -> dict[str, Any]:
+    """What tools/call answers for the job, in the session's era (`resultType` is 2026's)."""
     result = outcome_result(job).model_dump(by_alias=True, mode="json", exclude_none=True)
+    if not modern:
+        result.pop("resultType", None)
     meta = result.setdefault("_meta", {})
     meta[RELATED_TASK_META_KEY] = {"taskId": job.id}
     return result
@@ -131,6 +132,7 @@ class TaskHandlers:
             ("tasks/result", types.GetTaskPayloadRequestParams, self.result),
             ("tasks/cancel", types.CancelTaskRequestParams, self.cancel),
             ("tasks/list", types.PaginatedRequestParams, self.list),
+            ("tasks/update", types.GetTaskRequestParams, self.update),
         ]
         for method, params_type, handler in handlers:
             server.add_request_handler(method, params_type, answers_protocol_errors(handler))
@@ -152,11 +154,11 @@ class TaskHandlers:
         if not is_modern(ctx):
             return task_fields(job)
         detailed = modern_task_fields(job)
-        if job.state == JobState.COMPLETED:
-            detailed["result"] = _tool_result(job)
-        elif job.state == JobState.FAILED:
-            message = f"job {job.id} failed: {job.error_type}: {job.error_message}"
-            detailed["error"] = {"code": types.INTERNAL_ERROR, "message": message}
+        if job.state in (JobState.COMPLETED, JobState.FAILED):
+            # The extension's `failed` is a JSON-RPC error; a failed job is a tool error in
+            # tools/call (`isError`), so its task completed with that result.
+            detailed["status"] = "completed"
+            detailed["result"] = _tool_result(job, modern=True)
         return detailed
 
     async def result(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
@@ -168,29 +170,54 @@ class TaskHandlers:
             self.runtime.settings.timeout_secs,
             # Sent when this tasks/result request carries its own progress token.
             ctx.session.report_progress,
+            self.runtime.stopping,
         )
         if not job.job_state.is_terminal:
             message = f"task {job.id} is still {job.state}; poll tasks/get and ask again"
             raise MCPError(code=types.INTERNAL_ERROR, message=message)
-        return _tool_result(job)
+        return _tool_result(job, modern=False)
 
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
+        """2025-11-25 answers the task as `cancelled` (MUST): a running job is cancelled by its
+        worker, so the answer waits for that (at most `timeout_secs`). The 2026 extension's
+        cancel is a cooperative acknowledgement and answers at once."""
         job = await self._job(ctx, params.task_id)
         if not self._caller(ctx).can_submit:
             raise Forbidden("this principal cannot cancel jobs")
         job = await anyio.to_thread.run_sync(self.runtime.coordinator.cancel_job, job.id)
-        return {} if is_modern(ctx) else task_fields(job)
+        if is_modern(ctx):
+            return {}
+        if not job.job_state.is_terminal:
+            job = await follow(
+                self.runtime.coordinator, job, self.runtime.settings.timeout_secs, None
+            )
+        if not job.job_state.is_terminal:
+            message = f"task {job.id} is still being cancelled; ask again or poll tasks/get"
+            raise MCPError(code=types.INTERNAL_ERROR, message=message)
+        if job.state != JobState.CANCELLED:
+            # It ended another way while its worker was being told to stop.
+            message = f"task {job.id} {job.state} before it could be cancelled"
+            raise InvalidParams(message, [{"path": "taskId", "message": job.state}])
+        return task_fields(job)
+
+    async def update(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
+        """2026 extension: skillq's tasks never ask for input, so none awaits a response."""
+        job = await self._job(ctx, params.task_id)
+        raise InvalidParams(f"task {job.id} is not waiting for input (it is {job.state})")
 
     async def list(self, ctx: ServerRequestContext[Any, Any], params: Any) -> HandlerResult:
-        cursor = params.cursor or "0"
-        if not cursor.isdigit():
-            raise InvalidParams(f"invalid cursor {shown(cursor)}")
-        offset = int(cursor)
+        cursor = params.cursor
+        offset = int(cursor) if cursor is not None and cursor.isdigit() and len(cursor) < 9 else 0
+        if cursor is not None and offset <= 0:
+            raise InvalidParams(f"unknown cursor {shown(cursor)}")
         owner = self._caller(ctx).owner_filter
         coordinator = self.runtime.coordinator
         page = await anyio.to_thread.run_sync(
             lambda: coordinator.list_jobs(owner=owner, limit=_LIST_PAGE, offset=offset)
         )
+        if offset and offset >= page.total:
+            # Cursors are the offsets this method handed out: only those inside the list exist.
+            raise InvalidParams(f"unknown cursor {shown(cursor)}")
         listed: dict[str, Any] = {"tasks": [task_fields(job) for job in page.jobs]}
         if offset + len(page.jobs) < page.total:
             listed["nextCursor"] = str(offset + len(page.jobs))
@@ -207,14 +234,20 @@ class TaskAugmentedCalls:
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
         params = ctx.params
-        if ctx.method != "tools/call" or is_modern(ctx) or not _has_task(params):
+        if (
+            ctx.method != "tools/call"
+            or not has_core_tasks(ctx.protocol_version)
+            or not _has_task(params)
+        ):
             return await call_next(ctx)
         assert params is not None
         name, arguments = params.get("name"), params.get("arguments") or {}
         try:
             tool = self.runtime.catalogue.find(name if isinstance(name, str) else "")
             if not isinstance(tool, JobTool):
-                raise InvalidParams(f"{shown(name)} answers at once and does not run as a task")
+                # The tool does not declare task support: the specification's -32601.
+                message = f"{shown(name)} answers at once and does not run as a task"
+                raise MCPError(code=types.METHOD_NOT_FOUND, message=message)
             request = submission(tool, arguments, params)
             job = await submit(self.runtime.coordinator, self.runtime.caller(ctx), request)
         except SkillqError as error:

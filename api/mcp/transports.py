@@ -21,25 +21,41 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
+import anyio
 from mcp.server import Server
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+from mcp.server.auth.middleware.bearer_auth import (
+    AuthenticatedUser,
+    AuthorizationContext,
+    authorization_context,
+)
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import (
+    LAST_EVENT_ID_HEADER,
     MCP_SESSION_ID_HEADER,
     StreamableHTTPServerTransport,
     check_accept_headers,
 )
 from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from sse_starlette.sse import AppStatus
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from skillq.api.mcp.gate import EnvelopeGate
 from skillq.api.mcp.guard import McpGuard
+from skillq.api.mcp.resumable import (
+    ResumableTransport,
+    SessionEventStore,
+    owner_key,
+    replay_elsewhere,
+)
 from skillq.api.mcp.runtime import McpRuntime
 from skillq.api.mcp.server import build_server
 from skillq.api.principal import AuthenticatedPrincipal
@@ -50,6 +66,11 @@ from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+_SHUTDOWN_POLL_SECS = 0.1
+#: How long a shutdown waits for inline calls to answer, and then for answers to go out.
+_DRAIN_SECS = 5.0
+_FLUSH_SECS = 0.5
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings | None:
@@ -85,6 +106,7 @@ class _SessionsPerPrincipal(StreamableHTTPSessionManager):
         super().__init__(**kwargs)
         self.per_principal = per_principal
         self.group = group
+        self.retention_secs = self.session_idle_timeout or 3600
         group.append(self)
 
     def sessions_of(self, requestor: AuthorizationContext) -> int:
@@ -102,7 +124,38 @@ class _SessionsPerPrincipal(StreamableHTTPSessionManager):
                 subject = requestor.get("subject")
                 logger.warning("Refusing a session: %s holds %d already.", subject, held)
                 return None
-        return super()._admit_session(requestor)
+        # As the SDK's own `_admit_session`, with our transport and a store per session.
+        session_id = uuid4().hex
+        event_store = None
+        if not self.json_response:
+            event_store = SessionEventStore(
+                session_id, owner_key(requestor), timedelta(seconds=2 * self.retention_secs)
+            )
+        transport = ResumableTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=self.json_response,
+            event_store=event_store,
+            security_settings=self.security_settings,
+            idle_timeout=self.session_idle_timeout,
+        )
+        if requestor is not None:
+            self._session_owners[session_id] = requestor
+        self._server_instances[session_id] = transport
+        return transport
+
+    async def _discard_session(
+        self, session_id: str, transport: StreamableHTTPServerTransport
+    ) -> None:
+        await super()._discard_session(session_id, transport)
+        store = getattr(transport, "event_store", None)
+        # A session the client ended or let expire is gone for good; one that ends with
+        # the server (no task group any more) stays resumable until its rows are purged.
+        if isinstance(store, SessionEventStore) and self._task_group is not None:
+            with anyio.CancelScope(shield=True):
+                await store.forget()
+
+    def holds(self, session_id: str) -> bool:
+        return session_id in self._server_instances
 
 
 class _StreamableHttp:
@@ -125,6 +178,17 @@ class _StreamableHttp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         session_id = request.headers.get(MCP_SESSION_ID_HEADER)
+        if (
+            session_id is not None
+            and scope["method"] == "GET"
+            and LAST_EVENT_ID_HEADER in request.headers
+            and not self.streaming.stateless
+            and not any(manager.holds(session_id) for manager in (self.streaming, self.plain))
+        ):
+            user = scope.get("user")
+            requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+            if await replay_elsewhere(scope, receive, send, session_id, owner_key(requestor)):
+                return
         if session_id is not None:
             plain = session_id in self.plain_sessions
         else:
@@ -224,6 +288,7 @@ class McpEndpoints:
             for json_response in (False, True)
         ]
         self.max_sse_per_principal = mcp.max_sse_per_principal
+        self.max_body_size = mcp.max_body_size
         self.sse: SseServerTransport | None = None
         if mcp.legacy_sse:
             self.sse = SseServerTransport(
@@ -253,7 +318,9 @@ class McpEndpoints:
         routes = [
             Route(
                 self.endpoint,
-                self._guarded(_StreamableHttp(*self.managers), calls=True),
+                self._guarded(
+                    EnvelopeGate(_StreamableHttp(*self.managers), self.max_body_size), calls=True
+                ),
                 methods=["GET", "POST", "DELETE"],
             )
         ]
@@ -266,7 +333,7 @@ class McpEndpoints:
                 ),
                 Route(
                     f"{self.endpoint}/message",
-                    self._guarded(_SseMessages(self.sse)),
+                    self._guarded(EnvelopeGate(_SseMessages(self.sse), self.max_body_size)),
                     methods=["POST"],
                 ),
             ]
@@ -274,9 +341,30 @@ class McpEndpoints:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        async with self.managers[0].run(), self.managers[1].run():
+        # sse-starlette would end every SSE stream the moment uvicorn is told to stop, before
+        # a call waiting inline could answer on it: `_drain_on_shutdown` ends them instead.
+        AppStatus.disable_automatic_graceful_drain()
+        async with (
+            self.managers[0].run(),
+            self.managers[1].run(),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(self._drain_on_shutdown)
             try:
                 yield
             finally:
                 # Handlers cancelled from here on are cancelled by the shutdown, not a client.
                 self.runtime.stopped = True
+                group.cancel_scope.cancel()
+
+    async def _drain_on_shutdown(self) -> None:
+        """Once uvicorn is stopping: inline waits answer with their job (they poll
+        `stopping`), their answers get a moment to reach the wire, then the SSE streams end
+        (the GET streams would otherwise hold the server until its graceful timeout)."""
+        while not self.runtime.stopping():
+            await anyio.sleep(_SHUTDOWN_POLL_SECS)
+        with anyio.move_on_after(_DRAIN_SECS):
+            while self.runtime.waiting:
+                await anyio.sleep(_SHUTDOWN_POLL_SECS)
+            await anyio.sleep(_FLUSH_SECS)
+        AppStatus.should_exit = True

@@ -18,6 +18,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from skillq.storage import search_collections
 from skillq.storage.database import database_proxy
+from skillq.storage.limit_migrations import create_limit_tables, drop_limit_tables
 from skillq.storage.models import JSONField, utcnow
 
 
@@ -328,6 +329,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        13,
+        "create the job type limit slot and postponed job tables",
+        upgrade=create_limit_tables,
+        downgrade=drop_limit_tables,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

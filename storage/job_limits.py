@@ -124,15 +124,21 @@ def renew(holders: Iterable[str], expires_at: datetime) -> int:
     holders = list(holders)
     if not holders:
         return 0
+    # Only live ones: a slot released meanwhile stays released.
     query = LimitSlot.update(expires_at=expires_at).where(
-        (LimitSlot.holder.in_(holders)) & (LimitSlot.kind == CONCURRENCY)
+        (LimitSlot.holder.in_(holders))
+        & (LimitSlot.kind == CONCURRENCY)
+        & (LimitSlot.expires_at > utcnow())
     )
     return query.execute()
 
 
 def release(holder: str) -> None:
-    """Free `holder`'s concurrency slot; its rate slot stays until it expires."""
-    query = LimitSlot.delete().where((LimitSlot.holder == holder) & (LimitSlot.kind == CONCURRENCY))
+    """Free `holder`'s concurrency slot; its rate slot stays until it expires. The row stays,
+    expired now, as the record of whom the slot served last (see `next_postponed`)."""
+    query = LimitSlot.update(expires_at=utcnow()).where(
+        (LimitSlot.holder == holder) & (LimitSlot.kind == CONCURRENCY)
+    )
     query.execute()
 
 
@@ -177,7 +183,8 @@ def has_postponed(job_type: str) -> bool:
 def next_postponed(job_type: str) -> PostponedJob | None:
     """The job to start next when a slot of `job_type` frees: the highest priority first;
     within it, round-robin by owner (the owner holding fewest slots of the type goes first,
-    then the one whose oldest job waited longest), oldest first within an owner."""
+    then the one the slots served least recently, then the one whose oldest job waited
+    longest), oldest first within an owner."""
     top = PostponedJob.select(peewee.fn.MAX(PostponedJob.priority)).where(
         PostponedJob.job_type == job_type
     )
@@ -190,13 +197,16 @@ def next_postponed(job_type: str) -> PostponedJob | None:
     firsts = dict(heads)
     if not firsts:
         return None
-    held = Counter(
-        owner
-        for (owner,) in LimitSlot.select(LimitSlot.owner)
-        .where((LimitSlot.job_type == job_type) & (LimitSlot.expires_at > utcnow()))
-        .tuples()
+    now = utcnow()
+    held: Counter[str] = Counter()
+    served: dict[str, datetime] = {}  # when a slot last ended (or will end) for each owner
+    slots = LimitSlot.select(LimitSlot.owner, LimitSlot.expires_at).where(
+        LimitSlot.job_type == job_type
     )
-    owner = min(firsts, key=lambda name: (held[name], firsts[name]))
+    for owner, expires_at in slots.tuples():
+        held[owner] += expires_at > now
+        served[owner] = max(served.get(owner, datetime.min), expires_at)
+    owner = min(firsts, key=lambda name: (held[name], served.get(name, datetime.min), firsts[name]))
     return PostponedJob.get_or_none(PostponedJob.id == firsts[owner])
 
 

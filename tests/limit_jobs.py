@@ -22,6 +22,12 @@ def limited_probe(record: str, tag: str, seconds: float = 0.1) -> dict:
     return _run(record, tag, seconds)
 
 
+@skillq.job_type(queue=QUEUE, max_concurrent=1, max_retries=2)
+def fair_probe(record: str, tag: str, seconds: float = 0.3) -> dict:
+    """One at a time, so a backlog builds up faster than it drains."""
+    return _run(record, tag, seconds)
+
+
 @skillq.job_type(queue=QUEUE, max_retries=2)
 def rated_probe(record: str, tag: str, seconds: float = 0.05) -> dict:
     """Rate-limited by the test's settings (`[job_types.rated_probe]`)."""

@@ -51,8 +51,21 @@ logger = logging.getLogger(__name__)
 TOKEN_OPTION = "job_limit_token"
 #: Actor options declaring a job type's limits (overridden by `[job_types.<name>]`).
 LIMIT_OPTIONS = frozenset({"max_concurrent", "rate"})
+#: Message option marking the delivery this worker postponed (its log line is ours).
+_POSTPONED_OPTION = "job_postponed"
 #: Postponed jobs one wake-up sends at most, so one thread never loops for long.
 _WAKE_BATCH = 64
+
+
+class _PostponedSkipFilter(logging.Filter):
+    """dramatiq warns of every skipped message; a postponement is routine (it has its own INFO
+    line), so 1,000 postponed jobs must not mean 1,000 warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "was skipped" not in str(record.msg) or not record.args:
+            return True
+        message = record.args[0] if isinstance(record.args, tuple) else None
+        return not getattr(message, "options", {}).get(_POSTPONED_OPTION)
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class JobLimits(Middleware):
         self._held: dict[int, str] = {}  # worker thread -> the token of the slots it holds
         self._lock = threading.Lock()
         self._waker: _Waker | None = None
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_PostponedSkipFilter())
 
     @property
     def actor_options(self) -> set[str]:
@@ -164,6 +178,7 @@ class JobLimits(Middleware):
         if job_limits.postpone(job_id, job_type, job.owner, job.priority, kept.encode().decode()):
             job_metrics.count(job_type, "postponed")
             logger.info("Job %s postponed: %s is at its limit.", job_id, job_type)
+        message.options[_POSTPONED_OPTION] = True
         # A slot may have freed between the look and the postponement: nobody would wake it.
         self.wake(broker, job_type)
         if self._waker is not None:

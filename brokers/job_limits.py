@@ -211,18 +211,18 @@ class JobLimits(Middleware):
         with self._lock:
             return list(self._held.values())
 
-    def _acquire(self, job_type: str, limit: Limit, hold: Hold, lease: float | None = None) -> bool:
-        """Take a concurrency slot, then a rate slot; either both or neither."""
-        lease = self.lease_secs if lease is None else lease
+    def _acquire(self, job_type: str, limit: Limit, hold: Hold, *, reserve: bool = False) -> bool:
+        """Take a concurrency slot, then a rate slot; either both or neither. A job starting
+        now holds its rate slot one period from now; a reservation (`reserve`) keeps it until
+        its job starts (at least a lease), when `_confirm` moves the window to then."""
         n = limit.max_concurrent
         if n is not None and not job_limits.acquire(
-            job_type, CONCURRENCY, n, hold, lease_until(lease)
+            job_type, CONCURRENCY, n, hold, lease_until(self.lease_secs)
         ):
             return False
         rate = limit.rate
         if rate is not None:
-            # A reservation keeps its rate slot until it starts (then one period from then).
-            seconds = max(lease, rate.period_secs)
+            seconds = max(self.lease_secs, rate.period_secs) if reserve else rate.period_secs
             if not job_limits.acquire(job_type, RATE, rate.count, hold, lease_until(seconds)):
                 job_limits.release(hold.holder)
                 return False
@@ -249,7 +249,7 @@ class JobLimits(Middleware):
             if waiting is None:
                 break
             hold = Hold(uuid.uuid4().hex, waiting.owner, waiting.job_id)
-            if not self._acquire(job_type, limit, hold):
+            if not self._acquire(job_type, limit, hold, reserve=True):
                 break
             if not job_limits.take(waiting):
                 job_limits.forget(hold.holder)  # another worker woke it

@@ -51,10 +51,18 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def type_limits() -> dict[str, Any]:
+def type_limits(settings: Settings) -> dict[str, Any]:
     """Each limited job type's limits and use. Imports the actors (after `known_queues` has
     reached the store, so an outage is still exit status 5): a plugin's limits are declared
-    with its actor."""
+    with its actor. The built-in types declare none, so without settings or plugins there is
+    nothing to import for."""
+    import importlib.metadata
+
+    from skillq.jobs.plugins import ENTRY_POINT_GROUP
+
+    plugins = settings.jobs.modules or importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    if not settings.job_types and not plugins:
+        return {}
     from skillq import actors
     from skillq.brokers.job_limits import limits_of
     from skillq.jobs.limits import limit_status
@@ -81,7 +89,7 @@ def workers_status(
     queues = known_queues()
     listed = worker_list(settings.workers.dead_after_secs)
     pools = pool_status(settings, queues)
-    limits = type_limits()
+    limits = type_limits(settings)
     if as_json:
         print_json({**listed, **pools, "limits": limits})
         return

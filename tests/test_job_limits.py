@@ -38,9 +38,10 @@ from tests.test_pools import max_overlap, runs
 WORKER_ARGS = ("-m", "dramatiq", "skillq.actors", "--processes", "1", "--threads", "4")
 SECRET = "limits-test-secret-" + "l" * 32
 RATE_COUNT = 5
-#: Time between a job taking its rate slot and its first line in the record (process start
-#: of the actor body); starts are compared with this slack.
-RECORD_SLACK_SECS = 0.15
+#: Time between a job taking its rate slot and its first line in the record (the rest of the
+#: middleware, then the actor body); starts are compared with this slack, generous for a
+#: loaded machine (without the limit the gaps are about 0.02 s).
+RECORD_SLACK_SECS = 0.3
 
 
 def bearer(subject: str) -> dict[str, str]:

@@ -30,6 +30,13 @@ else:
         print(f"plugin error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    # `[job_types.<name>]` must name a job type; plugins are declared only now.
+    for name in settings.job_types:
+        if name not in broker.actors:
+            known = ", ".join(sorted(broker.actors))
+            problem = f"unknown job type (known: {known})"
+            settings_error_exit(SettingsError(problem, f"job_types.{name}", settings.source))
+
     # User schedules ([[schedules]]): one periodic actor each, run by `skillq scheduler`.
     try:
         schedule_actors = declare_schedules(broker, settings)

@@ -76,6 +76,11 @@ SCHEMAS: dict[str, Any] = {
             "by_state": _COUNTS,
             "by_type": {"type": "object", "additionalProperties": _COUNTS},
             "by_queue": {"type": "object", "additionalProperties": _COUNTS},
+            "limits": {
+                "type": "object",
+                "description": "Per job type with a global limit.",
+                "additionalProperties": {"$ref": "#/components/schemas/TypeLimits"},
+            },
             "oldest_pending": {
                 "type": "object",
                 "description": "Per queue with pending jobs: the oldest one's creation time "
@@ -90,7 +95,47 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
-        "required": ["total", "by_state", "by_type", "by_queue", "oldest_pending"],
+        "required": ["total", "by_state", "by_type", "by_queue", "oldest_pending", "limits"],
+    },
+    "TypeLimits": {
+        "type": "object",
+        "description": "A job type's global limits (null: none of that kind) and their use "
+        "now, across all workers.",
+        "properties": {
+            "max_concurrent": {"type": ["integer", "null"], "minimum": 1},
+            "rate": {
+                "type": ["object", "null"],
+                "properties": {
+                    "count": {"type": "integer", "minimum": 1},
+                    "period_secs": {"type": "number", "exclusiveMinimum": 0},
+                },
+                "required": ["count", "period_secs"],
+            },
+            "running": {"type": "integer", "minimum": 0, "description": "Slots in use."},
+            "started_in_window": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Starts in the current rate window.",
+            },
+            "postponed": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Jobs waiting for a slot now (the caller's own, for a non-admin).",
+            },
+            "postponed_total": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Postponements so far (all owners).",
+            },
+        },
+        "required": [
+            "max_concurrent",
+            "rate",
+            "running",
+            "started_in_window",
+            "postponed",
+            "postponed_total",
+        ],
     },
     "StatsHistory": {
         "type": "object",

@@ -1,5 +1,6 @@
-"""`GET /api/v1/stats`: how many jobs are in each state, per type and per queue, and how
-long the oldest pending job of each queue has waited; `GET /api/v1/stats/history`: jobs
+"""`GET /api/v1/stats`: how many jobs are in each state, per type and per queue, how
+long the oldest pending job of each queue has waited, and each limited job type's limits
+beside their use now; `GET /api/v1/stats/history`: jobs
 finished and pending depth per minute, for the dashboard's chart.
 
 Counted from the store in grouped queries; a non-admin sees the counts of its own jobs.
@@ -7,6 +8,7 @@ Counted from the store in grouped queries; a non-admin sees the counts of its ow
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,8 +18,10 @@ from starlette.routing import Route
 
 from skillq.api.auth.access import require_viewer
 from skillq.api.jobs import int_param
+from skillq.brokers.job_limits import Limit, limits_of
 from skillq.errors import InvalidParams
 from skillq.jobs.fields import iso
+from skillq.jobs.limits import limit_status
 from skillq.storage import job_history, jobs
 from skillq.storage.database import in_connection
 from skillq.storage.models import JobState, utcnow
@@ -31,7 +35,9 @@ def _by_state() -> dict[str, int]:
 
 
 @in_connection
-def job_stats(owner: str | None = None) -> dict[str, Any]:
+def job_stats(
+    owner: str | None = None, limits: Mapping[str, Limit] | None = None
+) -> dict[str, Any]:
     """Every state appears in every breakdown (zero when empty), so clients need no defaults."""
     total, by_state = 0, _by_state()
     by_type: dict[str, dict[str, int]] = {}
@@ -53,6 +59,7 @@ def job_stats(owner: str | None = None) -> dict[str, Any]:
         "by_type": by_type,
         "by_queue": by_queue,
         "oldest_pending": oldest_pending,
+        "limits": limit_status(limits or {}, owner),
     }
 
 
@@ -75,7 +82,8 @@ def history(minutes: int, owner: str | None = None) -> dict[str, Any]:
 
 async def stats(request: Request) -> JSONResponse:
     owner = require_viewer(request).owner_filter
-    return JSONResponse(await run_in_threadpool(job_stats, owner))
+    limits = limits_of(request.app.state.coordinator.broker)
+    return JSONResponse(await run_in_threadpool(job_stats, owner, limits))
 
 
 async def stats_history(request: Request) -> JSONResponse:

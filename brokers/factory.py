@@ -5,6 +5,8 @@ Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks 
 `JobProgress` sits after both so its final progress write lands before the job completes,
 and `JobLogs` after it so a job's last lines (its error among them) are written before its
 outcome is; it comes before `Cancellation`, which marks a cancelled message first.
+`JobLimits` sits before `JobStatus`, so a postponed job is never marked running and its slot
+is given back after its outcome is recorded.
 `JobTracing` comes first, so its attempt span encloses all the others' work.
 `WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
 it running, and let go of it before anyone records its outcome.
@@ -15,7 +17,7 @@ know what runs here: `JobStatus` adds and removes the jobs, the others read them
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dramatiq
@@ -31,6 +33,7 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from skillq.brokers.cancellation import Cancellation
+from skillq.brokers.job_limits import JobLimits, Limit, limit_from
 from skillq.brokers.job_logs import JobLogs
 from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
@@ -56,6 +59,7 @@ def job_middleware(
     recover: Callable[[], Any] | None = None,
     max_result_bytes: int = 1_048_576,
     max_log_bytes: int = 1_048_576,
+    limits: Mapping[str, Limit] | None = None,
 ) -> list[Middleware]:
     """skillq's middleware stack, sharing one new `RunningJobs`.
 
@@ -72,6 +76,11 @@ def job_middleware(
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
+        JobLimits(
+            limits,
+            lease_secs=workers.dead_after_secs,
+            renew_secs=workers.heartbeat_secs,
+        ),
         JobStatus(
             running,
             dead_after_secs=workers.dead_after_secs,
@@ -105,6 +114,10 @@ def build_broker(
         recover=recover,
         max_result_bytes=settings.jobs.max_result_bytes,
         max_log_bytes=settings.jobs.max_log_bytes,
+        limits={
+            name: limit_from(configured.max_concurrent, configured.rate)
+            for name, configured in settings.job_types.items()
+        },
     )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
 from skillq.errors import SettingsError
+from skillq.rates import parse_rate
 from skillq.settings_loader import Context, build, read_toml
 
 ENV_VAR = "SKILLQ_SETTINGS"
@@ -201,6 +202,16 @@ class JobsSettings:
     max_workflow_jobs: Annotated[int, _R(lo=1, hi=10_000)] = 100
 
 
+@dataclass(frozen=True, slots=True)
+class JobTypeSettings:
+    """`[job_types.<name>]`: limits that hold across every worker process and machine."""
+
+    #: Attempts of this type running at once, all workers together.
+    max_concurrent: Annotated[int | None, _R(lo=1, hi=10_000)] = None
+    #: Starts allowed per window, e.g. "10/minute", "5/second", "3/10s".
+    rate: str | None = None
+
+
 def _shipped_skills() -> tuple[Path, ...]:
     """The example skills shipped with skillq (`skills/`, installed as `skillq.example_skills`)."""
     return (Path(str(importlib.resources.files("skillq.example_skills"))),)
@@ -311,6 +322,9 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     schedules: tuple[ScheduleSettings, ...] = ()
+    #: Per job type limits; the names are checked against the job types at worker start
+    #: (plugins are declared after the settings are read).
+    job_types: dict[str, JobTypeSettings] = field(default_factory=dict)
     source: Annotated[Path | None, _R(internal=True)] = None
 
 
@@ -411,6 +425,14 @@ def _check_subscription(obj: WebhookSubscriptionSettings, where: str) -> None:
         raise SettingsError("must name at least one event", f"{where}.events")
 
 
+def _check_job_type(obj: JobTypeSettings, where: str) -> None:
+    if obj.rate is not None:
+        try:
+            parse_rate(obj.rate)
+        except ValueError as error:
+            raise SettingsError(str(error), f"{where}.rate") from None
+
+
 def _check_settings(obj: Settings, where: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(schedule.name for schedule in obj.schedules):
@@ -430,6 +452,7 @@ _CHECKS: dict[type, Callable[[Any, str], None]] = {
     TelemetrySettings: _check_telemetry,
     WebhookSubscriptionSettings: _check_subscription,
     WebhookSettings: _check_webhooks,
+    JobTypeSettings: _check_job_type,
     Settings: _check_settings,
 }
 

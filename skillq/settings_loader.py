@@ -141,6 +141,10 @@ def _convert(tp: Any, value: Any, key: str, ctx: Context) -> Any:
         return _convert(next(a for a in args if a is not type(None)), value, key, ctx)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key, ctx)
+    if typing.get_origin(tp) is dict and args:  # a table of tables, e.g. [job_types.<name>]
+        if not isinstance(value, dict):
+            raise _wrong_type("a table", value, key)
+        return {name: _convert(args[1], item, f"{key}.{name}", ctx) for name, item in value.items()}
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, list):
             raise _wrong_type("an array of tables", value, key)

@@ -9,7 +9,8 @@ counters.
 One row per (job type, metric, bucket):
 
 - a counter (`completed`, `failed`, `cancelled`, `retried`: an attempt after the first
-  started) has the bucket "" and counts events;
+  started, `postponed`: a delivery held back by a job type's limit) has the bucket "" and
+  counts events;
 - a histogram (`run_seconds`, `wait_seconds`) has one row per bucket an observation fell in
   (not cumulative: each observation touches one row), its upper bound as the bucket, with
   the observations' count and sum. `histograms` makes them cumulative, as Prometheus wants.
@@ -29,7 +30,7 @@ import peewee
 from skillq.storage.database import database_proxy
 from skillq.storage.models import BaseModel
 
-COUNTERS = ("completed", "failed", "cancelled", "retried")
+COUNTERS = ("completed", "failed", "cancelled", "retried", "postponed")
 HISTOGRAMS = ("run_seconds", "wait_seconds")
 #: Upper bounds, in seconds: jobs last from milliseconds (a sleep of 0) to an hour (an index).
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, math.inf)

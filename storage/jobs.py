@@ -23,6 +23,7 @@ import peewee
 from skillq.json_values import storable_text
 from skillq.storage import job_logs, job_metrics, job_writes
 from skillq.storage.database import database_proxy
+from skillq.storage.job_limits import PostponedJob
 from skillq.storage.models import Job, JobState, utcnow
 
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
@@ -314,9 +315,14 @@ def lost_pending(
     probably lost (the API died between insert and enqueue, a broker lost its data)."""
     cutoff = (now or utcnow()) - requeue_after
     sent = peewee.fn.COALESCE(Job.enqueued_at, Job.created_at)
-    # A job waiting for its dependencies has no message yet (`storage.dependencies`).
+    # A job waiting for its dependencies has no message yet (`storage.dependencies`); one
+    # postponed by its type's limit is kept with its message, not lost.
+    postponed = PostponedJob.select().where(PostponedJob.job_id == Job.id)
     query = Job.select().where(
-        (Job.state == JobState.PENDING) & (Job.waiting == False) & (sent < cutoff)  # noqa: E712
+        (Job.state == JobState.PENDING)
+        & (Job.waiting == False)  # noqa: E712
+        & (sent < cutoff)
+        & ~peewee.fn.EXISTS(postponed)
     )
     return list(query.order_by(Job.created_at).limit(limit))
 

@@ -19,6 +19,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from skillq.storage import migration_v15, search_collections, worker_token_migration
 from skillq.storage.database import database_proxy
 from skillq.storage.dependency_migration import add_dependencies_v11, drop_dependencies_v11
+from skillq.storage.limit_migrations import create_limit_tables, drop_limit_tables
 from skillq.storage.models import JSONField, utcnow
 from skillq.storage.webhook_tables import create_webhook_tables, drop_webhook_tables
 
@@ -342,6 +343,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "job dependencies and workflows",
         upgrade=add_dependencies_v11,
         downgrade=drop_dependencies_v11,
+    ),
+    Migration(
+        13,
+        "create the job type limit slot and postponed job tables",
+        upgrade=create_limit_tables,
+        downgrade=drop_limit_tables,
     ),
     Migration(
         14,

@@ -25,14 +25,21 @@ PLUGIN = ROOT / "examples" / "hello-plugin"
 
 
 def boot(
-    modules: dict[str, str], tmp_path: Path, jobs_modules: list[str]
+    modules: dict[str, str],
+    tmp_path: Path,
+    jobs_modules: list[str],
+    more: dict[str, dict] | None = None,
 ) -> subprocess.CompletedProcess:
     """Imports skillq.actors (what every process does at start) with plugin modules."""
     for name, source in modules.items():
         (tmp_path / f"{name}.py").write_text(source)
     settings = write_settings(
         tmp_path,
-        {"server": {"data_dir": str(tmp_path / "data")}, "jobs": {"modules": jobs_modules}},
+        {
+            "server": {"data_dir": str(tmp_path / "data")},
+            "jobs": {"modules": jobs_modules},
+            **(more or {}),
+        },
     )
     return subprocess.run(
         [sys.executable, "-c", "from skillq import actors; print(sorted(actors.plugins))"],
@@ -85,8 +92,27 @@ def test_a_module_plugin_is_declared(tmp_path: Path) -> None:
             ["schema"],
             "job type 'f': invalid params_schema",
         ),
+        (
+            {"rated": "import skillq\n\n@skillq.job_type(rate='5/fortnight')\ndef f(): ...\n"},
+            ["rated"],
+            "job type 'f': rate: expected COUNT/UNIT such as '10/minute'",
+        ),
+        (
+            {"capped": "import skillq\n\n@skillq.job_type(max_concurrent=0)\ndef f(): ...\n"},
+            ["capped"],
+            "job type 'f': max_concurrent must be at least 1",
+        ),
     ],
-    ids=["missing", "import-error", "no-job-type", "duplicate", "built-in-name", "bad-schema"],
+    ids=[
+        "missing",
+        "import-error",
+        "no-job-type",
+        "duplicate",
+        "built-in-name",
+        "bad-schema",
+        "bad-rate",
+        "bad-max-concurrent",
+    ],
 )
 def test_a_bad_plugin_stops_the_start_with_one_line(
     tmp_path: Path, modules: dict[str, str], listed: list[str], expected: str
@@ -96,6 +122,36 @@ def test_a_bad_plugin_stops_the_start_with_one_line(
     lines = booted.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("plugin error: "), booted.stderr
     assert expected in lines[0]
+
+
+def test_limits_name_job_types_checked_once_plugins_are_declared(tmp_path: Path) -> None:
+    limited = "import skillq\n\n@skillq.job_type(max_concurrent=2, rate='10/minute')\n"
+    limited += "def capped(n: int) -> int:\n    return n\n"
+    more = {"job_types.capped": {"rate": "5/second"}}
+    assert boot({"limited": limited}, tmp_path, ["limited"], more).returncode == 0
+    booted = boot({"limited": limited}, tmp_path, ["limited"], {"job_types.cappd": {}})
+    assert booted.returncode == 2
+    (line,) = booted.stderr.strip().splitlines()
+    assert "job_types.cappd: unknown job type (known: capped, " in line
+
+
+def test_settings_override_the_decorators_limits() -> None:
+    from dramatiq.brokers.stub import StubBroker
+    from dramatiq.middleware import Retries
+
+    from skillq.brokers.job_limits import JobLimits, Limit, limit_from, limits_of
+    from skillq.jobs.plugins import _declare, job_type
+    from skillq.jobs.types import JobTypeOptions
+    from skillq.rates import Rate
+
+    @job_type(max_concurrent=2, rate="10/minute")
+    def capped(n: int) -> int:
+        return n
+
+    configured = {"capped": limit_from(rate="5/second")}
+    broker = StubBroker(middleware=[Retries(), JobLimits(configured), JobTypeOptions()])
+    _declare(broker, capped)
+    assert limits_of(broker) == {"capped": Limit(2, Rate(5, 1.0))}
 
 
 @pytest.fixture(scope="module")

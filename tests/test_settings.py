@@ -218,6 +218,11 @@ def test_backends_with_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("[workers]\njob_timeout_secs = 0\n", "workers.job_timeout_secs", "greater than 0"),
         ("[jobs]\ndefault_ttl_hours = 100\nmax_ttl_hours = 50\n", "jobs.default_ttl_hours", ""),
         ("[mcp]\nendpoint = 'mcp'\n", "mcp.endpoint", "must start with '/'"),
+        ("[job_types.sleep]\nrate = '5/fortnight'\n", "job_types.sleep.rate", "COUNT/UNIT"),
+        ("[job_types.sleep]\nrate = '0/second'\n", "job_types.sleep.rate", "between 1 and"),
+        ("[job_types.sleep]\nmax_concurrent = 0\n", "job_types.sleep.max_concurrent", "between"),
+        ("[job_types.sleep]\nmax_concurent = 2\n", "job_types.sleep.max_concurent", "did you"),
+        ("[job_types]\nsleep = 2\n", "job_types.sleep", "expected a table"),
         (
             "[auth.jwt]\nsecret = '${SQ_UNSET}'\n",
             "auth.jwt.secret",

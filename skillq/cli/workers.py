@@ -1,5 +1,6 @@
 """`skillq workers`: the worker registry, and each queue's pool size (desired vs actual).
 
+`workers status` also shows each job type's global limits beside their use now.
 `workers scale skill=8 index=2` records desired sizes in the store; the supervisor of a
 running `skillq up` (or `skillq worker`) applies them within a few seconds
 (`skillq.cli.worker_pools`). `workers status` shows, per queue, the desired size beside
@@ -8,7 +9,7 @@ what the live worker processes in the registry run, then the processes themselve
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,11 +51,36 @@ def _settings() -> Settings:
     return load_settings()
 
 
+def type_limits(settings: Settings) -> dict[str, Any]:
+    """Each limited job type's limits and use. Imports the actors (after `known_queues` has
+    reached the store, so an outage is still exit status 5): a plugin's limits are declared
+    with its actor. The built-in types declare none, so without settings or plugins there is
+    nothing to import for."""
+    import importlib.metadata
+
+    from skillq.jobs.plugins import ENTRY_POINT_GROUP
+
+    plugins = settings.jobs.modules or importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    if not settings.job_types and not plugins:
+        return {}
+    from skillq import actors
+    from skillq.brokers.job_limits import limits_of
+    from skillq.jobs.limits import limit_status
+    from skillq.storage.database import in_connection
+
+    return in_connection(limit_status)(limits_of(actors.broker))
+
+
+def _rate(rate: dict[str, Any] | None) -> str:
+    return "-" if rate is None else f"{rate['count']}/{rate['period_secs']:g}s"
+
+
 @workers_app.command("status")
 def workers_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Each queue's pool (desired vs actual), then the registered worker processes."""
+    """Each queue's pool (desired vs actual), each limited job type's limits and use, then
+    the registered worker processes."""
 
     from skillq.jobs.pools import pool_status
     from skillq.jobs.workers import worker_list
@@ -63,8 +89,9 @@ def workers_status(
     queues = known_queues()
     listed = worker_list(settings.workers.dead_after_secs)
     pools = pool_status(settings, queues)
+    limits = type_limits(settings)
     if as_json:
-        print_json({**listed, **pools})
+        print_json({**listed, **pools, "limits": limits})
         return
     print_rows(
         ("queue", "desired", "actual", "source"),
@@ -78,6 +105,22 @@ def workers_status(
             for pool in pools["pools"]
         ],
     )
+    if limits:
+        print_rows(
+            ("job type", "max concurrent", "running", "rate", "in window", "postponed", "total"),
+            [
+                (
+                    name,
+                    "-" if limit["max_concurrent"] is None else limit["max_concurrent"],
+                    limit["running"],
+                    _rate(limit["rate"]),
+                    limit["started_in_window"],
+                    limit["postponed"],
+                    limit["postponed_total"],
+                )
+                for name, limit in limits.items()
+            ],
+        )
     counts = listed["counts"]
     print_rows(
         ("id", "status", "queues", "threads", "jobs", "started", "last beat"),

@@ -37,6 +37,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from skillq.errors import InvalidParams
+from skillq.rates import parse_rate
 
 ENTRY_POINT_GROUP = "skillq.job_types"
 #: A job type's name: what clients submit as `type` and MCP lists as a tool.
@@ -61,6 +62,9 @@ class PluginJobType:
     time_limit_secs: float | None
     max_retries: int | None
     run_once: bool
+    #: Global limits across all workers (overridden by `[job_types.<name>]`).
+    max_concurrent: int | None = None
+    rate: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
@@ -76,12 +80,15 @@ def job_type(
     time_limit: float | None = None,
     max_retries: int | None = None,
     run_once: bool = False,
+    max_concurrent: int | None = None,
+    rate: str | None = None,
 ) -> Any:
     """Describe `function` as a job type (see the module's docstring).
 
     `time_limit` is in seconds (default: `workers.job_timeout_secs`); `max_retries` defaults
     to `workers.max_retries`; `run_once` types are never run a second time after a worker
-    dies mid-job (they fail with `WorkerLost` instead).
+    dies mid-job (they fail with `WorkerLost` instead). `max_concurrent` and `rate` (e.g.
+    "10/minute") limit the type across all workers; `[job_types.<name>]` settings override them.
     """
 
     def describe(fn: Callable[..., Any]) -> PluginJobType:
@@ -96,6 +103,8 @@ def job_type(
             time_limit_secs=time_limit,
             max_retries=max_retries,
             run_once=run_once,
+            max_concurrent=max_concurrent,
+            rate=rate,
         )
 
     return describe if function is None else describe(function)
@@ -215,6 +224,14 @@ def _check(plugin: PluginJobType, where: str, broker: dramatiq.Broker, found: di
         ) from None
     if plugin.params_schema.get("type", "object") != "object":
         raise PluginError(f"{where}: job type {plugin.name!r}: params must be a JSON object")
+    concurrent = plugin.max_concurrent
+    if concurrent is not None and (type(concurrent) is not int or concurrent < 1):
+        raise PluginError(f"{where}: job type {plugin.name!r}: max_concurrent must be at least 1")
+    if plugin.rate is not None:
+        try:
+            parse_rate(plugin.rate)
+        except (ValueError, AttributeError) as error:
+            raise PluginError(f"{where}: job type {plugin.name!r}: rate: {error}") from None
 
 
 def _declare(broker: dramatiq.Broker, plugin: PluginJobType) -> None:
@@ -238,4 +255,8 @@ def _declare(broker: dramatiq.Broker, plugin: PluginJobType) -> None:
         options["max_retries"] = plugin.max_retries
     if plugin.run_once:
         options["run_once"] = True
+    if plugin.max_concurrent is not None:
+        options["max_concurrent"] = plugin.max_concurrent
+    if plugin.rate is not None:
+        options["rate"] = plugin.rate
     dramatiq.actor(run, actor_name=plugin.name, queue_name=plugin.queue, broker=broker, **options)

@@ -25,7 +25,8 @@ JOB_TYPE_OPTIONS = frozenset(
 class JobTypeOptions(Middleware):
     """Lets actors declare themselves job types (`params_schema=...`, `description=...`,
     `params_check=...`): Dramatiq refuses actor options no middleware declares, and this
-    catalogue is what reads these."""
+    catalogue is what reads these. The limit options (`max_concurrent=2`, `rate="10/minute"`)
+    are declared by `skillq.brokers.job_limits.JobLimits`, which applies them."""
 
     @property
     def actor_options(self) -> set[str]:

@@ -1,0 +1,227 @@
+"""What global job-type limits cost and deliver, on a real store (SQLite in a temporary
+directory, or `--postgres URL`), with in-process dramatiq workers on a StubBroker.
+
+Run by hand from the repository root; it prints and asserts nothing:
+
+    .venv/bin/python bench/job_limits.py [--jobs 1000] [--rounds 3]
+    .venv/bin/python bench/job_limits.py --postgres postgresql://127.0.0.1/test
+
+Printed:
+
+1. the time per job of an unlimited type through skillq's middleware stack with and
+   without `JobLimits` (variants take turns to go first), and of a type whose limit is
+   never reached (`max_concurrent = 10000`: every job takes and gives back a slot);
+2. the throughput of a type limited to `max_concurrent = 2` (jobs of 50 ms: the limit
+   allows 40/s) and of one limited to `rate = "20/second"`, beside those limits;
+3. the CPU a worker uses while it holds 1,000 postponed jobs (one blocked job holds the
+   only slot), over 5 seconds;
+4. the fairness bound: how long one job of owner B, queued behind owner A's backlog of
+   `--backlog` jobs of a type limited to 1 at a time (jobs of 10 ms), waits once a worker
+   starts, and how many of A's jobs start before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from skillq.brokers.factory import job_middleware
+from skillq.brokers.job_limits import JobLimits, Limit, limit_from
+from skillq.jobs.coordinator import JobCoordinator
+from skillq.jobs.types import JobTypeOptions
+from skillq.settings import Settings, WorkerSettings
+from skillq.storage import JobState, bind_database, job_limits, open_database
+from skillq.storage.database import connection
+from skillq.storage.migrations import upgrade
+from skillq.storage.models import Job
+
+WORKERS = WorkerSettings(max_retries=0, retry_delay_secs=0, heartbeat_secs=2)
+SCHEMA = {"type": "object"}
+
+
+def _broker(limits: dict[str, Limit] | None, with_limits: bool = True) -> StubBroker:
+    stack = job_middleware(WORKERS, limits=limits)
+    if not with_limits:
+        stack = [m for m in stack if not isinstance(m, JobLimits)]
+    return StubBroker(middleware=[*stack, JobTypeOptions()])
+
+
+def _completed(ids: list[str]) -> int:
+    with connection():
+        return Job.select().where(Job.id.in_(ids) & (Job.state == JobState.COMPLETED)).count()
+
+
+def _run(broker: StubBroker, submit: list[dict], threads: int) -> float:
+    """Seconds for one worker of `threads` threads to complete every job of `submit`."""
+    coordinator = JobCoordinator(broker, Settings(workers=WORKERS))
+    ids = [coordinator.submit_job(body).job.id for body in submit]
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=10)
+    started = time.perf_counter()
+    worker.start()
+    while _completed(ids) < len(ids):
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    broker.close()
+    return elapsed
+
+
+def per_job_ms(variant: str, jobs: int) -> float:
+    limits = {"work": limit_from(max_concurrent=10_000)} if variant == "never at limit" else {}
+    broker = _broker(limits, with_limits=variant != "without JobLimits")
+
+    @dramatiq.actor(broker=broker, queue_name="default", params_schema=SCHEMA)
+    def work() -> None:
+        pass
+
+    return _run(broker, [{"type": "work", "params": {}}] * jobs, threads=4) / jobs * 1000
+
+
+def throughput(limit: Limit, jobs: int, seconds: float) -> float:
+    broker = _broker({"work": limit})
+
+    @dramatiq.actor(broker=broker, queue_name="default", params_schema=SCHEMA)
+    def work() -> None:
+        time.sleep(seconds)
+
+    return jobs / _run(broker, [{"type": "work", "params": {}}] * jobs, threads=8)
+
+
+def idle_cpu(postponed: int) -> tuple[float, int]:
+    """CPU % of this process over 5 s while `postponed` jobs wait for the one slot."""
+    broker = _broker({"work": limit_from(max_concurrent=1)})
+    gate = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name="default", params_schema=SCHEMA)
+    def work() -> None:
+        gate.wait()
+
+    coordinator = JobCoordinator(broker, Settings(workers=WORKERS))
+    ids = [
+        coordinator.submit_job({"type": "work", "params": {}}).job.id for _ in range(postponed + 1)
+    ]
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    while True:
+        with connection():
+            waiting = job_limits.usage().get("work", job_limits.Usage()).postponed
+        if waiting >= postponed:
+            break
+        time.sleep(0.1)
+    cpu, wall = time.process_time(), time.perf_counter()
+    time.sleep(5)
+    percent = (time.process_time() - cpu) / (time.perf_counter() - wall) * 100
+    gate.set()
+    while _completed(ids) < len(ids):
+        time.sleep(0.05)
+    worker.stop()
+    broker.close()
+    return percent, waiting
+
+
+def fairness_wait(backlog: int) -> tuple[float, int]:
+    """Seconds owner B's one job waits behind A's backlog, and how many of A's started first."""
+    broker = _broker({"work": limit_from(max_concurrent=1)})
+    started: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name="default", params_schema=SCHEMA)
+    def work(tag: str) -> None:
+        started.append(tag)
+        time.sleep(0.01)
+
+    coordinator = JobCoordinator(broker, Settings(workers=WORKERS))
+    body = {"type": "work", "params": {"tag": "a"}}
+    ids = [coordinator.submit_job(body, owner="a").job.id for _ in range(backlog)]
+    # B's message is queued behind all of A's: the worst case.
+    single = coordinator.submit_job({"type": "work", "params": {"tag": "b"}}, owner="b").job.id
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
+    worker.start()
+    begun = time.perf_counter()
+    while "b" not in started:
+        time.sleep(0.001)
+    waited = time.perf_counter() - begun
+    ahead = started.index("b")
+    while _completed([*ids, single]) < backlog + 1:
+        time.sleep(0.05)
+    worker.stop()
+    broker.close()
+    return waited, ahead
+
+
+@contextlib.contextmanager
+def _postgres_schema(url: str | None) -> Iterator[str | None]:
+    if not url:
+        yield None
+        return
+    import psycopg2
+
+    schema = f"bench_job_limits_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE SCHEMA {schema}")
+    try:
+        separator = "&" if "?" in url else "?"
+        yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        conn.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--postponed", type=int, default=1000)
+    parser.add_argument("--backlog", type=int, default=1000)
+    parser.add_argument("--postgres", help="a PostgreSQL URL (default: SQLite in a temp dir)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as directory, _postgres_schema(args.postgres) as url:
+        if url:
+            database = open_database("postgres", url=url)
+        else:
+            database = open_database("sqlite", path=Path(directory) / "jobs.db")
+        bind_database(database)
+        upgrade()
+        print(f"{'PostgreSQL' if url else 'SQLite'} store")
+
+        variants = ["without JobLimits", "with JobLimits", "never at limit"]
+        timings: dict[str, list[float]] = {v: [] for v in variants}
+        for round_ in range(args.rounds):
+            for variant in variants[round_ % 3 :] + variants[: round_ % 3]:
+                timings[variant].append(per_job_ms(variant, args.jobs))
+        base = statistics.median(timings[variants[0]])
+        print(f"1. unlimited type, {args.jobs} jobs x {args.rounds} rounds, ms per job (median)")
+        for variant in variants:
+            median = statistics.median(timings[variant])
+            print(f"   {variant:<20}{median:8.3f} ms  {100 * (median / base - 1):+6.1f} %")
+
+        concurrent = throughput(limit_from(max_concurrent=2), 80, 0.05)
+        print(f"2. max_concurrent = 2, 50 ms jobs: {concurrent:5.1f} jobs/s (limit allows 40)")
+        rated = throughput(limit_from(rate="20/second"), 60, 0.0)
+        print(f'   rate = "20/second", 60 jobs:     {rated:5.1f} jobs/s (limit 20; the first')
+        print("   20 start at once, so 60 take 2 s plus the last job)")
+
+        percent, waiting = idle_cpu(args.postponed)
+        print(f"3. worker CPU with {waiting} postponed jobs, over 5 s: {percent:.1f} % of a core")
+
+        waited, ahead = fairness_wait(args.backlog)
+        print(
+            f"4. owner B's job queued after A's {args.backlog} (1 at a time, 10 ms each):"
+            f" started {waited:.2f} s after the worker, after {ahead} of A's"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -155,7 +155,8 @@ def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path
     not_json = skillq("jobs", "submit", "sleep", "--params", "{", settings=embedded)
     assert not_json.returncode == 2 and "--params is not valid JSON" in not_json.stderr
     assert skillq("jobs", "submit", "nope", settings=embedded).returncode == 2
-    assert skillq("jobs", "cancel", job_id, settings=embedded).returncode == 0
+    cancelled = skillq("jobs", "cancel", job_id, settings=embedded)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     again = skillq("jobs", "cancel", job_id, settings=embedded)
     assert again.returncode == 4 and "only a pending or running job" in again.stderr
 

@@ -1,5 +1,6 @@
-"""Scale-out: two API processes and two worker processes, each as if on its own machine (its
-own `data_dir`), sharing one broker (Redis or RabbitMQ) and one PostgreSQL store.
+"""Scale-out: two API processes, two local worker processes and one remote worker (it reaches
+only an API, over HTTP, with a worker token), each as if on its own machine (its own
+`data_dir`), the others sharing one broker (Redis or RabbitMQ) and one PostgreSQL store.
 
 Whatever API process a client reaches, it sees the same jobs, the same job events, the same
 search collections and the same idempotency keys, and every job of a mixed batch runs
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +23,9 @@ import pytest
 
 from tests.reliability import prepare_broker, settings_sections
 from tests.support import (
+    ROOT,
     ChildProcess,
+    child_env,
     create_postgres_schema,
     drop_postgres_schema,
     postgres_schema_url,
@@ -32,7 +37,9 @@ from tests.support import (
 )
 
 TERMINAL = {"completed", "failed", "cancelled"}
-COMPLETED_LINE = re.compile(r"Job ([0-9a-f-]{36}) completed \(attempt (\d+)\)")
+#: What a local worker (`Job <id> completed (attempt 1).`) and a remote one (`Job <id>:
+#: completed (attempt 1).`) log when a job of theirs completes.
+COMPLETED_LINE = re.compile(r"Job ([0-9a-f-]{36}):? completed \(attempt (\d+)\)")
 SKILL = {"skill": "text-stats", "tool": "word_count"}
 
 
@@ -42,13 +49,39 @@ class Cluster:
     workers: list[ChildProcess]
     processes: list[ChildProcess] = field(default_factory=list)
 
-    def completions(self) -> Counter[str]:
-        """How many times each job completed, from every worker's own log."""
+    def completions(self, workers: list[ChildProcess] | None = None) -> Counter[str]:
+        """How many times each job completed, from the workers' own logs."""
         seen: Counter[str] = Counter()
-        for worker in self.workers:
+        for worker in self.workers if workers is None else workers:
             text = worker.log_path.read_text(errors="replace")
             seen.update(job_id for job_id, _ in COMPLETED_LINE.findall(text))
         return seen
+
+
+def start_remote_worker(server_settings: Path, base_url: str, directory: Path) -> ChildProcess:
+    """A worker with nothing but the API's URL and a worker token: sleep and skill jobs
+    (index jobs write collections into the store, which it cannot reach)."""
+    command = ["auth", "worker-token", "create", "remote-1", "--queues", "default,skill"]
+    minted = subprocess.run(
+        [sys.executable, "-m", "skillq", *command],
+        cwd=ROOT,
+        env=child_env(server_settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert minted.returncode == 0, minted.stderr
+    directory.mkdir()
+    own = write_settings(directory, {"server": {"data_dir": str(directory / "data")}})
+    args = ["-m", "skillq", "worker", "--remote", base_url, "--threads", "4"]
+    remote = ChildProcess("remote", [*args, "--token", minted.stdout.strip()], own, directory)
+    wait_for(
+        lambda: "is ready" in remote.log() or not remote.alive(),
+        timeout=60,
+        what="the remote worker to register",
+    )
+    assert remote.alive(), remote.log()
+    return remote
 
 
 def machine(base: Path, name: str, broker: str, store_url: str) -> Path:
@@ -86,6 +119,9 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             clients.append(httpx.Client(base_url=base_url, timeout=30))
         workers = [start_worker(settings[name], settings[name].parent) for name in ("w1", "w2")]
         processes.extend(workers)
+        remote = start_remote_worker(settings["api-a"], str(clients[0].base_url), base / "remote")
+        processes.append(remote)
+        workers.append(remote)
         yield Cluster(clients, workers, processes)
     finally:
         for client in clients:
@@ -154,6 +190,9 @@ def test_mixed_batch_through_two_apis_runs_each_job_exactly_once(cluster: Cluste
             assert finished[job_id]["result"]["echo"] == i
     completions = cluster.completions()
     assert {job_id: completions[job_id] for job_id in ids} == dict.fromkeys(ids, 1)
+    remote_share = cluster.completions(cluster.workers[2:])
+    assert remote_share, "the remote worker took no job"
+    assert all(bodies[ids.index(job_id)]["type"] != "index_documents" for job_id in remote_share)
 
     # Both API processes list and count the same jobs.
     listings = [

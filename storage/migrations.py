@@ -16,7 +16,7 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from skillq.storage import search_collections
+from skillq.storage import migration_delays, search_collections
 from skillq.storage.database import database_proxy
 from skillq.storage.models import JSONField, utcnow
 
@@ -328,6 +328,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the desired worker pool table",
         upgrade=lambda db: _desired_pool_table(db).create_table(safe=False),
         downgrade=lambda db: _desired_pool_table(db).drop_table(safe=False),
+    ),
+    Migration(
+        12,
+        "delayed jobs: job scheduled_for",
+        upgrade=migration_delays.add_job_scheduled_for,
+        downgrade=migration_delays.drop_job_scheduled_for,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -81,6 +81,9 @@ class Job(BaseModel):
     #: When the job's message was last handed to the broker; stale-job recovery re-sends a
     #: job pending far longer than that, as its message was lost (v3).
     enqueued_at = peewee.DateTimeField(null=True)
+    #: A delayed job's start time (`run_at` / `delay_secs`): no worker starts it before, and
+    #: recovery counts a lost message from it rather than from the send (v12).
+    scheduled_for = peewee.DateTimeField(null=True)
 
     class Meta:
         table_name = "skillq_job"

@@ -30,6 +30,7 @@ from skillq.errors import (
     ServiceUnavailable,
     UnknownJobType,
 )
+from skillq.jobs import delays, quotas
 from skillq.jobs.schema_messages import schema_errors
 from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
@@ -68,6 +69,7 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
             "pattern": "^[^\\x00]*$",
         },
         "trace_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\x00]*$"},
+        **delays.SCHEMA_PROPERTIES,
     },
     "required": ["type"],
     "additionalProperties": False,
@@ -132,18 +134,20 @@ class JobCoordinator:
             else self.settings.workers.max_retries
         )
         try:
-            job = jobs.insert_job(
-                id=str(uuid.uuid4()),
-                type=job_type.name,
-                queue=job_type.queue,
-                params=fields["params"],
-                priority=fields["priority"],
-                max_retries=max_retries,
-                expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
-                owner=owner,
-                trace_id=_trace_id_of(fields.get("trace_id")),
-                idempotency_key=key,
-            )
+            with quotas.within_quota(self.settings.quotas, owner, job_type.name):
+                job = jobs.insert_job(
+                    id=str(uuid.uuid4()),
+                    type=job_type.name,
+                    queue=job_type.queue,
+                    params=fields["params"],
+                    priority=fields["priority"],
+                    max_retries=max_retries,
+                    expires_at=utcnow() + timedelta(hours=fields["ttl_hours"]),
+                    owner=owner,
+                    trace_id=_trace_id_of(fields.get("trace_id")),
+                    idempotency_key=key,
+                    scheduled_for=fields["scheduled_for"],
+                )
         except peewee.IntegrityError:
             # Another request with the same key won the race: answer with its job.
             existing = jobs.find_by_idempotency_key(owner, key) if key else None
@@ -242,7 +246,14 @@ class JobCoordinator:
 
     @in_connection
     def position_in_queue(self, job: Job) -> int | None:
-        return jobs.position_in_queue(job) if job.state == JobState.PENDING else None
+        """Runnable pending jobs of its queue ahead of it; None unless it is pending and its
+        time has come (a delayed job is in no queue yet: its `scheduled_for` says when)."""
+        if job.state != JobState.PENDING:
+            return None
+        now = utcnow()
+        if job.scheduled_for is not None and job.scheduled_for > now:
+            return None
+        return jobs.position_in_queue(job, now=now)
 
     def _validate_submission(self, request: Any) -> tuple[JobType, dict[str, Any]]:
         # First, before any schema: nothing is written that cannot be read back.
@@ -280,7 +291,14 @@ class JobCoordinator:
             )
         priority = request.get("priority", DEFAULT_PRIORITY)
         priority = PRIORITY_NAMES.get(priority, priority)
-        fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours)
+        scheduled_for = delays.scheduled_for(request, self.settings.jobs.max_delay_hours, utcnow())
+        fields = dict(
+            request,
+            params=params,
+            priority=priority,
+            ttl_hours=ttl_hours,
+            scheduled_for=scheduled_for,
+        )
         return job_type, fields
 
     def resend(self, job: Job) -> None:
@@ -308,10 +326,12 @@ class JobCoordinator:
         )
 
     def _send(self, job: Job, job_type: JobType) -> None:
-        """Enqueue the job's message; with tracing on, in an enqueue span of the job's trace
-        (also when a retry or a recovery pass, in a trace of its own, sends it)."""
+        """Enqueue the job's message, held by the broker until its `scheduled_for`; with
+        tracing on, in an enqueue span of the job's trace (also when a retry or a recovery
+        pass, in a trace of its own, sends it)."""
+        delay = delays.delay_ms(job, utcnow())
         if not tracing.enabled():
-            self.broker.enqueue(self._message(job, job_type))
+            self.broker.enqueue(self._message(job, job_type), delay=delay)
             return
         attributes = {
             "skillq.job_id": job.id,
@@ -321,7 +341,7 @@ class JobCoordinator:
         with tracing.span(
             "skillq.enqueue", join=job.trace_id, kind=SpanKind.PRODUCER, attributes=attributes
         ):
-            self.broker.enqueue(self._message(job, job_type))
+            self.broker.enqueue(self._message(job, job_type), delay=delay)
 
     def _enqueue(self, job: Job, job_type: JobType) -> None:
         try:

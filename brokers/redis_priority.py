@@ -7,8 +7,13 @@ non-empty level first, so a worker runs higher priorities first and FIFO within 
 Everything else is dramatiq's: the Lua dispatch script, acknowledgements per level, the
 heartbeats, and dead-worker maintenance (every level is fetched from while the queue is
 idle, so a dead worker's unacknowledged messages on any level get their maintenance pass).
-Delayed messages (retries with back-off) wait in the queue's delay queue as usual and take
-their level when they come due. Dead letters stay `dead_message_ttl` (7 days), as dramatiq's.
+Delayed messages (delayed jobs, retries with back-off) wait in the queue's delay queue as
+usual and take their level when they come due. Two things make them start on time (within
+milliseconds, where dramatiq's idle back-off adds up to a second at each of two hops): the
+delay queue's consumer never idles past the earliest eta it handed to the worker (dramatiq
+moves a due message only when that consumer returns), and a local enqueue wakes this
+process's idle queue consumers at once. Dead letters stay `dead_message_ttl` (7 days), as
+dramatiq's.
 
 `join` and `dead_letters` behave as on Dramatiq's `StubBroker`, so Dramatiq's own
 broker-generic tests run against this broker (tests/dramatiq_suite).
@@ -17,6 +22,7 @@ broker-generic tests run against this broker (tests/dramatiq_suite).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from uuid import uuid4
@@ -24,7 +30,7 @@ from uuid import uuid4
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff, dq_name
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
 
@@ -34,6 +40,8 @@ DEFAULT_PRIORITY = 5
 MAX_PRIORITY = 10
 #: Message option naming the Redis list a message was queued on (its queue or a level).
 LEVEL_OPTION = "redis_level"
+#: Shortest idle wait of the delay queue's consumer when a message is due (milliseconds).
+MIN_DELAY_POLL_MS = 10
 #: Options only this broker reads; `dead_letters` hands messages back without them.
 _BOOKKEEPING_OPTIONS = ("redis_message_id", LEVEL_OPTION)
 
@@ -57,6 +65,8 @@ class PriorityRedisBroker(RedisBroker):
         super().__init__(*args, **kwargs)
         self.fail_fast_default = fail_fast_default
         self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
+        self._enqueued = threading.Condition()
+        self.generation = 0
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -64,7 +74,7 @@ class PriorityRedisBroker(RedisBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _RedisConsumer:
         if queue_name.endswith(".DQ"):
-            return _RedisConsumer(self, queue_name, prefetch, timeout)
+            return _DelayQueueConsumer(self, queue_name, prefetch, timeout)
         return _PriorityRedisConsumer(self, queue_name, prefetch, timeout)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
@@ -75,8 +85,20 @@ class PriorityRedisBroker(RedisBroker):
         message = message.copy(options={"redis_message_id": str(uuid4()), LEVEL_OPTION: level})
         self.emit_before("enqueue", message, None)
         self.do_enqueue(level, message.options["redis_message_id"], message.encode())
+        self._notify()
         self.emit_after("enqueue", message, None)
         return message
+
+    def _notify(self) -> None:
+        """Wake this process's idle queue consumers (other processes poll as dramatiq's do)."""
+        with self._enqueued:
+            self.generation += 1
+            self._enqueued.notify_all()
+
+    def wait_for_enqueue(self, seen_generation: int, timeout: float) -> None:
+        with self._enqueued:
+            if self.generation == seen_generation:
+                self._enqueued.wait(timeout)
 
     def levels(self, queue_name: str) -> list[str]:
         """The queue's lists, highest priority first."""
@@ -200,12 +222,45 @@ class _PriorityRedisConsumer(_RedisConsumer):
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
                 messages = []
+                generation = self.broker.generation  # before the fetch: no wake-up is missed
                 if self.outstanding_message_count < self.prefetch:
                     messages = self._fetch(self.prefetch - self.outstanding_message_count)
                     self.message_cache = messages
                 if not messages:
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-                    time.sleep(backoff_ms / 1000)
+                    self.broker.wait_for_enqueue(generation, backoff_ms / 1000)
                     return None
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None
+
+
+class _DelayQueueConsumer(_RedisConsumer):
+    """Dramatiq's delay-queue consumer, whose idle back-off never outlasts the earliest eta
+    among the messages it handed to the worker and that are not yet moved (acked)."""
+
+    def __init__(self, broker: PriorityRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.max_timeout = timeout
+        self._etas: dict[str, int] = {}
+
+    def __next__(self) -> MessageProxy | None:
+        self.timeout = self._idle_cap()
+        message = super().__next__()
+        if message is not None:
+            eta = message.options.get("eta")
+            self._etas[message.options["redis_message_id"]] = eta if isinstance(eta, int) else 0
+        return message
+
+    def _idle_cap(self) -> int:
+        if not self._etas:
+            return self.max_timeout
+        wait = min(self._etas.values()) - current_millis()
+        return int(min(self.max_timeout, max(wait, MIN_DELAY_POLL_MS)))
+
+    def ack(self, message: MessageProxy) -> None:
+        self._etas.pop(message.options.get("redis_message_id"), None)
+        super().ack(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        self._etas.pop(message.options.get("redis_message_id"), None)
+        super().nack(message)

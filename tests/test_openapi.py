@@ -32,8 +32,10 @@ from skillq import actors
 from skillq.api.app import create_app
 from skillq.api.openapi import documented_routes
 from skillq.settings import AuthSettings, JwtSettings
+from tests.openapi_hooks import keep_run_at_in_window
 from tests.support import (
     LOCAL_URL,
+    ROOT,
     api_with_worker,
     create_postgres_schema,
     drop_postgres_schema,
@@ -142,6 +144,7 @@ def fuzz(operation, mode: GenerationMode, headers: dict | None):
     @given(case=operation.as_strategy(generation_mode=mode))
     @FUZZ
     def check(case) -> None:
+        keep_run_at_in_window(case)
         response = case.call_and_validate(headers=headers, checks=every_check())
         assert response.status_code < 500
 
@@ -230,7 +233,14 @@ def schemathesis_run(url: str, workdir: Path, *options: str) -> subprocess.Compl
         text=True,
         timeout=1200,
         cwd=workdir,
+        env={**child_env_of_hooks(), "SCHEMATHESIS_HOOKS": "tests.openapi_hooks"},
     )
+
+
+def child_env_of_hooks() -> dict[str, str]:
+    """The command's environment, able to import tests/openapi_hooks.py from the checkout."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 @pytest.mark.parametrize(

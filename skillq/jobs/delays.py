@@ -25,7 +25,8 @@ SCHEMA_PROPERTIES: dict[str, Any] = {
         "minLength": 1,
         "maxLength": 64,
         "description": "ISO 8601 time with an offset (Z or ±hh:mm) the job starts at, "
-        "not before; kept in UTC.",
+        "not before; kept in UTC. 422 if more than 60 s ago or more than "
+        "[jobs] max_delay_hours ahead, or given with delay_secs.",
     },
     "delay_secs": {
         "type": "number",
@@ -43,7 +44,7 @@ def parse_run_at(text: str) -> datetime:
     """An ISO 8601 time with an explicit offset, as naive UTC (how the store keeps times).
     A time without an offset is refused: whose local time it means is anyone's guess."""
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text.upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise _invalid("run_at", "run_at is not an ISO 8601 time", f"got {shown(text)}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:

@@ -10,12 +10,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from dramatiq.middleware import SkipMessage
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from skillq import actors
 from skillq.api.app import create_app
+from skillq.brokers.job_status import JOB_ID_OPTION, JobStatus
+from skillq.brokers.running import RunningJobs
 from skillq.cli.main import app as cli_app
 from skillq.client import wire
+from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import StorageSettings
 from skillq.storage import jobs
 from skillq.storage.database import connection
@@ -147,3 +152,28 @@ def test_client_refuses_a_naive_run_at() -> None:
         wire.delay_options(datetime(2026, 12, 1, 10), None)
     aware = datetime(2026, 12, 1, 10, tzinfo=UTC)
     assert wire.delay_options(aware, None) == {"run_at": "2026-12-01T10:00:00+00:00"}
+
+
+class _RecordingBroker:
+    """Stands in for the broker a worker's JobStatus re-sends an early message through."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | None]] = []
+
+    def enqueue(self, message, *, delay: int | None = None):
+        self.sent.append((message.options[JOB_ID_OPTION], delay))
+        return message
+
+
+def test_a_message_delivered_early_goes_back_to_wait(store: StorageSettings) -> None:
+    """Whatever delivers a delayed job's message early (a duplicate sent without the delay,
+    a clock ahead), the worker does not start the job: it re-sends it for the time left."""
+    coordinator = JobCoordinator(actors.broker, actors.settings)
+    job = coordinator.submit_job({"type": "sleep", "delay_secs": 30}).job
+    message = actors.broker.get_actor("sleep").message_with_options(**{JOB_ID_OPTION: job.id})
+    broker = _RecordingBroker()
+    with pytest.raises(SkipMessage):
+        JobStatus(RunningJobs()).before_process_message(broker, message)
+    ((sent_id, delay),) = broker.sent
+    assert sent_id == job.id and 28_000 < delay <= 30_001
+    assert coordinator.get_job(job.id).state == "pending"

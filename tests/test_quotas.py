@@ -57,6 +57,7 @@ def test_rest_429_with_retry_after_names_the_quota(client: TestClient) -> None:
     assert error["code"] == "rate_limited"
     assert "quotas.types.sleep.max_pending" in error["message"]
     assert error["details"][0]["limit"] == 2
+    assert error["details"][0]["retry_after_secs"] == 7
     # Another type still fits under the owner's quota of 3, then that one is reached too.
     assert _submit(client, "execute_skill").status_code == 202
     refused = _submit(client, "execute_skill")

@@ -63,6 +63,7 @@ def _refusal(
                 "quota": name,
                 "limit": limit,
                 "current": pending,
+                "retry_after_secs": retry_after,
             }
         ],
         retry_after=retry_after,

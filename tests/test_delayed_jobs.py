@@ -29,6 +29,14 @@ from tests.test_hostile_values import mcp_call
 
 @pytest.fixture
 def client(store: StorageSettings) -> Iterator[TestClient]:
+    """On a fresh store of each backend: for what the store's SQL decides."""
+    with TestClient(create_app(), base_url="http://127.0.0.1:8000") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def app_client() -> Iterator[TestClient]:
+    """On the session's embedded store: for what is decided before the store is reached."""
     with TestClient(create_app(), base_url="http://127.0.0.1:8000") as client:
         yield client
 
@@ -88,8 +96,9 @@ def test_position_in_queue_skips_jobs_not_yet_due(client: TestClient) -> None:
     ],
 )
 def test_bad_delays_are_422_and_nothing_is_written(
-    client: TestClient, options: dict, path: str, words: str
+    app_client: TestClient, options: dict, path: str, words: str
 ) -> None:
+    client = app_client
     total = client.get("/api/v1/jobs").json()["total"]
     response = _submit(client, **options)
     assert response.status_code == 422, response.text
@@ -99,7 +108,8 @@ def test_bad_delays_are_422_and_nothing_is_written(
     assert client.get("/api/v1/jobs").json()["total"] == total
 
 
-def test_a_past_run_at_within_the_tolerance_runs_at_once(client: TestClient) -> None:
+def test_a_past_run_at_within_the_tolerance_runs_at_once(app_client: TestClient) -> None:
+    client = app_client
     just_now = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     job = _submit(client, run_at=just_now).json()
     assert job["state"] == "pending" and job["scheduled_for"] is not None
@@ -119,7 +129,8 @@ def test_recovery_resends_a_delayed_job_only_once_it_is_overdue(client: TestClie
         assert job["id"] in {j.id for j in lost}
 
 
-def test_mcp_job_options_carry_a_delay(client: TestClient) -> None:
+def test_mcp_job_options_carry_a_delay(app_client: TestClient) -> None:
+    client = app_client
     options = {"skillq/job_options": {"delay_secs": 120}, "skillq/inline_wait_secs": 0}
     result = mcp_call(client, "sleep", '{"seconds": 0}', **options)
     job_id = result["_meta"]["skillq/job"]["id"]
@@ -131,7 +142,7 @@ def test_mcp_job_options_carry_a_delay(client: TestClient) -> None:
     assert refused["structuredContent"]["error"]["code"] == "invalid_params"
 
 
-def test_cli_delay_and_at(store: StorageSettings) -> None:
+def test_cli_delay_and_at() -> None:
     runner = CliRunner()
     submitted = runner.invoke(cli_app, ["jobs", "submit", "sleep", "--delay", "1h30m", "--json"])
     assert submitted.exit_code == 0, submitted.output

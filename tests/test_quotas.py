@@ -69,6 +69,11 @@ def test_rest_429_with_retry_after_names_the_quota(client: TestClient) -> None:
     assert _submit(client).status_code == 202
 
 
+def test_the_document_describes_the_429(client: TestClient) -> None:
+    submit = client.get("/openapi.json").json()["paths"]["/api/v1/jobs"]["post"]
+    assert "Retry-After" in submit["responses"]["429"]["headers"]
+
+
 def test_mcp_answers_a_tool_error_rate_limited(client: TestClient) -> None:
     options = {"skillq/inline_wait_secs": 0}
     for _ in range(2):

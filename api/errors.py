@@ -24,6 +24,7 @@ from skillq.errors import (
     InvalidParams,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     ServiceUnavailable,
     SkillqError,
     TooManyRequests,
@@ -46,6 +47,7 @@ HTTP_STATUS: dict[type[SkillqError], int] = {
     IdempotencyKeyReused: 409,
     Forbidden: 403,
     TooManyRequests: 429,
+    QuotaExceeded: 429,
     ServiceUnavailable: 503,
 }
 
@@ -74,8 +76,11 @@ def _envelope(
 
 def error_response(error: SkillqError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """A core error as REST answers it. `headers` add to (or refine) the defaults: every
-    401 names the scheme the client should use (RFC 7235)."""
+    401 names the scheme the client should use (RFC 7235), every refused quota when to try
+    again (`Retry-After`, RFC 9110)."""
     defaults = {"WWW-Authenticate": CHALLENGE} if isinstance(error, Unauthorized) else {}
+    if isinstance(error, QuotaExceeded):
+        defaults["Retry-After"] = str(error.retry_after)
     status_code = row_of(HTTP_STATUS, error)
     return _envelope(
         status_code, error.code, error.message, error.details, {**defaults, **(headers or {})}

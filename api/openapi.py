@@ -37,6 +37,8 @@ _ERRORS = {
     409: "The job's state does not allow this.",
     413: "The request body is larger than server.max_body_size.",
     422: "The request breaks a schema; details name each failing path.",
+    429: "`rate_limited`: a per-owner quota ([quotas]) is reached; the message and "
+    "details[0].quota name it.",
     503: "The broker, the store or the identity provider cannot be reached.",
 }
 
@@ -193,8 +195,9 @@ def _submission(callbacks: bool) -> dict[str, Any]:
 def submission_schema(
     job_types: dict[str, JobType],
     max_ttl_hours: int,
-    max_dependencies: int = 100,
     *,
+    max_dependencies: int = 100,
+    max_delay_hours: int = 168,
     callbacks: bool = False,
 ) -> dict[str, Any]:
     """SUBMISSION_SCHEMA once per job type, with that type's `params` schema."""
@@ -206,6 +209,9 @@ def submission_schema(
         variant["properties"]["params"] = job_type.params_schema
         variant["properties"]["ttl_hours"]["maximum"] = max_ttl_hours
         variant["properties"]["depends_on"]["maxItems"] = max_dependencies
+        variant["properties"]["delay_secs"]["maximum"] = max_delay_hours * 3600
+        variant["properties"]["run_at"]["format"] = "date-time"
+        variant["not"] = {"required": ["run_at", "delay_secs"]}
         if not job_type.validator.is_valid({}):  # an absent `params` is validated as {}
             variant["required"] = [*variant["required"], "params"]
         variants.append(variant)
@@ -233,7 +239,8 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                 "schema": submission_schema(
                     job_types,
                     settings.jobs.max_ttl_hours,
-                    settings.jobs.max_workflow_jobs,
+                    max_dependencies=settings.jobs.max_workflow_jobs,
+                    max_delay_hours=settings.jobs.max_delay_hours,
                     callbacks=settings.webhooks.secret is not None,
                 )
             }
@@ -259,6 +266,15 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
                     "description": "`idempotency_key_reused`: the key already names a job made "
                     "from a different request (type, params or priority); `details[0].job_id` "
                     "names it. A new request needs a new key.",
+                },
+                "429": {
+                    **_error(429),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds worth waiting ([quotas] retry_after_secs).",
+                            "schema": {"type": "string"},
+                        }
+                    },
                 },
                 **{str(s): _error(s) for s in [400, *auth, 413, 422, 503]},
             },

@@ -30,7 +30,9 @@ SCHEMAS: dict[str, Any] = {
                     "code": {"type": "string"},
                     "message": {"type": "string"},
                     "details": {
-                        "description": "For 400/422: a list of {path, message}; else null."
+                        "description": "For 400/422: a list of {path, message}; for 429 "
+                        "rate_limited: [{path, message, quota, limit, current, "
+                        "retry_after_secs}]; else null."
                     },
                 },
                 "required": ["code", "message", "details"],

@@ -131,9 +131,9 @@ def build_broker(
             maintenance_chance=REDIS_MAINTENANCE_CHANCE,
         )
     if broker_settings.backend == "rabbitmq":
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        from skillq.brokers.rabbitmq_delays import DelayPromptRabbitmqBroker
 
-        return RabbitmqBroker(
+        return DelayPromptRabbitmqBroker(
             url=broker_settings.url,
             middleware=middleware,
             max_priority=MAX_PRIORITY,

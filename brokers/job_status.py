@@ -197,6 +197,8 @@ class JobStatus(Middleware):
             # Held for its dependencies: its own message is sent when it is released.
             logger.info("Skipping message %s: job %s waits.", message.message_id, job_id)
             raise SkipMessage()
+        if job.job_state is JobState.PENDING and job.scheduled_for is not None:
+            self._hold_until_due(broker, message, job)
         if job.job_state is JobState.RUNNING:
             # dramatiq's retry of an attempt that just failed can arrive before that attempt's
             # outcome is recorded; it follows on from it rather than duplicating it.
@@ -261,6 +263,19 @@ class JobStatus(Middleware):
             job.worker_id,
             message.message_id,
         )
+
+    def _hold_until_due(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
+        """A delayed job never starts before its `scheduled_for`, whatever delivered its
+        message early (a clock ahead of the store's, a duplicate sent without the delay):
+        the message goes back to the broker for the time that is left."""
+        early_ms = (job.scheduled_for - utcnow()).total_seconds() * 1000
+        if early_ms <= 0:
+            return
+        logger.info(
+            "Holding message %s: job %s is due in %d ms.", message.message_id, job.id, early_ms
+        )
+        broker.enqueue(message.copy(message_id=generate_unique_id()), delay=int(early_ms) + 1)
+        raise SkipMessage()
 
     def _defer(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
         """Look at this duplicate again once the running attempt could be declared dead."""

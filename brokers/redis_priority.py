@@ -7,8 +7,13 @@ non-empty level first, so a worker runs higher priorities first and FIFO within 
 Everything else is dramatiq's: the Lua dispatch script, acknowledgements per level, the
 heartbeats, and dead-worker maintenance (every level is fetched from while the queue is
 idle, so a dead worker's unacknowledged messages on any level get their maintenance pass).
-Delayed messages (retries with back-off) wait in the queue's delay queue as usual and take
-their level when they come due. Dead letters stay `dead_message_ttl` (7 days), as dramatiq's.
+Delayed messages (delayed jobs, retries with back-off) wait in the queue's delay queue as
+usual and take their level when they come due. Two things make them start on time (within
+milliseconds, where dramatiq's idle back-off adds up to a second at each of two hops): the
+delay queue's consumer never idles past the earliest eta it handed to the worker (dramatiq
+moves a due message only when that consumer returns), and a local enqueue wakes this
+process's idle queue consumers at once. Dead letters stay `dead_message_ttl` (7 days), as
+dramatiq's.
 
 Wake-up. Dramatiq's consumer polls an empty queue with a back-off growing to the worker
 timeout (1 s), so an idle worker started a job ~50 ms after it was sent, on average. Here each
@@ -32,7 +37,7 @@ from uuid import uuid4
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff, dq_name
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
 
@@ -42,6 +47,8 @@ DEFAULT_PRIORITY = 5
 MAX_PRIORITY = 10
 #: Message option naming the Redis list a message was queued on (its queue or a level).
 LEVEL_OPTION = "redis_level"
+#: Shortest idle wait of the delay queue's consumer when a message is due (milliseconds).
+MIN_DELAY_POLL_MS = 10
 #: Options only this broker reads; `dead_letters` hands messages back without them.
 _BOOKKEEPING_OPTIONS = ("redis_message_id", LEVEL_OPTION)
 
@@ -72,7 +79,7 @@ class PriorityRedisBroker(RedisBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> _RedisConsumer:
         if queue_name.endswith(".DQ"):
-            return _RedisConsumer(self, queue_name, prefetch, timeout)
+            return _DelayQueueConsumer(self, queue_name, prefetch, timeout)
         return _PriorityRedisConsumer(self, queue_name, prefetch, timeout)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
@@ -251,3 +258,35 @@ class _PriorityRedisConsumer(_RedisConsumer):
                     return None
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None
+
+
+class _DelayQueueConsumer(_RedisConsumer):
+    """Dramatiq's delay-queue consumer, whose idle back-off never outlasts the earliest eta
+    among the messages it handed to the worker and that are not yet moved (acked)."""
+
+    def __init__(self, broker: PriorityRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.max_timeout = timeout
+        self._etas: dict[str, int] = {}
+
+    def __next__(self) -> MessageProxy | None:
+        self.timeout = self._idle_cap()
+        message = super().__next__()
+        if message is not None:
+            eta = message.options.get("eta")
+            self._etas[message.options["redis_message_id"]] = eta if isinstance(eta, int) else 0
+        return message
+
+    def _idle_cap(self) -> int:
+        if not self._etas:
+            return self.max_timeout
+        wait = min(self._etas.values()) - current_millis()
+        return int(min(self.max_timeout, max(wait, MIN_DELAY_POLL_MS)))
+
+    def ack(self, message: MessageProxy) -> None:
+        self._etas.pop(message.options.get("redis_message_id"), None)
+        super().ack(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        self._etas.pop(message.options.get("redis_message_id"), None)
+        super().nack(message)

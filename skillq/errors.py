@@ -16,7 +16,9 @@ an error leaves skillq is decided by the surface it leaves through, each in one 
     ├── Unauthorized          unauthorized         no valid credential
     ├── Forbidden             forbidden            a credential without the needed role
     ├── TooManyRequests       too_many_requests    a per-principal limit is reached (streams,
-    │                                              MCP sessions)
+    │   │                                          MCP sessions)
+    │   └── QuotaExceeded     rate_limited         a submit past one of the owner's quotas
+    │                                              (details name it; `retry_after` seconds)
     └── ServiceUnavailable    service_unavailable  the broker or the store cannot be reached
 
     SettingsError             (not a SkillqError)  a bad settings file: start-up stops with
@@ -94,6 +96,16 @@ class Forbidden(SkillqError):
 
 class TooManyRequests(SkillqError):
     code = "too_many_requests"
+
+
+class QuotaExceeded(TooManyRequests):
+    """A submit past a per-owner quota (`[quotas]`); `retry_after`: seconds worth waiting."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, details: Any = None, *, retry_after: int = 10) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(SkillqError):

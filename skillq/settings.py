@@ -198,6 +198,8 @@ class JobsSettings:
     max_result_bytes: Annotated[int, _R(lo=1024)] = 1_048_576
     #: The deepest `offset` a job listing may ask for (400 past it): deep pages cost a scan.
     max_list_offset: Annotated[int, _R(lo=0)] = 10_000
+    #: The latest a delayed job (`run_at` / `delay_secs`) may be asked to start, in hours.
+    max_delay_hours: Annotated[int, _R(lo=1, hi=8760)] = 168
     #: The jobs of one workflow, and the dependencies of one job, at most this many (422).
     max_workflow_jobs: Annotated[int, _R(lo=1, hi=10_000)] = 100
 
@@ -210,6 +212,26 @@ class JobTypeSettings:
     max_concurrent: Annotated[int | None, _R(lo=1, hi=10_000)] = None
     #: Starts allowed per window, e.g. "10/minute", "5/second", "3/10s".
     rate: str | None = None
+
+
+#: The only key of a `[quotas.types.<name>]` table.
+QUOTA_TYPE_KEYS = ("max_pending",)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSettings:
+    """Per-owner quotas, checked at submit (429 past them); every quota is off by default."""
+
+    #: Pending jobs (queued, delayed, or waiting for a retry) one owner may have at once.
+    max_pending: Annotated[int | None, _R(lo=0)] = None
+    #: The `Retry-After` (seconds) of a submit refused for a quota.
+    retry_after_secs: Annotated[int, _R(lo=1, hi=86400)] = 10
+    #: Per job type, `[quotas.types.<name>] max_pending = N`: that type's pending jobs per owner.
+    types: dict = field(default_factory=dict)
+
+    def max_pending_of(self, job_type: str) -> int | None:
+        """The type's own quota, if it has one."""
+        return self.types.get(job_type, {}).get("max_pending")
 
 
 def _shipped_skills() -> tuple[Path, ...]:
@@ -315,6 +337,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     mcp: McpSettings = field(default_factory=McpSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
     skills: SkillsSettings = field(default_factory=SkillsSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
@@ -383,6 +406,20 @@ def _check_jobs(obj: JobsSettings, where: str) -> None:
         raise SettingsError(problem, f"{where}.default_ttl_hours")
 
 
+def _check_quotas(obj: QuotaSettings, where: str) -> None:
+    for name, table in obj.types.items():
+        key = f"{where}.types.{name}"
+        if not isinstance(table, dict):
+            raise SettingsError(f"expected a table with {', '.join(QUOTA_TYPE_KEYS)}", key)
+        for option, value in table.items():
+            if option not in QUOTA_TYPE_KEYS:
+                raise SettingsError(
+                    "unknown key (a type's quota has max_pending)", f"{key}.{option}"
+                )
+            if type(value) is not int or value < 0:
+                raise SettingsError(f"must be an integer >= 0 (got {value!r})", f"{key}.{option}")
+
+
 def _check_search(obj: SearchSettings, where: str) -> None:
     if obj.embeddings == "openai" and obj.embeddings_url is None:
         problem = f"required when {where}.embeddings is 'openai'"
@@ -448,6 +485,7 @@ _CHECKS: dict[type, Callable[[Any, str], None]] = {
     StorageSettings: _check_url,
     AuthSettings: _check_auth,
     JobsSettings: _check_jobs,
+    QuotaSettings: _check_quotas,
     SearchSettings: _check_search,
     TelemetrySettings: _check_telemetry,
     WebhookSubscriptionSettings: _check_subscription,

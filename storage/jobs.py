@@ -119,15 +119,19 @@ def count_by_type_queue_state(owner: str | None = None) -> list[tuple[str, str, 
     return [tuple(row) for row in query.tuples()]
 
 
-def position_in_queue(job: Job) -> int:
-    """How many pending jobs of the same queue run before this one (priority, then FIFO)."""
+def position_in_queue(job: Job, *, now: datetime | None = None) -> int:
+    """How many pending jobs of the same queue run before this one (priority, then FIFO).
+
+    Delayed jobs whose time has not come are in no one's way, so they are not counted."""
     p = _placeholder()
     sql = (
         f'SELECT COUNT(*) FROM "{Job._meta.table_name}" WHERE state = {p} AND queue = {p}'
         f" AND NOT waiting AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
+        f" AND (scheduled_for IS NULL OR scheduled_for <= {p})"
     )
     created_at = Job.created_at.db_value(job.created_at)
-    params = [JobState.PENDING.value, job.queue, job.priority, job.priority, created_at]
+    due = Job.scheduled_for.db_value(now or utcnow())
+    params = [JobState.PENDING.value, job.queue, job.priority, job.priority, created_at, due]
     return database_proxy.execute_sql(sql, params).fetchone()[0]
 
 
@@ -312,16 +316,21 @@ def lost_pending(
     requeue_after: timedelta, *, now: datetime | None = None, limit: int = 1000
 ) -> list[Job]:
     """Pending jobs last sent to the broker longer ago than `requeue_after`: their message was
-    probably lost (the API died between insert and enqueue, a broker lost its data)."""
+    probably lost (the API died between insert and enqueue, a broker lost its data).
+
+    A delayed job counts from its `scheduled_for` when that is later: its message rightly
+    waits in the broker until then, and is lost only if the job has not started by then."""
     cutoff = (now or utcnow()) - requeue_after
     sent = peewee.fn.COALESCE(Job.enqueued_at, Job.created_at)
     # A job waiting for its dependencies has no message yet (`storage.dependencies`); one
-    # postponed by its type's limit is kept with its message, not lost.
+    # postponed by its type's limit is kept with its message, not lost; a delayed one's
+    # message counts as lost only that long after its start time.
     postponed = PostponedJob.select().where(PostponedJob.job_id == Job.id)
+    expected = peewee.Case(None, [(Job.scheduled_for > sent, Job.scheduled_for)], sent)
     query = Job.select().where(
         (Job.state == JobState.PENDING)
         & (Job.waiting == False)  # noqa: E712
-        & (sent < cutoff)
+        & (expected < cutoff)
         & ~peewee.fn.EXISTS(postponed)
     )
     return list(query.order_by(Job.created_at).limit(limit))

@@ -16,7 +16,12 @@ from datetime import datetime
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-from skillq.storage import migration_v15, search_collections, worker_token_migration
+from skillq.storage import (
+    migration_delays,
+    migration_v15,
+    search_collections,
+    worker_token_migration,
+)
 from skillq.storage.database import database_proxy
 from skillq.storage.dependency_migration import add_dependencies_v11, drop_dependencies_v11
 from skillq.storage.limit_migrations import create_limit_tables, drop_limit_tables
@@ -343,6 +348,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "job dependencies and workflows",
         upgrade=add_dependencies_v11,
         downgrade=drop_dependencies_v11,
+    ),
+    Migration(
+        12,
+        "delayed jobs: job scheduled_for",
+        upgrade=migration_delays.add_job_scheduled_for,
+        downgrade=migration_delays.drop_job_scheduled_for,
     ),
     Migration(
         13,

@@ -88,6 +88,9 @@ class Job(BaseModel):
     depends_on = JSONField(null=True)
     #: The workflow that created it, if any (v11).
     workflow_id = peewee.CharField(max_length=36, null=True, index=True)
+    #: A delayed job's start time (`run_at` / `delay_secs`): no worker starts it before, and
+    #: recovery counts a lost message from it rather than from the send (v12).
+    scheduled_for = peewee.DateTimeField(null=True)
 
     class Meta:
         table_name = "skillq_job"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from skillq.settings import StorageSettings
+from tests.reliability import BROKERS, Stack, shared_stack
 from tests.support import (
     RABBITMQ_VHOST,
     bound_store,
@@ -52,3 +53,16 @@ def sandbox_mode(request: pytest.FixtureRequest) -> str:
     if request.param == "bwrap":
         require_bwrap()
     return request.param
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A real API and worker pool on each broker, shared by suites that leave it as they
+    found it (test_cancel, test_delayed_runs); pytest keeps one broker's up at a time."""
+    running = shared_stack(request.param, tmp_path_factory.mktemp(f"stack-{request.param}"))
+    try:
+        yield running
+    finally:
+        running.close()

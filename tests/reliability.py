@@ -188,3 +188,51 @@ class Stack:
             timeout=timeout,
             what=f"job {job_id} to be {'/'.join(sorted(states))}",
         )
+
+
+NAP_TOOL = """\
+import json, subprocess, sys
+child = subprocess.Popen(["sleep", json.load(sys.stdin)["seconds"]])
+print("PROGRESS 0.1 child started", file=sys.stderr, flush=True)
+child.wait()
+json.dump({"slept": True}, sys.stdout)
+"""
+
+NAP_SKILL = """\
+name = "napper"
+description = "Sleeps in a grandchild process, for cancellation tests."
+
+[[tools]]
+name = "nap"
+description = "Start `sleep 300` and wait for it."
+command = ["{python}", "{skill_dir}/nap.py"]
+timeout_secs = 600
+kind = "long"
+
+[tools.input_schema]
+type = "object"
+additionalProperties = false
+properties = { seconds = { type = "string" } }
+"""
+
+
+def shared_stack(broker: str, directory: Path) -> Stack:
+    """The stack the cancel and delayed-job suites share (`broker_stack` in conftest): the
+    `napper` skill, whose tool sleeps in a grandchild process, and the `clock` job type
+    (tests/delay_jobs.py), which reports when it started. Started: API and a worker pool."""
+    skills = directory / "skills" / "napper"
+    skills.mkdir(parents=True)
+    (skills / "skill.toml").write_text(NAP_SKILL)
+    (skills / "nap.py").write_text(NAP_TOOL)
+    extra = {
+        "skills": {"paths": [str(directory / "skills")]},
+        "jobs": {"modules": ["tests.delay_jobs"]},
+    }
+    running = Stack.create(broker, directory, extra=extra)
+    try:
+        running.start_api()
+        running.start_worker()
+    except BaseException:
+        running.close()
+        raise
+    return running

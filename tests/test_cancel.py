@@ -9,57 +9,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from tests.reliability import BROKERS, Stack
+from tests.reliability import Stack
 from tests.support import ROOT, child_env, host_processes, process_gone, sleep_marker, wait_for
 
-NAP_TOOL = """\
-import json, subprocess, sys
-child = subprocess.Popen(["sleep", json.load(sys.stdin)["seconds"]])
-print("PROGRESS 0.1 child started", file=sys.stderr, flush=True)
-child.wait()
-json.dump({"slept": True}, sys.stdout)
-"""
 
-NAP_SKILL = """\
-name = "napper"
-description = "Sleeps in a grandchild process, for cancellation tests."
-
-[[tools]]
-name = "nap"
-description = "Start `sleep 300` and wait for it."
-command = ["{python}", "{skill_dir}/nap.py"]
-timeout_secs = 600
-kind = "long"
-
-[tools.input_schema]
-type = "object"
-additionalProperties = false
-properties = { seconds = { type = "string" } }
-"""
-
-
-@pytest.fixture(scope="module", params=BROKERS)
-def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp(f"cancel-{request.param}")
-    skills = directory / "skills" / "napper"
-    skills.mkdir(parents=True)
-    (skills / "skill.toml").write_text(NAP_SKILL)
-    (skills / "nap.py").write_text(NAP_TOOL)
-    running = Stack.create(request.param, directory)
-    with running.settings_path.open("a") as settings:
-        settings.write(f'\n[skills]\npaths = ["{directory / "skills"}"]\n')
-    try:
-        running.start_api()
-        running.start_worker()
-        yield running
-    finally:
-        running.close()
+@pytest.fixture
+def stack(broker_stack: Stack) -> Stack:
+    """The session's stack of each broker (tests/conftest.py), shared with the delayed-job
+    suite: one API and worker boot per broker instead of one per suite."""
+    return broker_stack
 
 
 def _assert_stays_cancelled(stack: Stack, job_id: str) -> None:

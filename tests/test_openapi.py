@@ -30,6 +30,7 @@ from skillq import actors
 from skillq.api.app import create_app
 from skillq.api.openapi import documented_routes
 from skillq.settings import AuthSettings, JwtSettings
+from tests.openapi_hooks import keep_run_at_in_window
 from tests.support import (
     LOCAL_URL,
     create_postgres_schema,
@@ -141,6 +142,7 @@ def fuzz(operation, mode: GenerationMode, headers: dict | None):
     @given(case=operation.as_strategy(generation_mode=mode))
     @FUZZ
     def check(case) -> None:
+        keep_run_at_in_window(case)
         response = case.call_and_validate(headers=headers, checks=every_check())
         assert response.status_code < 500
 

@@ -17,6 +17,7 @@ import pytest
 from schemathesis.core.warnings import SchemathesisWarning
 
 from tests.support import (
+    ROOT,
     api_with_worker,
     create_postgres_schema,
     drop_postgres_schema,
@@ -96,7 +97,14 @@ def schemathesis_run(url: str, workdir: Path, *options: str) -> subprocess.Compl
         text=True,
         timeout=1200,
         cwd=workdir,
+        env={**child_env_of_hooks(), "SCHEMATHESIS_HOOKS": "tests.openapi_hooks"},
     )
+
+
+def child_env_of_hooks() -> dict[str, str]:
+    """The command's environment, able to import tests/openapi_hooks.py from the checkout."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from skillq.errors import (
     InvalidParams,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     ServiceUnavailable,
     SkillqError,
     TooManyRequests,
@@ -49,6 +50,7 @@ JSONRPC_CODES: dict[type[SkillqError], int] = {
     IdempotencyKeyReused: types.INVALID_PARAMS,
     Forbidden: types.INVALID_PARAMS,
     TooManyRequests: types.INTERNAL_ERROR,
+    QuotaExceeded: types.INTERNAL_ERROR,
     ServiceUnavailable: types.INTERNAL_ERROR,
 }
 

@@ -35,10 +35,18 @@ logger = logging.getLogger(__name__)
 
 #: `_meta` key: how long this call may wait inline, at most `[mcp] inline_wait_secs`.
 INLINE_WAIT_META_KEY = "skillq/inline_wait_secs"
-#: `_meta` key: submission options of the job behind the call (priority, ttl_hours,
-#: idempotency_key, depends_on, callback_url), as in the REST submission body.
+#: `_meta` key: submission options of the job behind the call (priority, ttl_hours, run_at,
+#: delay_secs, idempotency_key, depends_on, callback_url), as in the REST submission body.
 JOB_OPTIONS_META_KEY = "skillq/job_options"
-_JOB_OPTIONS = ("priority", "ttl_hours", "idempotency_key", "depends_on", "callback_url")
+_JOB_OPTIONS = (
+    "priority",
+    "ttl_hours",
+    "idempotency_key",
+    "run_at",
+    "delay_secs",
+    "depends_on",
+    "callback_url",
+)
 
 #: Polls start fast (a quick job answers within milliseconds) and back off to the cap.
 _FIRST_POLL_SECS = 0.002

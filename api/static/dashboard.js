@@ -363,6 +363,7 @@ function renderJob(job) {
     ["Type", job.type], ["Queue", job.queue], ["Owner", job.owner],
     ["Priority", job.priority],
     ["Attempts", `${job.attempts} of ${(job.max_retries ?? 0) + 1}`],
+    ["Scheduled for", job.scheduled_for && new Date(job.scheduled_for).toLocaleString()],
     ["Position in queue", job.position_in_queue], ["Worker", job.worker_id],
     ["Duration", job.duration_ms === null ? null : `${(job.duration_ms / 1000).toFixed(1)} s`],
     ["Trace id", job.trace_id], ["Idempotency key", job.idempotency_key],

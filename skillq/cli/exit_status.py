@@ -3,7 +3,8 @@
 Commands raise skillq's errors (their own, or the coordinator's); `skillq.cli.main.main`
 catches any that ends a command and `report`s it: one line on stderr (and one per detail),
 then the status from `EXIT_STATUS`, as the README documents it: 2 for a bad request or bad
-settings, 3 not found, 4 conflict, 5 service unavailable, 1 for anything else.
+settings, 3 not found, 4 conflict, 5 service unavailable, 6 over a quota (`[quotas]`), 1
+for anything else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from skillq.errors import (
     InvalidParams,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     ServiceUnavailable,
     SettingsError,
     SkillqError,
@@ -39,6 +41,8 @@ EXIT_STATUS: dict[type[Exception], int] = {
     IdempotencyKeyReused: 4,
     Forbidden: 1,
     TooManyRequests: 5,
+    # Over a quota (`[quotas]`): try again later, as the message says.
+    QuotaExceeded: 6,
     ServiceUnavailable: 5,
     SettingsError: 2,
 }

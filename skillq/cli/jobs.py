@@ -10,6 +10,7 @@ so the output of a command is the same in either mode.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -152,6 +153,20 @@ def parse_params(text: str) -> dict[str, Any]:
     return params
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`--delay`: seconds (`90`), or a number with a unit, or several (`10m`, `1h30m`, `2d`)."""
+    spaced = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", spaced):
+        return float(spaced)
+    if not spaced or _DURATION_PART.sub("", spaced):
+        raise InvalidRequest(f"--delay must be seconds or e.g. 10m, 1h30m, 2d (got {text!r})")
+    return sum(float(n) * _UNIT_SECS[unit] for n, unit in _DURATION_PART.findall(spaced))
+
+
 def follow(jobs: LocalJobs | RemoteJobs, job_id: str) -> dict[str, Any]:
     """The job once it ends; meanwhile a progress bar on a terminal (stderr)."""
     if not sys.stderr.isatty():
@@ -194,6 +209,12 @@ def jobs_submit(
     callback_url: Annotated[
         str | None, typer.Option(help="POST the job's outcome here (a signed webhook).")
     ] = None,
+    delay: Annotated[
+        str | None, typer.Option(help="Start no sooner than this from now: 90, 10m, 1h30m, 2d.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Start no sooner than this time: 2026-12-01T10:00:00Z.")
+    ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
     url: UrlOption = None,
@@ -209,6 +230,8 @@ def jobs_submit(
         ("idempotency_key", idempotency_key),
         ("trace_id", trace_id),
         ("callback_url", callback_url),
+        ("delay_secs", None if delay is None else parse_duration(delay)),
+        ("run_at", at),
     ):
         if value is not None:
             request[name] = value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -81,9 +82,12 @@ class AsyncClient:
         ttl_hours: int | None = None,
         idempotency_key: str | None = None,
         trace_id: str | None = None,
+        run_at: datetime | str | None = None,
+        delay_secs: float | None = None,
         **options: Any,
     ) -> Job:
-        """Submit a job; with an `idempotency_key`, a repeat returns the first job."""
+        """Submit a job; with an `idempotency_key`, a repeat returns the first job. With
+        `run_at` (an aware datetime or ISO 8601 text) or `delay_secs`, it starts no earlier."""
         call = wire.submit_call(
             job_type,
             params,
@@ -91,7 +95,7 @@ class AsyncClient:
             ttl_hours=ttl_hours,
             idempotency_key=idempotency_key,
             trace_id=trace_id,
-            options=options,
+            options={**options, **wire.delay_options(run_at, delay_secs)},
         )
         return Job.from_json(await self._send(call))
 

@@ -39,6 +39,7 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     expires_at: datetime | None
+    scheduled_for: datetime | None
     duration_ms: int | None
     position_in_queue: int | None
     owner: str | None
@@ -64,7 +65,7 @@ class Job:
             if spec.name == "raw":
                 continue
             value = data.get(spec.name)
-            if spec.name.endswith("_at"):
+            if spec.name.endswith("_at") or spec.name == "scheduled_for":
                 value = _time(value)
             elif spec.name == "error" and value is not None:
                 value = JobError(value["type"], value.get("message"))

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -79,6 +80,21 @@ def submit_call(
     return Call("POST", "/api/v1/jobs", json=body)
 
 
+def delay_options(run_at: datetime | str | None, delay_secs: float | None) -> dict[str, Any]:
+    """A submission's `run_at` / `delay_secs`; a naive datetime is refused before sending,
+    as the server would refuse it (whose local time would it be?)."""
+    options: dict[str, Any] = {}
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise ValueError("run_at needs a timezone (e.g. datetime.now(UTC))")
+        run_at = run_at.isoformat()
+    if run_at is not None:
+        options["run_at"] = run_at
+    if delay_secs is not None:
+        options["delay_secs"] = delay_secs
+    return options
+
+
 def list_call(
     *, states: list[str] | None, types: list[str] | None, limit: int, offset: int
 ) -> Call:
@@ -132,6 +148,9 @@ def error_of(response: httpx.Response) -> errors.SkillqError:
     if cls is errors.SkillqError:
         error.code = code  # keep the server's word for it
     error.http_status = response.status_code  # type: ignore[attr-defined]
+    retry_after = response.headers.get("retry-after", "")
+    if isinstance(error, errors.QuotaExceeded) and retry_after.isdigit():
+        error.retry_after = int(retry_after)
     return error
 
 

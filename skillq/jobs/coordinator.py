@@ -30,7 +30,7 @@ from skillq.errors import (
     ServiceUnavailable,
     UnknownJobType,
 )
-from skillq.jobs import dependencies, release, result_refs
+from skillq.jobs import delays, dependencies, quotas, release, result_refs
 from skillq.jobs.schema_messages import schema_errors
 from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
@@ -74,6 +74,7 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
         "depends_on": dependencies.DEPENDS_ON_SCHEMA,
         # Checked further by the SSRF guard (skillq.webhooks.addresses).
         "callback_url": {"type": "string", "minLength": 1, "maxLength": 2000},
+        **delays.SCHEMA_PROPERTIES,
     },
     "required": ["type"],
     "additionalProperties": False,
@@ -147,13 +148,17 @@ class JobCoordinator:
         dependencies.check_references(fields["refs"], {edge.ref for edge in wanted})
         try:
             # The job, its dependency edges and its webhook watch in one transaction: none
-            # is half-written.
-            with database_proxy.atomic():
+            # is half-written; with a quota, counted and inserted under the owner's lock.
+            with (
+                quotas.within_quota(self.settings.quotas, owner, job_type.name),
+                database_proxy.atomic(),
+            ):
                 job = jobs.insert_job(
                     **self.job_fields(job_type, fields, owner),
                     idempotency_key=key,
                     waiting=bool(wanted),
                     depends_on=dependencies.stored([(e.ref, e.on_failure, None) for e in wanted]),
+                    scheduled_for=fields["scheduled_for"],
                 )
                 edges.add_edges(job.id, [(edge.ref, edge.on_failure) for edge in wanted])
                 callback_url = fields.get("callback_url")
@@ -304,9 +309,15 @@ class JobCoordinator:
 
     @in_connection
     def position_in_queue(self, job: Job) -> int | None:
+        """Runnable pending jobs of its queue ahead of it; None unless it is pending, not
+        waiting for dependencies, and its time has come (a delayed job is in no queue yet:
+        its `scheduled_for` says when)."""
         if job.state != JobState.PENDING or job.waiting:
             return None
-        return jobs.position_in_queue(job)
+        now = utcnow()
+        if job.scheduled_for is not None and job.scheduled_for > now:
+            return None
+        return jobs.position_in_queue(job, now=now)
 
     def _validate_submission(self, request: Any) -> tuple[JobType, dict[str, Any]]:
         # First, before any schema: nothing is written that cannot be read back.
@@ -349,7 +360,15 @@ class JobCoordinator:
             webhook_events.check_callback_url(self.settings.webhooks, request["callback_url"])
         priority = request.get("priority", DEFAULT_PRIORITY)
         priority = PRIORITY_NAMES.get(priority, priority)
-        fields = dict(request, params=params, priority=priority, ttl_hours=ttl_hours, refs=refs)
+        scheduled_for = delays.scheduled_for(request, self.settings.jobs.max_delay_hours, utcnow())
+        fields = dict(
+            request,
+            params=params,
+            priority=priority,
+            ttl_hours=ttl_hours,
+            refs=refs,
+            scheduled_for=scheduled_for,
+        )
         return job_type, fields
 
     def resend(self, job: Job, *, delay_ms: int | None = None) -> None:
@@ -379,10 +398,12 @@ class JobCoordinator:
         )
 
     def _send(self, job: Job, job_type: JobType, *, delay_ms: int | None = None) -> None:
-        """Enqueue the job's message; with tracing on, in an enqueue span of the job's trace
-        (also when a retry or a recovery pass, in a trace of its own, sends it)."""
+        """Enqueue the job's message, held by the broker until its `scheduled_for` (or for
+        `delay_ms` of back-off); with tracing on, in an enqueue span of the job's trace (also
+        when a retry or a recovery pass, in a trace of its own, sends it)."""
+        delay = delay_ms or delays.delay_ms(job, utcnow())
         if not tracing.enabled():
-            self.broker.enqueue(self._message(job, job_type), delay=delay_ms)
+            self.broker.enqueue(self._message(job, job_type), delay=delay)
             return
         attributes = {
             "skillq.job_id": job.id,
@@ -392,7 +413,7 @@ class JobCoordinator:
         with tracing.span(
             "skillq.enqueue", join=job.trace_id, kind=SpanKind.PRODUCER, attributes=attributes
         ):
-            self.broker.enqueue(self._message(job, job_type), delay=delay_ms)
+            self.broker.enqueue(self._message(job, job_type), delay=delay)
 
     def _enqueue(self, job: Job, job_type: JobType) -> None:
         try:

@@ -95,12 +95,22 @@ JOB_FIELDS: tuple[JobField, ...] = (
     _time("started_at"),
     _time("completed_at"),
     _time("expires_at", _SET_DATETIME),
+    JobField(
+        "scheduled_for",
+        {
+            **_DATETIME,
+            "description": "A delayed job's start time (run_at / delay_secs): it stays "
+            "pending and no worker starts it before then. Null: start when a worker is free.",
+        },
+        lambda job: iso(job.scheduled_for),
+    ),
     JobField("duration_ms", {"type": ["integer", "null"]}, _duration_ms),
     JobField(
         "position_in_queue",
         {
             "type": ["integer", "null"],
-            "description": "Pending jobs of its queue ahead of it (single job only).",
+            "description": "Pending jobs of its queue ahead of it (single job only); "
+            "delayed jobs not yet due count for no one, and are null themselves.",
         },
         lambda job: None,
     ),

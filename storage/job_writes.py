@@ -8,7 +8,8 @@ so the statements are built once per database and column set and only their valu
 `start_pending` also does the worker's look-up and its transition in one statement: a
 pending job (the usual case) starts its next attempt in one UPDATE ... RETURNING instead of a
 SELECT and an UPDATE; anything else (a running job being taken over, a duplicate delivery, no
-attempts left) returns None and takes the general path in `brokers.job_status`.
+attempts left, a job waiting for its dependencies or for its `scheduled_for`) returns None and
+takes the general path in `brokers.job_status`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def _start_sql(p: str) -> str:
         f" started_at = COALESCE(started_at, {p}), worker_id = {p}, heartbeat_at = {p},"
         " error_type = NULL, error_message = NULL"
         f" WHERE id = {p} AND state = {p} AND attempts <= max_retries"
+        # Not one held for its dependencies, nor one whose time has not come: those take the
+        # general path, which sends the message back or drops it.
+        f" AND NOT waiting AND (scheduled_for IS NULL OR scheduled_for <= {p})"
         " RETURNING attempts, type, created_at, max_retries, trace_id"
     )
 
@@ -52,6 +56,7 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
     now = utcnow()
     stamp = Job.started_at.db_value(now)
     values = [JobState.RUNNING.value, stamp, worker_id, stamp, job_id, JobState.PENDING.value]
+    values.append(Job.scheduled_for.db_value(now))
     with database_proxy.atomic():
         row = database_proxy.execute_sql(_start_sql(database_proxy.param), values).fetchone()
         if row is None:

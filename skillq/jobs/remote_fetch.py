@@ -36,7 +36,7 @@ from dramatiq.message import generate_unique_id
 from skillq.brokers.job_status import JOB_ID_OPTION, run_once, time_limit, worker_alive
 from skillq.jobs.recovery import recover_stale_jobs
 from skillq.settings import Settings
-from skillq.storage import JobState, jobs
+from skillq.storage import Job, JobState, jobs
 from skillq.storage.database import connection
 from skillq.storage.models import utcnow
 from skillq.storage.worker_tokens import RemoteWorker
@@ -193,7 +193,12 @@ class RemoteFetch:
         this message must not run it (finished, deferred, failed or cancelled instead)."""
         for _ in range(5):  # another delivery of the same job may win each race
             job = jobs.get_job(job_id)
-            if job is None or job.job_state.is_terminal:
+            if job is None or job.job_state.is_terminal or job.waiting:
+                return None  # a waiting job's own message is sent when it is released
+            due_in_ms = _due_in_ms(job)
+            if due_in_ms > 0:  # delivered before its `scheduled_for`: back until then
+                duplicate = message.copy(message_id=generate_unique_id())
+                self.broker.enqueue(duplicate, delay=due_in_ms)
                 return None
             if job.job_state is JobState.RUNNING:
                 follows_on = int(message.options.get("retries", 0)) >= job.attempts
@@ -245,3 +250,10 @@ class RemoteFetch:
 
 #: `_handle`'s answer for a queue holding only messages this fetch already passed over.
 _EXHAUSTED = object()
+
+
+def _due_in_ms(job: Job) -> int:
+    """How long a pending delayed job still has to wait, in ms (0 when it may start)."""
+    if job.job_state is not JobState.PENDING or job.scheduled_for is None:
+        return 0
+    return max(0, int((job.scheduled_for - utcnow()).total_seconds() * 1000) + 1)

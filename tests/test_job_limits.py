@@ -167,6 +167,7 @@ def starts(record: Path, prefix: str) -> list[float]:
     )
 
 
+@pytest.mark.timeout(480)  # three worker processes boot, then ~50 jobs under limits
 def test_limits_hold_across_three_workers_and_postponed_jobs_complete_once(
     limited: Limited,
 ) -> None:

@@ -92,14 +92,20 @@ def eventually_answered(base_url: str, path: str = "/health") -> int:
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
-    """True once the server closes `sock` (EOF or reset) within `within` seconds."""
-    sock.settimeout(within)
-    try:
-        return sock.recv(1024) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
+    """True once the server closes `sock` (EOF or reset) within `within` seconds. Bytes
+    still on their way (the rest of an earlier response, which may come in more than one
+    segment) are read past: only the close counts."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
 
 
 def opens(client: httpx.Client, path: str) -> bool:

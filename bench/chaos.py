@@ -104,7 +104,7 @@ class ChaosRun:
         args += ["--threads", str(THREADS), "--worker-shutdown-timeout", "5000"]
         worker = ChildProcess("worker", args, self.stack.settings_path, self.directory)
         wait_for(
-            lambda: "Worker process is ready" in worker.log() or not worker.alive(),
+            lambda: worker.logged("Worker process is ready") or not worker.alive(),
             timeout=60,
             what="the worker to boot",
         )

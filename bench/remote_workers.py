@@ -87,7 +87,7 @@ def _remote(stack: Stack, directory: Path, threads: int) -> ChildProcess:
     settings = write_settings(remote_dir, {"server": {"data_dir": str(remote_dir / "data")}})
     args = ["-m", "skillq", "worker", "--remote", stack.base_url, "--token", token]
     remote = ChildProcess("remote", [*args, "--threads", str(threads)], settings, directory)
-    wait_for(lambda: "is ready" in remote.log() or not remote.alive(), timeout=60)
+    wait_for(lambda: remote.logged("is ready") or not remote.alive(), timeout=60)
     assert remote.alive(), remote.log()
     return remote
 

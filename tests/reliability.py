@@ -125,7 +125,7 @@ class Stack:
             args += ["--queue", queue]
         worker = ChildProcess("worker", args, self.settings_path, self.directory)
         wait_for(
-            lambda: "Worker process is ready" in worker.log() or not worker.alive(),
+            lambda: worker.logged("Worker process is ready") or not worker.alive(),
             timeout=30,
             what="the worker to boot",
         )

@@ -295,7 +295,13 @@ class ChildProcess:
         )
 
     def log(self) -> str:
+        """The log's tail, for a failure message."""
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def logged(self, text: str) -> bool:
+        """Whether the whole log holds `text`: a busy worker's job lines soon push a boot line
+        out of the tail that `log` shows."""
+        return text in self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -321,7 +327,7 @@ def start_worker(settings_path: Path, log_dir: Path, *, threads: int = 4) -> Chi
     )
     # dramatiq logs this once its consumers run; before that, jobs would just queue.
     wait_for(
-        lambda: "Worker process is ready" in worker.log() or not worker.alive(),
+        lambda: worker.logged("Worker process is ready") or not worker.alive(),
         timeout=30,
         what="the worker to boot",
     )

@@ -101,7 +101,7 @@ class Limited:
             args = [*WORKER_ARGS, "--queues", self.queue]
             self.workers.append(ChildProcess("worker", args, self.settings_path, self.directory))
         wait_for(
-            lambda: all("Worker process is ready" in w.log() for w in self.workers),
+            lambda: all(w.logged("Worker process is ready") for w in self.workers),
             timeout=180,
             what="the workers to boot",
         )

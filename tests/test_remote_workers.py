@@ -71,7 +71,7 @@ class RemoteStack:
         args += ["--token", self.token("remote"), "--threads", str(threads)]
         remote = ChildProcess("remote", args, self.remote_settings, self.directory)
         wait_for(
-            lambda: "is ready" in remote.log() or not remote.alive(),
+            lambda: remote.logged("is ready") or not remote.alive(),
             timeout=60,
             what="the remote worker to register",
         )

@@ -76,7 +76,7 @@ def start_remote_worker(server_settings: Path, base_url: str, directory: Path) -
     args = ["-m", "skillq", "worker", "--remote", base_url, "--threads", "4"]
     remote = ChildProcess("remote", [*args, "--token", minted.stdout.strip()], own, directory)
     wait_for(
-        lambda: "is ready" in remote.log() or not remote.alive(),
+        lambda: remote.logged("is ready") or not remote.alive(),
         timeout=60,
         what="the remote worker to register",
     )

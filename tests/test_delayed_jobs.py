@@ -108,8 +108,7 @@ def test_bad_delays_are_422_and_nothing_is_written(
     assert client.get("/api/v1/jobs").json()["total"] == total
 
 
-def test_a_past_run_at_within_the_tolerance_runs_at_once(app_client: TestClient) -> None:
-    client = app_client
+def test_a_past_run_at_within_the_tolerance_runs_at_once(client: TestClient) -> None:
     just_now = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     job = _submit(client, run_at=just_now).json()
     assert job["state"] == "pending" and job["scheduled_for"] is not None

@@ -7,8 +7,9 @@ by the broker middleware, which would need the store and the broker:
 - progress: `report_progress` goes to `POST /api/v1/jobs/{id}/progress`, throttled like
   `brokers.progress` (the latest value is kept and sent when the job ends);
 - cancellation: a beat every `min(workers.heartbeat_secs, 0.5)` seconds while jobs run; the
-  answer names the jobs a client cancelled, interrupted as `brokers.cancellation` does (a
-  `JobCancelled` in the thread, the job's cancel hooks called), and those whose lease was
+  answer names the jobs a client cancelled, interrupted by the local workers' own
+  `brokers.cancellation.interrupt` (a `JobCancelled` in the thread, the job's cancel hooks
+  called), and those whose lease was
   lost, stopped without reporting;
 - time limits: the server's (the message's, the job type's, else its
   `workers.job_timeout_secs`), enforced here with `TimeLimitExceeded` as dramatiq does;
@@ -18,7 +19,6 @@ by the broker middleware, which would need the store and the broker:
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -32,7 +32,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import TimeLimitExceeded
 from dramatiq.threading import raise_thread_exception
 
-from skillq.brokers.cancellation import JobCancelled
+from skillq.brokers.cancellation import JobCancelled, clear_pending_exception, interrupt
 from skillq.brokers.job_status import (
     ATTEMPT_OPTION,
     CANCELLED_OPTION,
@@ -86,7 +86,7 @@ class _ProgressReporter:
             logger.warning("Could not report progress of job %s.", self.job.job_id)
             return
         if cancel:
-            self.runner.interrupt(self.job.job_id)
+            interrupt(self.runner.running, self.job.job_id)
 
 
 class RemoteRunner:
@@ -180,7 +180,7 @@ class RemoteRunner:
                 for job_id in answer["lost"]:
                     self.lose(job_id)
                 for job_id in answer["cancel"]:
-                    self.interrupt(job_id)
+                    interrupt(self.running, job_id)
             busy = len(self.running) > 0
             time.sleep(min(self.heartbeat_secs, BUSY_BEAT_SECS) if busy else self.heartbeat_secs)
 
@@ -189,25 +189,7 @@ class RemoteRunner:
         if self.running.get(job_id) is not None:
             logger.warning("Lost the lease of job %s; stopping it.", job_id)
             self.lost.add(job_id)
-            self.interrupt(job_id)
-
-    def interrupt(self, job_id: str) -> None:
-        """Cancel a running job as `brokers.cancellation` does."""
-        job = self.running.get(job_id)
-        if job is None:
-            return
-        with job.lock:
-            if job.interrupted or job.finishing:
-                return
-            job.interrupted = True
-            job.message.options[CANCELLED_OPTION] = True
-            logger.info("Cancelling job %s.", job_id)
-            raise_thread_exception(job.thread_id, JobCancelled)
-        for hook in job.cancel_hooks():
-            try:
-                hook()
-            except Exception:
-                logger.warning("A cancel hook of job %s failed.", job_id, exc_info=True)
+            interrupt(self.running, job_id)
 
     def _run(self, assignment: dict[str, Any]) -> None:
         job_id, attempt = assignment["job_id"], assignment["attempt"]
@@ -307,7 +289,7 @@ def _close(job: RunningJob) -> None:
     """No interrupt may reach the job's thread from now on."""
     with job.lock:
         job.finishing = True
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(job.thread_id), None)
+        clear_pending_exception(job.thread_id)
 
 
 def _retryable(actor: dramatiq.Actor, exception: BaseException, attempt: int) -> bool:

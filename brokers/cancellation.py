@@ -32,7 +32,8 @@ import dramatiq
 from dramatiq.middleware import Interrupt, Middleware
 from dramatiq.threading import raise_thread_exception
 
-from skillq.brokers.job_status import CANCELLED_OPTION, JOB_ID_OPTION
+from skillq.brokers.job_messages import own_job
+from skillq.brokers.job_status import CANCELLED_OPTION
 from skillq.brokers.running import RunningJob, RunningJobs, current_job
 from skillq.storage import jobs
 from skillq.storage.database import connection
@@ -165,8 +166,8 @@ class Cancellation(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        job = current_job()
-        if job is None or job.job_id != message.options.get(JOB_ID_OPTION):
+        job = own_job(message)
+        if job is None:
             return
         try:
             self._close(job)

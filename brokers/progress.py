@@ -17,8 +17,8 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from skillq.brokers.cancellation import raise_if_cancelled
-from skillq.brokers.job_status import JOB_ID_OPTION
-from skillq.brokers.running import RunningJob, current_job
+from skillq.brokers.job_messages import own_job
+from skillq.brokers.running import current_job
 from skillq.storage import jobs
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class JobProgress(Middleware):
         self.min_interval_secs = min_interval_secs
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        job = _own_job(message)
+        job = own_job(message)
         if job is not None:
             job.on_progress = _ProgressReporter(job.job_id, self.min_interval_secs)
 
@@ -72,18 +72,12 @@ class JobProgress(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        job = _own_job(message)
+        job = own_job(message)
         if job is not None and isinstance(job.on_progress, _ProgressReporter):
             reporter, job.on_progress = job.on_progress, None
             reporter.flush()
 
     after_skip_message = after_process_message
-
-
-def _own_job(message: dramatiq.Message) -> RunningJob | None:
-    """The calling thread's job, if it is this message's (`JobStatus` started it)."""
-    job = current_job()
-    return job if job is not None and job.job_id == message.options.get(JOB_ID_OPTION) else None
 
 
 def report_progress(progress: float | None = None, message: str | None = None) -> None:

@@ -9,8 +9,10 @@ thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -24,27 +26,35 @@ from skillq.storage import jobs
 logger = logging.getLogger(__name__)
 
 
-class _ProgressReporter:
-    def __init__(self, job_id: str, min_interval_secs: float) -> None:
-        self.job_id = job_id
+class ProgressReporter:
+    """Passes a job's progress on to `send`, at most once per `min_interval_secs`.
+
+    The first report is sent at once; one that comes sooner than that after the last is held
+    back (replacing any held before it), and `flush`, called when the job ends, sends what is
+    held, so the final figure is never lost. The local worker's `send` writes to the store;
+    a remote worker's posts to the API.
+    """
+
+    def __init__(
+        self, send: Callable[[float | None, str | None], object], min_interval_secs: float
+    ) -> None:
+        self.send = send
         self.min_interval_secs = min_interval_secs
-        self.last_write = float("-inf")  # the first report is always written
-        self.unwritten: tuple[float | None, str | None] | None = None
+        self.last_sent = float("-inf")
+        self.held: tuple[float | None, str | None] | None = None
 
     def __call__(self, progress: float | None, message: str | None) -> None:
         now = time.monotonic()
-        if now - self.last_write < self.min_interval_secs:
-            self.unwritten = (progress, message)
+        if now - self.last_sent < self.min_interval_secs:
+            self.held = (progress, message)
             return
-        self.last_write = now
-        self.unwritten = None
-        jobs.set_progress(self.job_id, progress, message)
+        self.last_sent, self.held = now, None
+        self.send(progress, message)
 
     def flush(self) -> None:
-        if self.unwritten is not None:
-            progress, message = self.unwritten
-            self.unwritten = None
-            jobs.set_progress(self.job_id, progress, message)
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.send(*held)
 
 
 class JobProgress(Middleware):
@@ -62,7 +72,9 @@ class JobProgress(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         job = own_job(message)
         if job is not None:
-            job.on_progress = _ProgressReporter(job.job_id, self.min_interval_secs)
+            job.on_progress = ProgressReporter(
+                functools.partial(jobs.set_progress, job.job_id), self.min_interval_secs
+            )
 
     def after_process_message(
         self,
@@ -73,7 +85,7 @@ class JobProgress(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         job = own_job(message)
-        if job is not None and isinstance(job.on_progress, _ProgressReporter):
+        if job is not None and isinstance(job.on_progress, ProgressReporter):
             reporter, job.on_progress = job.on_progress, None
             reporter.flush()
 

@@ -4,8 +4,9 @@ It runs the same actors as a local worker (`skillq.actors`, configured from this
 settings for skills, sandbox and logging) with the same semantics, provided here instead of
 by the broker middleware, which would need the store and the broker:
 
-- progress: `report_progress` goes to `POST /api/v1/jobs/{id}/progress`, throttled like
-  `brokers.progress` (the latest value is kept and sent when the job ends);
+- progress: `report_progress` goes to `POST /api/v1/jobs/{id}/progress`, throttled by
+  the local workers' `brokers.progress.ProgressReporter` (the latest value is kept and sent
+  when the job ends);
 - cancellation: a beat every `min(workers.heartbeat_secs, 0.5)` seconds while jobs run; the
   answer names the jobs a client cancelled, interrupted by the local workers' own
   `brokers.cancellation.interrupt` (a `JobCancelled` in the thread, the job's cancel hooks
@@ -19,6 +20,7 @@ by the broker middleware, which would need the store and the broker:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -40,6 +42,7 @@ from skillq.brokers.job_status import (
     LAST_ATTEMPT_OPTION,
     describe_error,
 )
+from skillq.brokers.progress import ProgressReporter
 from skillq.brokers.running import RunningJob, RunningJobs
 from skillq.client.worker import WorkerClient
 from skillq.errors import Conflict, Forbidden, NotFound, Unauthorized
@@ -52,41 +55,6 @@ FETCH_WAIT_SECS = 10.0
 BUSY_BEAT_SECS = 0.5
 #: The shortest gap, in seconds, between two progress reports of one job.
 PROGRESS_INTERVAL_SECS = 0.25
-
-
-class _ProgressReporter:
-    """Sends a job's progress, at most one report per `PROGRESS_INTERVAL_SECS`."""
-
-    def __init__(self, runner: RemoteRunner, job: RunningJob) -> None:
-        self.runner = runner
-        self.job = job
-        self.last_sent = float("-inf")
-        self.unsent: tuple[float | None, str | None] | None = None
-
-    def __call__(self, progress: float | None, message: str | None) -> None:
-        if time.monotonic() - self.last_sent < PROGRESS_INTERVAL_SECS:
-            self.unsent = (progress, message)
-            return
-        self._send(progress, message)
-
-    def flush(self) -> None:
-        if self.unsent is not None:
-            self._send(*self.unsent)
-
-    def _send(self, progress: float | None, message: str | None) -> None:
-        self.last_sent, self.unsent = time.monotonic(), None
-        try:
-            cancel = self.runner.client.progress(
-                self.job.job_id, self.job.attempt, progress, message
-            )
-        except (Conflict, NotFound):
-            self.runner.lose(self.job.job_id)
-            return
-        except Exception:
-            logger.warning("Could not report progress of job %s.", self.job.job_id)
-            return
-        if cancel:
-            interrupt(self.runner.running, self.job.job_id)
 
 
 class RemoteRunner:
@@ -212,7 +180,9 @@ class RemoteRunner:
             return
         job = self.running.start(job_id, message, attempt=attempt)
         job.owner = assignment["owner"]
-        reporter = _ProgressReporter(self, job)
+        reporter = ProgressReporter(
+            functools.partial(self._send_progress, job), PROGRESS_INTERVAL_SECS
+        )
         job.on_progress = reporter
         limit_ms = assignment["time_limit_ms"]
         timer = None
@@ -251,6 +221,20 @@ class RemoteRunner:
             actor, exception, attempt
         )
         self._report(job_id, attempt, None, error, retryable=retryable, run_seconds=run_seconds)
+
+    def _send_progress(self, job: RunningJob, progress: float | None, message: str | None) -> None:
+        """One progress report; the answer also says whether a client cancelled the job, and
+        a refusal that the job is no longer ours (409, 404) means its lease was lost."""
+        try:
+            cancel = self.client.progress(job.job_id, job.attempt, progress, message)
+        except (Conflict, NotFound):
+            self.lose(job.job_id)
+            return
+        except Exception:
+            logger.warning("Could not report progress of job %s.", job.job_id)
+            return
+        if cancel:
+            interrupt(self.running, job.job_id)
 
     def _time_out(self, job: RunningJob) -> None:
         with job.lock:

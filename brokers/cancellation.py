@@ -32,7 +32,8 @@ import dramatiq
 from dramatiq.middleware import Interrupt, Middleware
 from dramatiq.threading import raise_thread_exception
 
-from skillq.brokers.job_status import CANCELLED_OPTION, JOB_ID_OPTION
+from skillq.brokers.job_messages import own_job
+from skillq.brokers.job_status import CANCELLED_OPTION
 from skillq.brokers.running import RunningJob, RunningJobs, current_job
 from skillq.storage import jobs
 from skillq.storage.database import connection
@@ -63,7 +64,7 @@ def raise_if_cancelled(job: RunningJob | None = None) -> None:
         # land a moment later inside dramatiq's handling of this one (while it logs it), out
         # of reach of every middleware, and the job would never be recorded as cancelled.
         with job.lock:
-            _clear_pending_exception(job.thread_id)
+            clear_pending_exception(job.thread_id)
     raise JobCancelled(f"job {job.job_id} was cancelled")
 
 
@@ -98,9 +99,36 @@ class _CancelledJobRecords(logging.Filter):
 _cancelled_job_records = _CancelledJobRecords()
 
 
-def _clear_pending_exception(thread_id: int) -> None:
-    """Withdraw a thread exception that was set but not yet raised."""
+def clear_pending_exception(thread_id: int) -> None:
+    """Withdraw a thread exception that was set but not yet raised (an interrupt that must
+    not land any more)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
+def interrupt(running: RunningJobs, job_id: str) -> None:
+    """Cancel `job_id` if this process runs it: flag its message (so the outcome is
+    `cancelled`, never retried), raise `JobCancelled` in its thread, then call its cancel
+    hooks. A job interrupted already, or whose outcome is being recorded, is left alone.
+
+    The one way a running job is cancelled, whoever noticed the request: the `Cancellation`
+    watcher (the store) or a remote worker (the API's answer to a beat or a progress report).
+    """
+    job = running.get(job_id)
+    if job is None:
+        return
+    with job.lock:
+        if job.interrupted or job.finishing:
+            return
+        job.interrupted = True
+        job.message.options[CANCELLED_OPTION] = True
+        # Logged from another thread than the job's: the job's ids are passed along explicitly.
+        logger.info("Cancelling job %s.", job_id, extra=job.log_fields)
+        raise_thread_exception(job.thread_id, JobCancelled)
+    for hook in job.cancel_hooks():
+        try:
+            hook()
+        except Exception:
+            logger.warning("A cancel hook of job %s failed.", job_id, exc_info=True)
 
 
 class Cancellation(Middleware):
@@ -138,8 +166,8 @@ class Cancellation(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        job = current_job()
-        if job is None or job.job_id != message.options.get(JOB_ID_OPTION):
+        job = own_job(message)
+        if job is None:
             return
         try:
             self._close(job)
@@ -154,7 +182,7 @@ class Cancellation(Middleware):
         with job.lock:
             job.finishing = True
             if job.interrupted:
-                _clear_pending_exception(job.thread_id)
+                clear_pending_exception(job.thread_id)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_secs):
@@ -172,22 +200,4 @@ class Cancellation(Middleware):
                 logger.warning("Could not look for cancel requests; retrying.", exc_info=True)
                 continue
             for job_id in requested:
-                self._interrupt(job_id)
-
-    def _interrupt(self, job_id: str) -> None:
-        job = self.running.get(job_id)
-        if job is None:
-            return
-        with job.lock:
-            if job.interrupted or job.finishing:
-                return
-            job.interrupted = True
-            job.message.options[CANCELLED_OPTION] = True
-            # Logged from the watcher thread: the job's ids are passed along explicitly.
-            logger.info("Cancelling job %s.", job_id, extra=job.log_fields)
-            raise_thread_exception(job.thread_id, JobCancelled)
-        for hook in job.cancel_hooks():
-            try:
-                hook()
-            except Exception:
-                logger.warning("A cancel hook of job %s failed.", job_id, exc_info=True)
+                interrupt(self.running, job_id)

@@ -27,8 +27,9 @@ import dramatiq
 import peewee
 from dramatiq.middleware import Middleware
 
-from skillq.brokers.job_status import ATTEMPT_OPTION, CANCELLED_OPTION, JOB_ID_OPTION
-from skillq.brokers.running import RunningJob, current_job
+from skillq.brokers.job_messages import own_job
+from skillq.brokers.job_status import ATTEMPT_OPTION, CANCELLED_OPTION
+from skillq.brokers.running import current_job
 from skillq.storage import job_logs
 from skillq.storage.database import STORE_OUTAGES, database_proxy
 from skillq.storage.job_logs import LogCursor, LogEntry
@@ -162,7 +163,7 @@ class JobLogs(Middleware):
             self._flusher.thread.start()
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        job = _own_job(message)
+        job = own_job(message)
         if job is None:
             return
         self._start()
@@ -179,7 +180,7 @@ class JobLogs(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        job = _own_job(message)
+        job = own_job(message)
         if job is None or not isinstance(job.on_log, _JobLog):
             return
         log, job.on_log = job.on_log, None
@@ -208,9 +209,3 @@ def _error_entry(message: dramatiq.Message, exception: BaseException) -> LogEntr
         return LogEntry(utcnow(), "error", "INFO", f"attempt {attempt} was cancelled")
     trace = "".join(traceback.format_exception(exception)).rstrip()
     return LogEntry(utcnow(), "error", "ERROR", f"attempt {attempt} failed:\n{trace}")
-
-
-def _own_job(message: dramatiq.Message) -> RunningJob | None:
-    """The calling thread's job, if it is this message's (`JobStatus` started it)."""
-    job = current_job()
-    return job if job is not None and job.job_id == message.options.get(JOB_ID_OPTION) else None

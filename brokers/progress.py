@@ -9,42 +9,52 @@ thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
 
 from skillq.brokers.cancellation import raise_if_cancelled
-from skillq.brokers.job_status import JOB_ID_OPTION
-from skillq.brokers.running import RunningJob, current_job
+from skillq.brokers.job_messages import own_job
+from skillq.brokers.running import current_job
 from skillq.storage import jobs
 
 logger = logging.getLogger(__name__)
 
 
-class _ProgressReporter:
-    def __init__(self, job_id: str, min_interval_secs: float) -> None:
-        self.job_id = job_id
+class ProgressReporter:
+    """Passes a job's progress on to `send`, at most once per `min_interval_secs`.
+
+    The first report is sent at once; one that comes sooner than that after the last is held
+    back (replacing any held before it), and `flush`, called when the job ends, sends what is
+    held, so the final figure is never lost. The local worker's `send` writes to the store;
+    a remote worker's posts to the API.
+    """
+
+    def __init__(
+        self, send: Callable[[float | None, str | None], object], min_interval_secs: float
+    ) -> None:
+        self.send = send
         self.min_interval_secs = min_interval_secs
-        self.last_write = float("-inf")  # the first report is always written
-        self.unwritten: tuple[float | None, str | None] | None = None
+        self.last_sent = float("-inf")
+        self.held: tuple[float | None, str | None] | None = None
 
     def __call__(self, progress: float | None, message: str | None) -> None:
         now = time.monotonic()
-        if now - self.last_write < self.min_interval_secs:
-            self.unwritten = (progress, message)
+        if now - self.last_sent < self.min_interval_secs:
+            self.held = (progress, message)
             return
-        self.last_write = now
-        self.unwritten = None
-        jobs.set_progress(self.job_id, progress, message)
+        self.last_sent, self.held = now, None
+        self.send(progress, message)
 
     def flush(self) -> None:
-        if self.unwritten is not None:
-            progress, message = self.unwritten
-            self.unwritten = None
-            jobs.set_progress(self.job_id, progress, message)
+        if self.held is not None:
+            held, self.held = self.held, None
+            self.send(*held)
 
 
 class JobProgress(Middleware):
@@ -60,9 +70,11 @@ class JobProgress(Middleware):
         self.min_interval_secs = min_interval_secs
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        job = _own_job(message)
+        job = own_job(message)
         if job is not None:
-            job.on_progress = _ProgressReporter(job.job_id, self.min_interval_secs)
+            job.on_progress = ProgressReporter(
+                functools.partial(jobs.set_progress, job.job_id), self.min_interval_secs
+            )
 
     def after_process_message(
         self,
@@ -72,18 +84,12 @@ class JobProgress(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        job = _own_job(message)
-        if job is not None and isinstance(job.on_progress, _ProgressReporter):
+        job = own_job(message)
+        if job is not None and isinstance(job.on_progress, ProgressReporter):
             reporter, job.on_progress = job.on_progress, None
             reporter.flush()
 
     after_skip_message = after_process_message
-
-
-def _own_job(message: dramatiq.Message) -> RunningJob | None:
-    """The calling thread's job, if it is this message's (`JobStatus` started it)."""
-    job = current_job()
-    return job if job is not None and job.job_id == message.options.get(JOB_ID_OPTION) else None
 
 
 def report_progress(progress: float | None = None, message: str | None = None) -> None:

@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
-from dramatiq.middleware import Middleware
 
-from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.job_messages import AfterOutcome
 from skillq.errors import InvalidParams, SkillqError
 from skillq.jobs import result_refs
 from skillq.jobs.schema_messages import schema_errors
@@ -144,14 +143,10 @@ def _resolved(job: Job, coordinator: JobCoordinator) -> dict[str, Any]:
     return params
 
 
-class DependencyRelease(Middleware):
-    """Settles the jobs waiting for a job once a worker has recorded its outcome.
-
-    Placed before `JobStatus` in the middleware list, so its `after_*` hooks run after
-    `JobStatus` has written the outcome (dramatiq runs them in reverse order). A message
-    that was skipped may have ended its job too (no attempts left, cancelled while its
-    worker was gone), so skips are looked at as well. One indexed query per message when
-    nothing waits for its job.
+class DependencyRelease(AfterOutcome):
+    """Settles the jobs waiting for a job once a worker has recorded its outcome (of a
+    processed or a skipped message). One indexed query per message when nothing waits for
+    its job.
 
     Parameters:
       settings(Settings): The process's settings (for the coordinator that sends released
@@ -170,17 +165,7 @@ class DependencyRelease(Middleware):
             self._coordinator = JobCoordinator(broker, self.settings)
         return self._coordinator
 
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: dramatiq.Message,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        job_id = message.options.get(JOB_ID_OPTION)
-        if job_id is None:
-            return
+    def after_outcome(self, broker: dramatiq.Broker, job_id: str) -> None:
         try:
             with connection():
                 waiting = edges.held_dependants(job_id)
@@ -189,6 +174,3 @@ class DependencyRelease(Middleware):
         except Exception:
             # Recovery settles them on its next pass.
             logger.warning("Could not settle the dependants of job %s.", job_id, exc_info=True)
-
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        self.after_process_message(broker, message)

@@ -4,11 +4,13 @@ It runs the same actors as a local worker (`skillq.actors`, configured from this
 settings for skills, sandbox and logging) with the same semantics, provided here instead of
 by the broker middleware, which would need the store and the broker:
 
-- progress: `report_progress` goes to `POST /api/v1/jobs/{id}/progress`, throttled like
-  `brokers.progress` (the latest value is kept and sent when the job ends);
+- progress: `report_progress` goes to `POST /api/v1/jobs/{id}/progress`, throttled by
+  the local workers' `brokers.progress.ProgressReporter` (the latest value is kept and sent
+  when the job ends);
 - cancellation: a beat every `min(workers.heartbeat_secs, 0.5)` seconds while jobs run; the
-  answer names the jobs a client cancelled, interrupted as `brokers.cancellation` does (a
-  `JobCancelled` in the thread, the job's cancel hooks called), and those whose lease was
+  answer names the jobs a client cancelled, interrupted by the local workers' own
+  `brokers.cancellation.interrupt` (a `JobCancelled` in the thread, the job's cancel hooks
+  called), and those whose lease was
   lost, stopped without reporting;
 - time limits: the server's (the message's, the job type's, else its
   `workers.job_timeout_secs`), enforced here with `TimeLimitExceeded` as dramatiq does;
@@ -18,7 +20,7 @@ by the broker middleware, which would need the store and the broker:
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import os
 import signal
@@ -32,7 +34,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import TimeLimitExceeded
 from dramatiq.threading import raise_thread_exception
 
-from skillq.brokers.cancellation import JobCancelled
+from skillq.brokers.cancellation import JobCancelled, clear_pending_exception, interrupt
 from skillq.brokers.job_status import (
     ATTEMPT_OPTION,
     CANCELLED_OPTION,
@@ -40,6 +42,7 @@ from skillq.brokers.job_status import (
     LAST_ATTEMPT_OPTION,
     describe_error,
 )
+from skillq.brokers.progress import ProgressReporter
 from skillq.brokers.running import RunningJob, RunningJobs
 from skillq.client.worker import WorkerClient
 from skillq.errors import Conflict, Forbidden, NotFound, Unauthorized
@@ -52,41 +55,6 @@ FETCH_WAIT_SECS = 10.0
 BUSY_BEAT_SECS = 0.5
 #: The shortest gap, in seconds, between two progress reports of one job.
 PROGRESS_INTERVAL_SECS = 0.25
-
-
-class _ProgressReporter:
-    """Sends a job's progress, at most one report per `PROGRESS_INTERVAL_SECS`."""
-
-    def __init__(self, runner: RemoteRunner, job: RunningJob) -> None:
-        self.runner = runner
-        self.job = job
-        self.last_sent = float("-inf")
-        self.unsent: tuple[float | None, str | None] | None = None
-
-    def __call__(self, progress: float | None, message: str | None) -> None:
-        if time.monotonic() - self.last_sent < PROGRESS_INTERVAL_SECS:
-            self.unsent = (progress, message)
-            return
-        self._send(progress, message)
-
-    def flush(self) -> None:
-        if self.unsent is not None:
-            self._send(*self.unsent)
-
-    def _send(self, progress: float | None, message: str | None) -> None:
-        self.last_sent, self.unsent = time.monotonic(), None
-        try:
-            cancel = self.runner.client.progress(
-                self.job.job_id, self.job.attempt, progress, message
-            )
-        except (Conflict, NotFound):
-            self.runner.lose(self.job.job_id)
-            return
-        except Exception:
-            logger.warning("Could not report progress of job %s.", self.job.job_id)
-            return
-        if cancel:
-            self.runner.interrupt(self.job.job_id)
 
 
 class RemoteRunner:
@@ -180,7 +148,7 @@ class RemoteRunner:
                 for job_id in answer["lost"]:
                     self.lose(job_id)
                 for job_id in answer["cancel"]:
-                    self.interrupt(job_id)
+                    interrupt(self.running, job_id)
             busy = len(self.running) > 0
             time.sleep(min(self.heartbeat_secs, BUSY_BEAT_SECS) if busy else self.heartbeat_secs)
 
@@ -189,25 +157,7 @@ class RemoteRunner:
         if self.running.get(job_id) is not None:
             logger.warning("Lost the lease of job %s; stopping it.", job_id)
             self.lost.add(job_id)
-            self.interrupt(job_id)
-
-    def interrupt(self, job_id: str) -> None:
-        """Cancel a running job as `brokers.cancellation` does."""
-        job = self.running.get(job_id)
-        if job is None:
-            return
-        with job.lock:
-            if job.interrupted or job.finishing:
-                return
-            job.interrupted = True
-            job.message.options[CANCELLED_OPTION] = True
-            logger.info("Cancelling job %s.", job_id)
-            raise_thread_exception(job.thread_id, JobCancelled)
-        for hook in job.cancel_hooks():
-            try:
-                hook()
-            except Exception:
-                logger.warning("A cancel hook of job %s failed.", job_id, exc_info=True)
+            interrupt(self.running, job_id)
 
     def _run(self, assignment: dict[str, Any]) -> None:
         job_id, attempt = assignment["job_id"], assignment["attempt"]
@@ -230,7 +180,9 @@ class RemoteRunner:
             return
         job = self.running.start(job_id, message, attempt=attempt)
         job.owner = assignment["owner"]
-        reporter = _ProgressReporter(self, job)
+        reporter = ProgressReporter(
+            functools.partial(self._send_progress, job), PROGRESS_INTERVAL_SECS
+        )
         job.on_progress = reporter
         limit_ms = assignment["time_limit_ms"]
         timer = None
@@ -270,6 +222,20 @@ class RemoteRunner:
         )
         self._report(job_id, attempt, None, error, retryable=retryable, run_seconds=run_seconds)
 
+    def _send_progress(self, job: RunningJob, progress: float | None, message: str | None) -> None:
+        """One progress report; the answer also says whether a client cancelled the job, and
+        a refusal that the job is no longer ours (409, 404) means its lease was lost."""
+        try:
+            cancel = self.client.progress(job.job_id, job.attempt, progress, message)
+        except (Conflict, NotFound):
+            self.lose(job.job_id)
+            return
+        except Exception:
+            logger.warning("Could not report progress of job %s.", job.job_id)
+            return
+        if cancel:
+            interrupt(self.running, job.job_id)
+
     def _time_out(self, job: RunningJob) -> None:
         with job.lock:
             if not job.finishing:
@@ -307,7 +273,7 @@ def _close(job: RunningJob) -> None:
     """No interrupt may reach the job's thread from now on."""
     with job.lock:
         job.finishing = True
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(job.thread_id), None)
+        clear_pending_exception(job.thread_id)
 
 
 def _retryable(actor: dramatiq.Actor, exception: BaseException, attempt: int) -> bool:

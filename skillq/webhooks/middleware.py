@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from skillq.brokers.job_status import JOB_ID_OPTION
-from skillq.brokers.running import current_job
+from skillq.brokers.job_messages import AfterOutcome, own_job
 from skillq.settings import Settings
 from skillq.storage import jobs
 from skillq.storage.database import connection
@@ -27,7 +25,7 @@ from skillq.webhooks import events
 logger = logging.getLogger(__name__)
 
 
-class WebhookOutcomes(Middleware):
+class WebhookOutcomes(AfterOutcome):
     """Records and queues the events of the outcome `JobStatus` just recorded.
 
     Parameters:
@@ -37,23 +35,11 @@ class WebhookOutcomes(Middleware):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def after_process_message(
-        self,
-        broker: dramatiq.Broker,
-        message: dramatiq.Message,
-        *,
-        result: Any = None,
-        exception: BaseException | None = None,
-    ) -> None:
-        job_id = message.options.get(JOB_ID_OPTION)
-        if job_id is None:
-            return
+    def after_outcome(self, broker: dramatiq.Broker, job_id: str) -> None:
         try:
             events.notify_outcome(broker, self.settings, job_id)
         except Exception:
             logger.exception("Recording the webhook events of job %s failed.", job_id)
-
-    after_skip_message = after_process_message
 
 
 class _ThrottledProgress:
@@ -91,8 +77,8 @@ class WebhookProgress(Middleware):
         self.settings = settings
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
-        job = current_job()
-        if job is None or job.job_id != message.options.get(JOB_ID_OPTION):
+        job = own_job(message)
+        if job is None:
             return
         if job.on_progress is None or not events.watches_progress(self.settings.webhooks):
             return

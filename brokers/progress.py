@@ -85,9 +85,12 @@ class JobProgress(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         job = own_job(message)
-        if job is not None and isinstance(job.on_progress, ProgressReporter):
-            reporter, job.on_progress = job.on_progress, None
-            reporter.flush()
+        # Another middleware (webhook progress events) may have wrapped the reporter; the
+        # wrapper passes `flush` on.
+        flush = None if job is None else getattr(job.on_progress, "flush", None)
+        if flush is not None:
+            job.on_progress = None
+            flush()
 
     after_skip_message = after_process_message
 

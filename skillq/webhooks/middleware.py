@@ -64,6 +64,13 @@ class _ThrottledProgress:
             except Exception:
                 logger.exception("Recording a job.progress webhook event failed.")
 
+    def flush(self) -> None:
+        # The job's own reporter holds back reports that came too soon; it sends the last one
+        # when the job ends, through this wrapper.
+        flush = getattr(self.report, "flush", None)
+        if flush is not None:
+            flush()
+
 
 class WebhookProgress(Middleware):
     """`job.progress` events for the subscriptions that want them: the first report of a

@@ -5,8 +5,8 @@
 For each broker (Redis or RabbitMQ, with the job store in PostgreSQL) and each job kind
 (no-op: `sleep` 0 s; 20 ms: `sleep` 0.02 s), `--jobs` jobs are submitted through the
 coordinator with no worker running, then 1, 2 and 4 worker processes (`dramatiq
-skillq.actors`, 8 threads each) are started and, from the moment all of them are up, timed
-until the store shows every job completed: the drain rate of a backlog.
+skillq.actors`, 8 threads each) are started side by side and, from the moment all of them
+are up, timed until the store shows every job completed: the drain rate of a backlog.
 
 Beside each rate it prints the CPU seconds per 1,000 jobs spent by the workers, PostgreSQL
 and the broker's server, and how busy the machine was (1.00 = every core busy): when the
@@ -33,10 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.reliability import prepare_broker, settings_sections  # noqa: E402
 from tests.support import (  # noqa: E402
+    ChildProcess,
     create_postgres_schema,
     drop_postgres_schema,
     postgres_schema_url,
-    start_worker,
+    wait_for,
     write_settings,
 )
 
@@ -132,7 +133,18 @@ def drain(broker: str, processes: int, jobs: int, seconds: float, base: Path) ->
     workers = []
     try:
         submit(settings_path, jobs, seconds)
-        workers = [start_worker(settings_path, directory, threads=8) for _ in range(processes)]
+        # Side by side, as a deployment scales out: each boots while the others do.
+        args = ["-m", "dramatiq", "skillq.actors", "--processes", "1", "--threads", "8"]
+        workers = [
+            ChildProcess(f"worker{n}", args, settings_path, directory) for n in range(processes)
+        ]
+        wait_for(
+            lambda: all(w.logged("Worker process is ready") or not w.alive() for w in workers),
+            timeout=120,
+            what="the workers to boot",
+        )
+        if not all(w.alive() for w in workers):
+            raise SystemExit("a worker died at boot:\n" + "\n".join(w.log() for w in workers))
         # Timed from the moment every worker is up: boot costs (imports, connections) are not
         # throughput; the jobs the first workers took meanwhile are left out of the count.
         started, done_before = time.perf_counter(), completed(store_url)

@@ -120,7 +120,7 @@ def build_broker(
             name: limit_from(configured.max_concurrent, configured.rate)
             for name, configured in settings.job_types.items()
         },
-        owners=OwnerLimit(settings.quotas.max_running, settings.quotas.max_running_by_type()),
+        owners=OwnerLimit.of(settings.quotas),
     )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":

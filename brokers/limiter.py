@@ -26,6 +26,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 
 from skillq.rates import Rate, parse_rate
+from skillq.settings import QuotaSettings
 from skillq.storage import Job, job_limits, job_metrics
 from skillq.storage.job_limits import ALL_TYPES, CONCURRENCY, RATE, Hold, lease_until
 from skillq.storage.models import utcnow
@@ -76,6 +77,10 @@ class OwnerLimit:
 
     max_running: int | None = None
     types: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, quotas: QuotaSettings) -> OwnerLimit:
+        return cls(quotas.max_running, quotas.max_running_by_type())
 
     def __bool__(self) -> bool:
         return self.max_running is not None or bool(self.types)

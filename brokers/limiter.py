@@ -284,6 +284,12 @@ class Limiter:
         return max(timeout, 0.01)
 
 
+def attempt_holder(job_id: str, attempt: int) -> str:
+    """The token of a remote attempt's slots, known from its job and attempt alone: the
+    server renews them with the worker's heartbeats and frees them when it reports."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"skillq-attempt:{job_id}:{attempt}").hex
+
+
 def limiter_of(broker: dramatiq.Broker) -> Limiter | None:
     """The limiter of `broker`'s `JobLimits` middleware, if it has one."""
     for middleware in broker.middleware:

@@ -5,7 +5,11 @@ queue its token allows and takes the next message, as a local worker's consumer 
 job is then started in the store exactly as `brokers.job_status` starts it for a local
 worker (a finished job's message is dropped, a duplicate of a job a live worker runs is
 deferred, a dead worker's job is taken over or, `run_once`, failed with `WorkerLost`), with
-the remote worker as its `worker_id`, and only then is the message acknowledged. From there
+the remote worker as its `worker_id`, and only then is the message acknowledged. A limited
+job takes its slots first through the same start gate as a local worker's
+(`skillq.brokers.limiter`): one that cannot start now is postponed, not handed out, and its
+slots are freed when the worker reports its outcome (`skillq.jobs.remote_reports`) or, its
+heartbeats stopped, when their lease runs out. From there
 the job row is the lease: the worker's heartbeats renew `heartbeat_at`, and when they stop
 for `workers.dead_after_secs`, stale-job recovery puts the job back to pending and sends its
 message again (`skillq.jobs.recovery`). So a job submitted once is started by whichever
@@ -34,6 +38,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 
 from skillq.brokers.job_status import JOB_ID_OPTION, run_once, time_limit, worker_alive
+from skillq.brokers.limiter import Postponed, attempt_holder, limiter_of
 from skillq.jobs.recovery import recover_stale_jobs
 from skillq.settings import Settings
 from skillq.storage import Job, JobState, jobs
@@ -88,6 +93,8 @@ class RemoteFetch:
         self.dead_after_secs = settings.workers.dead_after_secs
         self._recovery_lock = threading.Lock()
         self._next_recovery = 0.0
+        self._wake_lock = threading.Lock()
+        self._next_wake = 0.0
 
     def fetch(self, worker: RemoteWorker, wait_secs: float) -> Assignment | None:
         """Block up to `wait_secs` for a job `worker` may run; None when none came."""
@@ -97,6 +104,7 @@ class RemoteFetch:
         next_delayed = 0.0
         try:
             while consumers:
+                self.wake_now_and_then()
                 delayed_too = time.monotonic() >= next_delayed
                 if delayed_too:
                     next_delayed = time.monotonic() + DELAY_POLL_SECS
@@ -134,6 +142,28 @@ class RemoteFetch:
             logger.warning("Stale-job recovery failed; retrying later.", exc_info=True)
         finally:
             self._recovery_lock.release()
+
+    def wake_now_and_then(self) -> None:
+        """Wake postponed jobs whose slots freed by themselves (a rate window moved on, a
+        remote worker's lease ran out), as each local worker's waker does, so they start
+        where only remote workers run; at most once per `Limiter.wake_pass` interval."""
+        limiter = limiter_of(self.broker)
+        now = time.monotonic()
+        if limiter is None or now < self._next_wake:
+            return
+        if not (limiter.owners or limiter.limits(self.broker)):
+            self._next_wake = float("inf")
+            return
+        if not self._wake_lock.acquire(blocking=False):
+            return
+        try:
+            with connection():
+                self._next_wake = now + limiter.wake_pass(self.broker)
+        except Exception:
+            logger.warning("Job limits: the store did not answer; trying again.", exc_info=True)
+            self._next_wake = now + limiter.renew_secs
+        finally:
+            self._wake_lock.release()
 
     def _consumers(self, queues: list[str]) -> Iterator[tuple[str, dramatiq.Consumer]]:
         declared = self.broker.get_declared_queues()
@@ -229,6 +259,15 @@ class RemoteFetch:
                     job_id, attempt=job.attempts, error_type=error[0], error_message=error[1]
                 )
                 return None
+            limiter = limiter_of(self.broker)
+            try:
+                token = (
+                    None
+                    if limiter is None
+                    else limiter.admit(self.broker, message, job, attempt_holder(job_id, attempt))
+                )
+            except Postponed:
+                return None  # kept in the store; sent again when a slot frees
             wait = (utcnow() - job.created_at).total_seconds() if attempt == 1 else None
             if jobs.mark_running(job_id, attempt=attempt, worker_id=worker.id, wait_seconds=wait):
                 limit = time_limit(self.broker, message)
@@ -244,6 +283,8 @@ class RemoteFetch:
                     trace_id=job.trace_id,
                     time_limit_ms=None if limit is None else int(limit),
                 )
+            if token is not None:  # another delivery started it: the slots go back
+                limiter.give_back(self.broker, token, job.type, job.owner)
         logger.warning("Job %s keeps changing; message %s dropped.", job_id, message.message_id)
         return None
 

@@ -15,9 +15,10 @@ import pytest
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
 
+from skillq.api.stats import job_stats
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION
-from skillq.brokers.limiter import TOKEN_OPTION, OwnerLimit, Postponed, limiter_of
+from skillq.brokers.limiter import TOKEN_OPTION, Limit, OwnerLimit, Postponed, limiter_of
 from skillq.settings import StorageSettings, WorkerSettings
 from skillq.storage import Job, job_limits, jobs
 from skillq.storage.database import connection
@@ -205,3 +206,36 @@ def test_an_owner_at_max_running_waits_and_others_do_not(store: StorageSettings)
             0,
         )
     broker.close()
+
+
+def test_stats_show_type_and_owner_limits_beside_their_use(store: StorageSettings) -> None:
+    """The payload `GET /api/v1/stats`, `skillq workers status` and the dashboard's limits
+    panel read."""
+    running = Hold("h1", "alice", "j1")
+    assert job_limits.acquire("t", CONCURRENCY, 2, running, lease_until(30))
+    assert job_limits.acquire_owner(ALL_TYPES, 2, running, lease_until(30))
+    assert job_limits.acquire_owner("t", 1, running, lease_until(30))
+    assert job_limits.postpone("j2", "t", "alice", 5, "{}")
+    assert job_limits.postpone("j3", "t", "bob", 5, "{}")
+    limits, owners = {"t": Limit(max_concurrent=2)}, OwnerLimit(2, {"t": 1})
+    stats = job_stats(None, limits, owners)
+    assert stats["limits"]["t"] == {
+        "max_concurrent": 2,
+        "rate": None,
+        "running": 1,
+        "started_in_window": 0,
+        "postponed": 2,
+        "postponed_total": 0,
+    }
+    assert stats["owner_limits"] == {
+        "max_running": 2,
+        "types": {"t": 1},
+        "owners": {
+            "alice": {"running": 1, "running_by_type": {"t": 1}, "postponed": 1},
+            "bob": {"running": 0, "running_by_type": {}, "postponed": 1},
+        },
+    }
+    # A non-admin sees its own jobs only; without per-owner limits there is nothing to show.
+    mine = job_stats("bob", limits, owners)
+    assert list(mine["owner_limits"]["owners"]) == ["bob"] and mine["limits"]["t"]["postponed"] == 1
+    assert job_stats(None, limits)["owner_limits"] == {}

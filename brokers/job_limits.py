@@ -77,11 +77,10 @@ class JobLimits(Middleware):
         self,
         configured: Mapping[str, Limit] | None = None,
         owners: OwnerLimit | None = None,
-        *,
-        lease_secs: float = 15.0,
-        renew_secs: float = 2.0,
+        **timing: float,
     ) -> None:
-        self.limiter = Limiter(configured, owners, lease_secs=lease_secs, renew_secs=renew_secs)
+        # `timing`: `lease_secs` and `renew_secs`, as `Limiter` takes them.
+        self.limiter = Limiter(configured, owners, **timing)
         self._held: dict[int, tuple[str, str]] = {}  # worker thread -> (token, job's owner)
         self._lock = threading.Lock()
         self._waker: _Waker | None = None

@@ -81,8 +81,8 @@ def next_attempt(
     """The attempt `message` may begin for `job` now, or None when it must not run it (what
     that case needs is done: see the module docstring)."""
     if job is None or job.job_state.is_terminal:
-        state = job.state if job else "deleted"
-        logger.info("Skipping message %s: job is %s.", message.message_id, state)
+        state, job_id = (job.state, job.id) if job else ("deleted", message.options.get("job_id"))
+        logger.info("Skipping message %s: job %s is %s.", message.message_id, job_id, state)
         return None
     if job.waiting:
         logger.info("Skipping message %s: job %s waits.", message.message_id, job.id)

@@ -51,7 +51,8 @@ _COUNTER_HELP = {
     "failed": "Jobs failed for good (attempts spent, or a failure not retried), by type.",
     "cancelled": "Jobs cancelled, pending or running, by type.",
     "retried": "Attempts started after the first (a failure retried, a lost job rerun), by type.",
-    "postponed": "Deliveries postponed by a job type's global limit (not failures), by type.",
+    "postponed": "Deliveries postponed by a job type's global limit or its owner's max_running"
+    " (not failures), by type.",
 }
 _HISTOGRAM_HELP = {
     "run_seconds": "Run time of each attempt, by type.",

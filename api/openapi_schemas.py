@@ -83,6 +83,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Per job type with a global limit.",
                 "additionalProperties": {"$ref": "#/components/schemas/TypeLimits"},
             },
+            "owner_limits": {"$ref": "#/components/schemas/OwnerLimits"},
             "oldest_pending": {
                 "type": "object",
                 "description": "Per queue with pending jobs: the oldest one's creation time "
@@ -97,7 +98,52 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
-        "required": ["total", "by_state", "by_type", "by_queue", "oldest_pending", "limits"],
+        "required": [
+            "total",
+            "by_state",
+            "by_type",
+            "by_queue",
+            "oldest_pending",
+            "limits",
+            "owner_limits",
+        ],
+    },
+    "OwnerLimits": {
+        "type": "object",
+        "description": "The per-owner running limits (`[quotas] max_running`) and their use "
+        "now; empty when none is set. An owner is listed while it runs or waits (a "
+        "non-admin sees only itself).",
+        "properties": {
+            "max_running": {"type": ["integer", "null"], "minimum": 1},
+            "types": {
+                "type": "object",
+                "description": "Per job type with its own per-owner cap.",
+                "additionalProperties": {"type": "integer", "minimum": 1},
+            },
+            "owners": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "running": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Jobs holding a slot of max_running.",
+                        },
+                        "running_by_type": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 0},
+                        },
+                        "postponed": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Jobs waiting for any slot (owner or type).",
+                        },
+                    },
+                    "required": ["running", "running_by_type", "postponed"],
+                },
+            },
+        },
     },
     "TypeLimits": {
         "type": "object",

@@ -164,7 +164,8 @@ async def heartbeat(request: Request) -> JSONResponse:
     @in_connection
     def beat() -> dict[str, list[str]]:
         worker = _find_worker(request.path_params["worker_id"], token.name)
-        answer = remote_reports.heartbeat(worker, body["running"])
+        broker = request.app.state.coordinator.broker
+        answer = remote_reports.heartbeat(worker, body["running"], broker)
         fetcher.recover_now_and_then()
         return answer
 
@@ -223,12 +224,14 @@ async def report_complete(request: Request) -> JSONResponse:
     token, body = await _report_target(request, schemas.COMPLETE)
     job_id = request.path_params["job_id"]
     limit = request.app.state.settings.jobs.max_result_bytes
+    broker = request.app.state.coordinator.broker
 
     @in_connection
     def record() -> str:
         worker = _find_worker(body["worker_id"], token)
+        result, run_seconds = body.get("result"), body.get("run_seconds")
         return remote_reports.complete(
-            worker, job_id, body["attempt"], body.get("result"), body.get("run_seconds"), limit
+            worker, job_id, body["attempt"], result, run_seconds, limit, broker
         )
 
     return JSONResponse({"state": await run_in_threadpool(record)})

@@ -1,6 +1,6 @@
 """`GET /api/v1/stats`: how many jobs are in each state, per type and per queue, how
 long the oldest pending job of each queue has waited, and each limited job type's limits
-beside their use now; `GET /api/v1/stats/history`: jobs
+and the per-owner running limits beside their use now; `GET /api/v1/stats/history`: jobs
 finished and pending depth per minute, for the dashboard's chart.
 
 Counted from the store in grouped queries; a non-admin sees the counts of its own jobs.
@@ -18,10 +18,10 @@ from starlette.routing import Route
 
 from skillq.api.auth.access import require_viewer
 from skillq.api.jobs import int_param
-from skillq.brokers.job_limits import Limit, limits_of
+from skillq.brokers.job_limits import Limit, OwnerLimit, limits_of, owner_limit_of
 from skillq.errors import InvalidParams
 from skillq.jobs.fields import iso
-from skillq.jobs.limits import limit_status
+from skillq.jobs.limits import limit_status, owner_status
 from skillq.storage import job_history, jobs
 from skillq.storage.database import in_connection
 from skillq.storage.models import JobState, utcnow
@@ -36,7 +36,9 @@ def _by_state() -> dict[str, int]:
 
 @in_connection
 def job_stats(
-    owner: str | None = None, limits: Mapping[str, Limit] | None = None
+    owner: str | None = None,
+    limits: Mapping[str, Limit] | None = None,
+    owners: OwnerLimit | None = None,
 ) -> dict[str, Any]:
     """Every state appears in every breakdown (zero when empty), so clients need no defaults."""
     total, by_state = 0, _by_state()
@@ -60,6 +62,7 @@ def job_stats(
         "by_queue": by_queue,
         "oldest_pending": oldest_pending,
         "limits": limit_status(limits or {}, owner),
+        "owner_limits": owner_status(owners or OwnerLimit(), owner),
     }
 
 
@@ -82,8 +85,9 @@ def history(minutes: int, owner: str | None = None) -> dict[str, Any]:
 
 async def stats(request: Request) -> JSONResponse:
     owner = require_viewer(request).owner_filter
-    limits = limits_of(request.app.state.coordinator.broker)
-    return JSONResponse(await run_in_threadpool(job_stats, owner, limits))
+    broker = request.app.state.coordinator.broker
+    limits, owners = limits_of(broker), owner_limit_of(broker)
+    return JSONResponse(await run_in_threadpool(job_stats, owner, limits, owners))
 
 
 async def stats_history(request: Request) -> JSONResponse:

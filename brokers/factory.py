@@ -33,7 +33,7 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from skillq.brokers.cancellation import Cancellation
-from skillq.brokers.job_limits import JobLimits, Limit, limit_from
+from skillq.brokers.job_limits import JobLimits, Limit, OwnerLimit, limit_from
 from skillq.brokers.job_logs import JobLogs
 from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
@@ -60,6 +60,7 @@ def job_middleware(
     max_result_bytes: int = 1_048_576,
     max_log_bytes: int = 1_048_576,
     limits: Mapping[str, Limit] | None = None,
+    owners: OwnerLimit | None = None,
 ) -> list[Middleware]:
     """skillq's middleware stack, sharing one new `RunningJobs`.
 
@@ -78,6 +79,7 @@ def job_middleware(
         CurrentMessage(),
         JobLimits(
             limits,
+            owners,
             lease_secs=workers.dead_after_secs,
             renew_secs=workers.heartbeat_secs,
         ),
@@ -118,6 +120,7 @@ def build_broker(
             name: limit_from(configured.max_concurrent, configured.rate)
             for name, configured in settings.job_types.items()
         },
+        owners=OwnerLimit.of(settings.quotas),
     )
     broker_settings = settings.broker
     if broker_settings.backend == "redis":

@@ -11,13 +11,11 @@ import logging
 import os
 import socket
 import time
-from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
 import structlog
 from dramatiq.errors import ActorNotFound
-from dramatiq.message import generate_unique_id
 from dramatiq.middleware import (
     CurrentMessage,
     Middleware,
@@ -26,11 +24,12 @@ from dramatiq.middleware import (
     TimeLimitExceeded,
 )
 
+from skillq.brokers.job_starts import RUN_ONCE_OPTION, begin, next_attempt
 from skillq.brokers.running import RunningJobs, current_job
 from skillq.json_values import storable_problems
-from skillq.storage import Job, JobState, job_metrics, job_writes, jobs
+from skillq.storage import job_metrics, job_writes, jobs
 from skillq.storage.database import database_proxy
-from skillq.storage.models import stored_size, utcnow
+from skillq.storage.models import stored_size
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +41,10 @@ JOB_ID_OPTION = "job_id"
 ATTEMPT_OPTION = "job_attempt"
 #: Message option set when the job was cancelled while this message ran (brokers.cancellation).
 CANCELLED_OPTION = "job_cancelled"
-#: Actor option: the job type must not run again after a worker died while running it.
-RUN_ONCE_OPTION = "run_once"
 #: Message option holding the job's last allowed attempt (max_retries + 1).
 LAST_ATTEMPT_OPTION = "job_last_attempt"
 #: What every log line written while a job runs carries (see `skillq.log_output`).
 _JOB_LOG_FIELDS = ("job_id", "trace_id", "worker_id")
-
-
-def run_once(broker: dramatiq.Broker, actor_name: str) -> bool:
-    """Whether a job type was declared `run_once=True`: delivery is at least once, so a job
-    whose worker died mid-run is normally run again; such a type fails with `WorkerLost`
-    instead, for work that must never happen twice (payments, e-mails, non-idempotent calls).
-    """
-    try:
-        return bool(broker.get_actor(actor_name).options.get(RUN_ONCE_OPTION))
-    except ActorNotFound:
-        return False
 
 
 def current_job_owner() -> str:
@@ -81,39 +67,6 @@ def current_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def worker_alive(
-    worker_id: str | None, heartbeat_at: datetime | None, dead_after_secs: float
-) -> bool:
-    """Whether the worker process that started a job still runs it: its beat is fresh and, when
-    it runs on this host, its process exists (so a SIGKILL is seen at once, not after the
-    timeout)."""
-    if worker_id is None or heartbeat_at is None:
-        return False
-    if utcnow() - heartbeat_at > timedelta(seconds=dead_after_secs):
-        return False
-    host, _, pid = worker_id.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        return _process_alive(int(pid))
-    return True
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # A killed process its parent has not reaped yet is a zombie: dead for us.
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 class _StoredResultsFilter(logging.Filter):
     """dramatiq warns that a return value is discarded without its Results middleware; ours
     is not discarded (it is the job's stored result), so the warning would only mislead."""
@@ -128,10 +81,10 @@ class JobStatus(Middleware):
     `attempts` counts the executions begun, so a run cut short by a dead worker counts too; a
     job whose attempts are spent that way fails with `WorkerLost` instead of running again.
 
-    A message is delivered at least once. Before running a job, this middleware drops a message
-    whose job is finished, and defers one whose job another live worker is running (a duplicate
-    delivery: the Redis broker requeues a stalled worker's messages, stale-job recovery re-sends
-    lost ones); a message whose job's worker is dead takes the job over.
+    A message is delivered at least once. Before running a job, this middleware applies the
+    start rules remote fetches share (`skillq.brokers.job_starts`): a message whose job is
+    finished is dropped, one whose job another live worker is running is deferred, one whose
+    job's worker is dead takes the job over.
 
     A job it marks running joins the worker's `RunningJobs` until its outcome is recorded.
 
@@ -180,7 +133,7 @@ class JobStatus(Middleware):
 
     def _start(self, broker: dramatiq.Broker, job_id: str, message: dramatiq.Message) -> bool:
         """Mark the job running for this message; False if another delivery got there first.
-        Raises SkipMessage when this message must not run the job."""
+        Raises SkipMessage when this message must not run the job (`job_starts`)."""
         # The usual case, a pending job with attempts left, in one statement.
         started = job_writes.start_pending(job_id, worker_id=self.worker_id)
         if started is not None:
@@ -189,50 +142,12 @@ class JobStatus(Middleware):
             self._started(job_id, message, started.attempt, started.max_retries)
             return True
         job = jobs.get_job(job_id)
-        if job is None or job.job_state.is_terminal:
-            state = job.state if job else "deleted"
-            logger.info("Skipping message %s: job %s is %s.", message.message_id, job_id, state)
+        attempt = next_attempt(broker, message, job, self.dead_after_secs)
+        if attempt is None:
             raise SkipMessage()
-        if job.waiting:
-            # Held for its dependencies: its own message is sent when it is released.
-            logger.info("Skipping message %s: job %s waits.", message.message_id, job_id)
-            raise SkipMessage()
-        if job.job_state is JobState.PENDING and job.scheduled_for is not None:
-            self._hold_until_due(broker, message, job)
-        if job.job_state is JobState.RUNNING:
-            # dramatiq's retry of an attempt that just failed can arrive before that attempt's
-            # outcome is recorded; it follows on from it rather than duplicating it.
-            follows_on = int(message.options.get("retries", 0)) >= job.attempts
-            if not follows_on and worker_alive(
-                job.worker_id, job.heartbeat_at, self.dead_after_secs
-            ):
-                self._defer(broker, message, job)
-                raise SkipMessage()
-            if job.cancel_requested_at is not None:
-                # Its attempt ended (worker died, or it failed) after a client cancelled it.
-                jobs.cancel_unfinished(job_id, attempt=job.attempts)
-                raise SkipMessage()
-            if not follows_on:
-                self._take_over(broker, message, job)
         if job.trace_id:
             structlog.contextvars.bind_contextvars(trace_id=job.trace_id)
-        attempt = job.attempts + 1
-        if attempt > job.max_retries + 1:
-            error = (job.error_type, job.error_message)
-            if job.job_state is JobState.RUNNING or error[0] is None:
-                error = ("WorkerLost", f"the worker running attempt {job.attempts} stopped")
-            jobs.fail_unfinished(
-                job_id, attempt=job.attempts, error_type=error[0], error_message=error[1]
-            )
-            logger.info("Skipping message %s: job %s has no attempts left.", message, job_id)
-            raise SkipMessage()
-        # Wait time: from submission to the first attempt's start (a retry's wait is mostly
-        # its own back-off delay, which says nothing about the workers).
-        wait = (utcnow() - job.created_at).total_seconds() if attempt == 1 else None
-        marked = jobs.mark_running(
-            job_id, attempt=attempt, worker_id=self.worker_id, wait_seconds=wait
-        )
-        if not marked:
+        if not begin(job, attempt, self.worker_id):
             return False
         self._started(job_id, message, attempt, job.max_retries)
         return True
@@ -244,49 +159,6 @@ class JobStatus(Middleware):
         message.options[LAST_ATTEMPT_OPTION] = max_retries + 1
         started = self.running.start(job_id, message, attempt=attempt)
         started.log_fields = structlog.contextvars.get_contextvars()
-
-    def _take_over(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
-        """A delivery of a job whose worker died: run it again, unless its job type is
-        `run_once` (then it fails)."""
-        if run_once(broker, message.actor_name):
-            jobs.fail_unfinished(
-                job.id,
-                attempt=job.attempts,
-                error_type="WorkerLost",
-                error_message=f"the worker running attempt {job.attempts} stopped; the job"
-                " type is run_once, so it is not run again",
-            )
-            raise SkipMessage()
-        logger.warning(
-            "Job %s: worker %s is gone; message %s takes over.",
-            job.id,
-            job.worker_id,
-            message.message_id,
-        )
-
-    def _hold_until_due(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
-        """A delayed job never starts before its `scheduled_for`, whatever delivered its
-        message early (a clock ahead of the store's, a duplicate sent without the delay):
-        the message goes back to the broker for the time that is left."""
-        early_ms = (job.scheduled_for - utcnow()).total_seconds() * 1000
-        if early_ms <= 0:
-            return
-        logger.info(
-            "Holding message %s: job %s is due in %d ms.", message.message_id, job.id, early_ms
-        )
-        broker.enqueue(message.copy(message_id=generate_unique_id()), delay=int(early_ms) + 1)
-        raise SkipMessage()
-
-    def _defer(self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job) -> None:
-        """Look at this duplicate again once the running attempt could be declared dead."""
-        logger.info(
-            "Deferring message %s: job %s runs on live worker %s.",
-            message.message_id,
-            job.id,
-            job.worker_id,
-        )
-        duplicate = message.copy(message_id=generate_unique_id())
-        broker.enqueue(duplicate, delay=int(self.dead_after_secs * 1000))
 
     def after_process_message(
         self,

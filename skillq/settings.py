@@ -214,8 +214,8 @@ class JobTypeSettings:
     rate: str | None = None
 
 
-#: The only key of a `[quotas.types.<name>]` table.
-QUOTA_TYPE_KEYS = ("max_pending",)
+#: The keys of a `[quotas.types.<name>]` table, and the least value of each.
+QUOTA_TYPE_KEYS = {"max_pending": 0, "max_running": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +224,23 @@ class QuotaSettings:
 
     #: Pending jobs (queued, delayed, or waiting for a retry) one owner may have at once.
     max_pending: Annotated[int | None, _R(lo=0)] = None
+    #: Jobs of one owner running at once, all workers together; more wait (postponed, not
+    #: refused) until one of the owner's jobs ends.
+    max_running: Annotated[int | None, _R(lo=1)] = None
     #: The `Retry-After` (seconds) of a submit refused for a quota.
     retry_after_secs: Annotated[int, _R(lo=1, hi=86400)] = 10
-    #: Per job type, `[quotas.types.<name>] max_pending = N`: that type's pending jobs per owner.
+    #: Per job type, `[quotas.types.<name>] max_pending = N` / `max_running = N`: that
+    #: type's pending / running jobs per owner.
     types: dict = field(default_factory=dict)
 
     def max_pending_of(self, job_type: str) -> int | None:
         """The type's own quota, if it has one."""
         return self.types.get(job_type, {}).get("max_pending")
+
+    def max_running_by_type(self) -> dict[str, int]:
+        """Each type's own running quota per owner."""
+        found = {name: table.get("max_running") for name, table in self.types.items()}
+        return {name: cap for name, cap in found.items() if cap is not None}
 
 
 def _shipped_skills() -> tuple[Path, ...]:
@@ -413,11 +422,12 @@ def _check_quotas(obj: QuotaSettings, where: str) -> None:
             raise SettingsError(f"expected a table with {', '.join(QUOTA_TYPE_KEYS)}", key)
         for option, value in table.items():
             if option not in QUOTA_TYPE_KEYS:
-                raise SettingsError(
-                    "unknown key (a type's quota has max_pending)", f"{key}.{option}"
-                )
-            if type(value) is not int or value < 0:
-                raise SettingsError(f"must be an integer >= 0 (got {value!r})", f"{key}.{option}")
+                problem = "unknown key (a type's quota has max_pending or max_running)"
+                raise SettingsError(problem, f"{key}.{option}")
+            least = QUOTA_TYPE_KEYS[option]
+            if type(value) is not int or value < least:
+                problem = f"must be an integer >= {least} (got {value!r})"
+                raise SettingsError(problem, f"{key}.{option}")
 
 
 def _check_search(obj: SearchSettings, where: str) -> None:

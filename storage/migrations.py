@@ -19,6 +19,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from skillq.storage import (
     migration_delays,
     migration_v15,
+    migration_v16,
     search_collections,
     worker_token_migration,
 )
@@ -372,6 +373,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the MCP stream event table",
         upgrade=migration_v15.upgrade,
         downgrade=migration_v15.downgrade,
+    ),
+    Migration(
+        16,
+        "create the owner running slot table",
+        upgrade=migration_v16.upgrade,
+        downgrade=migration_v16.downgrade,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

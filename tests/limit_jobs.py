@@ -38,3 +38,9 @@ def rated_probe(record: str, tag: str, seconds: float = 0.05) -> dict:
 def free_probe(record: str, tag: str, seconds: float = 0.05) -> dict:
     """No limit: must not wait behind the postponed ones."""
     return _run(record, tag, seconds)
+
+
+@skillq.job_type(queue=QUEUE, max_retries=2)
+def owned_probe(record: str, tag: str, seconds: float = 0.3) -> dict:
+    """One per owner at once, by the test's settings (`[quotas.types.owned_probe]`)."""
+    return _run(record, tag, seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -169,6 +170,18 @@ def test_skill_commands_exit_through_the_same_table(embedded: Path) -> None:
     assert bad_input.returncode == 2 and "--input is not valid JSON" in bad_input.stderr
     unreadable = skillq("index", "notes", str(embedded.parent / "nope.json"), settings=embedded)
     assert unreadable.returncode == 2 and "cannot read documents" in unreadable.stderr
+
+
+def test_workers_status_shows_the_per_owner_running_limits(tmp_path: Path) -> None:
+    sections = {
+        "server": {"data_dir": str(tmp_path / "data")},
+        "quotas": {"max_running": 3},
+        "quotas.types.sleep": {"max_running": 1},
+    }
+    result = skillq("workers", "status", "--json", settings=write_settings(tmp_path, sections))
+    assert result.returncode == 0, result.stderr
+    owners = json.loads(result.stdout)["owner_limits"]
+    assert owners == {"max_running": 3, "types": {"sleep": 1}, "owners": {}}
 
 
 STORE_COMMANDS = [

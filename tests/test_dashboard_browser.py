@@ -2,8 +2,9 @@
 `chromium-driver`, driven by Selenium) against a real API and worker in auth `jwt` mode.
 
 It signs in through the login box, watches a submitted job run to completed without a
-reload, opens a long job, follows its progress messages in the log panel, cancels it and
-retries it, and is sent back to the login box when its credential stops working.
+reload, finds the per-owner running limit in the limits panel, opens a long job, follows
+its progress messages in the log panel, cancels it and retries it, and is sent back to the
+login box when its credential stops working.
 Screenshots land in tests/artifacts/ (gitignored), kept for a human to look at.
 """
 
@@ -57,6 +58,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "workers": {"max_retries": 0, "retry_delay_secs": 0, "job_timeout_secs": 120},
         "auth": {"mode": "jwt"},
         "auth.jwt": {"secret": SECRET},
+        # Shown in the limits panel; more than the tests ever run at once.
+        "quotas": {"max_running": 3},
     }
     with api_with_worker(directory, sections) as url:
         yield url
@@ -172,6 +175,9 @@ def test_a_submitted_job_runs_to_completed_without_a_reload(
     assert "running" in seen
     assert any(text.endswith("%") and text not in ("0%", "100%") for text in seen), seen
     assert browser.execute_script("return window.loadMark") == "same page"
+    # The limits panel shows the per-owner running limit from /api/v1/stats.
+    caps = "at most 3 running"
+    until(browser, lambda: caps in text_of(browser, "#owner-caps"), "the limits panel")
 
     # The operations panels refresh on their own: the finished job reaches the chart.
     until(browser, lambda: "completed 1," in text_of(browser, "#chart-summary"), "the chart")

@@ -1,6 +1,8 @@
-"""The store side of job-type limits (`skillq.storage.job_limits`) on SQLite and PostgreSQL:
-slots are exclusive under concurrent takers, leases expire, released slots stay released,
-and postponed jobs come back highest priority first and round-robin by owner."""
+"""The store side of job-type and per-owner limits (`skillq.storage.job_limits`) on SQLite
+and PostgreSQL: slots are exclusive under concurrent takers, leases expire, released slots
+stay released, postponed jobs come back highest priority first and round-robin by owner,
+skipping owners at their running cap; and the start gate (`skillq.brokers.limiter`) over
+them, in process."""
 
 from __future__ import annotations
 
@@ -8,10 +10,27 @@ import threading
 import uuid
 from datetime import timedelta
 
-from skillq.settings import StorageSettings
-from skillq.storage import job_limits
+import dramatiq
+import pytest
+from dramatiq import Message
+from dramatiq.brokers.stub import StubBroker
+
+from skillq.api.stats import job_stats
+from skillq.brokers.factory import job_middleware
+from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.limiter import TOKEN_OPTION, Limit, OwnerLimit, Postponed, limiter_of
+from skillq.settings import StorageSettings, WorkerSettings
+from skillq.storage import Job, job_limits, jobs
 from skillq.storage.database import connection
-from skillq.storage.job_limits import CONCURRENCY, RATE, Hold, LimitSlot, lease_until
+from skillq.storage.job_limits import (
+    ALL_TYPES,
+    CONCURRENCY,
+    RATE,
+    Hold,
+    LimitSlot,
+    OwnerSlot,
+    lease_until,
+)
 from skillq.storage.models import utcnow
 
 
@@ -98,3 +117,125 @@ def test_postponed_jobs_come_back_by_priority_then_round_robin_by_owner(
         order.append(waiting.job_id)
     assert order == ["a0", "a1", "a2", "a3", "a4", "low"]
     assert job_limits.usage(owner="alice") == {"t": job_limits.Usage(running=1)}
+
+
+def test_owner_slots_cap_each_owner_and_a_capped_owner_is_skipped(store: StorageSettings) -> None:
+    alice, bob = hold("alice"), hold("bob")
+    assert job_limits.acquire_owner(ALL_TYPES, 1, alice, lease_until(30))
+    assert not job_limits.acquire_owner(ALL_TYPES, 1, hold("alice"), lease_until(30))
+    assert job_limits.acquire_owner(ALL_TYPES, 1, bob, lease_until(30))
+    # A per-type cap is a group of its own: alice may run one "t" beside her other job.
+    assert job_limits.acquire_owner("t", 1, hold("alice"), lease_until(30))
+    assert job_limits.postpone("a0", "t", "alice", 9, "{}")
+    assert job_limits.postpone("c0", "t", "carol", 1, "{}")
+    # alice's job outranks carol's, but alice runs her one job: carol's goes next.
+    assert job_limits.next_postponed("t", 1, None).job_id == "c0"
+    assert job_limits.next_postponed("t").job_id == "a0"  # without the cap, priority wins
+    assert job_limits.owner_usage("alice") == {
+        "alice": {"running": {ALL_TYPES: 1, "t": 1}, "postponed": 1}
+    }
+    job_limits.release(alice.holder)
+    assert job_limits.next_postponed("t", 1, None).job_id == "a0"
+    assert job_limits.next_postponed("t", 1, 1).job_id == "c0"  # her "t" slot is held
+    assert job_limits.postponed_types("alice") == ["t"]
+    # A dead holder's owner slot frees itself once its lease runs out; renewals keep it.
+    assert job_limits.renew([bob.holder], lease_until(30)) == 1
+    OwnerSlot.update(expires_at=utcnow() - timedelta(seconds=1)).where(
+        OwnerSlot.holder == bob.holder
+    ).execute()
+    assert job_limits.extend_owner(bob.holder, lease_until(30)) == 0
+    assert job_limits.acquire_owner(ALL_TYPES, 1, hold("bob"), lease_until(30))
+
+
+def _pending(broker: StubBroker, owner: str, actor: str = "plain") -> tuple[Message, Job]:
+    job_id = str(uuid.uuid4())
+    jobs.insert_job(
+        id=job_id,
+        type=actor,
+        queue="default",
+        params={},
+        priority=5,
+        max_retries=1,
+        expires_at=utcnow() + timedelta(hours=1),
+        owner=owner,
+    )
+    message = broker.get_actor(actor).message_with_options(**{JOB_ID_OPTION: job_id})
+    return message, jobs.get_job(job_id)
+
+
+def test_an_owner_at_max_running_waits_and_others_do_not(store: StorageSettings) -> None:
+    """The start gate with `[quotas] max_running = 1` and `[quotas.types.capped]
+    max_running = 1`: an owner's second job is postponed (not failed, attempts untouched)
+    and is sent again, its slot reserved, when the first ends; another owner's job, or the
+    same owner's job of another type under the per-type cap only, is not held up."""
+    owners = OwnerLimit(max_running=2, types={"capped": 1})
+    broker = StubBroker(middleware=job_middleware(WorkerSettings(), owners=owners))
+    for name in ("plain", "capped"):
+        dramatiq.actor(lambda: None, broker=broker, actor_name=name, queue_name="default")
+    limiter = limiter_of(broker)
+    assert limiter is not None and limiter.owners == owners
+    with connection():
+        first, second, third = (_pending(broker, "alice", "capped") for _ in range(3))
+        token = limiter.admit(broker, *first)
+        assert token is not None
+        for waiting in (second, third):
+            with pytest.raises(Postponed):
+                limiter.admit(broker, *waiting)
+        assert broker.queues["default"].qsize() == 0  # nothing to wake: alice is at her cap
+        # Her plain job fits her overall cap of 2; bob's capped job is not behind hers.
+        assert limiter.admit(broker, *_pending(broker, "alice")) is not None
+        assert limiter.admit(broker, *_pending(broker, "bob", "capped")) is not None
+        assert job_limits.owner_usage("alice")["alice"] == {
+            "running": {ALL_TYPES: 2, "capped": 1},
+            "postponed": 2,
+        }
+        limiter.give_back(broker, token, "capped", "alice")
+        # One slot freed: the older of her two waiting jobs is sent again, reserved.
+        assert broker.queues["default"].qsize() == 1
+        woken = Message.decode(broker.queues["default"].get())
+        assert woken.options[JOB_ID_OPTION] == second[1].id
+        reserved = woken.options[TOKEN_OPTION]
+        assert limiter.admit(broker, woken, second[1]) == reserved
+        assert job_limits.owner_usage("alice")["alice"] == {
+            "running": {ALL_TYPES: 2, "capped": 1},
+            "postponed": 1,
+        }
+        # Postponed, not failed: still pending, no attempt counted.
+        assert (jobs.get_job(second[1].id).state, jobs.get_job(second[1].id).attempts) == (
+            "pending",
+            0,
+        )
+    broker.close()
+
+
+def test_stats_show_type_and_owner_limits_beside_their_use(store: StorageSettings) -> None:
+    """The payload `GET /api/v1/stats`, `skillq workers status` and the dashboard's limits
+    panel read."""
+    running = Hold("h1", "alice", "j1")
+    assert job_limits.acquire("t", CONCURRENCY, 2, running, lease_until(30))
+    assert job_limits.acquire_owner(ALL_TYPES, 2, running, lease_until(30))
+    assert job_limits.acquire_owner("t", 1, running, lease_until(30))
+    assert job_limits.postpone("j2", "t", "alice", 5, "{}")
+    assert job_limits.postpone("j3", "t", "bob", 5, "{}")
+    limits, owners = {"t": Limit(max_concurrent=2)}, OwnerLimit(2, {"t": 1})
+    stats = job_stats(None, limits, owners)
+    assert stats["limits"]["t"] == {
+        "max_concurrent": 2,
+        "rate": None,
+        "running": 1,
+        "started_in_window": 0,
+        "postponed": 2,
+        "postponed_total": 0,
+    }
+    assert stats["owner_limits"] == {
+        "max_running": 2,
+        "types": {"t": 1},
+        "owners": {
+            "alice": {"running": 1, "running_by_type": {"t": 1}, "postponed": 1},
+            "bob": {"running": 0, "running_by_type": {}, "postponed": 1},
+        },
+    }
+    # A non-admin sees its own jobs only; without per-owner limits there is nothing to show.
+    mine = job_stats("bob", limits, owners)
+    assert list(mine["owner_limits"]["owners"]) == ["bob"] and mine["limits"]["t"]["postponed"] == 1
+    assert job_stats(None, limits)["owner_limits"] == {}

@@ -1,7 +1,7 @@
 """The server side of remote workers, in process on each store: which jobs a remote worker
-is handed (queues, capabilities, skills), the same start rules as a local worker's, leases
-that expire into a re-sent message, reports only from the lease holder, retries by the
-server's rules; and the routes refuse user credentials."""
+is handed (queues, capabilities, skills), the same start rules as a local worker's (limit
+slots included), leases that expire into a re-sent message, reports only from the lease
+holder, retries by the server's rules; and the routes refuse user credentials."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from skillq import actors
 from skillq.api.app import create_app
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.limiter import Limit, OwnerLimit, attempt_holder
 from skillq.errors import Conflict
 from skillq.jobs import remote_reports
 from skillq.jobs.coordinator import JobCoordinator
@@ -28,7 +29,7 @@ from skillq.jobs.recovery import recover_stale_jobs
 from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import AuthSettings, JwtSettings, Settings, StorageSettings, WorkerSettings
-from skillq.storage import Job, jobs, worker_tokens
+from skillq.storage import Job, job_limits, jobs, worker_tokens
 from skillq.storage.database import connection
 from skillq.storage.models import utcnow
 from tests.support import LOCAL_URL
@@ -72,7 +73,7 @@ def system(store: StorageSettings) -> Iterator[tuple[StubBroker, RemoteFetch, Jo
     broker.close()
 
 
-def _submit(broker: StubBroker, actor_name: str, **kwargs: object) -> str:
+def _submit(broker: StubBroker, actor_name: str, owner: str = "alice", **kwargs: object) -> str:
     job_id = str(uuid.uuid4())
     with connection():
         jobs.insert_job(
@@ -83,7 +84,7 @@ def _submit(broker: StubBroker, actor_name: str, **kwargs: object) -> str:
             priority=5,
             max_retries=1,
             expires_at=utcnow() + timedelta(hours=1),
-            owner="alice",
+            owner=owner,
         )
     broker.get_actor(actor_name).send_with_options(kwargs=kwargs, **{JOB_ID_OPTION: job_id})
     return job_id
@@ -186,6 +187,58 @@ def test_a_heartbeat_renews_leases_and_says_what_to_stop(system) -> None:
         jobs.request_cancel(job_id)
         answer = remote_reports.heartbeat(holder, [job_id, stranger])
     assert answer == {"cancel": [job_id], "lost": [stranger]}
+
+
+@pytest.fixture
+def limited(store: StorageSettings) -> Iterator[tuple[StubBroker, RemoteFetch, JobCoordinator]]:
+    """`capped` runs one at a time; an owner runs at most two jobs at once."""
+    middleware = job_middleware(
+        WORKERS, limits={"capped": Limit(max_concurrent=1)}, owners=OwnerLimit(max_running=2)
+    )
+    broker = StubBroker(middleware=[*middleware, JobTypeOptions()])
+    for name in ("capped", "plain"):
+        dramatiq.actor(
+            lambda: None, broker=broker, actor_name=name, queue_name="default", params_schema=PARAMS
+        )
+    settings = Settings(workers=WORKERS, storage=store)
+    yield broker, RemoteFetch(broker, settings), JobCoordinator(broker, settings)
+    broker.close()
+
+
+def test_a_remote_fetch_takes_limit_slots_and_its_reports_give_them_back(limited) -> None:
+    broker, fetch, coordinator = limited
+    first, second = _submit(broker, "capped"), _submit(broker, "capped")
+    worker = _worker()
+    assert fetch.fetch(worker, 1).job_id == first
+    # The type's one slot is taken: the second is postponed, not handed out.
+    assert fetch.fetch(worker, 0.3) is None
+    assert (_job(second).state, _job(second).attempts) == ("pending", 0)
+    with connection():
+        assert job_limits.usage()["capped"] == job_limits.Usage(running=1, postponed=1)
+        remote_reports.complete(worker, first, 1, None, 0.1, 1000, broker)
+    # The report freed the slot and woke the second, its slot reserved for it.
+    assert fetch.fetch(worker, 1).job_id == second
+    # alice runs `second`; with one plain job she is at max_running = 2.
+    plain, over = _submit(broker, "plain"), _submit(broker, "plain")
+    assert fetch.fetch(worker, 1).job_id == plain
+    assert fetch.fetch(worker, 0.3) is None
+    with connection():
+        assert job_limits.owner_usage("alice")["alice"]["postponed"] == 1
+        assert remote_reports.heartbeat(worker, [second, plain], broker)["lost"] == []
+        state = remote_reports.fail(
+            coordinator, worker, second, 1, ("OSError", "x"), retryable=False, run_seconds=0.1
+        )
+    assert state == "failed"
+    # A capped job's end lets alice's waiting plain job start.
+    assert fetch.fetch(worker, 1).job_id == over
+    # A worker that stops beating loses its slots once their lease runs out.
+    with connection():
+        job_limits.OwnerSlot.update(expires_at=utcnow() - timedelta(seconds=1)).where(
+            job_limits.OwnerSlot.holder == attempt_holder(plain, 1)
+        ).execute()
+    bobs, alices = _submit(broker, "plain", owner="bob"), _submit(broker, "plain")
+    handed = {fetch.fetch(worker, 1).job_id, fetch.fetch(worker, 1).job_id}
+    assert handed == {bobs, alices}
 
 
 def test_user_credentials_cannot_call_the_worker_routes() -> None:

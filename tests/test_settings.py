@@ -223,6 +223,12 @@ def test_backends_with_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("[job_types.sleep]\nmax_concurrent = 0\n", "job_types.sleep.max_concurrent", "between"),
         ("[job_types.sleep]\nmax_concurent = 2\n", "job_types.sleep.max_concurent", "did you"),
         ("[job_types]\nsleep = 2\n", "job_types.sleep", "expected a table"),
+        ("[quotas]\nmax_running = 0\n", "quotas.max_running", "must be at least 1 (got 0)"),
+        (
+            "[quotas.types.sleep]\nmax_running = 0\n",
+            "quotas.types.sleep.max_running",
+            "must be an integer >= 1 (got 0)",
+        ),
         (
             "[auth.jwt]\nsecret = '${SQ_UNSET}'\n",
             "auth.jwt.secret",

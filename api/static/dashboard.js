@@ -216,6 +216,7 @@ async function loadOperations() {
     api("/api/v1/stats/history?minutes=60"),
   ]);
   renderQueues(stats);
+  renderLimits(stats);
   renderWorkers(workers);
   renderChart(history.buckets);
 }

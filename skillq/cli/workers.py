@@ -71,6 +71,15 @@ def type_limits(settings: Settings) -> dict[str, Any]:
     return in_connection(limit_status)(limits_of(actors.broker))
 
 
+def owner_limits(settings: Settings) -> dict[str, Any]:
+    """The per-owner running limits and each owner's use ({} when none is set)."""
+    from skillq.brokers.limiter import OwnerLimit
+    from skillq.jobs.limits import owner_status
+    from skillq.storage.database import in_connection
+
+    return in_connection(owner_status)(OwnerLimit.of(settings.quotas))
+
+
 def _rate(rate: dict[str, Any] | None) -> str:
     return "-" if rate is None else f"{rate['count']}/{rate['period_secs']:g}s"
 
@@ -79,8 +88,8 @@ def _rate(rate: dict[str, Any] | None) -> str:
 def workers_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Each queue's pool (desired vs actual), each limited job type's limits and use, then
-    the registered worker processes."""
+    """Each queue's pool (desired vs actual), each limited job type's limits and use, the
+    per-owner running limits and each owner's use, then the registered worker processes."""
 
     from skillq.jobs.pools import pool_status
     from skillq.jobs.workers import worker_list
@@ -90,8 +99,9 @@ def workers_status(
     listed = worker_list(settings.workers.dead_after_secs)
     pools = pool_status(settings, queues)
     limits = type_limits(settings)
+    owners = owner_limits(settings)
     if as_json:
-        print_json({**listed, **pools, "limits": limits})
+        print_json({**listed, **pools, "limits": limits, "owner_limits": owners})
         return
     print_rows(
         ("queue", "desired", "actual", "source"),
@@ -120,6 +130,27 @@ def workers_status(
                 )
                 for name, limit in limits.items()
             ],
+        )
+    if owners:
+        caps = owners["types"]
+        print_rows(
+            ("owner", "running", "max running", "by type", "postponed"),
+            [
+                (
+                    name,
+                    use["running"],
+                    "-" if owners["max_running"] is None else owners["max_running"],
+                    " ".join(
+                        f"{t}={n}/{caps.get(t, '-')}" for t, n in use["running_by_type"].items()
+                    )
+                    or "-",
+                    use["postponed"],
+                )
+                for name, use in owners["owners"].items()
+            ],
+            footer="per-owner caps: max_running "
+            + ("-" if owners["max_running"] is None else str(owners["max_running"]))
+            + "".join(f", {t} {n}" for t, n in caps.items()),
         )
     counts = listed["counts"]
     print_rows(

@@ -1,5 +1,5 @@
-"""Each limited job type's limits beside their use now, as `GET /api/v1/stats` and
-`skillq workers status` show them.
+"""Each limited job type's limits, and the per-owner running limits, beside their use now,
+as `GET /api/v1/stats` and `skillq workers status` show them.
 
 The slots in use are shared capacity, so every caller sees them; the postponed jobs are
 someone's own, so a non-admin counts only theirs. `postponed_total` is the store's counter
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from skillq.brokers.job_limits import Limit
+from skillq.brokers.job_limits import Limit, OwnerLimit
 from skillq.storage import job_limits, job_metrics
+from skillq.storage.job_limits import ALL_TYPES
 
 
 def limit_status(limits: Mapping[str, Limit], owner: str | None = None) -> dict[str, Any]:
@@ -33,3 +34,21 @@ def limit_status(limits: Mapping[str, Limit], owner: str | None = None) -> dict[
             "postponed_total": counters.get(("postponed", name), 0),
         }
     return status
+
+
+def owner_status(owners: OwnerLimit, owner: str | None = None) -> dict[str, Any]:
+    """`{max_running, types: {job type: max_running}, owners: {owner: {running,
+    running_by_type, postponed}}}` when per-owner running limits are set, else `{}`. An
+    owner is listed while it runs or waits; a non-admin sees only itself. Call it inside a
+    store connection."""
+    if not owners:
+        return {}
+    listed = {}
+    for name, use in job_limits.owner_usage(owner).items():
+        running = use["running"]
+        listed[name] = {
+            "running": running.get(ALL_TYPES, 0),
+            "running_by_type": {t: n for t, n in running.items() if t != ALL_TYPES},
+            "postponed": use["postponed"],
+        }
+    return {**owners.to_dict(), "owners": listed}

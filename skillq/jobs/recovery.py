@@ -28,7 +28,7 @@ from datetime import timedelta
 
 import dramatiq
 
-from skillq.brokers.job_status import run_once
+from skillq.brokers.job_starts import run_once
 from skillq.jobs import release
 from skillq.settings import Settings
 from skillq.storage import dependencies, jobs, worker_tokens

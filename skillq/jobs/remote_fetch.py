@@ -2,15 +2,19 @@
 
 A remote worker's long-poll (`POST /api/v1/workers/{id}/fetch`) opens a consumer on each
 queue its token allows and takes the next message, as a local worker's consumer would. The
-job is then started in the store exactly as `brokers.job_status` starts it for a local
-worker (a finished job's message is dropped, a duplicate of a job a live worker runs is
-deferred, a dead worker's job is taken over or, `run_once`, failed with `WorkerLost`), with
-the remote worker as its `worker_id`, and only then is the message acknowledged. From there
-the job row is the lease: the worker's heartbeats renew `heartbeat_at`, and when they stop
-for `workers.dead_after_secs`, stale-job recovery puts the job back to pending and sends its
-message again (`skillq.jobs.recovery`). So a job submitted once is started by whichever
-consumer, local or remote, gets its message, and the store's conditional `mark_running`
-lets only one attempt begin.
+job is then started in the store by the same function a local worker's `JobStatus` uses
+(`skillq.brokers.job_starts`: a finished job's message is dropped, a duplicate of a job a
+live worker runs is deferred, a dead worker's job is taken over or, `run_once`, failed with
+`WorkerLost`), with the remote worker as its `worker_id`, and only then is the message
+acknowledged. A limited job takes its slots first through the same start gate as a local
+worker's (`skillq.brokers.limiter`): one that cannot start now is postponed, not handed
+out, and its slots are freed when the worker reports its outcome
+(`skillq.jobs.remote_reports`) or, its heartbeats stopped, when their lease runs out. From
+there the job row is the lease: the worker's heartbeats renew `heartbeat_at`, and when they
+stop for `workers.dead_after_secs`, stale-job recovery puts the job back to pending and
+sends its message again (`skillq.jobs.recovery`). So a job submitted once is started by
+whichever consumer, local or remote, gets its message, and the store's conditional
+`mark_running` lets only one attempt begin.
 
 A message a remote worker cannot run (its job type requires a capability the worker lacks,
 a skill it has not got, no job id) is put back on its queue for another consumer. A delay
@@ -33,12 +37,13 @@ from dramatiq.common import current_millis, dq_name, q_name
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 
-from skillq.brokers.job_status import JOB_ID_OPTION, run_once, time_limit, worker_alive
+from skillq.brokers.job_starts import begin, next_attempt
+from skillq.brokers.job_status import JOB_ID_OPTION, time_limit
+from skillq.brokers.limiter import Postponed, attempt_holder, limiter_of
 from skillq.jobs.recovery import recover_stale_jobs
 from skillq.settings import Settings
-from skillq.storage import Job, JobState, jobs
+from skillq.storage import jobs
 from skillq.storage.database import connection
-from skillq.storage.models import utcnow
 from skillq.storage.worker_tokens import RemoteWorker
 
 logger = logging.getLogger(__name__)
@@ -88,6 +93,8 @@ class RemoteFetch:
         self.dead_after_secs = settings.workers.dead_after_secs
         self._recovery_lock = threading.Lock()
         self._next_recovery = 0.0
+        self._wake_lock = threading.Lock()
+        self._next_wake = 0.0
 
     def fetch(self, worker: RemoteWorker, wait_secs: float) -> Assignment | None:
         """Block up to `wait_secs` for a job `worker` may run; None when none came."""
@@ -97,6 +104,7 @@ class RemoteFetch:
         next_delayed = 0.0
         try:
             while consumers:
+                self.wake_now_and_then()
                 delayed_too = time.monotonic() >= next_delayed
                 if delayed_too:
                     next_delayed = time.monotonic() + DELAY_POLL_SECS
@@ -134,6 +142,28 @@ class RemoteFetch:
             logger.warning("Stale-job recovery failed; retrying later.", exc_info=True)
         finally:
             self._recovery_lock.release()
+
+    def wake_now_and_then(self) -> None:
+        """Wake postponed jobs whose slots freed by themselves (a rate window moved on, a
+        remote worker's lease ran out), as each local worker's waker does, so they start
+        where only remote workers run; at most once per `Limiter.wake_pass` interval."""
+        limiter = limiter_of(self.broker)
+        now = time.monotonic()
+        if limiter is None or now < self._next_wake:
+            return
+        if not (limiter.owners or limiter.limits(self.broker)):
+            self._next_wake = float("inf")
+            return
+        if not self._wake_lock.acquire(blocking=False):
+            return
+        try:
+            with connection():
+                self._next_wake = now + limiter.wake_pass(self.broker)
+        except Exception:
+            logger.warning("Job limits: the store did not answer; trying again.", exc_info=True)
+            self._next_wake = now + limiter.renew_secs
+        finally:
+            self._wake_lock.release()
 
     def _consumers(self, queues: list[str]) -> Iterator[tuple[str, dramatiq.Consumer]]:
         declared = self.broker.get_declared_queues()
@@ -189,48 +219,24 @@ class RemoteFetch:
     def _claim(
         self, worker: RemoteWorker, message: dramatiq.Message, job_id: str
     ) -> Assignment | None:
-        """Start the job for `worker` as `JobStatus` starts it for a local worker; None when
-        this message must not run it (finished, deferred, failed or cancelled instead)."""
+        """Start the job for `worker` by the rules and through the limiter a local worker's
+        start goes by (`job_starts`, `Limiter.admit`); None when this message must not run it
+        (finished, deferred, failed, cancelled or postponed instead)."""
         for _ in range(5):  # another delivery of the same job may win each race
             job = jobs.get_job(job_id)
-            if job is None or job.job_state.is_terminal or job.waiting:
-                return None  # a waiting job's own message is sent when it is released
-            due_in_ms = _due_in_ms(job)
-            if due_in_ms > 0:  # delivered before its `scheduled_for`: back until then
-                duplicate = message.copy(message_id=generate_unique_id())
-                self.broker.enqueue(duplicate, delay=due_in_ms)
+            attempt = next_attempt(self.broker, message, job, self.dead_after_secs)
+            if attempt is None:
                 return None
-            if job.job_state is JobState.RUNNING:
-                follows_on = int(message.options.get("retries", 0)) >= job.attempts
-                if not follows_on and worker_alive(
-                    job.worker_id, job.heartbeat_at, self.dead_after_secs
-                ):
-                    duplicate = message.copy(message_id=generate_unique_id())
-                    self.broker.enqueue(duplicate, delay=int(self.dead_after_secs * 1000))
-                    return None
-                if job.cancel_requested_at is not None:
-                    jobs.cancel_unfinished(job_id, attempt=job.attempts)
-                    return None
-                if not follows_on and run_once(self.broker, message.actor_name):
-                    jobs.fail_unfinished(
-                        job_id,
-                        attempt=job.attempts,
-                        error_type="WorkerLost",
-                        error_message=f"the worker running attempt {job.attempts} stopped; the"
-                        " job type is run_once, so it is not run again",
-                    )
-                    return None
-            attempt = job.attempts + 1
-            if attempt > job.max_retries + 1:
-                error = (job.error_type, job.error_message)
-                if job.job_state is JobState.RUNNING or error[0] is None:
-                    error = ("WorkerLost", f"the worker running attempt {job.attempts} stopped")
-                jobs.fail_unfinished(
-                    job_id, attempt=job.attempts, error_type=error[0], error_message=error[1]
+            limiter = limiter_of(self.broker)
+            try:
+                token = (
+                    None
+                    if limiter is None
+                    else limiter.admit(self.broker, message, job, attempt_holder(job_id, attempt))
                 )
-                return None
-            wait = (utcnow() - job.created_at).total_seconds() if attempt == 1 else None
-            if jobs.mark_running(job_id, attempt=attempt, worker_id=worker.id, wait_seconds=wait):
+            except Postponed:
+                return None  # kept in the store; sent again when a slot frees
+            if begin(job, attempt, worker.id):
                 limit = time_limit(self.broker, message)
                 return Assignment(
                     job_id=job_id,
@@ -244,16 +250,11 @@ class RemoteFetch:
                     trace_id=job.trace_id,
                     time_limit_ms=None if limit is None else int(limit),
                 )
+            if token is not None:  # another delivery started it: the slots go back
+                limiter.give_back(self.broker, token, job.type, job.owner)
         logger.warning("Job %s keeps changing; message %s dropped.", job_id, message.message_id)
         return None
 
 
 #: `_handle`'s answer for a queue holding only messages this fetch already passed over.
 _EXHAUSTED = object()
-
-
-def _due_in_ms(job: Job) -> int:
-    """How long a pending delayed job still has to wait, in ms (0 when it may start)."""
-    if job.job_state is not JobState.PENDING or job.scheduled_for is None:
-        return 0
-    return max(0, int((job.scheduled_for - utcnow()).total_seconds() * 1000) + 1)

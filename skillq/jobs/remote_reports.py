@@ -9,6 +9,9 @@ cancelled job is `cancelled`; a failure is retried, after the server's back-off
 worker did not say it must not be (a time limit, an exception in the actor's `throws`);
 otherwise the job fails. A retry is the job's message sent again to its queue, so a local or
 a remote worker may run it.
+
+A limited job's slots (`skillq.brokers.limiter`, taken when it was fetched) are renewed by
+the worker's heartbeats and freed by its outcome report, waking the jobs they let start.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import dramatiq
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ActorNotFound
 
+from skillq.brokers.limiter import attempt_holder, limiter_of
 from skillq.brokers.retries import JobRetries
 from skillq.errors import Conflict, NotFound
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.json_values import storable_problems
-from skillq.storage import Job, JobState, jobs, workers
+from skillq.storage import Job, JobState, job_limits, jobs, workers
+from skillq.storage.job_limits import lease_until
 from skillq.storage.models import stored_size
 from skillq.storage.worker_tokens import RemoteWorker
 
@@ -45,20 +50,27 @@ def held_job(worker: RemoteWorker, job_id: str, attempt: int) -> Job:
     return job
 
 
-def heartbeat(worker: RemoteWorker, running: list[str]) -> dict[str, list[str]]:
-    """Renew the leases of the jobs `worker` runs; say which of them a client cancelled and
-    which it no longer holds (its lease expired: the worker must stop them)."""
+def heartbeat(
+    worker: RemoteWorker, running: list[str], broker: dramatiq.Broker | None = None
+) -> dict[str, list[str]]:
+    """Renew the leases of the jobs `worker` runs (and of their limit slots, with `broker`'s
+    limiter); say which of them a client cancelled and which it no longer holds (its lease
+    expired: the worker must stop them)."""
     workers.beat(worker.id, running)
     held = (
         {
             job.id: job
-            for job in Job.select(Job.id, Job.cancel_requested_at).where(
+            for job in Job.select(Job.id, Job.attempts, Job.cancel_requested_at).where(
                 Job.id.in_(running) & (Job.state == JobState.RUNNING) & (Job.worker_id == worker.id)
             )
         }
         if running
         else {}
     )
+    limiter = None if broker is None else limiter_of(broker)
+    if limiter is not None and held:
+        holders = [attempt_holder(job.id, job.attempts) for job in held.values()]
+        job_limits.renew(holders, lease_until(limiter.lease_secs))
     return {
         "cancel": sorted(i for i, job in held.items() if job.cancel_requested_at is not None),
         "lost": sorted(set(running) - set(held)),
@@ -81,9 +93,11 @@ def complete(
     result: object,
     run_seconds: float | None,
     max_result_bytes: int,
+    broker: dramatiq.Broker | None = None,
 ) -> str:
-    """Record the attempt's result; returns the job's new state."""
-    held_job(worker, job_id, attempt)
+    """Record the attempt's result, then free its limit slots (with `broker`'s limiter);
+    returns the job's new state."""
+    job = held_job(worker, job_id, attempt)
     problems = storable_problems(result, "result")
     size = stored_size(result) if not problems else 0
     if problems or size > max_result_bytes:
@@ -103,9 +117,12 @@ def complete(
             error_message=error[1],
             run_seconds=run_seconds,
         )
-        return _state_or_conflict(done, JobState.FAILED, worker, job_id)
-    done = jobs.mark_completed(job_id, attempt=attempt, result=result, run_seconds=run_seconds)
-    return _state_or_conflict(done, JobState.COMPLETED, worker, job_id)
+        state = _state_or_conflict(done, JobState.FAILED, worker, job_id)
+    else:
+        done = jobs.mark_completed(job_id, attempt=attempt, result=result, run_seconds=run_seconds)
+        state = _state_or_conflict(done, JobState.COMPLETED, worker, job_id)
+    free_slots(broker, job, attempt)
+    return state
 
 
 def fail(
@@ -118,13 +135,15 @@ def fail(
     retryable: bool,
     run_seconds: float | None,
 ) -> str:
-    """Record a failed (or cancelled) attempt; retry it by the server's rules. Returns the
-    job's new state."""
+    """Record a failed (or cancelled) attempt and free its limit slots; retry it by the
+    server's rules. Returns the job's new state."""
     job = held_job(worker, job_id, attempt)
     error_type, error_message = error
     if job.cancel_requested_at is not None:
         done = jobs.mark_cancelled(job_id, attempt=attempt, run_seconds=run_seconds)
-        return _state_or_conflict(done, JobState.CANCELLED, worker, job_id)
+        state = _state_or_conflict(done, JobState.CANCELLED, worker, job_id)
+        free_slots(coordinator.broker, job, attempt)
+        return state
     if retryable and attempt < job.max_retries + 1:
         done = jobs.mark_retrying(
             job_id,
@@ -134,6 +153,7 @@ def fail(
             run_seconds=run_seconds,
         )
         state = _state_or_conflict(done, JobState.PENDING, worker, job_id)
+        free_slots(coordinator.broker, job, attempt)  # before the retry may want them
         pending = jobs.get_job(job_id)
         if pending is not None:
             # Should the broker refuse, the job stays pending and lost-job recovery sends it.
@@ -146,7 +166,17 @@ def fail(
         error_message=error_message,
         run_seconds=run_seconds,
     )
-    return _state_or_conflict(done, JobState.FAILED, worker, job_id)
+    state = _state_or_conflict(done, JobState.FAILED, worker, job_id)
+    free_slots(coordinator.broker, job, attempt)
+    return state
+
+
+def free_slots(broker: dramatiq.Broker | None, job: Job, attempt: int) -> None:
+    """A remote attempt ended: give back the slots it took when it was fetched, and wake
+    the postponed jobs they let start."""
+    limiter = None if broker is None else limiter_of(broker)
+    if limiter is not None and limiter.applies(broker, job.type):
+        limiter.give_back(broker, attempt_holder(job.id, attempt), job.type, job.owner)
 
 
 def retry_delay_ms(broker: dramatiq.Broker, job: Job, attempt: int) -> int:

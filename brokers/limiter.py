@@ -1,0 +1,299 @@
+"""The start gate of limited jobs, shared by local workers (`skillq.brokers.job_limits`) and
+remote HTTP workers' fetches (`skillq.jobs.remote_fetch`), so a job takes the same slots
+whichever consumer gets its message.
+
+A job may start when it takes every slot that applies to it, in the store
+(`skillq.storage.job_limits`): its owner's running slot (`[quotas] max_running`, of every
+type) and its owner's slot of its type (`[quotas.types.<name>] max_running`), then a
+concurrency slot and a rate slot of its type (`[job_types.<name>] max_concurrent` / `rate`,
+or the actor options). Either it takes them all, or none. A job that cannot is
+**postponed**: its message is kept in the store, its job stays `pending` with its attempt
+count, and it is sent again, its slots reserved, when one frees (`wake`). While jobs of a
+type wait, newcomers of that type queue up behind them, except behind jobs whose owners are
+at their own running limit (those wait for their owner, not for the type).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+from dramatiq.errors import ActorNotFound
+from dramatiq.message import generate_unique_id
+
+from skillq.rates import Rate, parse_rate
+from skillq.settings import QuotaSettings
+from skillq.storage import Job, job_limits, job_metrics
+from skillq.storage.job_limits import ALL_TYPES, CONCURRENCY, RATE, Hold, lease_until
+from skillq.storage.models import utcnow
+
+logger = logging.getLogger(__name__)
+
+#: Message option: the slot reservation a woken postponed job starts with.
+TOKEN_OPTION = "job_limit_token"
+#: Actor options declaring a job type's limits (overridden by `[job_types.<name>]`).
+LIMIT_OPTIONS = frozenset({"max_concurrent", "rate"})
+#: Postponed jobs one wake-up sends at most, so one thread never loops for long.
+_WAKE_BATCH = 64
+
+
+class Postponed(Exception):
+    """The job cannot start now: its message is kept, to be sent again when a slot frees."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A job type's limits; None for no limit of that kind."""
+
+    max_concurrent: int | None = None
+    rate: Rate | None = None
+
+    def __bool__(self) -> bool:
+        return self.max_concurrent is not None or self.rate is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.rate
+        per = None if rate is None else {"count": rate.count, "period_secs": rate.period_secs}
+        return {"max_concurrent": self.max_concurrent, "rate": per}
+
+
+def limit_from(max_concurrent: Any = None, rate: Any = None) -> Limit:
+    """A Limit from setting or option values; ValueError names what is wrong."""
+    if max_concurrent is not None and (type(max_concurrent) is not int or max_concurrent < 1):
+        raise ValueError(f"max_concurrent must be a positive integer (got {max_concurrent!r})")
+    if rate is not None and not isinstance(rate, str):
+        raise ValueError(f"rate must be a string such as '10/minute' (got {rate!r})")
+    return Limit(max_concurrent, None if rate is None else parse_rate(rate))
+
+
+@dataclass(frozen=True)
+class OwnerLimit:
+    """How many of one owner's jobs run at once, all workers together: `max_running` of
+    every type, `types` of one type each (`[quotas] max_running`, `[quotas.types.<name>]`)."""
+
+    max_running: int | None = None
+    types: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, quotas: QuotaSettings) -> OwnerLimit:
+        return cls(quotas.max_running, quotas.max_running_by_type())
+
+    def __bool__(self) -> bool:
+        return self.max_running is not None or bool(self.types)
+
+    def caps(self, job_type: str) -> tuple[int | None, int | None]:
+        """(every type, this type) caps for a job of `job_type`."""
+        return self.max_running, self.types.get(job_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_running": self.max_running, "types": dict(sorted(self.types.items()))}
+
+
+class Limiter:
+    """Takes, reserves and gives back the slots of limited jobs; see the module docstring.
+
+    Parameters:
+      configured(Mapping[str, Limit]): The limits from settings, by job type; they override
+        the actor options.
+      owners(OwnerLimit): The per-owner running limits.
+      lease_secs(float): How long a concurrency or owner slot outlives its holder's last
+        renewal (`workers.dead_after_secs`).
+      renew_secs(float): How often `wake_pass` should run (`workers.heartbeat_secs`).
+    """
+
+    def __init__(
+        self,
+        configured: Mapping[str, Limit] | None = None,
+        owners: OwnerLimit | None = None,
+        *,
+        lease_secs: float = 15.0,
+        renew_secs: float = 2.0,
+    ) -> None:
+        self.configured = dict(configured or {})
+        self.owners = owners or OwnerLimit()
+        self.lease_secs = lease_secs
+        self.renew_secs = renew_secs
+        self._resolved: dict[str, Limit] = {}
+
+    def limit_of(self, broker: dramatiq.Broker, actor_name: str) -> Limit:
+        """The settings' limit of a type, else its actor options', else none."""
+        limit = self._resolved.get(actor_name)
+        if limit is None:
+            try:
+                options = broker.get_actor(actor_name).options
+            except ActorNotFound:
+                options = {}
+            declared = limit_from(options.get("max_concurrent"), options.get("rate"))
+            configured = self.configured.get(actor_name, Limit())
+            limit = Limit(
+                configured.max_concurrent or declared.max_concurrent,
+                configured.rate or declared.rate,
+            )
+            self._resolved[actor_name] = limit
+        return limit
+
+    def limits(self, broker: dramatiq.Broker) -> dict[str, Limit]:
+        """Every job type with a limit of its own."""
+        found = {name: self.limit_of(broker, name) for name in broker.actors}
+        return {name: limit for name, limit in sorted(found.items()) if limit}
+
+    def applies(self, broker: dramatiq.Broker, job_type: str) -> bool:
+        """Whether a job of `job_type` must take a slot to start."""
+        caps = self.owners.caps(job_type)
+        return bool(self.limit_of(broker, job_type)) or caps != (None, None)
+
+    def admit(
+        self, broker: dramatiq.Broker, message: dramatiq.Message, job: Job, holder: str = ""
+    ) -> str | None:
+        """Take `job`'s slots for this message (as `holder`, if given): the token holding
+        them, or None when no limit applies. Raises `Postponed` when the job cannot start
+        now: its message is then kept, and is sent again when a slot frees."""
+        job_type = message.actor_name
+        token = message.options.pop(TOKEN_OPTION, None)
+        if not self.applies(broker, job_type):
+            if token is not None:
+                job_limits.forget(token)  # limits removed while it waited
+            return None
+        limit, caps = self.limit_of(broker, job_type), self.owners.caps(job_type)
+        if token is not None and self._confirm(token, limit, caps):
+            if holder:
+                job_limits.rekey(token, holder)
+                return holder
+            return token
+        hold = Hold(holder or uuid.uuid4().hex, job.owner, job.id)
+        if not self._queued_ahead(job_type, caps) and self._acquire(job_type, limit, caps, hold):
+            return hold.holder
+        kept = message.copy(message_id=generate_unique_id()).encode().decode()
+        if job_limits.postpone(job.id, job_type, job.owner, job.priority, kept):
+            job_metrics.count(job_type, "postponed")
+            logger.info("Job %s postponed: %s or its owner is at a limit.", job.id, job_type)
+        # A slot may have freed between the look and the postponement: nobody would wake it.
+        self.wake(broker, job_type)
+        raise Postponed()
+
+    def give_back(self, broker: dramatiq.Broker, token: str, job_type: str, owner: str) -> None:
+        """An attempt ended: free its slots and wake the jobs they let start (of its type
+        and, with per-owner limits, its owner's waiting jobs of other types)."""
+        job_limits.release(token)
+        self.wake(broker, job_type)
+        if self.owners:
+            for other in job_limits.postponed_types(owner):
+                if other != job_type:
+                    self.wake(broker, other)
+
+    def _queued_ahead(self, job_type: str, caps: tuple[int | None, int | None]) -> bool:
+        """Whether postponed jobs of the type come first: any, unless all their owners are
+        at their running limit."""
+        if not job_limits.has_postponed(job_type):
+            return False
+        return caps == (None, None) or job_limits.next_postponed(job_type, *caps) is not None
+
+    def _acquire(
+        self,
+        job_type: str,
+        limit: Limit,
+        caps: tuple[int | None, int | None],
+        hold: Hold,
+        *,
+        reserve: bool = False,
+    ) -> bool:
+        """Take the owner's slots, a concurrency slot, then a rate slot; either all or none.
+        A job starting now holds its rate slot one period from now; a reservation
+        (`reserve`) keeps it until its job starts (at least a lease), when `_confirm` moves
+        the window to then."""
+        lease = lease_until(self.lease_secs)
+        for scope, cap in zip((ALL_TYPES, job_type), caps, strict=True):
+            if cap is not None and not job_limits.acquire_owner(scope, cap, hold, lease):
+                job_limits.release(hold.holder)
+                return False
+        n = limit.max_concurrent
+        if n is not None and not job_limits.acquire(job_type, CONCURRENCY, n, hold, lease):
+            job_limits.release(hold.holder)
+            return False
+        rate = limit.rate
+        if rate is not None:
+            seconds = max(self.lease_secs, rate.period_secs) if reserve else rate.period_secs
+            if not job_limits.acquire(job_type, RATE, rate.count, hold, lease_until(seconds)):
+                job_limits.release(hold.holder)
+                return False
+        return True
+
+    def _confirm(self, token: str, limit: Limit, caps: tuple[int | None, int | None]) -> bool:
+        """Start on a reservation: the leases run from now, the rate window starts now."""
+        lease = lease_until(self.lease_secs)
+        ok = limit.max_concurrent is None or job_limits.extend(token, CONCURRENCY, lease)
+        if ok and limit.rate is not None:
+            ok = job_limits.extend(token, RATE, lease_until(limit.rate.period_secs))
+        owned = sum(cap is not None for cap in caps)
+        if ok and owned:
+            ok = job_limits.extend_owner(token, lease) == owned
+        if not ok:
+            job_limits.forget(token)
+        return ok
+
+    def wake(self, broker: dramatiq.Broker, job_type: str) -> int:
+        """Send postponed jobs of `job_type` again, one per slot free now, each with its
+        slots reserved; how many were sent."""
+        limit, caps = self.limit_of(broker, job_type), self.owners.caps(job_type)
+        sent = 0
+        while sent < _WAKE_BATCH and job_limits.has_postponed(job_type):
+            waiting = job_limits.next_postponed(job_type, *caps)
+            if waiting is None:
+                break
+            hold = Hold(uuid.uuid4().hex, waiting.owner, waiting.job_id)
+            if not self._acquire(job_type, limit, caps, hold, reserve=True):
+                break
+            if not job_limits.take(waiting):
+                job_limits.forget(hold.holder)  # another worker woke it
+                continue
+            message = dramatiq.Message.decode(waiting.message.encode())
+            message.options[TOKEN_OPTION] = hold.holder
+            try:
+                broker.enqueue(message)
+            except Exception:
+                job_limits.forget(hold.holder)
+                job_limits.put_back(waiting)
+                logger.warning("Could not send postponed job %s; it waits.", waiting.job_id)
+                break
+            sent += 1
+        return sent
+
+    def wake_pass(self, broker: dramatiq.Broker, held: Iterable[str] = ()) -> float:
+        """Renew the leases of `held` tokens and wake postponed jobs whose slot freed by
+        itself (a rate window moved on, a dead holder's lease ran out); returns the seconds
+        until the next pass is due (the next rate slot's expiry, at most `renew_secs`), so
+        its cost does not grow with the number of postponed jobs. Call it in a connection."""
+        timeout = self.renew_secs
+        job_limits.renew(held, lease_until(self.lease_secs))
+        job_types = set(self.limits(broker))
+        if self.owners:
+            job_types.update(job_limits.postponed_types())
+        for job_type in sorted(job_types):
+            self.wake(broker, job_type)
+            if self.limit_of(broker, job_type).rate is None:
+                continue
+            if not job_limits.has_postponed(job_type):
+                continue
+            expiry = job_limits.next_expiry(job_type, RATE)
+            if expiry is not None:
+                timeout = min(timeout, (expiry - utcnow()).total_seconds())
+        return max(timeout, 0.01)
+
+
+def attempt_holder(job_id: str, attempt: int) -> str:
+    """The token of a remote attempt's slots, known from its job and attempt alone: the
+    server renews them with the worker's heartbeats and frees them when it reports."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"skillq-attempt:{job_id}:{attempt}").hex
+
+
+def limiter_of(broker: dramatiq.Broker) -> Limiter | None:
+    """The limiter of `broker`'s `JobLimits` middleware, if it has one."""
+    for middleware in broker.middleware:
+        limiter = getattr(middleware, "limiter", None)
+        if isinstance(limiter, Limiter):
+            return limiter
+    return None

@@ -33,17 +33,19 @@ BROKERS = ("sqlite", "redis", "rabbitmq")
 REDIS_URL = redis_url(14)
 RABBITMQ_VHOST = f"skillq_reliability_{os.getpid()}"
 RABBITMQ_URL = f"amqp://guest:guest@127.0.0.1:5672/{RABBITMQ_VHOST}"
+#: The session-long stack (`shared_stack`) gets a virtual host of its own: its workers live
+#: through the whole run and would otherwise take, and drop as unknown, the messages of the
+#: stacks other tests start meanwhile (which share RABBITMQ_VHOST one after another).
+SHARED_RABBITMQ_VHOST = f"{RABBITMQ_VHOST}_shared"
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
 @functools.cache
-def ensure_rabbitmq_vhost() -> None:
-    subprocess.run(["rabbitmqctl", "add_vhost", RABBITMQ_VHOST], check=True, timeout=60)
-    atexit.register(
-        subprocess.run, ["rabbitmqctl", "delete_vhost", RABBITMQ_VHOST], timeout=60, check=False
-    )
+def ensure_rabbitmq_vhost(vhost: str = RABBITMQ_VHOST) -> None:
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, timeout=60)
+    atexit.register(subprocess.run, ["rabbitmqctl", "delete_vhost", vhost], timeout=60, check=False)
     subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*"],
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
         check=True,
         timeout=60,
     )
@@ -228,6 +230,10 @@ def shared_stack(broker: str, directory: Path) -> Stack:
         "skills": {"paths": [str(directory / "skills")]},
         "jobs": {"modules": ["tests.delay_jobs"]},
     }
+    if broker == "rabbitmq":
+        ensure_rabbitmq_vhost(SHARED_RABBITMQ_VHOST)
+        url = f"amqp://guest:guest@127.0.0.1:5672/{SHARED_RABBITMQ_VHOST}"
+        extra["broker"] = {"url": url}
     running = Stack.create(broker, directory, extra=extra)
     try:
         running.start_api()

@@ -219,7 +219,9 @@ def test_watch_on_a_terminal_shows_a_progress_bar_then_the_result(local: Path) -
 def test_shell_completion_is_printed_for_bash(local: Path) -> None:
     script = subprocess.run(
         [str(Path(sys.executable).parent / "skillq"), "--show-completion", "bash"],
-        env=child_env(local),
+        # Typer detects the shell from the parent processes, which CI (no login shell above
+        # pytest) does not have; its own switch makes the shell an argument instead.
+        env={**child_env(local), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
         capture_output=True,
         text=True,
         timeout=60,

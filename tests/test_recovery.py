@@ -220,12 +220,12 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
 
 
 def test_the_job_of_a_sigkilled_worker_runs_again_on_a_new_one(stack: Stack) -> None:
-    worker = stack.start_worker()
+    worker = stack.start_worker(queue="default")
     job = stack.submit({"type": "sleep", "params": {"seconds": 60, "steps": 600}})
     first = stack.wait_state(job["id"], {"running"})
     wait_for(lambda: (stack.job(job["id"])["progress"] or 0) > 0, what="the job to run")
     stack.kill_worker(worker)
-    stack.start_worker()
+    stack.start_worker(queue="default")
     # The redelivered message takes the job over: attempt 2 on the new worker.
     second = wait_for(
         lambda: (j := stack.job(job["id"]))["attempts"] == 2 and j["state"] == "running" and j,
@@ -268,7 +268,7 @@ def test_sigterm_lets_a_short_job_finish_and_requeues_a_long_one(tmp_path: Path)
 
 
 def _stop_gracefully(stack: Stack) -> None:
-    worker = stack.start_worker()
+    worker = stack.start_worker(queue="default")
     short = stack.submit({"type": "sleep", "params": {"seconds": 2, "steps": 20}})
     long = stack.submit({"type": "sleep", "params": {"seconds": 120, "steps": 1000}})
     for job in (short, long):
@@ -277,7 +277,7 @@ def _stop_gracefully(stack: Stack) -> None:
     assert stack.job(short["id"])["state"] == "completed"
     requeued = stack.job(long["id"])
     assert requeued["state"] == "pending", requeued
-    stack.start_worker()
+    stack.start_worker(queue="default")
     again = wait_for(
         lambda: (j := stack.job(long["id"]))["state"] == "running" and j, timeout=30, what="rerun"
     )
@@ -290,7 +290,7 @@ def test_a_pending_job_survives_an_api_and_worker_restart_on_sqlite(tmp_path: Pa
     stack = Stack.create("sqlite", tmp_path)
     try:
         stack.start_api()
-        worker = stack.start_worker()
+        worker = stack.start_worker(queue="default")
         blocker = stack.submit({"type": "sleep", "params": {"seconds": 0.5}})
         stack.wait_state(blocker["id"], {"completed"})
         worker.stop()
@@ -299,7 +299,7 @@ def test_a_pending_job_survives_an_api_and_worker_restart_on_sqlite(tmp_path: Pa
         stack.stop_api()
         stack.start_api()
         assert stack.job(job["id"])["state"] == "pending"
-        stack.start_worker()
+        stack.start_worker(queue="default")
         done = stack.wait_state(job["id"], {"completed"})
         assert done["result"]["echo"] == "kept" and done["attempts"] == 1
     finally:

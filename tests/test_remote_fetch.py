@@ -20,12 +20,13 @@ from starlette.testclient import TestClient
 from skillq import actors
 from skillq.api.app import create_app
 from skillq.brokers.factory import job_middleware
-from skillq.brokers.job_status import JOB_ID_OPTION
+from skillq.brokers.job_status import JOB_ID_OPTION, JobStatus
 from skillq.brokers.limiter import Limit, OwnerLimit, attempt_holder
 from skillq.errors import Conflict
 from skillq.jobs import remote_reports
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.recovery import recover_stale_jobs
+from skillq.jobs.release import DependencyRelease
 from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import AuthSettings, JwtSettings, Settings, StorageSettings, WorkerSettings
@@ -69,6 +70,8 @@ def system(store: StorageSettings) -> Iterator[tuple[StubBroker, RemoteFetch, Jo
     def execute_skill(skill: str) -> None: ...
 
     settings = Settings(workers=WORKERS, storage=store)
+    # As on a worker (actors/process.py): what runs once a job's outcome is recorded.
+    broker.add_middleware(DependencyRelease(settings), before=JobStatus)
     yield broker, RemoteFetch(broker, settings), JobCoordinator(broker, settings)
     broker.close()
 
@@ -177,6 +180,23 @@ def test_only_the_lease_holder_reports_and_a_failure_is_retried_by_the_servers_r
     assert state == "failed" and _job(job_id).attempts == 2  # max_retries = 1
 
 
+def test_a_remote_outcome_releases_dependants_at_once(system) -> None:
+    """Not at the next recovery sweep: the API runs the hooks a worker runs after an outcome."""
+    broker, fetch, coordinator = system
+    with connection():
+        first = coordinator.submit_job({"type": "plain", "params": {}}, owner="alice").job
+        after = coordinator.submit_job(
+            {"type": "plain", "params": {}, "depends_on": [first.id]}, owner="alice"
+        ).job
+    assert _job(after.id).waiting
+    holder = _worker()
+    assert fetch.fetch(holder, wait_secs=1).job_id == first.id
+    with connection():
+        assert remote_reports.complete(holder, first.id, 1, {}, 0.1, 1000, broker) == "completed"
+    assert not _job(after.id).waiting
+    assert fetch.fetch(holder, wait_secs=1).job_id == after.id  # its message was sent
+
+
 def test_a_heartbeat_renews_leases_and_says_what_to_stop(system) -> None:
     broker, fetch, _ = system
     job_id = _submit(broker, "plain")
@@ -201,6 +221,8 @@ def limited(store: StorageSettings) -> Iterator[tuple[StubBroker, RemoteFetch, J
             lambda: None, broker=broker, actor_name=name, queue_name="default", params_schema=PARAMS
         )
     settings = Settings(workers=WORKERS, storage=store)
+    # As on a worker (actors/process.py): what runs once a job's outcome is recorded.
+    broker.add_middleware(DependencyRelease(settings), before=JobStatus)
     yield broker, RemoteFetch(broker, settings), JobCoordinator(broker, settings)
     broker.close()
 

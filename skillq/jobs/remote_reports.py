@@ -20,6 +20,7 @@ import dramatiq
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ActorNotFound
 
+from skillq.brokers.job_messages import AfterOutcome
 from skillq.brokers.limiter import attempt_holder, limiter_of
 from skillq.brokers.retries import JobRetries
 from skillq.errors import Conflict, NotFound
@@ -122,6 +123,8 @@ def complete(
         done = jobs.mark_completed(job_id, attempt=attempt, result=result, run_seconds=run_seconds)
         state = _state_or_conflict(done, JobState.COMPLETED, worker, job_id)
     free_slots(broker, job, attempt)
+    if broker is not None:
+        after_outcome(broker, job_id)
     return state
 
 
@@ -137,6 +140,20 @@ def fail(
 ) -> str:
     """Record a failed (or cancelled) attempt and free its limit slots; retry it by the
     server's rules. Returns the job's new state."""
+    state = _record_failure(coordinator, worker, job_id, attempt, error, retryable, run_seconds)
+    after_outcome(coordinator.broker, job_id)
+    return state
+
+
+def _record_failure(
+    coordinator: JobCoordinator,
+    worker: RemoteWorker,
+    job_id: str,
+    attempt: int,
+    error: tuple[str, str],
+    retryable: bool,
+    run_seconds: float | None,
+) -> str:
     job = held_job(worker, job_id, attempt)
     error_type, error_message = error
     if job.cancel_requested_at is not None:
@@ -169,6 +186,16 @@ def fail(
     state = _state_or_conflict(done, JobState.FAILED, worker, job_id)
     free_slots(coordinator.broker, job, attempt)
     return state
+
+
+def after_outcome(broker: dramatiq.Broker, job_id: str) -> None:
+    """Run, in the API process, what a local worker runs once `JobStatus` has recorded a
+    message's outcome (the broker's `AfterOutcome` middleware: dependants released, webhook
+    events), so a remote worker's jobs settle their dependants and notify at once rather
+    than at the next recovery sweep."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, AfterOutcome):
+            middleware.after_outcome(broker, job_id)
 
 
 def free_slots(broker: dramatiq.Broker | None, job: Job, attempt: int) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from skillq.settings import StorageSettings
 from tests.reliability import BROKERS, Stack, shared_stack
@@ -38,6 +39,14 @@ def pytest_configure(config: object) -> None:
     )
     os.environ["SKILLQ_SETTINGS"] = str(settings)
     ensure_rabbitmq_vhost(RABBITMQ_VHOST)
+
+
+@pytest.fixture(autouse=True)
+def _no_log_context_left_behind() -> Iterator[None]:
+    """Tests that call a worker's middleware hooks in this thread (a job's `before_*` only)
+    leave its ids bound to the thread's log context; the next test must not log with them."""
+    yield
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -20,6 +20,7 @@ import httpx
 import jwt
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -99,9 +100,19 @@ def submit(base_url: str, **params: object) -> dict:
 
 
 def until(browser: WebDriver, condition, what: str, timeout: float = 60):
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(
-        lambda _: condition(), message=f"timed out waiting for {what}"
-    )
+    # The jobs table is redrawn as events arrive: an element found a moment ago may be gone
+    # by the time it is read or clicked; look again.
+    return WebDriverWait(
+        browser, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda _: condition(), message=f"timed out waiting for {what}")
+
+
+def click(browser: WebDriver, selector: str, what: str) -> None:
+    def clicked() -> bool:
+        browser.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    until(browser, clicked, what)
 
 
 def text_of(browser: WebDriver, selector: str) -> str:
@@ -199,7 +210,7 @@ def test_a_running_job_shows_its_progress_log_and_is_cancelled(
     open_dashboard(browser, base_url)
     link = f'#jobs a[href="#/jobs/{job["id"]}"]'
     until(browser, lambda: visible(browser, link), "the job in the table")
-    browser.find_element(By.CSS_SELECTOR, link).click()
+    click(browser, link, "the job's link")
     until(browser, lambda: text_of(browser, "#job-state") == "running", "running")
     assert job["id"] in text_of(browser, "#job-id")
     assert '"seconds": 60' in text_of(browser, "#job-params")

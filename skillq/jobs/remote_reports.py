@@ -140,28 +140,14 @@ def fail(
 ) -> str:
     """Record a failed (or cancelled) attempt and free its limit slots; retry it by the
     server's rules. Returns the job's new state."""
-    state = _record_failure(coordinator, worker, job_id, attempt, error, retryable, run_seconds)
-    after_outcome(coordinator.broker, job_id)
-    return state
-
-
-def _record_failure(
-    coordinator: JobCoordinator,
-    worker: RemoteWorker,
-    job_id: str,
-    attempt: int,
-    error: tuple[str, str],
-    retryable: bool,
-    run_seconds: float | None,
-) -> str:
     job = held_job(worker, job_id, attempt)
     error_type, error_message = error
+    broker = coordinator.broker
     if job.cancel_requested_at is not None:
         done = jobs.mark_cancelled(job_id, attempt=attempt, run_seconds=run_seconds)
         state = _state_or_conflict(done, JobState.CANCELLED, worker, job_id)
-        free_slots(coordinator.broker, job, attempt)
-        return state
-    if retryable and attempt < job.max_retries + 1:
+        free_slots(broker, job, attempt)
+    elif retryable and attempt < job.max_retries + 1:
         done = jobs.mark_retrying(
             job_id,
             attempt=attempt,
@@ -170,21 +156,22 @@ def _record_failure(
             run_seconds=run_seconds,
         )
         state = _state_or_conflict(done, JobState.PENDING, worker, job_id)
-        free_slots(coordinator.broker, job, attempt)  # before the retry may want them
+        free_slots(broker, job, attempt)  # before the retry may want them
         pending = jobs.get_job(job_id)
         if pending is not None:
             # Should the broker refuse, the job stays pending and lost-job recovery sends it.
-            coordinator.resend(pending, delay_ms=retry_delay_ms(coordinator.broker, job, attempt))
-        return state
-    done = jobs.mark_failed(
-        job_id,
-        attempt=attempt,
-        error_type=error_type,
-        error_message=error_message,
-        run_seconds=run_seconds,
-    )
-    state = _state_or_conflict(done, JobState.FAILED, worker, job_id)
-    free_slots(coordinator.broker, job, attempt)
+            coordinator.resend(pending, delay_ms=retry_delay_ms(broker, job, attempt))
+    else:
+        done = jobs.mark_failed(
+            job_id,
+            attempt=attempt,
+            error_type=error_type,
+            error_message=error_message,
+            run_seconds=run_seconds,
+        )
+        state = _state_or_conflict(done, JobState.FAILED, worker, job_id)
+        free_slots(broker, job, attempt)
+    after_outcome(broker, job_id)
     return state
 
 

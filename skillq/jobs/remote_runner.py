@@ -190,12 +190,6 @@ class RemoteRunner:
             error = ("UnknownJobType", f"this remote worker has no job type {message.actor_name!r}")
             self._report(job_id, attempt, None, error, retryable=True, run_seconds=0.0)
             return
-        job = self.running.start(job_id, message, attempt=attempt)
-        job.owner = assignment["owner"]
-        reporter = ProgressReporter(
-            functools.partial(self._send_progress, job), PROGRESS_INTERVAL_SECS
-        )
-        job.on_progress = reporter
         sender = LogSender(
             self.client,
             job_id,
@@ -203,7 +197,14 @@ class RemoteRunner:
             max_batch_bytes=self.max_log_batch_bytes,
             on_lost=self.lose,
         )
+        # Before the job is started: from then on a cancel may interrupt this thread.
         log = self.logs.open(job_id, LogBuffer(sender, self.max_log_bytes))
+        job = self.running.start(job_id, message, attempt=attempt)
+        job.owner = assignment["owner"]
+        reporter = ProgressReporter(
+            functools.partial(self._send_progress, job), PROGRESS_INTERVAL_SECS
+        )
+        job.on_progress = reporter
         job.on_log = log
         limit_ms = assignment["time_limit_ms"]
         timer = None

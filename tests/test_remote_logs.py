@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,7 +31,7 @@ from skillq.storage import job_logs, jobs, worker_tokens
 from skillq.storage.database import connection
 from skillq.storage.job_logs import MAX_LINE_CHARS, LogEntry
 from skillq.storage.models import utcnow
-from tests.support import LOCAL_URL
+from tests.support import LOCAL_URL, wait_for
 
 job_logger = logging.getLogger("tests.remote_logs.actor")
 job_logger.setLevel(logging.INFO)
@@ -172,12 +173,34 @@ def test_the_logs_route_appends_for_the_holder_and_refuses_the_rest(api: TestCli
     assert len(kept) == 20 and kept[-1].startswith("0029 ") and kept[0].startswith("0010 ")
 
 
-@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
-def test_a_remote_worker_s_job_log_is_complete_when_its_outcome_is_recorded(
-    api: TestClient,
-) -> None:
-    """The runner's own HTTP calls (progress from the job's thread) stay out of the log."""
+@dataclasses.dataclass
+class Runner:
+    runner: RemoteRunner
+    release: threading.Event
+
+    def lease(self, job_type: str) -> tuple[str, dict]:
+        """A job of `job_type` leased to this worker, and its assignment, as a fetch hands
+        them out."""
+        job_id = _running_job(self.runner.client.worker_id, job_type)
+        assignment = {
+            "job_id": job_id,
+            "attempt": 1,
+            "max_attempts": 1,
+            "queue": "default",
+            "type": job_type,
+            "args": [],
+            "kwargs": {},
+            "owner": "alice",
+            "time_limit_ms": None,
+        }
+        return job_id, assignment
+
+
+@pytest.fixture
+def runner(api: TestClient) -> Iterator[Runner]:
+    """A remote worker's runner in this process, its client speaking to the in-process API."""
     broker = StubBroker()
+    release = threading.Event()
 
     @dramatiq.actor(broker=broker, actor_name="remote_talker", queue_name="default")
     def remote_talker() -> None:
@@ -186,35 +209,39 @@ def test_a_remote_worker_s_job_log_is_complete_when_its_outcome_is_recorded(
         write_job_log("a tool line", source="tool")
         raise ValueError("it went wrong")
 
+    @dramatiq.actor(broker=broker, actor_name="remote_waiter", queue_name="default")
+    def remote_waiter() -> None:
+        job_logger.info("before the wait")
+        release.wait(30)
+        job_logger.info("after the wait")
+
     _, secret = _remote_worker("runner")
     client = WorkerClient(LOCAL_URL, secret)
     client.http.close()
     client.http = api  # the in-process API, with the worker token
     api.headers["Authorization"] = f"Bearer {secret}"
-    runner = RemoteRunner(client, broker)
-    answer = client.register()
-    runner.max_log_bytes = answer["max_log_bytes"]
-    job_id = _running_job(client.worker_id)
-    assignment = {
-        "job_id": job_id,
-        "attempt": 1,
-        "max_attempts": 1,
-        "queue": "default",
-        "type": "remote_talker",
-        "args": [],
-        "kwargs": {},
-        "owner": "alice",
-        "time_limit_ms": None,
-    }
+    remote = RemoteRunner(client, broker)
+    remote.max_log_bytes = client.register()["max_log_bytes"]
+    remote.logs.flush_secs = 0.05
     httpx_logger = logging.getLogger("httpx")
     level = httpx_logger.level
     httpx_logger.setLevel(logging.INFO)  # its request lines are logged in the job's thread
     try:
-        runner._run(assignment)
+        yield Runner(remote, release)
     finally:
+        release.set()
         httpx_logger.setLevel(level)
-        runner.logs.stop()
+        remote.logs.stop()
         broker.close()
+
+
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
+def test_a_remote_worker_s_job_log_is_complete_when_its_outcome_is_recorded(
+    runner: Runner,
+) -> None:
+    """The runner's own HTTP calls (progress from the job's thread) stay out of the log."""
+    job_id, assignment = runner.lease("remote_talker")
+    runner.runner._run(assignment)
     with connection():
         job = jobs.get_job(job_id)
     assert (job.state, job.progress) == ("failed", 0.5)
@@ -224,3 +251,20 @@ def test_a_remote_worker_s_job_log_is_complete_when_its_outcome_is_recorded(
     assert (source, level_name, len(lines)) == ("error", "ERROR", 3), lines
     assert error.startswith("attempt 1 failed:\nTraceback (most recent call last):")
     assert error.endswith("ValueError: it went wrong")
+
+
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
+def test_a_running_remote_job_s_lines_reach_the_store_before_it_ends(runner: Runner) -> None:
+    job_id, assignment = runner.lease("remote_waiter")
+    thread = threading.Thread(target=runner.runner._run, args=(assignment,))
+    thread.start()
+    try:
+        wait_for(lambda: _kept(job_id) == [("log", "INFO", "before the wait")], what="a line")
+        with connection():
+            assert jobs.get_job(job_id).state == "running"
+    finally:
+        runner.release.set()
+        thread.join(30)
+    with connection():
+        assert jobs.get_job(job_id).state == "completed"
+    assert [text for _, _, text in _kept(job_id)] == ["before the wait", "after the wait"]

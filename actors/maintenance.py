@@ -4,7 +4,8 @@
 - `recover_stale_jobs`: running jobs of dead workers back to pending, lost messages re-sent
   (worker processes run the same pass themselves; this covers a cluster whose workers are
   all busy or gone).
-- `prune_registry`: forget workers silent for a day and schedule fire claims a week old.
+- `prune_registry`: forget workers silent for a day (remote workers' registrations with them)
+  and schedule fire claims a week old.
 - `purge_dead_letters`: drop the SQLite broker's dead letters after a week.
 """
 

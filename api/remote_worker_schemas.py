@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from skillq.jobs.logs import SOURCES
 from skillq.jobs.remote_fetch import MAX_WAIT_SECS
-from skillq.jobs.remote_reports import MAX_RUNNING_IDS
+from skillq.jobs.remote_reports import MAX_LOG_LINES, MAX_RUNNING_IDS
+from skillq.storage.job_logs import MAX_LINE_CHARS
 
 #: Lengths rather than patterns: an id that matches nothing is answered 404 (or `lost`)
 #: anyway, and plain strings keep the schemathesis runs over these routes cheap.
@@ -87,6 +89,36 @@ FAIL: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+LOGS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **_REPORT,
+        "lines": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_LOG_LINES,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "at": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 64,
+                        "description": "ISO 8601; without an offset, UTC.",
+                    },
+                    "source": {"enum": SOURCES},
+                    "level": {"type": "string", "maxLength": 16},
+                    "text": {"type": "string", "maxLength": MAX_LINE_CHARS},
+                },
+                "required": ["at", "source", "level", "text"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["worker_id", "attempt", "lines"],
+    "additionalProperties": False,
+}
+
 #: Response bodies, for the OpenAPI components.
 RESPONSES: dict[str, Any] = {
     "RemoteWorker": {
@@ -99,6 +131,8 @@ RESPONSES: dict[str, Any] = {
             "heartbeat_secs": {"type": "number"},
             "lease_secs": {"type": "number"},
             "max_wait_secs": {"type": "number"},
+            "max_log_bytes": {"type": "integer", "description": "A job's kept log, in bytes."},
+            "max_body_size": {"type": "integer", "description": "The largest request body."},
         },
         "required": [
             "worker_id",
@@ -108,6 +142,8 @@ RESPONSES: dict[str, Any] = {
             "heartbeat_secs",
             "lease_secs",
             "max_wait_secs",
+            "max_log_bytes",
+            "max_body_size",
         ],
     },
     "RemoteHeartbeat": {

@@ -1,4 +1,5 @@
-"""The remote worker routes: register, heartbeat, fetch, and progress/complete/fail reports.
+"""The remote worker routes: register, heartbeat, fetch, and progress/logs/complete/fail
+reports.
 
 Only a worker token (`Authorization: Bearer skqw_...`, minted by `skillq auth worker-token
 create`) may call them: user credentials (a JWT, an API key) get 403, none at all 401, in
@@ -49,6 +50,7 @@ _VALIDATORS = {
         schemas.HEARTBEAT,
         schemas.FETCH,
         schemas.PROGRESS,
+        schemas.LOGS,
         schemas.COMPLETE,
         schemas.FAIL,
     )
@@ -152,6 +154,8 @@ async def register(request: Request) -> JSONResponse:
         "heartbeat_secs": settings.workers.heartbeat_secs,
         "lease_secs": settings.workers.dead_after_secs,
         "max_wait_secs": MAX_WAIT_SECS,
+        "max_log_bytes": settings.jobs.max_log_bytes,
+        "max_body_size": settings.server.max_body_size,
     }
     return JSONResponse(answer, status_code=201)
 
@@ -220,6 +224,21 @@ async def report_progress(request: Request) -> JSONResponse:
     return JSONResponse({"cancel_requested": await run_in_threadpool(record)})
 
 
+async def report_logs(request: Request) -> Response:
+    token, body = await _report_target(request, schemas.LOGS)
+    job_id = request.path_params["job_id"]
+    entries = remote_reports.log_entries(body["lines"])
+    max_bytes = request.app.state.settings.jobs.max_log_bytes
+
+    @in_connection
+    def record() -> None:
+        worker = _find_worker(body["worker_id"], token)
+        remote_reports.append_logs(worker, job_id, body["attempt"], entries, max_bytes)
+
+    await run_in_threadpool(record)
+    return Response(status_code=204)
+
+
 async def report_complete(request: Request) -> JSONResponse:
     token, body = await _report_target(request, schemas.COMPLETE)
     job_id = request.path_params["job_id"]
@@ -264,6 +283,7 @@ routes = [
     Route("/api/v1/workers/{worker_id}/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/v1/workers/{worker_id}/fetch", fetch, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/progress", report_progress, methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}/logs", report_logs, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/complete", report_complete, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/fail", report_fail, methods=["POST"]),
 ]

@@ -124,6 +124,16 @@ def operations() -> dict[tuple[str, str], Any]:
             [*_COMMON, 404, 409],
             path=_JOB,
         ),
+        ("/api/v1/jobs/{job_id}/logs", "post"): _operation(
+            "Append to a remote job's log",
+            "A batch of the lines the job printed (log records, tool stderr, its error), sent "
+            "while it runs and before its outcome; kept as a local worker's are, the log "
+            f"bounded by `jobs.max_log_bytes` (the oldest lines go). {report}",
+            schemas.LOGS,
+            {"204": {"description": "The lines were appended."}},
+            [*_COMMON, 404, 409],
+            path=_JOB,
+        ),
         ("/api/v1/jobs/{job_id}/complete", "post"): _operation(
             "Report a remote job's result",
             f"The job completes (or fails if its result cannot be kept). {report}",

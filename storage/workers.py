@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 import peewee
 
 from skillq.storage.models import BaseModel, Job, JobState, JSONField, utcnow
+from skillq.storage.worker_tokens import RemoteWorker
 
 
 class Worker(BaseModel):
@@ -90,6 +91,15 @@ def _status(row: Worker, cutoff: datetime) -> str:
 
 
 def prune(older_than_secs: float, *, now: datetime | None = None) -> int:
-    """Forget workers stopped or silent for this long; returns how many rows went."""
+    """Forget workers stopped or silent for this long; returns how many rows went.
+
+    A remote worker's registration (`worker_tokens.RemoteWorker`) goes with its row: its
+    beats refresh only the row, so a registration whose row is gone, and older than the
+    cutoff (one being registered has no row yet), is of a worker not seen for as long.
+    Should that worker come back, the API answers 404 and it stops."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_secs)
-    return Worker.delete().where(Worker.last_beat_at < cutoff).execute()
+    pruned = Worker.delete().where(Worker.last_beat_at < cutoff).execute()
+    RemoteWorker.delete().where(
+        (RemoteWorker.registered_at < cutoff) & RemoteWorker.id.not_in(Worker.select(Worker.id))
+    ).execute()
+    return pruned

@@ -30,7 +30,7 @@ from skillq.jobs.release import DependencyRelease
 from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import AuthSettings, JwtSettings, Settings, StorageSettings, WorkerSettings
-from skillq.storage import Job, job_limits, jobs, worker_tokens
+from skillq.storage import Job, job_limits, jobs, worker_tokens, workers
 from skillq.storage.database import connection
 from skillq.storage.models import utcnow
 from tests.support import LOCAL_URL
@@ -261,6 +261,25 @@ def test_a_remote_fetch_takes_limit_slots_and_its_reports_give_them_back(limited
     bobs, alices = _submit(broker, "plain", owner="bob"), _submit(broker, "plain")
     handed = {fetch.fetch(worker, 1).job_id, fetch.fetch(worker, 1).job_id}
     assert handed == {bobs, alices}
+
+
+def test_remote_workers_not_seen_for_the_retention_are_pruned(store: StorageSettings) -> None:
+    """With their registry rows, as local workers are (`prune_registry`, a day)."""
+    silent, beating, fresh = _worker(), _worker(), _worker()
+    with connection():
+        for worker in (silent, beating):
+            workers.register(worker.id, host="h", pid=1, queues=["default"], threads=1)
+        day_ago = utcnow() - timedelta(days=1)
+        worker_tokens.RemoteWorker.update(registered_at=day_ago).where(
+            worker_tokens.RemoteWorker.id != fresh.id
+        ).execute()
+        workers.Worker.update(last_beat_at=day_ago).where(workers.Worker.id == silent.id).execute()
+        # `fresh` registered just now and has no registry row yet: it is being registered.
+        assert workers.prune(3600) == 1
+        left = {row.id for row in worker_tokens.RemoteWorker.select()}
+        assert left == {beating.id, fresh.id}
+        assert [s.worker.id for s in workers.list_workers(60)] == [beating.id]
+        assert worker_tokens.get_worker(silent.id, silent.token) is None
 
 
 def test_user_credentials_cannot_call_the_worker_routes() -> None:

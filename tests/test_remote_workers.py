@@ -1,8 +1,8 @@
 """Remote HTTP workers on Redis + PostgreSQL: real API, local worker and `skillq worker
 --remote` processes. A mixed batch runs exactly once each whichever worker takes a job; a
 SIGKILLed remote worker's lease expires and its job completes elsewhere; cancel and progress
-reach a remote job; only worker tokens may call the worker routes, and a worker may report
-only on the attempt it holds.
+reach a remote job, and its log reaches the store; only worker tokens may call the worker
+routes, and a worker may report only on the attempt it holds.
 
 One stack for the module (short leases: `dead_after_secs = 2`), so the processes start once.
 """
@@ -159,6 +159,11 @@ def test_progress_and_cancel_reach_a_remote_job(remote: RemoteStack) -> None:
     assert stack.cancel(job["id"]).status_code == 202
     cancelled = stack.wait_state(job["id"], TERMINAL, timeout=30)
     assert cancelled["state"] == "cancelled", cancelled
+    # Its log is complete once it is seen finished, without the worker's own HTTP lines.
+    log = stack.client.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"]
+    assert [(line["source"], line["text"]) for line in log] == [
+        ("error", "attempt 1 was cancelled")
+    ], log
 
 
 def test_only_worker_tokens_call_worker_routes_and_only_on_their_leases(

@@ -54,6 +54,10 @@ class WorkerClient:
         body = {"progress": progress, "message": message}
         return self._report(job_id, "progress", attempt, body)["cancel_requested"]
 
+    def logs(self, job_id: str, attempt: int, lines: list[dict[str, str]]) -> None:
+        """Append `lines` (`at`, `source`, `level`, `text`) to the job's log."""
+        self._report(job_id, "logs", attempt, {"lines": lines})
+
     def complete(self, job_id: str, attempt: int, result: Any, run_seconds: float) -> str:
         body = {"result": result, "run_seconds": run_seconds}
         return self._report(job_id, "complete", attempt, body)["state"]

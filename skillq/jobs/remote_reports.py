@@ -10,29 +10,40 @@ worker did not say it must not be (a time limit, an exception in the actor's `th
 otherwise the job fails. A retry is the job's message sent again to its queue, so a local or
 a remote worker may run it.
 
+A job's log lines come in batches while it runs and before its outcome report, from the same
+lease holder, and are appended as a local worker's are (`skillq.storage.job_logs`, bounded by
+`jobs.max_log_bytes`): a finished job's log is complete once a client sees it finished.
+
 A limited job's slots (`skillq.brokers.limiter`, taken when it was fetched) are renewed by
 the worker's heartbeats and freed by its outcome report, waking the jobs they let start.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import dramatiq
+import peewee
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ActorNotFound
 
 from skillq.brokers.job_messages import AfterOutcome
 from skillq.brokers.limiter import attempt_holder, limiter_of
 from skillq.brokers.retries import JobRetries
-from skillq.errors import Conflict, NotFound
+from skillq.errors import Conflict, InvalidParams, NotFound, ServiceUnavailable
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.json_values import storable_problems
-from skillq.storage import Job, JobState, job_limits, jobs, workers
+from skillq.storage import Job, JobState, job_limits, job_logs, jobs, workers
 from skillq.storage.job_limits import lease_until
+from skillq.storage.job_logs import LogEntry
 from skillq.storage.models import stored_size
 from skillq.storage.worker_tokens import RemoteWorker
 
 #: At most this many job ids in one heartbeat.
 MAX_RUNNING_IDS = 1000
+#: At most this many lines in one log report.
+MAX_LOG_LINES = 1000
 
 
 def held_job(worker: RemoteWorker, job_id: str, attempt: int) -> Job:
@@ -85,6 +96,40 @@ def progress(
     job = held_job(worker, job_id, attempt)
     jobs.set_progress(job_id, value, message)
     return job.cancel_requested_at is not None
+
+
+def log_entries(lines: list[dict[str, Any]]) -> list[LogEntry]:
+    """A log report's lines (their shape checked by the route's schema) as store entries;
+    an `at` that is no ISO 8601 time is InvalidParams. A time without an offset is UTC."""
+    entries, details = [], []
+    for n, line in enumerate(lines):
+        try:
+            at = datetime.fromisoformat(line["at"])
+            if at.tzinfo is not None:
+                at = at.astimezone(UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError):
+            details.append({"path": f"body.lines.{n}.at", "message": "is not an ISO 8601 time"})
+            continue
+        entries.append(LogEntry(at, line["source"], line["level"], line["text"]))
+    if details:
+        raise InvalidParams("the request body breaks its schema", details)
+    return entries
+
+
+def append_logs(
+    worker: RemoteWorker, job_id: str, attempt: int, entries: list[LogEntry], max_bytes: int
+) -> None:
+    """Append a batch of the attempt's log lines, the log bounded by `max_bytes`
+    (`jobs.max_log_bytes`) as a local worker's is."""
+    held_job(worker, job_id, attempt)
+    for _ in range(3):
+        try:
+            job_logs.append(job_id, entries, max_bytes=max_bytes)
+            return
+        except peewee.IntegrityError:
+            # A report of the same job (a retried request) took these numbers: look again.
+            continue
+    raise ServiceUnavailable(f"the log of job {job_id} is busy; send the lines again")
 
 
 def complete(

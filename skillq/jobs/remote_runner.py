@@ -7,6 +7,9 @@ by the broker middleware, which would need the store and the broker:
 - progress: `report_progress` goes to `POST /api/v1/jobs/{id}/progress`, throttled by
   the local workers' `brokers.progress.ProgressReporter` (the latest value is kept and sent
   when the job ends);
+- logs: the lines a local worker keeps (the job thread's log records, its tool's stderr,
+  its error) go in batches to `POST /api/v1/jobs/{id}/logs` (`skillq.jobs.remote_logs`),
+  the last before the outcome report;
 - cancellation: a beat every `min(workers.heartbeat_secs, 0.5)` seconds while jobs run; the
   answer names the jobs a client cancelled, interrupted by the local workers' own
   `brokers.cancellation.interrupt` (a `JobCancelled` in the thread, the job's cancel hooks
@@ -35,6 +38,7 @@ from dramatiq.middleware import TimeLimitExceeded
 from dramatiq.threading import raise_thread_exception
 
 from skillq.brokers.cancellation import JobCancelled, clear_pending_exception, interrupt
+from skillq.brokers.job_logs import LogBuffer, RunningLogs, error_entry, worker_calls
 from skillq.brokers.job_status import (
     ATTEMPT_OPTION,
     CANCELLED_OPTION,
@@ -46,6 +50,7 @@ from skillq.brokers.progress import ProgressReporter
 from skillq.brokers.running import RunningJob, RunningJobs
 from skillq.client.worker import WorkerClient
 from skillq.errors import Conflict, Forbidden, NotFound, Unauthorized
+from skillq.jobs.remote_logs import LOG_FLUSH_SECS, MAX_BATCH_BYTES, LogSender
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,10 @@ class RemoteRunner:
         self.lost: set[str] = set()
         self.stopping = threading.Event()
         self.heartbeat_secs = 2.0
+        self.logs = RunningLogs(LOG_FLUSH_SECS)
+        #: A job's kept log and the largest request body: the server's, once registered.
+        self.max_log_bytes = 1_048_576
+        self.max_log_batch_bytes = MAX_BATCH_BYTES
         #: Why the API stopped answering this worker, if it did (the process then fails).
         self.refused: Exception | None = None
 
@@ -101,6 +110,8 @@ class RemoteRunner:
             fields["skills"] = self.skills
         answer = self.client.register(**fields)
         self.heartbeat_secs = float(answer["heartbeat_secs"])
+        self.max_log_bytes = int(answer["max_log_bytes"])
+        self.max_log_batch_bytes = min(MAX_BATCH_BYTES, int(answer["max_body_size"]) // 2)
         workers = [
             threading.Thread(target=self._work, name=f"skillq-remote-{n}", daemon=True)
             for n in range(self.threads)
@@ -116,6 +127,7 @@ class RemoteRunner:
         deadline = time.monotonic() + grace_secs
         for worker in workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.logs.stop()
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
@@ -178,12 +190,22 @@ class RemoteRunner:
             error = ("UnknownJobType", f"this remote worker has no job type {message.actor_name!r}")
             self._report(job_id, attempt, None, error, retryable=True, run_seconds=0.0)
             return
+        sender = LogSender(
+            self.client,
+            job_id,
+            attempt,
+            max_batch_bytes=self.max_log_batch_bytes,
+            on_lost=self.lose,
+        )
+        # Before the job is started: from then on a cancel may interrupt this thread.
+        log = self.logs.open(job_id, LogBuffer(sender, self.max_log_bytes))
         job = self.running.start(job_id, message, attempt=attempt)
         job.owner = assignment["owner"]
         reporter = ProgressReporter(
             functools.partial(self._send_progress, job), PROGRESS_INTERVAL_SECS
         )
         job.on_progress = reporter
+        job.on_log = log
         limit_ms = assignment["time_limit_ms"]
         timer = None
         if limit_ms:
@@ -206,9 +228,14 @@ class RemoteRunner:
                 timer.cancel()
             self.running.finish(job_id)
         run_seconds = time.monotonic() - started
+        job.on_log = None
         if job_id in self.lost:
             self.lost.discard(job_id)
+            self.logs.close(job_id, log, flush=False)
             return
+        if exception is not None:
+            log(error_entry(message, exception))
+        self.logs.close(job_id, log)  # the last lines before the outcome
         reporter.flush()
         if exception is None:
             self._report(job_id, attempt, result, None, retryable=False, run_seconds=run_seconds)
@@ -224,17 +251,19 @@ class RemoteRunner:
 
     def _send_progress(self, job: RunningJob, progress: float | None, message: str | None) -> None:
         """One progress report; the answer also says whether a client cancelled the job, and
-        a refusal that the job is no longer ours (409, 404) means its lease was lost."""
-        try:
-            cancel = self.client.progress(job.job_id, job.attempt, progress, message)
-        except (Conflict, NotFound):
-            self.lose(job.job_id)
-            return
-        except Exception:
-            logger.warning("Could not report progress of job %s.", job.job_id)
-            return
-        if cancel:
-            interrupt(self.running, job.job_id)
+        a refusal that the job is no longer ours (409, 404) means its lease was lost. Sent
+        from the job's thread, so what it logs is kept out of the job's log."""
+        with worker_calls():
+            try:
+                cancel = self.client.progress(job.job_id, job.attempt, progress, message)
+            except (Conflict, NotFound):
+                self.lose(job.job_id)
+                return
+            except Exception:
+                logger.warning("Could not report progress of job %s.", job.job_id)
+                return
+            if cancel:
+                interrupt(self.running, job.job_id)
 
     def _time_out(self, job: RunningJob) -> None:
         with job.lock:

@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api.auth.access import require_viewer
-from skillq.api.jobs import coordinator_of, int_param
+from skillq.api.jobs import by_method, coordinator_of, int_param
+from skillq.api.remote_workers import report_logs
 from skillq.errors import InvalidParams, NotFound
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.logs import line_to_dict, log_page_to_dict
@@ -99,6 +100,8 @@ async def stream_logs(request: Request) -> EventSourceResponse:
 
 
 routes = [
-    Route("/api/v1/jobs/{job_id}/logs", read_logs, methods=["GET"]),
+    # A client reads a job's log, its remote worker adds to it: one route for both methods,
+    # so a 405 lists them both in `Allow`.
+    by_method("/api/v1/jobs/{job_id}/logs", get=read_logs, post=report_logs),
     Route("/api/v1/jobs/{job_id}/logs/stream", stream_logs, methods=["GET"]),
 ]

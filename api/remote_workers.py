@@ -283,7 +283,6 @@ routes = [
     Route("/api/v1/workers/{worker_id}/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/v1/workers/{worker_id}/fetch", fetch, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/progress", report_progress, methods=["POST"]),
-    Route("/api/v1/jobs/{job_id}/logs", report_logs, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/complete", report_complete, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/fail", report_fail, methods=["POST"]),
 ]

@@ -145,6 +145,10 @@ def test_the_logs_route_appends_for_the_holder_and_refuses_the_rest(api: TestCli
     assert api.post(url, json=forged, headers=as_intruder).status_code == 409
     assert api.post(url, json=forged, headers=as_holder).status_code == 404  # not its worker
     assert api.post(url, json=report).status_code == 401
+    # Readers and remote workers share the path; a 405 names both methods.
+    refused = api.request("OPTIONS", url)
+    assert refused.status_code == 405
+    assert {"GET", "POST"} <= {m.strip() for m in refused.headers["allow"].split(",")}
     missing = f"/api/v1/jobs/{uuid.uuid4()}/logs"
     assert api.post(missing, json=report, headers=as_holder).status_code == 404
     garbage = [

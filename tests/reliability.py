@@ -25,6 +25,7 @@ from tests.support import (
     redis_url,
     require_service,
     start_api,
+    stop_all,
     wait_for,
     write_settings,
 )
@@ -153,10 +154,9 @@ class Stack:
             self.workers.remove(worker)
 
     def close(self) -> None:
-        for worker in list(self.workers):
-            worker.stop()
+        stop_all([*self.workers, *([self.api] if self.api is not None else [])])
         self.workers.clear()
-        self.stop_api()
+        self.api = None
         if self.client is not None:
             self.client.close()
         if self.namespace is not None:

@@ -19,7 +19,7 @@ import sysconfig
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -316,6 +316,22 @@ class ChildProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def stop_all(processes: Iterable[ChildProcess], timeout: float = 20.0) -> None:
+    """Stop several processes at once: all get SIGTERM first, then each is waited for (within
+    one shared deadline) and SIGKILLed past it. One by one, an API waited out the long-poll
+    of a remote worker that had not been told to stop yet."""
+    running = [process for process in processes if process.alive()]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        process.stop(timeout=0)
 
 
 def start_worker(settings_path: Path, log_dir: Path, *, threads: int = 4) -> ChildProcess:

@@ -32,6 +32,7 @@ from tests.support import (
     require_service,
     start_api,
     start_worker,
+    stop_all,
     wait_for,
     write_settings,
 )
@@ -126,8 +127,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     finally:
         for client in clients:
             client.close()
-        for process in processes:
-            process.stop()
+        stop_all(reversed(processes))  # workers first, so no API waits out a long-poll
         drop_postgres_schema(schema)
 
 

@@ -107,7 +107,7 @@ def next_attempt(
         jobs.fail_unfinished(
             job.id, attempt=job.attempts, error_type=error[0], error_message=error[1]
         )
-        logger.info("Skipping message %s: job %s has no attempts left.", message, job.id)
+        logger.info("Skipping message %s: job %s has no attempts left.", message.message_id, job.id)
         return None
     return attempt
 

@@ -255,8 +255,15 @@ def test_an_application_with_its_own_storage_and_api_packages(tmp_path: Path) ->
     )
     assert listed.returncode == 0, listed.stderr
 
+    # A folder named `skillq` too, as a clone's root has (its source `skillq/` is only part
+    # of the package): the processes `skillq worker` starts must still import the installed
+    # one (they run safe-path, and dramatiq's `--path` points at the install).
+    (app / "skillq").mkdir()
+    (app / "skillq" / "__init__.py").write_text("raise ImportError('a source folder')\n")
     worker = subprocess.Popen(
-        [python, "-m", "skillq", "worker", "--processes", "1", "--threads", "1"],
+        # As the `skillq` script starts (`-P`: not from the working directory); the wheel
+        # went in with `pip --target`, which leaves the script out.
+        [python, "-P", "-m", "skillq", "worker", "--processes", "1", "--threads", "1"],
         cwd=app,
         env=env,
         stdout=subprocess.PIPE,

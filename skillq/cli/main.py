@@ -248,6 +248,8 @@ def _exec_pool(
     settings: Settings, queue: str, *, processes: int | None, threads: int | None
 ) -> NoReturn:
     """Become `dramatiq skillq.actors --queues QUEUE`: one queue's pool, nothing else."""
+    import skillq
+    from skillq.cli.supervisor import python_command
     from skillq.jobs.pools import configured_threads
 
     size = threads or configured_threads(settings, queue)
@@ -261,10 +263,11 @@ def _exec_pool(
             err=True,
         )
     command = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "skillq.actors",
+        *python_command("-m", "dramatiq", "skillq.actors"),
+        # dramatiq puts `--path` (default: the working directory) first on sys.path; point
+        # it at where skillq is installed, for the reason `python_command` gives.
+        "--path",
+        str(Path(skillq.__file__).resolve().parent.parent),
         "--processes",
         str(processes or settings.workers.processes),
         "--threads",

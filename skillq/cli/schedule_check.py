@@ -28,11 +28,13 @@ def refuse_bad_schedules(settings: Settings) -> None:
     """Exit 2 with one line naming the entry when a schedule could never fire."""
     if not settings.schedules:
         return
+    from skillq.cli.supervisor import python_command
+
     env = dict(os.environ)
     if settings.source is not None:
         env[ENV_VAR] = str(settings.source)
     result = subprocess.run(
-        [sys.executable, "-m", "skillq.cli.schedule_check"],
+        python_command("-m", "skillq.cli.schedule_check"),
         env=env,
         capture_output=True,
         text=True,

@@ -285,4 +285,8 @@ def exit_reason(code: int) -> str:
 
 
 def python_command(*args: str) -> list[str]:
-    return [sys.executable, *args]
+    """This interpreter, run safe-path (`-P`): `python -m` would put the working directory
+    first on `sys.path`, and from a clone's root its source `skillq/` folder (which holds
+    only part of the package; the rest is mapped in from the top-level folders at install)
+    would hide the installed package."""
+    return [sys.executable, "-P", *args]

@@ -18,5 +18,8 @@ RUN pip install . && useradd --create-home --uid 1000 skillq \
 COPY deploy/settings.compose.toml /etc/skillq/settings.toml
 
 USER skillq
+# Not /app: there the source `skillq/` folder (only part of the package) would come first on
+# sys.path for `python -m skillq` and `dramatiq skillq.actors`, and hide the installed one.
+WORKDIR /home/skillq
 EXPOSE 8000
 CMD ["skillq", "api"]

@@ -12,9 +12,9 @@ not, and an unknown path: all three answered plain text.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from skillq.api.errors import http_error_response
 
 
 class _TooLarge(Exception):
@@ -35,7 +35,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_size:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         received = 0
         response_started = False
@@ -58,26 +58,8 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not response_started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body is larger than {self.max_body_size} bytes",
-                    "details": None,
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body is larger than {self.max_body_size} bytes"
+        await http_error_response(413, message)(scope, receive, send)

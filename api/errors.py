@@ -94,10 +94,18 @@ async def skillq_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, resource.challenge_for(request, exc) if resource else None)
 
 
+def http_error_response(
+    status_code: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """A refusal at the HTTP level (routing, a body too large), in the same envelope: for
+    Starlette's own errors and for middleware that answers before any route runs."""
+    code = _HTTP_CODES.get(status_code, "http_error")
+    return _envelope(status_code, code, message, headers=headers)
+
+
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return _envelope(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    return http_error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

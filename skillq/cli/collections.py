@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from skillq.errors import InvalidRequest
+
 collections_app = typer.Typer(help="Search collections.", no_args_is_help=True)
 
 
@@ -47,16 +49,13 @@ def migrate(
 
     settings = _settings()
     if settings.storage.backend != "postgres":
-        typer.echo(
-            "error: the store is SQLite, where collections are the files themselves; "
-            'set [storage] backend = "postgres" first',
-            err=True,
+        raise InvalidRequest(
+            "the store is SQLite, where collections are the files themselves; "
+            'set [storage] backend = "postgres" first'
         )
-        raise typer.Exit(2)
     root = source if source is not None else settings.search.path
     if not Path(root).is_dir():
-        typer.echo(f"error: no folder {root}", err=True)
-        raise typer.Exit(2)
+        raise InvalidRequest(f"no folder {root}")
     reports = copy_files_into_store(Path(root), collections_of(settings))
     typer.echo(json.dumps([report.to_dict() for report in reports], indent=2))
     if any(report.error for report in reports):

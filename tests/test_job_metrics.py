@@ -259,7 +259,14 @@ def test_metrics_match_a_known_workload(workload: tuple[Stack, list[str]]) -> No
     # Two processes per queue's pool, each one worker in the registry.
     registry = httpx.get(f"{api_urls[0]}/api/v1/workers", timeout=10).json()
     assert registry["counts"]["alive"] >= 2
-    assert _value(first, "skillq_workers", status="alive") == registry["counts"]["alive"]
+
+    # /metrics and the listing count the same registry; read both at once (a pool process
+    # still registering may join between two reads taken apart).
+    def alive_in_both() -> bool:
+        listed = httpx.get(f"{api_urls[0]}/api/v1/workers", timeout=10).json()["counts"]["alive"]
+        return _value(_scrape(api_urls[0]), "skillq_workers", status="alive") == listed
+
+    wait_for(alive_in_both, timeout=30, what="/metrics and the worker listing to agree")
     assert _value(first, "skillq_workers", status="dead") == 0
     assert 0 < _value(first, "skillq_job_wait_seconds_sum", type="sleep") < math.inf
     wait_for(

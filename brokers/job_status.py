@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -45,6 +46,17 @@ CANCELLED_OPTION = "job_cancelled"
 LAST_ATTEMPT_OPTION = "job_last_attempt"
 #: What every log line written while a job runs carries (see `skillq.log_output`).
 _JOB_LOG_FIELDS = ("job_id", "trace_id", "worker_id")
+
+#: Per worker thread: the job whose outcome `JobStatus` recorded last, and how it ended.
+_recorded = threading.local()
+
+
+def recorded_finish(job_id: str) -> job_writes.Finished | None:
+    """What `JobStatus` wrote when it ended `job_id`'s attempt in this thread just now, for
+    the `AfterOutcome` middleware that run next; None if it ended none (a retry, a skipped
+    message) or the caller is another thread (the API, for a remote worker's report)."""
+    last = getattr(_recorded, "finish", None)
+    return last[1] if last is not None and last[0] == job_id else None
 
 
 def current_job_owner() -> str:
@@ -175,8 +187,11 @@ class JobStatus(Middleware):
         # Each attempt's run time, whatever its outcome, recorded with it.
         started = running.started if running is not None and running.job_id == job_id else None
         run = None if started is None else time.monotonic() - started
+        _recorded.finish = None
         try:
             recorded = self._record_outcome(broker, job_id, message, result, exception, run)
+            if isinstance(recorded, job_writes.Finished):
+                _recorded.finish = (job_id, recorded)
             if not recorded and run is not None:
                 # The job had moved on (a retry that overtook this failure, a newer attempt):
                 # this attempt still ran for so long.
@@ -187,6 +202,7 @@ class JobStatus(Middleware):
             structlog.contextvars.unbind_contextvars(*_JOB_LOG_FIELDS)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        _recorded.finish = None
         job_id = message.options.get(JOB_ID_OPTION)
         if job_id is not None:
             self.running.finish(job_id)
@@ -201,8 +217,9 @@ class JobStatus(Middleware):
         result: Any,
         exception: BaseException | None,
         run_seconds: float | None,
-    ) -> bool:
-        """Record how the attempt ended; False if the job had moved on (nothing written)."""
+    ) -> job_writes.Finished | bool | None:
+        """Record how the attempt ended: the `Finished` outcome, True for a retry, or a falsy
+        value if the job had moved on (nothing written)."""
         attempt = message.options[ATTEMPT_OPTION]
         if exception is None:
             # Nothing is written that cannot be read back: a NaN or a lone surrogate in one

@@ -21,9 +21,21 @@ from typing import Any
 
 from skillq.storage import job_metrics
 from skillq.storage.database import database_proxy
+from skillq.storage.dependencies import JobDependency
 from skillq.storage.models import Job, JobState, utcnow
 
 _TABLE = f'"{Job._meta.table_name}"'
+_DEPENDENCIES = f'"{JobDependency._meta.table_name}"'
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An attempt's outcome, recorded. `has_dependants`: some job's `depends_on` names this
+    one, read by the same statement, so that the worker skips looking for dependants to
+    release for the usual job, which has none (a query per job: 14 % of a worker's job time
+    on PostgreSQL). An edge written after the statement ran is the recovery sweep's."""
+
+    has_dependants: bool
 
 
 @dataclass(frozen=True)
@@ -75,12 +87,13 @@ def _finish_sql(p: str, columns: tuple[str, ...]) -> str:
     sets = ", ".join(f'"{column}" = {p}' for column in columns)
     return (
         f"UPDATE {_TABLE} SET completed_at = {p}, heartbeat_at = NULL, {sets}"
-        f" WHERE id = {p} AND state = {p} AND attempts = {p} RETURNING type"
+        f" WHERE id = {p} AND state = {p} AND attempts = {p} RETURNING type,"
+        f" EXISTS (SELECT 1 FROM {_DEPENDENCIES} WHERE dependency_id = {_TABLE}.id)"
     )
 
 
-def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> bool:
-    """End running attempt `attempt` with `changes` (a terminal `state` among them); False if
+def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> Finished | None:
+    """End running attempt `attempt` with `changes` (a terminal `state` among them); None if
     the job had left that attempt (nothing written). Counts the outcome and records the
     attempt's run time in the same transaction. worker_id stays: which worker ran a finished
     job is worth keeping."""
@@ -93,8 +106,8 @@ def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any)
     state = JobState(changes["state"]).value
     sql = _finish_sql(database_proxy.param, tuple(fields[c].column_name for c in columns))
     with database_proxy.atomic():
-        rows: Sequence[tuple[str]] = database_proxy.execute_sql(sql, values).fetchall()
+        rows: Sequence[tuple[str, Any]] = database_proxy.execute_sql(sql, values).fetchall()
         if len(rows) != 1:
-            return False
+            return None
         job_metrics.record(rows[0][0], state, durations)
-    return True
+    return Finished(has_dependants=bool(rows[0][1]))

@@ -24,6 +24,7 @@ from skillq.json_values import storable_text
 from skillq.storage import job_logs, job_metrics, job_writes
 from skillq.storage.database import database_proxy
 from skillq.storage.job_limits import PostponedJob
+from skillq.storage.job_writes import Finished
 from skillq.storage.models import Job, JobState, utcnow
 
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
@@ -188,7 +189,7 @@ def mark_running(
 
 def mark_completed(
     job_id: str, *, attempt: int, result: Any, run_seconds: float | None = None
-) -> bool:
+) -> Finished | None:
     """`run_seconds`, the attempt's run time, here and below goes to the job metrics."""
     changes = {"state": JobState.COMPLETED, "result": result, "progress": 1.0}
     return _finish(job_id, attempt, run_seconds, **changes)
@@ -208,7 +209,7 @@ def mark_failed(
     error_type: str,
     error_message: str,
     run_seconds: float | None = None,
-) -> bool:
+) -> Finished | None:
     changes = {"state": JobState.FAILED, **_error(error_type, error_message)}
     return _finish(job_id, attempt, run_seconds, **changes)
 
@@ -233,7 +234,9 @@ def mark_retrying(
     return _counted(query, None, _seconds("run_seconds", run_seconds))
 
 
-def mark_cancelled(job_id: str, *, attempt: int, run_seconds: float | None = None) -> bool:
+def mark_cancelled(
+    job_id: str, *, attempt: int, run_seconds: float | None = None
+) -> Finished | None:
     """A running attempt stopped because a client cancelled the job."""
     return _finish(job_id, attempt, run_seconds, state=JobState.CANCELLED, message="cancelled")
 
@@ -347,7 +350,9 @@ def claim_resend(job: Job) -> bool:
     return query.execute() == 1
 
 
-def _finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> bool:
+def _finish(
+    job_id: str, attempt: int, run_seconds: float | None, **changes: Any
+) -> Finished | None:
     # The attempt guard keeps a slow, superseded attempt from overwriting a newer one.
     return job_writes.finish(job_id, attempt, run_seconds, **changes)
 

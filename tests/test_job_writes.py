@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from skillq.settings import StorageSettings
-from skillq.storage import job_metrics, job_writes, jobs
+from skillq.storage import dependencies, job_metrics, job_writes, jobs
 from skillq.storage.database import connection
 from tests.test_store import new_job
 
@@ -65,3 +65,16 @@ def test_finish_writes_only_the_attempt_it_names(store: StorageSettings) -> None
     assert row.worker_id == "w:1" and row.completed_at is not None
     assert job_metrics.counters()[("completed", "sleep")] == 1
     assert job_metrics.histograms()[("run_seconds", "sleep")].count == 1
+
+
+def test_finish_says_whether_a_job_names_it_in_depends_on(store: StorageSettings) -> None:
+    """Read by the finish statement itself, so the worker looks for dependants to release only
+    when there are some."""
+    alone, parent, child = new_job(), new_job(), new_job()
+    dependencies.add_edges(child.id, [(parent.id, "fail")])
+    for job in (alone, parent):
+        job_writes.start_pending(job.id, worker_id="w:1")
+    assert jobs.mark_completed(alone.id, attempt=1, result=None).has_dependants is False
+    assert jobs.mark_failed(
+        parent.id, attempt=1, error_type="E", error_message="boom"
+    ).has_dependants

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 
 from skillq.brokers.job_messages import AfterOutcome
+from skillq.brokers.job_status import recorded_finish
 from skillq.errors import InvalidParams, SkillqError
 from skillq.jobs import result_refs
 from skillq.jobs.schema_messages import schema_errors
@@ -145,8 +146,9 @@ def _resolved(job: Job, coordinator: JobCoordinator) -> dict[str, Any]:
 
 class DependencyRelease(AfterOutcome):
     """Settles the jobs waiting for a job once a worker has recorded its outcome (of a
-    processed or a skipped message). One indexed query per message when nothing waits for
-    its job.
+    processed or a skipped message). No query for a job the worker just finished when its
+    finish statement saw nothing name it in `depends_on` (`JobStatus`'s `recorded_finish`);
+    one indexed query otherwise.
 
     Parameters:
       settings(Settings): The process's settings (for the coordinator that sends released
@@ -166,6 +168,9 @@ class DependencyRelease(AfterOutcome):
         return self._coordinator
 
     def after_outcome(self, broker: dramatiq.Broker, job_id: str) -> None:
+        finished = recorded_finish(job_id)
+        if finished is not None and not finished.has_dependants:
+            return  # nothing names it in depends_on (read with its outcome): nothing to look up
         try:
             with connection():
                 waiting = edges.held_dependants(job_id)

@@ -59,40 +59,65 @@ def record(
     """Count one `counter` event (completed, failed, cancelled, retried) of `job_type` and
     record its `durations` (run_seconds, wait_seconds), in one statement: a multi-row upsert,
     so two processes adding to a new row at once both count."""
-    rows = []
-    if counter is not None:
-        if counter not in COUNTERS:
-            raise ValueError(f"unknown job counter {counter!r}")
-        rows.append(_row(job_type, counter, "", 1.0))
-    for name, seconds in (durations or {}).items():
-        if name not in HISTOGRAMS:
-            raise ValueError(f"unknown job histogram {name!r}")
-        seconds = max(0.0, seconds)
-        bound = BUCKETS[bisect.bisect_left(BUCKETS, seconds)]
-        rows.append(_row(job_type, name, _bucket_label(bound), seconds))
+    rows = [(job_type, *row) for row in metric_rows(counter, durations)]
     if not rows:
         return
     values = [value for row in rows for value in row]
     database_proxy.execute_sql(_upsert_sql(database_proxy.param, len(rows)), values)
 
 
+def metric_rows(
+    counter: str | None = None, durations: Mapping[str, float] | None = None
+) -> list[tuple[str, str, int, float]]:
+    """The (name, bucket, observations, total) rows `record` adds to, for statements that
+    add them themselves (`storage.job_writes` on PostgreSQL)."""
+    rows = []
+    if counter is not None:
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown job counter {counter!r}")
+        rows.append((counter, "", 1, 1.0))
+    for name, seconds in (durations or {}).items():
+        if name not in HISTOGRAMS:
+            raise ValueError(f"unknown job histogram {name!r}")
+        rows.append((name, bucket_of(seconds), 1, max(0.0, seconds)))
+    return rows
+
+
+def bucket_of(seconds: float) -> str:
+    """The label of the histogram bucket a duration falls in."""
+    return _bucket_label(BUCKETS[bisect.bisect_left(BUCKETS, max(0.0, seconds))])
+
+
+def bucket_sql(seconds: str) -> str:
+    """`bucket_of` as a PostgreSQL expression of the duration expression `seconds`."""
+    bounds = ", ".join(f"({_float_sql(bound)}, '{_bucket_label(bound)}')" for bound in BUCKETS)
+    return (
+        f"(SELECT label FROM (VALUES {bounds}) AS bucket (bound, label)"
+        f" WHERE bound >= GREATEST({seconds}, 0) ORDER BY bound LIMIT 1)"
+    )
+
+
+def _float_sql(value: float) -> str:
+    return "'Infinity'::float8" if value == math.inf else f"{value!r}::float8"
+
+
 @functools.cache
 def _upsert_sql(p: str, count: int) -> str:
     """The upsert as SQL built once per database and row count (SQLite and PostgreSQL share
     the syntax): peewee building it cost more than running it, twice per job."""
-    table = f'"{JobMetric._meta.table_name}"'
     row = f"({p}, {p}, {p}, {p}, {p})"
-    return (
-        f"INSERT INTO {table} (job_type, name, bucket, observations, total)"
-        f" VALUES {', '.join([row] * count)}"
-        " ON CONFLICT (job_type, name, bucket) DO UPDATE SET"
-        f" observations = {table}.observations + EXCLUDED.observations,"
-        f" total = {table}.total + EXCLUDED.total"
-    )
+    return f"{INSERT_SQL} VALUES {', '.join([row] * count)} {UPSERT_CONFLICT}"
 
 
-def _row(job_type: str, name: str, bucket: str, value: float) -> tuple[str, str, str, int, float]:
-    return (job_type, name, bucket, 1, value)
+_TABLE = f'"{JobMetric._meta.table_name}"'
+#: The head of an insert of metric rows (job_type, name, bucket, observations, total).
+INSERT_SQL = f"INSERT INTO {_TABLE} (job_type, name, bucket, observations, total)"
+#: The tail of that insert: a row that exists is added to.
+UPSERT_CONFLICT = (
+    "ON CONFLICT (job_type, name, bucket) DO UPDATE SET"
+    f" observations = {_TABLE}.observations + EXCLUDED.observations,"
+    f" total = {_TABLE}.total + EXCLUDED.total"
+)
 
 
 def count(job_type: str, name: str) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import peewee
+
 from skillq.storage import job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.dependencies import JobDependency
@@ -59,6 +61,28 @@ def _start_sql(p: str) -> str:
     )
 
 
+@functools.cache
+def _start_counted_sql() -> str:
+    """PostgreSQL: `_start_sql` and its metrics in one statement (see `_on_postgres`)."""
+    waited = "GREATEST(EXTRACT(EPOCH FROM (%s - created_at))::float8, 0)"
+    return (
+        f"WITH started AS ({_start_sql('%s')}),"
+        f" counted AS ({job_metrics.INSERT_SQL}"
+        " SELECT type, 'retried', '', 1, 1.0 FROM started WHERE attempts > 1 UNION ALL"
+        f" SELECT type, 'wait_seconds', {job_metrics.bucket_sql(waited)}, 1, {waited}"
+        f" FROM started WHERE attempts = 1 {job_metrics.UPSERT_CONFLICT})"
+        " SELECT attempts, type, created_at, max_retries, trace_id FROM started"
+    )
+
+
+def _on_postgres() -> bool:
+    """Whether the store runs each statement in its own transaction on a server: there a
+    worker's write and its metrics go in one statement, a round trip, instead of the four
+    of a transaction (BEGIN, UPDATE, the metrics' upsert, COMMIT); SQLite is in-process,
+    where round trips cost nothing and a statement cannot write two tables."""
+    return isinstance(database_proxy.obj, peewee.PostgresqlDatabase)
+
+
 def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
     """Start the next attempt of `job_id` if it is pending with attempts left; None if not.
 
@@ -69,6 +93,11 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
     stamp = Job.started_at.db_value(now)
     values = [JobState.RUNNING.value, stamp, worker_id, stamp, job_id, JobState.PENDING.value]
     values.append(Job.scheduled_for.db_value(now))
+    if _on_postgres():
+        row = database_proxy.execute_sql(_start_counted_sql(), [*values, stamp, stamp]).fetchone()
+        if row is None:
+            return None
+        return StartedAttempt(attempt=row[0], max_retries=row[3], trace_id=row[4])
     with database_proxy.atomic():
         row = database_proxy.execute_sql(_start_sql(database_proxy.param), values).fetchone()
         if row is None:
@@ -92,6 +121,19 @@ def _finish_sql(p: str, columns: tuple[str, ...]) -> str:
     )
 
 
+@functools.cache
+def _finish_counted_sql(columns: tuple[str, ...], metrics: int) -> str:
+    """PostgreSQL: `_finish_sql` and its `metrics` rows in one statement (`_on_postgres`)."""
+    rows = ", ".join(["(%s, %s, %s::integer, %s::float8)"] * metrics)
+    return (
+        f"WITH finished AS ({_finish_sql('%s', columns)} AS has_dependants),"
+        f" counted AS ({job_metrics.INSERT_SQL} SELECT finished.type, m.name, m.bucket,"
+        f" m.observations, m.total FROM finished, (VALUES {rows})"
+        f" AS m (name, bucket, observations, total) {job_metrics.UPSERT_CONFLICT})"
+        " SELECT type, has_dependants FROM finished"
+    )
+
+
 def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> Finished | None:
     """End running attempt `attempt` with `changes` (a terminal `state` among them); None if
     the job had left that attempt (nothing written). Counts the outcome and records the
@@ -104,7 +146,13 @@ def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any)
     values += [job_id, JobState.RUNNING.value, attempt]
     durations = None if run_seconds is None else {"run_seconds": run_seconds}
     state = JobState(changes["state"]).value
-    sql = _finish_sql(database_proxy.param, tuple(fields[c].column_name for c in columns))
+    column_names = tuple(fields[c].column_name for c in columns)
+    if _on_postgres():
+        metrics = job_metrics.metric_rows(state, durations)
+        sql = _finish_counted_sql(column_names, len(metrics))
+        rows = database_proxy.execute_sql(sql, values + [v for m in metrics for v in m]).fetchall()
+        return Finished(has_dependants=bool(rows[0][1])) if len(rows) == 1 else None
+    sql = _finish_sql(database_proxy.param, column_names)
     with database_proxy.atomic():
         rows: Sequence[tuple[str, Any]] = database_proxy.execute_sql(sql, values).fetchall()
         if len(rows) != 1:

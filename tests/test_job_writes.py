@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
+
+import pytest
 
 from skillq.settings import StorageSettings
 from skillq.storage import dependencies, job_metrics, job_writes, jobs
 from skillq.storage.database import connection
+from skillq.storage.models import Job, utcnow
 from tests.test_store import new_job
 
 
@@ -78,3 +82,26 @@ def test_finish_says_whether_a_job_names_it_in_depends_on(store: StorageSettings
     assert jobs.mark_failed(
         parent.id, attempt=1, error_type="E", error_message="boom"
     ).has_dependants
+
+
+def test_a_start_and_a_finish_count_in_the_buckets_their_durations_fall_in(
+    store: StorageSettings,
+) -> None:
+    """On PostgreSQL the metrics ride in the transition's own statement, buckets chosen in
+    SQL; both backends must count alike, and a transition that does not happen counts
+    nothing."""
+    job = new_job()
+    Job.update(created_at=utcnow() - timedelta(seconds=3)).where(Job.id == job.id).execute()
+    assert job_writes.start_pending(job.id, worker_id="w:1").attempt == 1
+    assert job_writes.start_pending(job.id, worker_id="w:2") is None
+    assert jobs.mark_completed(job.id, attempt=1, result=None, run_seconds=0.3)
+    assert not jobs.mark_completed(job.id, attempt=1, result=None, run_seconds=0.3)
+
+    histograms = job_metrics.histograms()
+    waited = histograms[("wait_seconds", "sleep")]
+    assert dict(waited.buckets)["2.5"] == 0 and dict(waited.buckets)["5"] == 1
+    assert waited.count == 1 and 3.0 <= waited.sum < 4.0
+    ran = histograms[("run_seconds", "sleep")]
+    assert dict(ran.buckets)["0.25"] == 0 and dict(ran.buckets)["0.5"] == 1
+    assert ran.count == 1 and ran.sum == pytest.approx(0.3)
+    assert job_metrics.counters() == {("completed", "sleep"): 1}

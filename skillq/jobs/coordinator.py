@@ -7,6 +7,7 @@ If the enqueue fails, the job is failed at once rather than left pending forever
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -146,12 +147,17 @@ class JobCoordinator:
         )
         dependencies.check_existing(wanted, owner)
         dependencies.check_references(fields["refs"], {edge.ref for edge in wanted})
+        callback_url = fields.get("callback_url")
+        # The job, its dependency edges and its webhook watch in one transaction: none is
+        # half-written; with a quota, counted and inserted under the owner's lock. A job alone
+        # is one INSERT, a transaction of its own (on PostgreSQL, one round trip, not three).
+        alone = not wanted and not webhook_events.watches_submission(
+            self.settings.webhooks, callback_url
+        )
         try:
-            # The job, its dependency edges and its webhook watch in one transaction: none
-            # is half-written; with a quota, counted and inserted under the owner's lock.
             with (
                 quotas.within_quota(self.settings.quotas, owner, job_type.name),
-                database_proxy.atomic(),
+                contextlib.nullcontext() if alone else database_proxy.atomic(),
             ):
                 job = jobs.insert_job(
                     **self.job_fields(job_type, fields, owner),
@@ -161,7 +167,6 @@ class JobCoordinator:
                     scheduled_for=fields["scheduled_for"],
                 )
                 edges.add_edges(job.id, [(edge.ref, edge.on_failure) for edge in wanted])
-                callback_url = fields.get("callback_url")
                 webhook_events.watch_submission(self.settings.webhooks, job.id, callback_url)
         except peewee.IntegrityError:
             # Another request with the same key won the race: answer with its job.

@@ -80,8 +80,13 @@ def check_callback_url(settings: WebhookSettings, url: str) -> None:
 
 def watch_submission(settings: WebhookSettings, job_id: str, callback_url: str | None) -> None:
     """Called in the submission's transaction: the job's outcome will give events."""
-    if callback_url is not None or watches_outcomes(settings):
+    if watches_submission(settings, callback_url):
         webhooks.watch(job_id, callback_url)
+
+
+def watches_submission(settings: WebhookSettings, callback_url: str | None) -> bool:
+    """Whether `watch_submission` writes a row for a new job."""
+    return callback_url is not None or watches_outcomes(settings)
 
 
 def payload(event: str, data: dict[str, Any]) -> str:

@@ -101,10 +101,32 @@ class PriorityRedisBroker(RedisBroker):
         # Every enqueue needs its own id in Redis: retries reuse the dramatiq message id.
         message = message.copy(options={"redis_message_id": str(uuid4()), LEVEL_OPTION: level})
         self.emit_before("enqueue", message, None)
-        self.do_enqueue(level, message.options["redis_message_id"], message.encode())
-        self._wake(message.queue_name)
+        self._enqueue_and_wake(level, message)
         self.emit_after("enqueue", message, None)
         return message
+
+    def _enqueue_and_wake(self, level: str, message: Message) -> None:
+        """dramatiq's enqueue (its dispatch script, with the arguments its `do_enqueue`
+        gives) and the wake-up of `_wake`, sent together in one round trip instead of two
+        (a submit's Redis time 2 -> 1 round trips). The script runs by its hash; a server
+        that lost it (a restart, SCRIPT FLUSH) gets the usual call, which loads it."""
+        redis_id, data = message.options["redis_message_id"], message.encode()
+        args = [
+            "enqueue", current_millis(), level, self.broker_id, self.heartbeat_timeout,
+            self.dead_message_ttl, self._should_do_maintenance("enqueue"),
+            self._max_unpack_size(), redis_id, data,
+        ]  # fmt: skip
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(self.scripts["dispatch"].sha, 1, self.namespace, *args)
+        pipe.publish(self.wake_channel(message.queue_name), b"1")
+        enqueued, woken = pipe.execute(raise_on_error=False)
+        if isinstance(enqueued, redis.exceptions.NoScriptError):
+            self.do_enqueue(level, redis_id, data)
+            self._wake(message.queue_name)
+        elif isinstance(enqueued, Exception):
+            raise enqueued
+        elif isinstance(woken, Exception):
+            self.logger.debug("Could not wake the consumers of %r: %s", level, woken)
 
     def wake_channel(self, queue_name: str) -> str:
         return f"{self.namespace}:{queue_name}.wake"

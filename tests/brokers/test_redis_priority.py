@@ -132,3 +132,32 @@ def test_an_enqueue_wakes_an_idle_consumer_instead_of_waiting_out_its_poll(
         consumer.ack(message)
     finally:
         consumer.close()
+
+
+def test_an_enqueue_after_the_server_lost_its_scripts_still_queues_and_wakes(
+    namespace: str,
+) -> None:
+    """An enqueue runs dramatiq's script by its hash, in one round trip with the wake-up; a
+    server that forgot the script (a restart, SCRIPT FLUSH) must still get the message."""
+    broker = make_broker(PriorityRedisBroker, namespace)
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name="noop")
+    def noop() -> None: ...
+
+    wake = broker.client.pubsub(ignore_subscribe_messages=True)
+    wake.subscribe(broker.wake_channel("q"))
+    try:
+        wait_for(lambda: wake.get_message(timeout=0.1) is None, timeout=10, what="subscribed")
+        broker.client.script_flush()
+        sent = noop.send()
+        woken = wait_for(lambda: wake.get_message(timeout=0.1), timeout=10, what="the wake-up")
+        assert woken["data"] == b"1"
+    finally:
+        wake.close()
+    consumer = broker.consume("q", prefetch=1, timeout=100)
+    try:
+        message = wait_for(lambda: next(consumer), timeout=10, what="the message")
+        assert message.message_id == sent.message_id
+        consumer.ack(message)
+    finally:
+        consumer.close()

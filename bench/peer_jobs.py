@@ -6,7 +6,8 @@ secs, record)` on it: the job appends ``s <seconds since sent_at>`` to the file 
 it starts, sleeps `secs`, and appends ``d <time>`` when it ends. The producer (the suite) and
 the workers import this same module, so both sides agree on the broker.
 
-Systems, configured as alike as they allow (one worker process, 8 threads, acks after the job):
+Systems, configured as alike as they allow (one worker process, 8 threads, acks after the job,
+no log line per job: skillq and Celery log warnings and errors only, Huey runs quiet):
   skillq-*        skillq's full path: `skillq.actors` (broker and store from $SKILLQ_SETTINGS,
                   all of skillq's middleware), submitted through the jobs coordinator;
   dramatiq-*      raw Dramatiq, default middleware, `actor.send()`: on skillq's SQLite broker

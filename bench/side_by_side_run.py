@@ -119,6 +119,9 @@ class Run:
             lines.append(f'url = "{url}"')
         if broker == "redis":
             lines.append(f'namespace = "{self.queue}"')
+        # Warnings and errors only, as Celery runs here (-l WARNING) and Huey (-q): skillq's
+        # worker otherwise writes one INFO line per finished job, which the others do not.
+        lines += ["[logging]", 'level = "warning"']
         lines += ["[storage]", "pool_size = 16"]
         if broker != "sqlite":
             import psycopg2

@@ -6,7 +6,8 @@ transition itself), and a scrape of any API process reads the totals. Unlike cou
 job rows, these never go down when finished jobs are purged, so they are true Prometheus
 counters.
 
-One row per (job type, metric, bucket):
+One row per (job type, metric, bucket, shard), the shard being the writer's (`writer_shard`),
+so that writers do not queue for one row's lock; readers sum the shards:
 
 - a counter (`completed`, `failed`, `cancelled`, `retried`: an attempt after the first
   started, `postponed`: a delivery held back by a job type's limit) has the bucket "" and
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
+import os
+import threading
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,12 +45,30 @@ class JobMetric(BaseModel):
     name = peewee.CharField(max_length=32)
     #: A histogram bucket's upper bound ("0.5", "+Inf"), or "" for a counter.
     bucket = peewee.CharField(max_length=16)
+    #: Which writer's share of the row this is (`writer_shard`); readers sum the shards (v17).
+    shard = peewee.SmallIntegerField(default=0)
     observations = peewee.BigIntegerField(default=0)
     total = peewee.DoubleField(default=0.0)
 
     class Meta:
         table_name = "skillq_job_metric"
-        primary_key = peewee.CompositeKey("job_type", "name", "bucket")
+        primary_key = peewee.CompositeKey("job_type", "name", "bucket", "shard")
+
+
+#: Shards of each metric row. Writers that add to the same row wait for each other's
+#: commit on PostgreSQL (its row lock); each thread adds to a shard of its own instead.
+SHARDS = 16
+_next_shard = itertools.count(os.getpid() * 7)
+_writer = threading.local()
+
+
+def writer_shard() -> int:
+    """The calling thread's shard: the threads of a process take consecutive shards (from
+    one offset by its pid, so processes spread too) and keep them."""
+    shard = getattr(_writer, "shard", None)
+    if shard is None:
+        shard = _writer.shard = next(_next_shard) % SHARDS
+    return shard
 
 
 def _bucket_label(bound: float) -> str:
@@ -59,7 +81,11 @@ def record(
     """Count one `counter` event (completed, failed, cancelled, retried) of `job_type` and
     record its `durations` (run_seconds, wait_seconds), in one statement: a multi-row upsert,
     so two processes adding to a new row at once both count."""
-    rows = [(job_type, *row) for row in metric_rows(counter, durations)]
+    shard = writer_shard()
+    rows = [
+        (job_type, name, bucket, shard, n, total)
+        for name, bucket, n, total in metric_rows(counter, durations)
+    ]
     if not rows:
         return
     values = [value for row in rows for value in row]
@@ -105,16 +131,16 @@ def _float_sql(value: float) -> str:
 def _upsert_sql(p: str, count: int) -> str:
     """The upsert as SQL built once per database and row count (SQLite and PostgreSQL share
     the syntax): peewee building it cost more than running it, twice per job."""
-    row = f"({p}, {p}, {p}, {p}, {p})"
+    row = f"({p}, {p}, {p}, {p}, {p}, {p})"
     return f"{INSERT_SQL} VALUES {', '.join([row] * count)} {UPSERT_CONFLICT}"
 
 
 _TABLE = f'"{JobMetric._meta.table_name}"'
-#: The head of an insert of metric rows (job_type, name, bucket, observations, total).
-INSERT_SQL = f"INSERT INTO {_TABLE} (job_type, name, bucket, observations, total)"
+#: The head of an insert of metric rows (job_type, name, bucket, shard, observations, total).
+INSERT_SQL = f"INSERT INTO {_TABLE} (job_type, name, bucket, shard, observations, total)"
 #: The tail of that insert: a row that exists is added to.
 UPSERT_CONFLICT = (
-    "ON CONFLICT (job_type, name, bucket) DO UPDATE SET"
+    "ON CONFLICT (job_type, name, bucket, shard) DO UPDATE SET"
     f" observations = {_TABLE}.observations + EXCLUDED.observations,"
     f" total = {_TABLE}.total + EXCLUDED.total"
 )
@@ -141,15 +167,15 @@ class Histogram:
 
 def counters() -> dict[tuple[str, str], int]:
     """`{(counter name, job type): total}` for every counter that has counted anything."""
-    rows = JobMetric.select().where(JobMetric.bucket == "")
-    return {(row.name, row.job_type): row.observations for row in rows}
+    rows = _summed().where(JobMetric.bucket == "")
+    return {(name, job_type): int(observations) for job_type, name, _, observations, _ in rows}
 
 
 def histograms() -> dict[tuple[str, str], Histogram]:
     """`{(histogram name, job type): Histogram}` with every bucket, empty ones included."""
     per_bucket: dict[tuple[str, str], dict[str, tuple[int, float]]] = defaultdict(dict)
-    for row in JobMetric.select().where(JobMetric.bucket != ""):
-        per_bucket[(row.name, row.job_type)][row.bucket] = (row.observations, row.total)
+    for job_type, name, bucket, observations, total in _summed().where(JobMetric.bucket != ""):
+        per_bucket[(name, job_type)][bucket] = (int(observations), total)
     result: dict[tuple[str, str], Histogram] = {}
     for key, rows in per_bucket.items():
         histogram = Histogram()
@@ -161,3 +187,18 @@ def histograms() -> dict[tuple[str, str], Histogram]:
             histogram.buckets.append((label, histogram.count))
         result[key] = histogram
     return result
+
+
+def _summed() -> peewee.ModelSelect:
+    """(job_type, name, bucket, observations, total) rows, their shards summed."""
+    return (
+        JobMetric.select(
+            JobMetric.job_type,
+            JobMetric.name,
+            JobMetric.bucket,
+            peewee.fn.SUM(JobMetric.observations),
+            peewee.fn.SUM(JobMetric.total),
+        )
+        .group_by(JobMetric.job_type, JobMetric.name, JobMetric.bucket)
+        .tuples()
+    )

@@ -68,8 +68,8 @@ def _start_counted_sql() -> str:
     return (
         f"WITH started AS ({_start_sql('%s')}),"
         f" counted AS ({job_metrics.INSERT_SQL}"
-        " SELECT type, 'retried', '', 1, 1.0 FROM started WHERE attempts > 1 UNION ALL"
-        f" SELECT type, 'wait_seconds', {job_metrics.bucket_sql(waited)}, 1, {waited}"
+        " SELECT type, 'retried', '', %s, 1, 1.0 FROM started WHERE attempts > 1 UNION ALL"
+        f" SELECT type, 'wait_seconds', {job_metrics.bucket_sql(waited)}, %s, 1, {waited}"
         f" FROM started WHERE attempts = 1 {job_metrics.UPSERT_CONFLICT})"
         " SELECT attempts, type, created_at, max_retries, trace_id FROM started"
     )
@@ -94,7 +94,9 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
     values = [JobState.RUNNING.value, stamp, worker_id, stamp, job_id, JobState.PENDING.value]
     values.append(Job.scheduled_for.db_value(now))
     if _on_postgres():
-        row = database_proxy.execute_sql(_start_counted_sql(), [*values, stamp, stamp]).fetchone()
+        shard = job_metrics.writer_shard()
+        values += [shard, stamp, shard, stamp]
+        row = database_proxy.execute_sql(_start_counted_sql(), values).fetchone()
         if row is None:
             return None
         return StartedAttempt(attempt=row[0], max_retries=row[3], trace_id=row[4])
@@ -128,7 +130,7 @@ def _finish_counted_sql(columns: tuple[str, ...], metrics: int) -> str:
     return (
         f"WITH finished AS ({_finish_sql('%s', columns)} AS has_dependants),"
         f" counted AS ({job_metrics.INSERT_SQL} SELECT finished.type, m.name, m.bucket,"
-        f" m.observations, m.total FROM finished, (VALUES {rows})"
+        f" %s::smallint, m.observations, m.total FROM finished, (VALUES {rows})"
         f" AS m (name, bucket, observations, total) {job_metrics.UPSERT_CONFLICT})"
         " SELECT type, has_dependants FROM finished"
     )
@@ -150,7 +152,8 @@ def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any)
     if _on_postgres():
         metrics = job_metrics.metric_rows(state, durations)
         sql = _finish_counted_sql(column_names, len(metrics))
-        rows = database_proxy.execute_sql(sql, values + [v for m in metrics for v in m]).fetchall()
+        values += [job_metrics.writer_shard(), *(value for row in metrics for value in row)]
+        rows = database_proxy.execute_sql(sql, values).fetchall()
         return Finished(has_dependants=bool(rows[0][1])) if len(rows) == 1 else None
     sql = _finish_sql(database_proxy.param, column_names)
     with database_proxy.atomic():

@@ -20,6 +20,7 @@ from skillq.storage import (
     migration_delays,
     migration_v15,
     migration_v16,
+    migration_v17,
     search_collections,
     worker_token_migration,
 )
@@ -379,6 +380,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "create the owner running slot table",
         upgrade=migration_v16.upgrade,
         downgrade=migration_v16.downgrade,
+    ),
+    Migration(
+        17,
+        "shard the job metric rows",
+        upgrade=migration_v17.upgrade,
+        downgrade=migration_v17.downgrade,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

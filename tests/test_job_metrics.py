@@ -13,7 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from skillq.settings import StorageSettings
 from skillq.storage import job_metrics, jobs
-from skillq.storage.database import connection
+from skillq.storage.database import connection, database_proxy
+from skillq.storage.job_metrics import JobMetric
+from skillq.storage.migrations import downgrade, upgrade
 from skillq.storage.models import utcnow
 from tests.reliability import Stack
 from tests.support import ChildProcess, start_api, wait_for
@@ -273,3 +275,41 @@ def test_metrics_match_a_known_workload(workload: tuple[Stack, list[str]]) -> No
         lambda: _value(_scrape(api_urls[0]), "skillq_jobs_running") == 0,
         what="no job running in /metrics",
     )
+
+
+def test_writer_threads_add_to_shards_of_their_own_and_readers_sum_them(
+    store: StorageSettings,
+) -> None:
+    """Each thread adds to its own shard of a row (no thread waits for another's row lock),
+    and schema version 17 keeps the counts a version-16 store held; a downgrade sums the
+    shards back into one row each."""
+    shards: set[int] = set()
+
+    def add() -> None:
+        with connection():
+            job_metrics.count("sleep", "completed")
+            job_metrics.observe("sleep", "run_seconds", 0.2)
+        shards.add(job_metrics.writer_shard())
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(shards) == 4
+    stored = JobMetric.select().where(JobMetric.name == "completed")
+    assert sorted(row.shard for row in stored) == sorted(shards)
+
+    downgrade(16)
+    rows = database_proxy.execute_sql(
+        "SELECT name, bucket, observations, total FROM skillq_job_metric ORDER BY name"
+    ).fetchall()
+    assert [(name, bucket, count) for name, bucket, count, _ in rows] == [
+        ("completed", "", 4),
+        ("run_seconds", "0.25", 4),
+    ]
+    upgrade()
+    assert job_metrics.counters() == {("completed", "sleep"): 4}
+    histogram = job_metrics.histograms()[("run_seconds", "sleep")]
+    assert histogram.count == 4 and histogram.sum == pytest.approx(0.8)
+    assert {row.shard for row in JobMetric.select()} == {0}

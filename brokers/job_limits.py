@@ -51,7 +51,7 @@ from skillq.brokers.limiter import (
     limit_from,
     limiter_of,
 )
-from skillq.storage import job_limits, jobs
+from skillq.storage import job_limits
 from skillq.storage.database import connection, database_proxy
 
 __all__ = ["JobLimits", "Limit", "OwnerLimit", "limit_from", "limits_of"]
@@ -124,7 +124,7 @@ class JobLimits(Middleware):
             with self._lock:
                 self._held[threading.get_ident()] = (token, "")
             return
-        job = jobs.get_job(job_id)
+        job = job_limits.applicant(job_id)
         if job is None or job.job_state.is_terminal:
             token = message.options.pop(TOKEN_OPTION, None)
             if token is not None:

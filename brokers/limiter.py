@@ -183,9 +183,10 @@ class Limiter:
                 job_limits.rekey(token, holder)
                 return holder
             return token
-        hold = Hold(holder or uuid.uuid4().hex, job.owner, job.id)
-        if not self._queued_ahead(job_type, caps) and self._acquire(job_type, limit, caps, hold):
-            return hold.holder
+        if not self._queued_ahead(job_type, caps):
+            hold = Hold(holder or uuid.uuid4().hex, job.owner, job.id)
+            if self._acquire(job_type, limit, caps, hold):
+                return hold.holder
         kept = message.copy(message_id=generate_unique_id()).encode().decode()
         if job_limits.postpone(job.id, job_type, job.owner, job.priority, kept):
             job_metrics.count(job_type, "postponed")

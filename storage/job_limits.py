@@ -36,7 +36,7 @@ from typing import Any
 import peewee
 
 from skillq.storage.database import database_proxy
-from skillq.storage.models import BaseModel, utcnow
+from skillq.storage.models import BaseModel, Job, utcnow
 
 CONCURRENCY = "concurrency"
 RATE = "rate"
@@ -266,6 +266,19 @@ def next_expiry(job_type: str, kind: str) -> datetime | None:
     return query.scalar()
 
 
+def applicant(job_id: str) -> Job | None:
+    """The job a limited message is for, with only what the start gate reads of it: its id,
+    state, owner and priority (every other field is left at its default). Read for every
+    delivery of a limited type, a postponed one included; a whole row cost ~0.5 ms of
+    Python, its JSON columns parsed."""
+    sql = 'SELECT state, "owner", priority FROM {jobs} WHERE id = {p}'
+    row = _run(sql, job_id).fetchone()
+    if row is None:
+        return None
+    state, owner, priority = row
+    return Job(id=job_id, state=state, owner=owner, priority=priority)
+
+
 def postpone(job_id: str, job_type: str, owner: str, priority: int, message: str) -> bool:
     """Keep a job that found no free slot; False if it is already kept (a duplicate
     delivery of a postponed job, which must not run twice)."""
@@ -363,6 +376,7 @@ _TABLES = {
     "slots": f'"{LimitSlot._meta.table_name}"',
     "owner_slots": f'"{OwnerSlot._meta.table_name}"',
     "postponed": f'"{PostponedJob._meta.table_name}"',
+    "jobs": f'"{Job._meta.table_name}"',
 }
 _SLOT_STATEMENTS = _SlotStatements(
     _TABLES["slots"], ("job_type", "kind"), ("holder", "owner", "job_id")

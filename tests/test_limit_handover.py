@@ -4,12 +4,16 @@ limited to 2 at once. A job's end hands its slot to the next postponed job, whic
 process postponed it, and the process that ended the job sends it and runs it. The limit
 holds throughout, every job runs once in its first attempt, none is left waiting, no slot is
 left held, and some jobs did run in another process than the one they were submitted to.
+And in one worker: a woken job, which starts on its reservation without its job being read,
+is skipped if it was cancelled while it waited, and the slot goes on to the next.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from skillq.settings import Settings, StorageSettings, WorkerSettings
 from skillq.storage import JobState, bind_database, limit_usage, open_database
 from skillq.storage.database import connection
 from skillq.storage.models import Job
+from tests.support import wait_for
 from tests.test_pools import max_overlap, runs
 
 PROCESSES, JOBS_EACH, LIMIT = 3, 8, 2
@@ -102,3 +107,50 @@ def test_slots_handed_over_across_processes_keep_the_limit(
     # jobs a process wakes go to its own broker here, where a shared one would spread them.)
     submitter = {f"p{index}": process.pid for index, process in enumerate(processes)}
     assert any(pid != submitter[tag.split("-")[0]] for tag, pid, _ in starts)
+
+
+def test_a_job_cancelled_while_it_waits_hands_its_slot_on(store: StorageSettings) -> None:
+    limits = {"gated": limit_from(max_concurrent=1)}
+    # A lease far longer than the wait below: a slot not given back would not free in time.
+    workers = dataclasses.replace(WORKERS, dead_after_secs=600)
+    broker = StubBroker(middleware=[*job_middleware(workers, limits=limits), JobTypeOptions()])
+    gate, ran = threading.Event(), []
+
+    @dramatiq.actor(broker=broker, queue_name="default", params_schema={"type": "object"})
+    def gated(tag: str) -> None:
+        ran.append(tag)
+        if tag == "first":
+            gate.wait(timeout=60)
+
+    coordinator = JobCoordinator(broker, Settings(workers=workers))
+    first, doomed, last = (
+        coordinator.submit_job({"type": "gated", "params": {"tag": tag}}).job.id
+        for tag in ("first", "doomed", "last")
+    )
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=20)
+    worker.start()
+    try:
+
+        def waiting() -> int:
+            with connection():
+                return limit_usage.usage().get("gated", limit_usage.Usage()).postponed
+
+        wait_for(lambda: waiting() == 2, what="two jobs postponed behind the first")
+        coordinator.cancel_job(doomed)
+        gate.set()  # the first ends: its slot goes to `doomed`, which must not run
+
+        def states() -> list[str]:
+            with connection():
+                found = dict(Job.select(Job.id, Job.state).where(Job.type == "gated").tuples())
+            return [found[job_id] for job_id in (first, doomed, last)]
+
+        wait_for(lambda: states()[2] == JobState.COMPLETED.value, what="the last job to run")
+    finally:
+        gate.set()
+        worker.stop()
+        broker.close()
+    assert ran == ["first", "last"]
+    done, cancelled = JobState.COMPLETED.value, JobState.CANCELLED.value
+    assert states() == [done, cancelled, done]
+    with connection():
+        assert "gated" not in limit_usage.usage()  # no slot held, nothing waits

@@ -37,14 +37,7 @@ from skillq.rates import Rate, parse_rate
 from skillq.settings import QuotaSettings
 from skillq.storage import Job, job_limits, job_metrics
 from skillq.storage.database import database_proxy
-from skillq.storage.job_limits import (
-    ALL_TYPES,
-    CONCURRENCY,
-    RATE,
-    Hold,
-    PostponedJob,
-    lease_until,
-)
+from skillq.storage.job_limits import ALL_TYPES, CONCURRENCY, RATE, Hold, PostponedJob, lease_until
 from skillq.storage.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -233,15 +226,20 @@ class Limiter:
 
         One transaction and one write for the slot, where a release and a wake take several
         each committed apart: the gap between one job's end and the next one's start is most
-        of what keeps a limited type below its limit. The release comes first in it, so a
-        job postponed meanwhile is either seen here or sees the slot free (`_all_busy`)."""
+        of what keeps a limited type below its limit. The release is seen by others before
+        the look at the postponed jobs, so a job postponed meanwhile is either seen here or
+        sees the slot free (`_all_busy`): on SQLite it is the transaction's first statement,
+        which takes the one write lock; on PostgreSQL it commits before the transaction."""
         limit, caps = self.limit_of(broker, job_type), self.owners.caps(job_type)
-        if limit.max_concurrent is None:
+        alone = job_limits.single_writer()
+        if limit.max_concurrent is None or not alone:
             job_limits.release(token)
+        if limit.max_concurrent is None:
             return False
         try:
             with database_proxy.atomic():
-                job_limits.release(token)
+                if alone:
+                    job_limits.release(token)
                 waiting = job_limits.next_postponed(job_type, *caps)
                 if waiting is None:
                     return True

@@ -229,18 +229,17 @@ def hand_over(holder: str, hold: Hold, expires_at: datetime) -> bool:
 
 def all_busy(job_type: str, kind: str, capacity: int, margin_secs: float) -> bool:
     """Whether every slot of `kind` is held for at least `margin_secs` more (a slot released
-    at about this moment, on a clock a little ahead, counts as free).
-
-    On PostgreSQL the rows are read with a share lock: a holder that released its slot in a
-    transaction not yet committed is waited for, and its release is what is read, so the
-    answer is never older than that holder's look at the postponed jobs, which follows its
-    release in its transaction. (SQLite has one writer: a transaction seen half done does
-    not exist.)"""
+    at about this moment, on a clock a little ahead, counts as free)."""
     sql = "SELECT slot FROM {slots} WHERE job_type = {p} AND kind = {p} AND expires_at > {p}"
-    if isinstance(database_proxy.obj, peewee.PostgresqlDatabase):
-        sql += " FOR SHARE"
     after = _stamp(utcnow() + timedelta(seconds=margin_secs))
     return len(_run(sql, job_type, kind, after).fetchall()) >= capacity
+
+
+def single_writer() -> bool:
+    """Whether the store has one writer at a time (SQLite): a transaction whose first
+    statement writes reads everything committed before it, and nothing else commits until
+    it ends. (PostgreSQL's statements each read what was committed when they began.)"""
+    return not isinstance(database_proxy.obj, peewee.PostgresqlDatabase)
 
 
 def forget(holder: str) -> None:

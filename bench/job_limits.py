@@ -41,7 +41,7 @@ from skillq.brokers.job_limits import JobLimits, Limit, limit_from
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, WorkerSettings
-from skillq.storage import JobState, bind_database, job_limits, open_database
+from skillq.storage import JobState, bind_database, limit_usage, open_database
 from skillq.storage.database import connection
 from skillq.storage.migrations import upgrade
 from skillq.storage.models import Job
@@ -115,7 +115,7 @@ def idle_cpu(postponed: int) -> tuple[float, int]:
     worker.start()
     while True:
         with connection():
-            waiting = job_limits.usage().get("work", job_limits.Usage()).postponed
+            waiting = limit_usage.usage().get("work", limit_usage.Usage()).postponed
         if waiting >= postponed:
             break
         time.sleep(0.1)

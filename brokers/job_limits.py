@@ -12,7 +12,10 @@ of its queue.
 When a slot frees (a job ends here, a rate window moves on, a dead worker's lease runs out),
 a worker takes the next postponed job out (highest priority first, round-robin by owner
 within it), reserves the slots for it and sends its message again carrying the reservation,
-so the job it woke cannot lose the slots to a newcomer.
+so the job it woke cannot lose the slots to a newcomer. A job's end hands its slot to that
+job in the same transaction, and the woken message starts on its reservation without
+reading its job (`Limiter.start_reserved`; `JobStatus` skips it if it was cancelled
+meanwhile, and the slot goes back).
 
 Placed before `JobStatus`: a postponed message never marks its job running, and the slots
 are given back only after `JobStatus` has recorded the outcome.
@@ -48,7 +51,7 @@ from skillq.brokers.limiter import (
     limit_from,
     limiter_of,
 )
-from skillq.storage import job_limits, jobs
+from skillq.storage import job_limits
 from skillq.storage.database import connection, database_proxy
 
 __all__ = ["JobLimits", "Limit", "OwnerLimit", "limit_from", "limits_of"]
@@ -114,17 +117,27 @@ class JobLimits(Middleware):
         if job_id is None or not self.limiter.applies(broker, message.actor_name):
             return
         database_proxy.connect(reuse_if_open=True)
-        job = jobs.get_job(job_id)
+        token = self.limiter.start_reserved(broker, message)
+        if token is not None:
+            # A woken job, its slots confirmed without reading it: if it must not run after
+            # all (cancelled while it waited), `JobStatus` skips it and the slots go back.
+            with self._lock:
+                self._held[threading.get_ident()] = (token, "")
+            return
+        job = job_limits.applicant(job_id)
         if job is None or job.job_state.is_terminal:
             token = message.options.pop(TOKEN_OPTION, None)
             if token is not None:
+                # Its reserved slot frees: a job postponed meanwhile may have counted on it.
                 job_limits.forget(token)
+                self.limiter.wake(broker, message.actor_name)
             return  # `JobStatus` drops it
         try:
             token = self.limiter.admit(broker, message, job)
         except Postponed:
             message.options[_POSTPONED_OPTION] = True
-            if self._waker is not None:
+            if self._waker is not None and self.limiter.limit_of(broker, message.actor_name).rate:
+                # Its rate slot frees by itself, maybe before the waker's next pass is due.
                 self._waker.poke()
             raise SkipMessage() from None
         if token is not None:

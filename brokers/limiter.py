@@ -11,6 +11,13 @@ or the actor options). Either it takes them all, or none. A job that cannot is
 count, and it is sent again, its slots reserved, when one frees (`wake`). While jobs of a
 type wait, newcomers of that type queue up behind them, except behind jobs whose owners are
 at their own running limit (those wait for their owner, not for the type).
+
+The end of an attempt hands its concurrency slot straight to the next postponed job, in the
+transaction that frees it (`give_back`): the slot is never seen free in between, and the
+woken job starts on it without reading its job again (`start_reserved`). A postponement
+wakes anyone only when it sees a slot free after it was kept (`_all_busy`): a held slot's
+holder looks at the postponed jobs when it ends. Only slots that free by themselves (a rate
+window moving on, a dead holder's lease running out) wait for the periodic `wake_pass`.
 """
 
 from __future__ import annotations
@@ -22,13 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
+import peewee
 from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 
 from skillq.rates import Rate, parse_rate
 from skillq.settings import QuotaSettings
 from skillq.storage import Job, job_limits, job_metrics
-from skillq.storage.job_limits import ALL_TYPES, CONCURRENCY, RATE, Hold, lease_until
+from skillq.storage.database import database_proxy
+from skillq.storage.job_limits import ALL_TYPES, CONCURRENCY, RATE, Hold, PostponedJob, lease_until
 from skillq.storage.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,9 @@ TOKEN_OPTION = "job_limit_token"
 LIMIT_OPTIONS = frozenset({"max_concurrent", "rate"})
 #: Postponed jobs one wake-up sends at most, so one thread never loops for long.
 _WAKE_BATCH = 64
+#: A concurrency slot whose lease runs out within this many seconds may be free by the time
+#: anyone would wake a job for it: a job postponed then wakes the postponed jobs itself.
+_BUSY_MARGIN_SECS = 1.0
 
 
 class Postponed(Exception):
@@ -164,26 +176,93 @@ class Limiter:
                 job_limits.rekey(token, holder)
                 return holder
             return token
-        hold = Hold(holder or uuid.uuid4().hex, job.owner, job.id)
-        if not self._queued_ahead(job_type, caps) and self._acquire(job_type, limit, caps, hold):
-            return hold.holder
+        if not self._queued_ahead(job_type, caps):
+            hold = Hold(holder or uuid.uuid4().hex, job.owner, job.id)
+            if self._acquire(job_type, limit, caps, hold):
+                return hold.holder
         kept = message.copy(message_id=generate_unique_id()).encode().decode()
         if job_limits.postpone(job.id, job_type, job.owner, job.priority, kept):
             job_metrics.count(job_type, "postponed")
             logger.info("Job %s postponed: %s or its owner is at a limit.", job.id, job_type)
         # A slot may have freed between the look and the postponement: nobody would wake it.
-        self.wake(broker, job_type)
+        # Unless every concurrency slot of the type is held, read after the postponement:
+        # each holder, when its attempt ends, frees its slot and then looks at the postponed
+        # jobs (`give_back`), so it sees this one.
+        if not self._all_busy(job_type, limit):
+            self.wake(broker, job_type)
         raise Postponed()
 
+    def start_reserved(self, broker: dramatiq.Broker, message: dramatiq.Message) -> str | None:
+        """Start a woken job on the reservation its message carries, without reading the
+        job: the token, now holding its slots, or None when `admit` must decide (no
+        reservation, or one that ran out; or per-owner limits, whose wake-ups `give_back`
+        does by the job's owner). Only for a consumer that gives the slots back however the
+        message ends."""
+        token = message.options.get(TOKEN_OPTION)
+        if token is None or self.owners:
+            return None
+        limit = self.limit_of(broker, message.actor_name)
+        if not (limit and self._confirm(token, limit, (None, None))):
+            return None  # `admit` takes the token out of the message
+        del message.options[TOKEN_OPTION]
+        return token
+
     def give_back(self, broker: dramatiq.Broker, token: str, job_type: str, owner: str) -> None:
-        """An attempt ended: free its slots and wake the jobs they let start (of its type
-        and, with per-owner limits, its owner's waiting jobs of other types)."""
-        job_limits.release(token)
-        self.wake(broker, job_type)
+        """An attempt ended: free its slots and wake the jobs they let start: its concurrency
+        slot goes straight to the next postponed job of its type (`_hand_over`), and with
+        per-owner limits its owner's waiting jobs of other types are woken."""
+        if not self._hand_over(broker, token, job_type):
+            self.wake(broker, job_type)
         if self.owners:
             for other in job_limits.postponed_types(owner):
                 if other != job_type:
                     self.wake(broker, other)
+
+    def _hand_over(self, broker: dramatiq.Broker, token: str, job_type: str) -> bool:
+        """Free `token`'s slots and, in the same transaction, give its concurrency slot to
+        the next postponed job of the type (reserved, as `wake` would) and send that job;
+        False when a `wake` must follow (the type has no concurrency limit, or another
+        worker took the job first).
+
+        One transaction and one write for the slot, where a release and a wake take several
+        each committed apart: the gap between one job's end and the next one's start is most
+        of what keeps a limited type below its limit. The release is seen by others before
+        the look at the postponed jobs, so a job postponed meanwhile is either seen here or
+        sees the slot free (`_all_busy`): on SQLite it is the transaction's first statement,
+        which takes the one write lock; on PostgreSQL it commits before the transaction."""
+        limit, caps = self.limit_of(broker, job_type), self.owners.caps(job_type)
+        alone = job_limits.single_writer()
+        if limit.max_concurrent is None or not alone:
+            job_limits.release(token)
+        if limit.max_concurrent is None:
+            return False
+        try:
+            with database_proxy.atomic():
+                if alone:
+                    job_limits.release(token)
+                waiting = job_limits.next_postponed(job_type, *caps)
+                if waiting is None:
+                    return True
+                hold = Hold(uuid.uuid4().hex, waiting.owner, waiting.job_id)
+                if not self._acquire(job_type, limit, caps, hold, reserve=True, freed=token):
+                    return True  # it waits for a slot that frees by itself: `wake_pass`
+                if not job_limits.take(waiting):
+                    job_limits.forget(hold.holder)  # another worker woke it
+                    return False
+        except peewee.DatabaseError:
+            # Rolled back (PostgreSQL chose it as a deadlock's victim): free the slots alone.
+            logger.warning("Job limits: handing %s's slot over failed.", job_type, exc_info=True)
+            job_limits.release(token)
+            return False
+        self._send(broker, waiting, hold.holder)
+        return True
+
+    def _all_busy(self, job_type: str, limit: Limit) -> bool:
+        """Whether every concurrency slot of the type is held now (and not about to run out:
+        a lease that does frees without anyone looking at the postponed jobs)."""
+        n = limit.max_concurrent
+        margin = min(_BUSY_MARGIN_SECS, self.lease_secs / 2)
+        return n is not None and job_limits.all_busy(job_type, CONCURRENCY, n, margin)
 
     def _queued_ahead(self, job_type: str, caps: tuple[int | None, int | None]) -> bool:
         """Whether postponed jobs of the type come first: any, unless all their owners are
@@ -200,27 +279,38 @@ class Limiter:
         hold: Hold,
         *,
         reserve: bool = False,
+        freed: str | None = None,
     ) -> bool:
-        """Take the owner's slots, a concurrency slot, then a rate slot; either all or none.
-        A job starting now holds its rate slot one period from now; a reservation
-        (`reserve`) keeps it until its job starts (at least a lease), when `_confirm` moves
-        the window to then."""
+        """Take the owner's slots, a concurrency slot (the one `freed` released in this
+        transaction, if it still has it), then a rate slot; either all or none. A job
+        starting now holds its rate slot one period from now; a reservation (`reserve`)
+        keeps it until its job starts (at least a lease), when `_confirm` moves the window
+        to then. A refusal writes nothing unless a slot had been taken."""
         lease = lease_until(self.lease_secs)
+        taken = False
         for scope, cap in zip((ALL_TYPES, job_type), caps, strict=True):
-            if cap is not None and not job_limits.acquire_owner(scope, cap, hold, lease):
-                job_limits.release(hold.holder)
-                return False
+            if cap is not None:
+                if not job_limits.acquire_owner(scope, cap, hold, lease):
+                    return self._refused(hold, taken)
+                taken = True
         n = limit.max_concurrent
-        if n is not None and not job_limits.acquire(job_type, CONCURRENCY, n, hold, lease):
-            job_limits.release(hold.holder)
-            return False
+        if n is not None:
+            handed = freed is not None and job_limits.hand_over(freed, hold, lease)
+            if not (handed or job_limits.acquire(job_type, CONCURRENCY, n, hold, lease)):
+                return self._refused(hold, taken)
+            taken = True
         rate = limit.rate
         if rate is not None:
             seconds = max(self.lease_secs, rate.period_secs) if reserve else rate.period_secs
             if not job_limits.acquire(job_type, RATE, rate.count, hold, lease_until(seconds)):
-                job_limits.release(hold.holder)
-                return False
+                return self._refused(hold, taken)
         return True
+
+    @staticmethod
+    def _refused(hold: Hold, taken: bool) -> bool:
+        if taken:
+            job_limits.release(hold.holder)
+        return False
 
     def _confirm(self, token: str, limit: Limit, caps: tuple[int | None, int | None]) -> bool:
         """Start on a reservation: the leases run from now, the rate window starts now."""
@@ -250,17 +340,25 @@ class Limiter:
             if not job_limits.take(waiting):
                 job_limits.forget(hold.holder)  # another worker woke it
                 continue
-            message = dramatiq.Message.decode(waiting.message.encode())
-            message.options[TOKEN_OPTION] = hold.holder
-            try:
-                broker.enqueue(message)
-            except Exception:
-                job_limits.forget(hold.holder)
-                job_limits.put_back(waiting)
-                logger.warning("Could not send postponed job %s; it waits.", waiting.job_id)
+            if not self._send(broker, waiting, hold.holder):
                 break
             sent += 1
         return sent
+
+    @staticmethod
+    def _send(broker: dramatiq.Broker, waiting: PostponedJob, token: str) -> bool:
+        """Send a postponed job taken out of the store, with its slots reserved as `token`;
+        if it cannot be sent, it waits again and its reservation is freed."""
+        message = dramatiq.Message.decode(waiting.message.encode())
+        message.options[TOKEN_OPTION] = token
+        try:
+            broker.enqueue(message)
+        except Exception:
+            job_limits.forget(token)
+            job_limits.put_back(waiting)
+            logger.warning("Could not send postponed job %s; it waits.", waiting.job_id)
+            return False
+        return True
 
     def wake_pass(self, broker: dramatiq.Broker, held: Iterable[str] = ()) -> float:
         """Renew the leases of `held` tokens and wake postponed jobs whose slot freed by

@@ -20,7 +20,7 @@ from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.brokers.limiter import TOKEN_OPTION, Limit, OwnerLimit, Postponed, limiter_of
 from skillq.settings import StorageSettings, WorkerSettings
-from skillq.storage import Job, job_limits, jobs
+from skillq.storage import Job, job_limits, jobs, limit_usage
 from skillq.storage.database import connection
 from skillq.storage.job_limits import (
     ALL_TYPES,
@@ -55,7 +55,7 @@ def test_slots_are_exclusive_and_come_back_when_released_or_expired(
     ).execute()
     assert not job_limits.extend(second.holder, CONCURRENCY, lease_until(30))
     assert job_limits.acquire("t", CONCURRENCY, 2, hold(), lease_until(30))
-    assert job_limits.usage()["t"].running == 2
+    assert limit_usage.usage()["t"].running == 2
 
 
 def test_a_rate_slot_is_held_for_its_window_and_never_released(store: StorageSettings) -> None:
@@ -65,7 +65,7 @@ def test_a_rate_slot_is_held_for_its_window_and_never_released(store: StorageSet
     job_limits.release(holds[0].holder)  # releases concurrency slots only
     assert not job_limits.acquire("r", RATE, 3, hold(), lease_until(60))
     assert job_limits.next_expiry("r", RATE) is not None
-    assert job_limits.usage()["r"].started_in_window == 3
+    assert limit_usage.usage()["r"].started_in_window == 3
 
 
 def test_concurrent_takers_never_exceed_the_capacity(store: StorageSettings) -> None:
@@ -116,7 +116,7 @@ def test_postponed_jobs_come_back_by_priority_then_round_robin_by_owner(
         assert job_limits.take(waiting)
         order.append(waiting.job_id)
     assert order == ["a0", "a1", "a2", "a3", "a4", "low"]
-    assert job_limits.usage(owner="alice") == {"t": job_limits.Usage(running=1)}
+    assert limit_usage.usage(owner="alice") == {"t": limit_usage.Usage(running=1)}
 
 
 def test_owner_slots_cap_each_owner_and_a_capped_owner_is_skipped(store: StorageSettings) -> None:
@@ -131,7 +131,7 @@ def test_owner_slots_cap_each_owner_and_a_capped_owner_is_skipped(store: Storage
     # alice's job outranks carol's, but alice runs her one job: carol's goes next.
     assert job_limits.next_postponed("t", 1, None).job_id == "c0"
     assert job_limits.next_postponed("t").job_id == "a0"  # without the cap, priority wins
-    assert job_limits.owner_usage("alice") == {
+    assert limit_usage.owner_usage("alice") == {
         "alice": {"running": {ALL_TYPES: 1, "t": 1}, "postponed": 1}
     }
     job_limits.release(alice.holder)
@@ -185,7 +185,7 @@ def test_an_owner_at_max_running_waits_and_others_do_not(store: StorageSettings)
         # Her plain job fits her overall cap of 2; bob's capped job is not behind hers.
         assert limiter.admit(broker, *_pending(broker, "alice")) is not None
         assert limiter.admit(broker, *_pending(broker, "bob", "capped")) is not None
-        assert job_limits.owner_usage("alice")["alice"] == {
+        assert limit_usage.owner_usage("alice")["alice"] == {
             "running": {ALL_TYPES: 2, "capped": 1},
             "postponed": 2,
         }
@@ -196,7 +196,7 @@ def test_an_owner_at_max_running_waits_and_others_do_not(store: StorageSettings)
         assert woken.options[JOB_ID_OPTION] == second[1].id
         reserved = woken.options[TOKEN_OPTION]
         assert limiter.admit(broker, woken, second[1]) == reserved
-        assert job_limits.owner_usage("alice")["alice"] == {
+        assert limit_usage.owner_usage("alice")["alice"] == {
             "running": {ALL_TYPES: 2, "capped": 1},
             "postponed": 1,
         }
@@ -239,3 +239,100 @@ def test_stats_show_type_and_owner_limits_beside_their_use(store: StorageSetting
     mine = job_stats("bob", limits, owners)
     assert list(mine["owner_limits"]["owners"]) == ["bob"] and mine["limits"]["t"]["postponed"] == 1
     assert job_stats(None, limits)["owner_limits"] == {}
+
+
+def _capped_broker(max_concurrent: int) -> StubBroker:
+    limits = {"capped": Limit(max_concurrent=max_concurrent)}
+    broker = StubBroker(middleware=job_middleware(WorkerSettings(), limits=limits))
+    dramatiq.actor(lambda: None, broker=broker, actor_name="capped", queue_name="default")
+    return broker
+
+
+def _slots(job_type: str) -> list[LimitSlot]:
+    return list(LimitSlot.select().where(LimitSlot.job_type == job_type).order_by(LimitSlot.slot))
+
+
+def test_a_freed_slot_goes_straight_to_the_next_waiting_job(store: StorageSettings) -> None:
+    """An attempt's end hands its concurrency slot to the next postponed job (the same slot
+    row, reserved for it) and sends that job; a newcomer meanwhile waits behind the rest."""
+    broker = _capped_broker(1)
+    limiter = limiter_of(broker)
+    queue = broker.queues["default"]
+    with connection():
+        first, second, third = (_pending(broker, "alice", "capped") for _ in range(3))
+        token = limiter.admit(broker, *first)
+        for waiting in (second, third):
+            with pytest.raises(Postponed):
+                limiter.admit(broker, *waiting)
+        assert queue.qsize() == 0  # the slot is held: nothing to wake
+        (held,) = _slots("capped")
+        limiter.give_back(broker, token, "capped", "alice")
+        (handed,) = _slots("capped")
+        assert (handed.slot, handed.job_id) == (held.slot, second[1].id)
+        assert handed.holder != token and handed.expires_at > utcnow()
+        assert queue.qsize() == 1
+        woken = Message.decode(queue.get())
+        assert woken.options[JOB_ID_OPTION] == second[1].id
+        assert woken.options[TOKEN_OPTION] == handed.holder
+        # A newcomer does not take the slot in between: it queues behind the third job.
+        newcomer = _pending(broker, "alice", "capped")
+        with pytest.raises(Postponed):
+            limiter.admit(broker, *newcomer)
+        assert queue.qsize() == 0
+        # The woken job starts on its reservation, and the next end hands it on again.
+        assert limiter.start_reserved(broker, woken) == handed.holder
+        assert TOKEN_OPTION not in woken.options
+        assert limit_usage.usage()["capped"] == limit_usage.Usage(running=1, postponed=2)
+        limiter.give_back(broker, handed.holder, "capped", "alice")
+        again = Message.decode(queue.get())
+        assert again.options[JOB_ID_OPTION] == third[1].id
+        assert [slot.job_id for slot in _slots("capped")] == [third[1].id]
+        # Postponed, not failed: still pending, no attempt counted.
+        assert {
+            (jobs.get_job(j.id).state, jobs.get_job(j.id).attempts) for _, j in (third, newcomer)
+        } == {("pending", 0)}
+    broker.close()
+
+
+def test_the_last_attempt_frees_its_slot_for_a_newcomer(store: StorageSettings) -> None:
+    broker = _capped_broker(1)
+    limiter = limiter_of(broker)
+    with connection():
+        token = limiter.admit(broker, *_pending(broker, "alice", "capped"))
+        limiter.give_back(broker, token, "capped", "alice")
+        assert broker.queues["default"].qsize() == 0
+        assert "capped" not in limit_usage.usage()  # no slot in use, nothing waits
+        assert limiter.admit(broker, *_pending(broker, "bob", "capped")) is not None
+    broker.close()
+
+
+@pytest.mark.parametrize("frees", ["before the postponement", "before the look"])
+def test_a_slot_freed_while_a_job_is_postponed_still_starts_it(
+    store: StorageSettings, monkeypatch: pytest.MonkeyPatch, frees: str
+) -> None:
+    """A postponement skips its wake-up when it sees every slot held afterwards; a slot that
+    frees as it is postponed wakes it either way, and it is sent once."""
+    broker = _capped_broker(1)
+    limiter = limiter_of(broker)
+    queue = broker.queues["default"]
+    with connection():
+        token = limiter.admit(broker, *_pending(broker, "alice", "capped"))
+        late = _pending(broker, "bob", "capped")
+        step = "postpone" if frees == "before the postponement" else "all_busy"
+        original = getattr(job_limits, step)
+
+        def holder_ends_first(*args: object) -> object:
+            monkeypatch.setattr(job_limits, step, original)
+            limiter.give_back(broker, token, "capped", "alice")
+            return original(*args)
+
+        monkeypatch.setattr(job_limits, step, holder_ends_first)
+        with pytest.raises(Postponed):
+            limiter.admit(broker, *late)
+        assert queue.qsize() == 1
+        woken = Message.decode(queue.get())
+        assert woken.options[JOB_ID_OPTION] == late[1].id
+        reserved = woken.options[TOKEN_OPTION]
+        assert limiter.admit(broker, woken, late[1]) == reserved
+        assert limit_usage.usage()["capped"] == limit_usage.Usage(running=1)
+    broker.close()

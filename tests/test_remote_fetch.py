@@ -30,7 +30,7 @@ from skillq.jobs.release import DependencyRelease
 from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import AuthSettings, JwtSettings, Settings, StorageSettings, WorkerSettings
-from skillq.storage import Job, job_limits, jobs, worker_tokens, workers
+from skillq.storage import Job, job_limits, jobs, limit_usage, worker_tokens, workers
 from skillq.storage.database import connection
 from skillq.storage.models import utcnow
 from tests.support import LOCAL_URL
@@ -236,7 +236,7 @@ def test_a_remote_fetch_takes_limit_slots_and_its_reports_give_them_back(limited
     assert fetch.fetch(worker, 0.3) is None
     assert (_job(second).state, _job(second).attempts) == ("pending", 0)
     with connection():
-        assert job_limits.usage()["capped"] == job_limits.Usage(running=1, postponed=1)
+        assert limit_usage.usage()["capped"] == limit_usage.Usage(running=1, postponed=1)
         remote_reports.complete(worker, first, 1, None, 0.1, 1000, broker)
     # The report freed the slot and woke the second, its slot reserved for it.
     assert fetch.fetch(worker, 1).job_id == second
@@ -245,7 +245,7 @@ def test_a_remote_fetch_takes_limit_slots_and_its_reports_give_them_back(limited
     assert fetch.fetch(worker, 1).job_id == plain
     assert fetch.fetch(worker, 0.3) is None
     with connection():
-        assert job_limits.owner_usage("alice")["alice"]["postponed"] == 1
+        assert limit_usage.owner_usage("alice")["alice"]["postponed"] == 1
         assert remote_reports.heartbeat(worker, [second, plain], broker)["lost"] == []
         state = remote_reports.fail(
             coordinator, worker, second, 1, ("OSError", "x"), retryable=False, run_seconds=0.1

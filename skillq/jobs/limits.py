@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from skillq.brokers.job_limits import Limit, OwnerLimit
-from skillq.storage import job_limits, job_metrics
+from skillq.storage import job_metrics, limit_usage
 from skillq.storage.job_limits import ALL_TYPES
 
 
@@ -21,11 +21,11 @@ def limit_status(limits: Mapping[str, Limit], owner: str | None = None) -> dict[
     postponed_total}}` for every type with a limit; call it inside a store connection."""
     if not limits:
         return {}
-    usage = job_limits.usage(owner)
+    usage = limit_usage.usage(owner)
     counters = job_metrics.counters()
     status = {}
     for name, limit in sorted(limits.items()):
-        use = usage.get(name, job_limits.Usage())
+        use = usage.get(name, limit_usage.Usage())
         status[name] = {
             **limit.to_dict(),
             "running": use.running,
@@ -44,7 +44,7 @@ def owner_status(owners: OwnerLimit, owner: str | None = None) -> dict[str, Any]
     if not owners:
         return {}
     listed = {}
-    for name, use in job_limits.owner_usage(owner).items():
+    for name, use in limit_usage.owner_usage(owner).items():
         running = use["running"]
         listed[name] = {
             "running": running.get(ALL_TYPES, 0),

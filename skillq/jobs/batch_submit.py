@@ -234,8 +234,7 @@ def _write(coordinator: JobCoordinator, items: list[_Item], owner: str) -> None:
     rows = []
     for item in new:
         row = coordinator.job_fields(item.job_type, item.fields, owner)
-        # A client's own trace id is kept as given; the others join the batch's trace.
-        row["trace_id"] = item.fields.get("trace_id") or trace_id
+        row["trace_id"] = _trace_id_of(item.fields.get("trace_id"), trace_id)
         rows.append(
             {
                 **row,
@@ -264,6 +263,15 @@ def _batch_trace_id() -> str | None:
         return None
     current = tracing.current_trace_id()
     return None if current is None else tracing.format_trace_id(current)
+
+
+def _trace_id_of(asked: str | None, batch: str | None) -> str | None:
+    """An item's `trace_id`: a client's W3C one continued (lower case, as a single submit
+    has it), any other kept as given; without one, the batch's trace."""
+    if asked is None:
+        return batch
+    w3c = tracing.w3c_trace_id(asked) if tracing.enabled() else None
+    return asked if w3c is None else tracing.format_trace_id(w3c)
 
 
 def _send(coordinator: JobCoordinator, items: list[_Item]) -> None:

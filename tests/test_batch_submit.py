@@ -9,6 +9,7 @@ nothing; a broker refusing the sends fails exactly the jobs it may not have queu
 from __future__ import annotations
 
 import dataclasses
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -160,6 +161,32 @@ def test_idempotency_keys_hold_per_item(store: StorageSettings) -> None:
     with pytest.raises(IdempotencyKeyReused, match=r"also used by body.jobs\[0\]"):
         coordinator.submit_jobs([_sleep(idempotency_key=d), _sleep(idempotency_key=d, priority=9)])
     assert _total() == before
+
+
+def test_concurrent_batches_with_the_same_keys_make_each_job_once(
+    store: StorageSettings,
+) -> None:
+    """Eight threads (each its own store connection) send one batch at once: whoever loses
+    an idempotency-key race reads the winner's jobs, and answers with them."""
+    coordinator = JobCoordinator(actors.broker, actors.settings)
+    keys = [uuid.uuid4().hex for _ in range(3)]
+    batch = [_sleep(idempotency_key=key) for key in keys]
+    start = threading.Barrier(8)
+    answers: list[list[str]] = []
+
+    def submit() -> None:
+        start.wait()
+        answers.append([s.job.id for s in coordinator.submit_jobs(batch, owner="racer")])
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == 8 and all(answer == answers[0] for answer in answers), answers
+    with connection():
+        assert sorted(jobs.find_by_idempotency_keys("racer", keys)) == sorted(keys)
+        assert jobs.list_jobs(owner="racer").total == 3
 
 
 def test_a_batch_past_max_batch_jobs_is_422(store: StorageSettings) -> None:

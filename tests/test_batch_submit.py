@@ -36,7 +36,7 @@ from skillq.jobs.types import JobTypeOptions
 from skillq.settings import QuotaSettings, StorageSettings
 from skillq.storage import JobState, jobs, owner_counts
 from skillq.storage.database import connection
-from tests.support import LOCAL_URL
+from tests.support import LOCAL_URL, store_outage
 
 
 def _settings(**jobs_settings: object):
@@ -99,6 +99,21 @@ def test_delayed_and_dependent_items_follow_the_single_submit_rules(
     assert _delivered(actors.broker) == [first.id]
 
 
+def test_callback_urls_are_watched_in_the_batchs_transaction(store: StorageSettings) -> None:
+    from skillq.settings import WebhookSettings
+    from skillq.storage import webhooks
+
+    secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="
+    hooks = WebhookSettings(secret=secret, allow_private=True)
+    settings = dataclasses.replace(actors.settings, webhooks=hooks)
+    coordinator = JobCoordinator(actors.broker, settings)
+    url = "http://127.0.0.1:9/hook"
+    watched, plain = coordinator.submit_jobs([_sleep(callback_url=url), _sleep()])
+    with connection():
+        assert webhooks.watched(watched.job.id).callback_url == url
+        assert webhooks.watched(plain.job.id) is None
+
+
 def test_one_bad_item_refuses_the_batch_naming_every_bad_index(store: StorageSettings) -> None:
     coordinator = JobCoordinator(actors.broker, actors.settings)
     before = _total()
@@ -109,17 +124,20 @@ def test_one_bad_item_refuses_the_batch_naming_every_bad_index(store: StorageSet
         _sleep(),
         _sleep(priority=11),
         _sleep(depends_on=[str(uuid.uuid4())]),
+        _sleep(callback_url="http://127.0.0.1:9/hook"),  # this server has no webhook secret
     ]
+    assert actors.settings.webhooks.secret is None
     with pytest.raises(InvalidParams) as refused:
         coordinator.submit_jobs(requests)
     paths = [detail["path"] for detail in refused.value.details]
+    assert "body.jobs[6].callback_url" in paths
     assert "body.jobs[1].params.seconds" in paths
     assert "body.jobs[2].type" in paths
     assert "body.jobs[4].priority" in paths
     assert "body.jobs[5].depends_on.0" in paths
     assert not any(path.startswith(("body.jobs[0]", "body.jobs[3]")) for path in paths)
     assert {d["code"] for d in refused.value.details} == {"invalid_params", "unknown_job_type"}
-    assert "index 1, 2, 4, 5" in refused.value.message
+    assert "index 1, 2, 4, 5, 6" in refused.value.message
     assert _total() == before
 
 
@@ -326,6 +344,13 @@ def test_rest_bad_batches_get_the_envelope_and_write_nothing(
     if path is not None:
         assert path in [detail["path"] for detail in error["details"]], error
     assert _total() == before
+
+
+def test_rest_store_outage_is_503_not_500(client: TestClient) -> None:
+    with store_outage():
+        response = client.post("/api/v1/jobs:batch", json={"jobs": [_sleep()]})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "service_unavailable"
 
 
 def test_rest_body_over_the_limit_is_413(client: TestClient) -> None:

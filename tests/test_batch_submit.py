@@ -281,12 +281,20 @@ def test_a_broker_lost_midway_fails_only_the_unsent_jobs(store: StorageSettings)
         middleware=[*job_middleware(actors.settings.workers), JobTypeOptions()]
     )
     coordinator = JobCoordinator(_broker_with_sleep(broker), actors.settings)
+    first = coordinator.submit_job(_sleep()).job  # the broker's first send
     with pytest.raises(ServiceUnavailable, match="2 of the batch's jobs were not queued") as lost:
-        coordinator.submit_jobs([_sleep()] * 4)
-    states = [coordinator.get_job(d["job_id"]).state for d in lost.value.details]
-    assert states == [JobState.PENDING, JobState.PENDING, JobState.FAILED, JobState.FAILED]
-    assert [d["message"] for d in lost.value.details][:2] == ["queued", "queued"]
-    assert [d["path"] for d in lost.value.details] == [f"body.jobs[{i}]" for i in range(4)]
+        coordinator.submit_jobs([_sleep(), _sleep(depends_on=[first.id]), _sleep(), _sleep()])
+    details = lost.value.details
+    assert [d["path"] for d in details] == [f"body.jobs[{i}]" for i in (0, 2, 3, 1)]
+    assert [d["message"] for d in details] == [
+        "queued",
+        "not queued: the job failed (EnqueueError)",
+        "not queued: the job failed (EnqueueError)",
+        "accepted: waits for its dependencies",
+    ]
+    jobs_ = [coordinator.get_job(d["job_id"]) for d in details]
+    assert [job.state for job in jobs_] == ["pending", "failed", "failed", "pending"]
+    assert jobs_[3].waiting
 
 
 # REST, in process on the embedded store.

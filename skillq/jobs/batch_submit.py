@@ -110,8 +110,22 @@ def submit_jobs(
             if attempt == _KEY_RACE_RETRIES or not any(item.key for item in items):
                 raise
     created = [item for item in items if item.existing is None and item.same_as is None]
-    _send(coordinator, [item for item in created if not item.wanted])
-    waiting = [item.row["job"].id for item in created if item.wanted]
+    held = [item for item in created if item.wanted]
+    try:
+        _send(coordinator, [item for item in created if not item.wanted])
+    except ServiceUnavailable as error:
+        # The jobs held for their dependencies are accepted all the same: their release
+        # sends them (a worker's, or recovery's `ready_waiting` pass).
+        error.details += [
+            {
+                "path": f"body.jobs[{item.index}]",
+                "job_id": item.row["job"].id,
+                "message": "accepted: waits for its dependencies",
+            }
+            for item in held
+        ]
+        raise
+    waiting = [item.row["job"].id for item in held]
     if waiting:
         # Their dependencies may all have ended already (or just now, racing the insert).
         release.settle(waiting, coordinator)

@@ -1,4 +1,4 @@
-"""REST routes of the job resource: submit, list, show, cancel, retry.
+"""REST routes of the job resource: submit (one or a batch), list, show, cancel, retry.
 
 Every handler names the role it needs (`api.auth.access`) and passes the caller's owner
 filter to the coordinator, so a non-admin's view of another owner's job is a plain 404.
@@ -18,6 +18,7 @@ from skillq.api.auth.access import require_submitter, require_viewer
 from skillq.api.request_json import read_json
 from skillq.engine.collection_files import check_owner
 from skillq.errors import InvalidParams
+from skillq.jobs.batch_submit import requests_of
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.fields import job_summary_to_dict, job_to_dict
 from skillq.json_values import shown
@@ -43,6 +44,26 @@ async def submit_job(request: Request) -> JSONResponse:
         job_to_dict(job),
         status_code=202 if submission.created else 200,
         headers={"Location": f"/api/v1/jobs/{job.id}"},
+    )
+
+
+async def submit_jobs(request: Request) -> JSONResponse:
+    """A batch, `{"jobs": [<submit bodies>]}`: 202 with `{"jobs": [...]}` in order, each as
+    a single submit answers it; 200 if every item repeated an earlier idempotency key."""
+    principal = require_submitter(request)
+    body = await read_json(request)
+    coordinator = coordinator_of(request)
+    requests = requests_of(body, coordinator.settings.jobs.max_batch_jobs)
+    submissions = await run_in_threadpool(
+        coordinator.submit_jobs, requests, owner=principal.subject, any_owner=principal.is_admin
+    )
+    for submission in submissions:
+        if submission.created:
+            request.app.state.metrics.job_submitted(submission.job.type)
+    created = any(submission.created for submission in submissions)
+    return JSONResponse(
+        {"jobs": [job_to_dict(submission.job) for submission in submissions]},
+        status_code=202 if created else 200,
     )
 
 
@@ -144,6 +165,7 @@ def by_method(path: str, **handlers: Endpoint) -> Route:
 
 routes = [
     by_method("/api/v1/jobs", get=list_jobs, post=submit_job),
+    Route("/api/v1/jobs:batch", submit_jobs, methods=["POST"]),
     by_method("/api/v1/jobs/{job_id}", get=show_job, delete=cancel_job),
     Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/retry", retry_job, methods=["POST"]),

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from skillq.api import remote_workers_openapi
+from skillq.api.openapi_batch import batch_operations
 from skillq.api.openapi_schemas import SCHEMAS, STATES
 from skillq.api.openapi_workflows import UUID_PATTERN, WORKFLOW_STATE_SCHEMA, workflow_operations
 from skillq.api.stats import MAX_HISTORY_MINUTES
@@ -232,24 +233,22 @@ def _operations(settings: Settings, job_types: dict[str, JobType]) -> dict[tuple
     #: Every route that reads the job store answers 503 while it is down.
     store = [503]
     job = _ref("Job")
-    body = {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": submission_schema(
-                    job_types,
-                    settings.jobs.max_ttl_hours,
-                    max_dependencies=settings.jobs.max_workflow_jobs,
-                    max_delay_hours=settings.jobs.max_delay_hours,
-                    callbacks=settings.webhooks.secret is not None,
-                )
-            }
-        },
-    }
+    submission = submission_schema(
+        job_types,
+        settings.jobs.max_ttl_hours,
+        max_dependencies=settings.jobs.max_workflow_jobs,
+        max_delay_hours=settings.jobs.max_delay_hours,
+        callbacks=settings.webhooks.secret is not None,
+    )
+    body = {"required": True, "content": {"application/json": {"schema": submission}}}
     open_ = {"security": []}
     workflows = workflow_operations(job_types, settings.jobs, auth, _json, _error)
+    batch = batch_operations(
+        copy.deepcopy(submission), settings.jobs.max_batch_jobs, auth, _json, _error
+    )
     return {
         **workflows,
+        **batch,
         ("/api/v1/jobs", "post"): {
             "summary": "Submit a job",
             "tags": ["jobs"],

@@ -42,6 +42,7 @@ from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, QueueJoinTimeout
 from dramatiq.message import Message
 
+from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.failures import RecentFailures
 
 DEFAULT_PRIORITY = 5
@@ -97,36 +98,76 @@ class PriorityRedisBroker(RedisBroker):
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         if delay is not None:
             return super().enqueue(message, delay=delay)
-        level = level_name(message.queue_name, priority_of(message))
-        # Every enqueue needs its own id in Redis: retries reuse the dramatiq message id.
-        message = message.copy(options={"redis_message_id": str(uuid4()), LEVEL_OPTION: level})
+        level, message = self._leveled(message)
         self.emit_before("enqueue", message, None)
         self._enqueue_and_wake(level, message)
         self.emit_after("enqueue", message, None)
         return message
+
+    def _leveled(self, message: Message) -> tuple[str, Message]:
+        level = level_name(message.queue_name, priority_of(message))
+        # Every enqueue needs its own id in Redis: retries reuse the dramatiq message id.
+        message = message.copy(options={"redis_message_id": str(uuid4()), LEVEL_OPTION: level})
+        return level, message
+
+    def enqueue_many(self, items: list[tuple[Message, int | None]]) -> None:
+        """A batch submit's messages: every undelayed one's dispatch script and one wake-up
+        per queue in one pipeline (one round trip, not one per message); delayed ones go
+        one by one through dramatiq's path. Raises `NotAllSent` naming what may be unsent."""
+        now: list[tuple[int, str, Message]] = []
+        sent: set[int] = set()
+        try:
+            for index, (message, delay) in enumerate(items):
+                if delay is None:
+                    now.append((index, *self._leveled(message)))
+                else:
+                    self.enqueue(message, delay=delay)
+                    sent.add(index)
+            for _, _, message in now:
+                self.emit_before("enqueue", message, None)
+            pipe = self.client.pipeline(transaction=False)
+            for _, level, message in now:
+                pipe.evalsha(
+                    self.scripts["dispatch"].sha, 1, self.namespace, *self._args(level, message)
+                )
+            for queue_name in dict.fromkeys(message.queue_name for _, _, message in now):
+                pipe.publish(self.wake_channel(queue_name), b"1")
+            results = pipe.execute(raise_on_error=False) if now else []
+            for (index, level, message), enqueued in zip(now, results, strict=False):
+                if isinstance(enqueued, redis.exceptions.NoScriptError):
+                    self.do_enqueue(level, message.options["redis_message_id"], message.encode())
+                elif isinstance(enqueued, Exception):
+                    raise enqueued
+                sent.add(index)
+                self.emit_after("enqueue", message, None)
+        except Exception as error:
+            unsent = [index for index in range(len(items)) if index not in sent]
+            raise NotAllSent(unsent, error) from error
 
     def _enqueue_and_wake(self, level: str, message: Message) -> None:
         """dramatiq's enqueue (its dispatch script, with the arguments its `do_enqueue`
         gives) and the wake-up of `_wake`, sent together in one round trip instead of two
         (a submit's Redis time 2 -> 1 round trips). The script runs by its hash; a server
         that lost it (a restart, SCRIPT FLUSH) gets the usual call, which loads it."""
-        redis_id, data = message.options["redis_message_id"], message.encode()
-        args = [
-            "enqueue", current_millis(), level, self.broker_id, self.heartbeat_timeout,
-            self.dead_message_ttl, self._should_do_maintenance("enqueue"),
-            self._max_unpack_size(), redis_id, data,
-        ]  # fmt: skip
         pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(self.scripts["dispatch"].sha, 1, self.namespace, *args)
+        pipe.evalsha(self.scripts["dispatch"].sha, 1, self.namespace, *self._args(level, message))
         pipe.publish(self.wake_channel(message.queue_name), b"1")
         enqueued, woken = pipe.execute(raise_on_error=False)
         if isinstance(enqueued, redis.exceptions.NoScriptError):
-            self.do_enqueue(level, redis_id, data)
+            self.do_enqueue(level, message.options["redis_message_id"], message.encode())
             self._wake(message.queue_name)
         elif isinstance(enqueued, Exception):
             raise enqueued
         elif isinstance(woken, Exception):
             self.logger.debug("Could not wake the consumers of %r: %s", level, woken)
+
+    def _args(self, level: str, message: Message) -> list[object]:
+        """The dispatch script's arguments for an enqueue, as dramatiq's `do_enqueue` gives."""
+        return [
+            "enqueue", current_millis(), level, self.broker_id, self.heartbeat_timeout,
+            self.dead_message_ttl, self._should_do_maintenance("enqueue"),
+            self._max_unpack_size(), message.options["redis_message_id"], message.encode(),
+        ]  # fmt: skip
 
     def wake_channel(self, queue_name: str) -> str:
         return f"{self.namespace}:{queue_name}.wake"

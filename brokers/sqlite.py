@@ -31,6 +31,7 @@ from dramatiq.errors import ConnectionFailed, QueueJoinTimeout
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
+from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.failures import RecentFailures
 from skillq.brokers.sqlite_consumer import IDLE_POLL_SECS, SQLiteConsumer
 from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
@@ -63,6 +64,12 @@ CREATE INDEX IF NOT EXISTS skillq_messages_owner ON skillq_messages (lease_owner
 CREATE INDEX IF NOT EXISTS skillq_messages_rejected ON skillq_messages (queue_name, mtime)
     WHERE state = 'rejected';
 """
+
+
+_INSERT_MESSAGE = (
+    "INSERT INTO skillq_messages (message_id, queue_name, priority, eta, state, message, mtime)"
+    " VALUES (?, ?, ?, ?, 'queued', ?, ?)"
+)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -206,21 +213,46 @@ class SQLiteBroker(Broker):
             self.emit_after("declare_queue", queue_name)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
-        queue_name = q_name(message.queue_name)
-        if queue_name != message.queue_name:
-            message = message.copy(queue_name=queue_name)
+        message = self._queued(message)
         self.emit_before("enqueue", message, delay)
         now = current_millis()
-        row = (message.message_id, queue_name, _priority(message), now + max(delay or 0, 0))
+        row = (message.message_id, message.queue_name, _priority(message), now + max(delay or 0, 0))
         with self._db() as conn:
-            conn.execute(
-                "INSERT INTO skillq_messages (message_id, queue_name, priority, eta, state,"
-                " message, mtime) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (*row, message.encode(), now),
-            )
+            conn.execute(_INSERT_MESSAGE, (*row, message.encode(), now))
         self.notify()
         self.emit_after("enqueue", message, delay)
         return message
+
+    def enqueue_many(self, items: list[tuple[Message, int | None]]) -> None:
+        """A batch submit's messages in one transaction (one commit, not one each): all
+        are sent or none (`brokers.batch_sends`)."""
+        sent = [(self._queued(message), delay) for message, delay in items]
+        for message, delay in sent:
+            self.emit_before("enqueue", message, delay)
+        now = current_millis()
+        rows = [
+            (m.message_id, m.queue_name, _priority(m), now + max(d or 0, 0), m.encode(), now)
+            for m, d in sent
+        ]
+        try:
+            with self._db() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_INSERT_MESSAGE, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+        except Exception as error:
+            raise NotAllSent(list(range(len(items))), error) from error
+        self.notify()
+        for message, delay in sent:
+            self.emit_after("enqueue", message, delay)
+
+    def _queued(self, message: Message) -> Message:
+        queue_name = q_name(message.queue_name)
+        return message if queue_name == message.queue_name else message.copy(queue_name=queue_name)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> SQLiteConsumer:
         self._start_renewer()

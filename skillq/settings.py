@@ -202,6 +202,8 @@ class JobsSettings:
     max_delay_hours: Annotated[int, _R(lo=1, hi=8760)] = 168
     #: The jobs of one workflow, and the dependencies of one job, at most this many (422).
     max_workflow_jobs: Annotated[int, _R(lo=1, hi=10_000)] = 100
+    #: The jobs of one batch submit (`POST /api/v1/jobs:batch`), at most this many (422).
+    max_batch_jobs: Annotated[int, _R(lo=1, hi=10_000)] = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ A submission's `run_at` is valid only inside a window that moves with the clock 
 ago, at most `[jobs] max_delay_hours` ahead), which no static schema can say; generated
 date-times fall anywhere in years 0001-9999. So every RFC 3339 `run_at` a case carries is
 moved into the window before the call: a valid case stays valid (and is then accepted), an
-invalid one stays invalid for whatever else made it so.
+invalid one stays invalid for whatever else made it so. A batch's items likewise.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d
 
 def keep_run_at_in_window(case: Any) -> None:
     body = case.body
-    run_at = body.get("run_at") if isinstance(body, dict) else None
-    if isinstance(run_at, str) and _RFC3339.fullmatch(run_at):
-        body["run_at"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    items = body.get("jobs") if isinstance(body, dict) else None
+    # A batch's items are submissions too.
+    for submission in [body, *(items if isinstance(items, list) else [])]:
+        run_at = submission.get("run_at") if isinstance(submission, dict) else None
+        if isinstance(run_at, str) and _RFC3339.fullmatch(run_at):
+            submission["run_at"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 
 
 @schemathesis.hook

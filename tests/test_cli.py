@@ -162,6 +162,36 @@ def test_jobs_commands_submit_wait_show_list_and_refuse_bad_input(embedded: Path
     assert again.returncode == 4 and "only a pending or running job" in again.stderr
 
 
+def test_jobs_submit_from_file_is_one_batch(embedded: Path) -> None:
+    lines = [
+        '{"type": "sleep", "params": {"seconds": 0}}',
+        "",
+        '{"type": "sleep", "priority": "high"}',
+        '{"type": "sleep", "delay_secs": 60}',
+    ]
+    path = embedded.parent / "jobs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    made = skillq("jobs", "submit", "--from-file", str(path), settings=embedded)
+    assert made.returncode == 0, made.stderr
+    ids = made.stdout.split()
+    assert len(ids) == 3
+    shown = skillq("jobs", "show", ids[1], settings=embedded)
+    assert '"priority": 8' in shown.stdout
+
+    path.write_text('{"type": "sleep"}\n{"type": "sleep", "params": {"seconds": "x"}}\n')
+    bad = skillq("jobs", "submit", "--from-file", str(path), settings=embedded)
+    assert bad.returncode == 2 and "body.jobs[1].params.seconds" in bad.stderr, bad.stderr
+    path.write_text('{"type": "sleep"}\n{"type": \n')
+    not_json = skillq("jobs", "submit", "--from-file", str(path), settings=embedded)
+    assert not_json.returncode == 2 and "line 2 is not valid JSON" in not_json.stderr
+    both = skillq("jobs", "submit", "sleep", "--from-file", str(path), settings=embedded)
+    assert both.returncode == 2 and "--from-file" in both.stderr
+    neither = skillq("jobs", "submit", settings=embedded)
+    assert neither.returncode == 2 and "TYPE" in neither.stderr
+    listing = skillq("jobs", "list", "--limit", "100", settings=embedded).stdout
+    assert len(listing.splitlines()) == 3  # the refused files wrote nothing
+
+
 def test_skill_commands_exit_through_the_same_table(embedded: Path) -> None:
     none_yet = skillq("skills", "examples", "primes", settings=embedded)
     assert none_yet.returncode == 3

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 
 import httpx
@@ -180,6 +181,31 @@ def test_the_async_client_does_the_same(server: str) -> None:
     assert kinds == ["state"]  # a finished job's stream is its final state
 
 
+def test_submit_many_runs_every_job_or_refuses_them_all(server: str) -> None:
+    key = uuid.uuid4().hex
+    batch = [
+        {"type": "sleep", "params": {"seconds": 0.1, "steps": 1}, "idempotency_key": key},
+        {"type": "sleep", "params": {"seconds": 0}, "priority": "high"},
+        {"type": "sleep", "run_at": datetime.now(UTC) + timedelta(seconds=1)},
+    ]
+    with client_for(server, "erin") as skillq:
+        jobs = skillq.submit_many(batch)
+        assert [job.priority for job in jobs] == [5, 8, 5] and jobs[2].scheduled_for
+        for job in jobs:
+            assert skillq.wait(job.id, timeout=60).state == "completed"
+        assert skillq.submit_many(batch[:1])[0].id == jobs[0].id
+        with pytest.raises(errors.InvalidParams) as refused:
+            skillq.submit_many([batch[1], {"type": "sleep", "params": {"seconds": "x"}}])
+        assert refused.value.details[0]["path"] == "body.jobs[1].params.seconds"
+
+    async def scenario() -> list[Job]:
+        async with AsyncClient(server, token=mint_token(JWT, "erin", ["submitter"])) as skillq:
+            made = await skillq.submit_many(batch[1:2] * 2)
+            return [await skillq.wait(job.id, timeout=60) for job in made]
+
+    assert [job.state for job in asyncio.run(scenario())] == ["completed"] * 2
+
+
 def test_the_job_model_has_exactly_the_documents_fields(server: str) -> None:
     document = httpx.get(f"{server}/openapi.json", timeout=10).json()
     documented = set(document["components"]["schemas"]["Job"]["properties"])
@@ -202,6 +228,14 @@ class _FlakyServer(BaseHTTPRequestHandler):
             self._answer(503, body, {"Retry-After": "0"})
         else:
             self._answer(200, FAKE_JOB, {})
+
+    def do_POST(self) -> None:
+        """A batch the broker took in part: its 503 names the jobs, queued or failed."""
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.answered[self.path] = self.answered.get(self.path, 0) + 1
+        detail = {"path": "body.jobs[0]", "job_id": FAKE_JOB["id"], "message": "queued"}
+        body = {"error": {"code": "service_unavailable", "message": "x", "details": [detail]}}
+        self._answer(503, body, {"Retry-After": "0"})
 
     def _answer(self, status: int, body: dict, headers: dict[str, str]) -> None:
         data = json.dumps(body).encode()
@@ -236,3 +270,14 @@ def test_503_is_retried_with_back_off_then_answered() -> None:
         with Client(url, retries=1) as impatient, pytest.raises(errors.ServiceUnavailable) as down:
             impatient.get(FAKE_JOB["id"])
         assert down.value.http_status == 503
+
+
+def test_a_partly_queued_batch_is_not_sent_again() -> None:
+    with (
+        serve_http(_FlakyServer) as url,
+        Client(url, retries=3) as patient,
+        pytest.raises(errors.ServiceUnavailable) as down,
+    ):
+        patient.submit_many([{"type": "sleep"}])
+    assert down.value.details[0]["job_id"] == FAKE_JOB["id"]
+    assert _FlakyServer.answered["/api/v1/jobs:batch"] == 1

@@ -224,6 +224,7 @@ def test_backends_with_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("[job_types.sleep]\nmax_concurent = 2\n", "job_types.sleep.max_concurent", "did you"),
         ("[job_types]\nsleep = 2\n", "job_types.sleep", "expected a table"),
         ("[quotas]\nmax_running = 0\n", "quotas.max_running", "must be at least 1 (got 0)"),
+        ("[jobs]\nmax_batch_jobs = 0\n", "jobs.max_batch_jobs", "between 1 and 10000"),
         (
             "[quotas.types.sleep]\nmax_running = 0\n",
             "quotas.types.sleep.max_running",

@@ -157,6 +157,29 @@ def test_a_clients_other_trace_id_is_kept_as_given(
     assert named["skillq.submit"].context.trace_id == named["POST /api/v1/jobs"].context.trace_id
 
 
+def test_a_batch_is_one_trace_and_each_job_is_enqueued_in_its_own(
+    client: TestClient, spans: InMemorySpanExporter, sent: list
+) -> None:
+    body = {"jobs": [{"type": "sleep"}, {"type": "sleep", "trace_id": TRACE_ID.upper()}]}
+    response = client.post("/api/v1/jobs:batch", json=body)
+    assert response.status_code == 202, response.text
+    first, second = response.json()["jobs"]
+    finished = spans.get_finished_spans()
+    request = next(s for s in finished if s.name == "POST /api/v1/jobs:batch")
+    batch = next(s for s in finished if s.name == "skillq.submit_batch")
+    assert batch.parent.span_id == request.context.span_id
+    assert batch.attributes["skillq.jobs"] == 2
+    assert first["trace_id"] == format_trace_id(request.context.trace_id)
+    assert second["trace_id"] == TRACE_ID
+    enqueued = [s for s in finished if s.name == "skillq.enqueue"]
+    assert sorted(format_trace_id(s.context.trace_id) for s in enqueued) == sorted(
+        [first["trace_id"], TRACE_ID]
+    )
+    assert sorted(m.options["traceparent"].split("-")[1] for m in sent) == sorted(
+        [first["trace_id"], TRACE_ID]
+    )
+
+
 def test_a_refused_submission_is_an_error_span(
     client: TestClient, spans: InMemorySpanExporter
 ) -> None:

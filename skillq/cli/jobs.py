@@ -67,6 +67,10 @@ class LocalJobs:
         # The CLI is the operator's, beside the store and the settings: as an admin.
         return self._shown(self.coordinator.submit_job(request, any_owner=True).job)
 
+    def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        made = self.coordinator.submit_jobs(requests, any_owner=True)
+        return [self._shown(submission.job) for submission in made]
+
     def page(
         self, states: list[str] | None, types: list[str] | None, limit: int, offset: int
     ) -> dict[str, Any]:
@@ -109,6 +113,10 @@ class RemoteJobs:
         options = {k: v for k, v in request.items() if k not in ("type", "params")}
         with self.server.client() as client:
             return client.submit(request["type"], request["params"], **options).raw
+
+    def submit_many(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self.server.client() as client:
+            return [job.raw for job in client.submit_many(requests)]
 
     def page(
         self, states: list[str] | None, types: list[str] | None, limit: int, offset: int
@@ -192,7 +200,9 @@ def print_outcome(job: dict[str, Any]) -> None:
 
 @jobs_app.command("submit")
 def jobs_submit(
-    job_type: Annotated[str, typer.Argument(metavar="TYPE", help="Job type, e.g. sleep.")],
+    job_type: Annotated[
+        str | None, typer.Argument(metavar="[TYPE]", help="Job type, e.g. sleep.")
+    ] = None,
     params: Annotated[str, typer.Option(help="Parameters as a JSON object.")] = "{}",
     priority: Annotated[str | None, typer.Option(help="0-10, or low/normal/high.")] = None,
     ttl_hours: Annotated[
@@ -217,11 +227,26 @@ def jobs_submit(
     ] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job and show its progress.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+    from_file: Annotated[
+        str | None,
+        typer.Option(help="Submit the jobs of a JSON Lines file (- for stdin) as one batch."),
+    ] = None,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Submit a job; prints its id (with --json the job, with --wait its final state)."""
+    """Submit a job; prints its id (with --json the job, with --wait its final state).
+    With --from-file, the file's jobs, all or none; prints their ids in order."""
+    if from_file is not None:
+        single = (priority, ttl_hours, idempotency_key, trace_id, depends_on, callback_url)
+        if job_type is not None or wait or params != "{}" or any(single) or delay or at:
+            raise InvalidRequest(
+                "--from-file takes every job's fields from the file (and no --wait)"
+            )
+        _submit_file(jobs_of(url, api_key, token), from_file, as_json)
+        return
+    if job_type is None:
+        raise InvalidRequest("give a job TYPE, or --from-file")
     request: dict[str, Any] = {"type": job_type, "params": parse_params(params)}
     if priority is not None:
         request["priority"] = int(priority) if priority.isdigit() else priority
@@ -245,6 +270,17 @@ def jobs_submit(
         print_json(job)
     else:
         typer.echo(job["id"])
+
+
+def _submit_file(jobs: LocalJobs | RemoteJobs, source: str, as_json: bool) -> None:
+    from skillq.cli.job_files import read_submissions
+
+    made = jobs.submit_many(read_submissions(source))
+    if as_json:
+        print_json({"jobs": made})
+    else:
+        for job in made:
+            typer.echo(job["id"])
 
 
 @jobs_app.command("list")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -98,6 +98,14 @@ class Client:
             options={**options, **wire.delay_options(run_at, delay_secs)},
         )
         return Job.from_json(self._send(call))
+
+    def submit_many(self, submissions: Iterable[dict[str, Any]]) -> list[Job]:
+        """Submit many jobs in one request (`POST /api/v1/jobs:batch`), all or none: each
+        item is a submit body, `{"type": ..., "params": ..., "priority": ...}`. Returns the
+        jobs in order (an item repeating an `idempotency_key` gives the earlier job). A bad
+        item raises for the whole batch, its `details` naming each bad item's index."""
+        call = wire.batch_call(list(submissions))
+        return [Job.from_json(job) for job in (self._send(call))["jobs"]]
 
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._send(wire.Call("GET", wire.job_path(job_id))))

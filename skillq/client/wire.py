@@ -80,6 +80,19 @@ def submit_call(
     return Call("POST", "/api/v1/jobs", json=body)
 
 
+def batch_call(submissions: list[dict[str, Any]]) -> Call:
+    """`POST /api/v1/jobs:batch`: each item a submit body (`type`, `params`, `priority`,
+    `idempotency_key`, `run_at` as an aware datetime or text, ...)."""
+    jobs = []
+    for submission in submissions:
+        item = dict(submission)
+        item.setdefault("params", {})
+        if isinstance(item.get("run_at"), datetime):
+            item.update(delay_options(item.pop("run_at"), None))
+        jobs.append(item)
+    return Call("POST", "/api/v1/jobs:batch", json={"jobs": jobs})
+
+
 def delay_options(run_at: datetime | str | None, delay_secs: float | None) -> dict[str, Any]:
     """A submission's `run_at` / `delay_secs`; a naive datetime is refused before sending,
     as the server would refuse it (whose local time would it be?)."""
@@ -155,7 +168,19 @@ def error_of(response: httpx.Response) -> errors.SkillqError:
 
 
 def should_retry(response: httpx.Response) -> bool:
-    return response.status_code in RETRY_STATUSES
+    """A 503 whose details name jobs is a batch the broker took only in part: sending it
+    again would queue its queued jobs twice, so the caller gets the error instead."""
+    return response.status_code in RETRY_STATUSES and not _names_jobs(response)
+
+
+def _names_jobs(response: httpx.Response) -> bool:
+    try:
+        details = response.json()["error"]["details"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(details, list) and any(
+        isinstance(detail, dict) and "job_id" in detail for detail in details
+    )
 
 
 def backoff_secs(attempt: int, response: httpx.Response | None) -> float:

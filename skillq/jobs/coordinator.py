@@ -125,6 +125,21 @@ class JobCoordinator:
             span.set_attribute("skillq.created", submission.created)
             return submission
 
+    @in_connection
+    def submit_jobs(
+        self, requests: list[Any], *, owner: str = "local", any_owner: bool = False
+    ) -> list[Submission]:
+        """Many submissions at once, in order, all or none (`skillq.jobs.batch_submit`):
+        each item obeys every rule of `submit_job`."""
+        from skillq.jobs import batch_submit
+
+        if not tracing.enabled():
+            return batch_submit.submit_jobs(self, requests, owner, any_owner)
+        with tracing.span("skillq.submit_batch") as span:
+            submissions = batch_submit.submit_jobs(self, requests, owner, any_owner)
+            span.set_attribute("skillq.jobs", len(submissions))
+            return submissions
+
     def check_submission(
         self, request: Any, *, owner: str, any_owner: bool
     ) -> tuple[JobType, dict[str, Any]]:

@@ -20,8 +20,6 @@ from dramatiq.message import Message
 if TYPE_CHECKING:
     from skillq.brokers.sqlite import SQLiteBroker, SQLiteConnection
 
-#: How often the broker's watcher looks for commits by other connections (``data_version``).
-IDLE_POLL_SECS = 0.005
 #: ``__next__`` returns None at least this often so dramatiq's consumer loop can do housekeeping.
 MAX_BLOCK_SECS = 0.1
 #: An idle consumer runs the claim query at least this often even if nothing seems to change.
@@ -134,9 +132,9 @@ class SQLiteConsumer(Consumer):
 
         The broker's generation moves when this process enqueues and when its watcher sees a
         commit by any other connection (other processes, other consumers); ``_next_check``
-        covers etas and lease expiries coming due. One watcher per process polls
-        ``data_version`` for all consumers: ten idle consumers polling each cost a skillq
-        worker ~5 % of a core doing nothing."""
+        covers etas and lease expiries coming due. One watcher per process serves all
+        consumers (`skillq.brokers.sqlite_wake`): ten idle consumers each polling
+        ``data_version`` cost a skillq worker ~5 % of a core doing nothing."""
         if generation == self._seen and time.monotonic() < self._next_check:
             return False
         self._seen = generation

@@ -186,6 +186,7 @@ class SQLiteBroker(Broker):
         self._changed = threading.Condition()
         self.generation = 0
         self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
+        self.stopping = False  # a worker of this process is shutting down (see `emit_before`)
         self._owner_pid = -1
         self._owner = ""
         self._closed = threading.Event()
@@ -201,6 +202,16 @@ class SQLiteBroker(Broker):
             self._owner_pid = os.getpid()
             self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return self._owner
+
+    def emit_before(self, signal: str, *args: object, **kwargs: object) -> None:
+        """Idle consumers block for dramatiq's whole ``worker_timeout``: when a worker starts to
+        shut down, wake them and have them return often, so that it need not wait that long."""
+        if signal == "worker_boot":
+            self.stopping = False
+        elif signal == "worker_shutdown":
+            self.stopping = True
+            self.notify()
+        super().emit_before(signal, *args, **kwargs)
 
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:

@@ -189,3 +189,39 @@ def test_an_own_enqueue_needs_no_watcher(tmp_path, slow_polls, monkeypatch):
         assert [m.args[0] for m in take(consumer, 1)] == [9]
     finally:
         broker.close()
+
+
+def test_idle_consumers_block_long_but_return_when_a_worker_stops(tmp_path):
+    """`next` blocks for the whole worker_timeout (here an hour), yet a worker's shutdown,
+    which only then tells its consumer threads to stop, makes it return."""
+    broker = SQLiteBroker(path=tmp_path / "q.db")
+    try:
+        consumer = broker.consume("q", prefetch=1, timeout=int(HOUR * 1000))
+        returned: list = []
+        thread = threading.Thread(target=lambda: returned.append(next(consumer)))
+        thread.start()
+        time.sleep(0.2)  # into its long wait (if not, it returns all the same)
+
+        broker.emit_before("worker_shutdown", None)
+
+        thread.join(20)
+        assert returned == [None]
+    finally:
+        broker.close()
+
+
+def test_a_consumer_blocking_long_still_takes_a_delayed_message_when_due(tmp_path):
+    """No commit marks the moment a delayed message comes due: the consumer's own clock must."""
+    broker = SQLiteBroker(path=tmp_path / "q.db")
+    try:
+        consumer = broker.consume("q", prefetch=1, timeout=int(HOUR * 1000))
+        message = Message(queue_name="q", actor_name="job", args=(5,), kwargs={}, options={})
+        broker.enqueue(message, delay=300)
+        returned: list = []
+        thread = threading.Thread(target=lambda: returned.append(next(consumer)), daemon=True)
+        thread.start()
+
+        thread.join(20)
+        assert [m.args[0] for m in returned] == [5]
+    finally:
+        broker.close()

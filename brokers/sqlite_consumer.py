@@ -102,14 +102,18 @@ class SQLiteConsumer(Consumer):
         self._finish(message, "DELETE FROM skillq_messages WHERE seq = ? AND lease_owner = ?")
 
     def nack(self, message: MessageProxy) -> None:
-        """Keep the row as a dead letter, and its exception in memory for ``broker.join``."""
+        """Keep the row as a dead letter, and its exception in memory for ``broker.join``.
+
+        The exception is remembered first: `join` may see the rejected row the moment it
+        commits, and must find its exception then."""
+        if isinstance(message, LeasedMessage):
+            self.broker.failures.remember(message.seq, message._exception)
         self._finish(
             message,
             "UPDATE skillq_messages SET state = 'rejected', lease_owner = NULL,"
             " lease_expires = NULL, message = ?, mtime = ? WHERE seq = ? AND lease_owner = ?",
             (message.encode(), current_millis()),
         )
-        self.broker.failures.remember(message.seq, message._exception)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put rows back where they were (same seq), so a restart does not reorder the queue."""

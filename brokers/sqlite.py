@@ -33,7 +33,8 @@ from dramatiq.middleware import Middleware
 
 from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.failures import RecentFailures
-from skillq.brokers.sqlite_consumer import IDLE_POLL_SECS, SQLiteConsumer
+from skillq.brokers.sqlite_consumer import SQLiteConsumer
+from skillq.brokers.sqlite_wake import CommitWatcher
 from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
 
 logger = logging.getLogger(__name__)
@@ -192,11 +193,14 @@ class SQLiteBroker(Broker):
         self._changed = threading.Condition()
         self.generation = 0
         self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
+        self.stopping = False  # a worker of this process is shutting down (see `emit_before`)
         self._owner_pid = -1
         self._owner = ""
         self._closed = threading.Event()
+        # Consumer threads call `consume` together: without it each could start its own watcher.
+        self._starting = threading.Lock()
         self._renewer: threading.Thread | None = None
-        self._watcher: threading.Thread | None = None
+        self._watcher: CommitWatcher | None = None
 
     @property
     def lease_owner(self) -> str:
@@ -205,6 +209,16 @@ class SQLiteBroker(Broker):
             self._owner_pid = os.getpid()
             self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         return self._owner
+
+    def emit_before(self, signal: str, *args: object, **kwargs: object) -> None:
+        """Idle consumers block for dramatiq's whole ``worker_timeout``: when a worker starts to
+        shut down, wake them and have them return often, so that it need not wait that long."""
+        if signal == "worker_boot":
+            self.stopping = False
+        elif signal == "worker_shutdown":
+            self.stopping = True
+            self.notify()
+        super().emit_before(signal, *args, **kwargs)
 
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:
@@ -255,8 +269,9 @@ class SQLiteBroker(Broker):
         return message if queue_name == message.queue_name else message.copy(queue_name=queue_name)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> SQLiteConsumer:
-        self._start_renewer()
-        self._start_watcher()
+        with self._starting:
+            self._start_renewer()
+            self._start_watcher()
         db = SQLiteConnection(self.path)
         return SQLiteConsumer(self, q_name(queue_name), db, prefetch=prefetch, timeout=timeout)
 
@@ -321,9 +336,10 @@ class SQLiteBroker(Broker):
 
     def close(self) -> None:
         self._closed.set()
-        for thread in (self._renewer, self._watcher):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=5)
+        if self._renewer is not None and self._renewer is not threading.current_thread():
+            self._renewer.join(timeout=5)
+        if self._watcher is not None:
+            self._watcher.stop()
         self._db.close()
 
     def notify(self) -> None:
@@ -339,31 +355,12 @@ class SQLiteBroker(Broker):
 
     def _start_watcher(self) -> None:
         """One thread per process wakes its idle consumers when another connection commits
-        (another process enqueued, or a consumer of ours acked or claimed), by polling
-        ``PRAGMA data_version`` every ``IDLE_POLL_SECS`` on a connection of its own."""
+        (another process enqueued, or a consumer of ours acked or claimed); see
+        `skillq.brokers.sqlite_wake` for how it learns of commits."""
         if self._watcher is not None and self._watcher.is_alive():
             return
-        self._closed.clear()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.name = "skillq-sqlite-change-watcher"
+        self._watcher = CommitWatcher(SQLiteConnection(self.path), self.notify)
         self._watcher.start()
-
-    def _watch(self) -> None:
-        db = SQLiteConnection(self.path)
-        seen = None
-        try:
-            while not self._closed.wait(IDLE_POLL_SECS):
-                try:
-                    with db() as conn:
-                        (version,) = conn.execute("PRAGMA data_version").fetchone()
-                except (sqlite3.Error, ConnectionFailed):
-                    self.logger.debug("Could not look for commits; retrying.", exc_info=True)
-                    continue
-                if version != seen:
-                    seen = version
-                    self.notify()
-        finally:
-            db.close()
 
     def _start_renewer(self) -> None:
         """One thread per process extends all of its leases, so only dead processes lose them.

@@ -20,10 +20,10 @@ from dramatiq.message import Message
 if TYPE_CHECKING:
     from skillq.brokers.sqlite import SQLiteBroker, SQLiteConnection
 
-#: How often the broker's watcher looks for commits by other connections (``data_version``).
-IDLE_POLL_SECS = 0.005
-#: ``__next__`` returns None at least this often so dramatiq's consumer loop can do housekeeping.
-MAX_BLOCK_SECS = 0.1
+#: Once a worker of the process is stopping, ``__next__`` returns None at least this often, so
+#: dramatiq's consumer loop sees the stop soon; until then it blocks for dramatiq's whole
+#: ``worker_timeout`` (1 s by default), since every return costs an idle consumer CPU.
+STOPPING_BLOCK_SECS = 0.1
 #: An idle consumer runs the claim query at least this often even if nothing seems to change.
 RECHECK_SECS = 1.0
 #: Most rows claimed per round trip, so one consumer cannot empty a queue into its memory.
@@ -71,7 +71,7 @@ class SQLiteConsumer(Consumer):
         self._next_check = 0.0
 
     def __next__(self) -> MessageProxy | None:
-        deadline = time.monotonic() + min(self.timeout_secs, MAX_BLOCK_SECS)
+        started = time.monotonic()
         while True:
             if self._ready:
                 return self._ready.popleft()
@@ -82,7 +82,10 @@ class SQLiteConsumer(Consumer):
                 self._claim(free)
                 if self._ready:
                     return self._ready.popleft()
-            remaining = deadline - time.monotonic()
+            block = self.timeout_secs
+            if self.broker.stopping:  # the broker wakes us when it starts
+                block = min(block, STOPPING_BLOCK_SECS)
+            remaining = started + block - time.monotonic()
             if remaining <= 0:
                 return None
             if free <= 0:
@@ -90,21 +93,27 @@ class SQLiteConsumer(Consumer):
                     if len(self._leased) >= self.prefetch:
                         self._slots.wait(remaining)
             else:
-                # The broker's watcher bumps the generation on any other connection's commit.
-                self.broker.wait_for_enqueue(generation, remaining)
+                # The broker's watcher bumps the generation on any other connection's commit;
+                # an eta or a lease expiry coming due (`_next_check`) is no commit.
+                until_due = max(self._next_check - time.monotonic(), 0.0)
+                self.broker.wait_for_enqueue(generation, min(remaining, until_due))
 
     def ack(self, message: MessageProxy) -> None:
         self._finish(message, "DELETE FROM skillq_messages WHERE seq = ? AND lease_owner = ?")
 
     def nack(self, message: MessageProxy) -> None:
-        """Keep the row as a dead letter, and its exception in memory for ``broker.join``."""
+        """Keep the row as a dead letter, and its exception in memory for ``broker.join``.
+
+        The exception is remembered first: `join` may see the rejected row the moment it
+        commits, and must find its exception then."""
+        if isinstance(message, LeasedMessage):
+            self.broker.failures.remember(message.seq, message._exception)
         self._finish(
             message,
             "UPDATE skillq_messages SET state = 'rejected', lease_owner = NULL,"
             " lease_expires = NULL, message = ?, mtime = ? WHERE seq = ? AND lease_owner = ?",
             (message.encode(), current_millis()),
         )
-        self.broker.failures.remember(message.seq, message._exception)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put rows back where they were (same seq), so a restart does not reorder the queue."""
@@ -134,9 +143,9 @@ class SQLiteConsumer(Consumer):
 
         The broker's generation moves when this process enqueues and when its watcher sees a
         commit by any other connection (other processes, other consumers); ``_next_check``
-        covers etas and lease expiries coming due. One watcher per process polls
-        ``data_version`` for all consumers: ten idle consumers polling each cost a skillq
-        worker ~5 % of a core doing nothing."""
+        covers etas and lease expiries coming due. One watcher per process serves all
+        consumers (`skillq.brokers.sqlite_wake`): ten idle consumers each polling
+        ``data_version`` cost a skillq worker ~5 % of a core doing nothing."""
         if generation == self._seen and time.monotonic() < self._next_check:
             return False
         self._seen = generation

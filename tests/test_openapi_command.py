@@ -41,7 +41,13 @@ def live_api(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
         require_service("postgres")
         schema = create_postgres_schema()
         storage = {"backend": "postgres", "url": postgres_schema_url(schema)}
-    sections = {"server": {"data_dir": str(directory / "data")}, "storage": storage}
+    # Batches of at most 50 jobs: the document's maxItems follows the setting, and a fuzzed
+    # batch of 1,000 jobs can take longer than the 2 s request timeout on a loaded machine.
+    sections = {
+        "server": {"data_dir": str(directory / "data")},
+        "storage": storage,
+        "jobs": {"max_batch_jobs": 50},
+    }
     try:
         with api_with_worker(directory, {k: v for k, v in sections.items() if v}) as url:
             documents = [{"id": "d1", "text": "żółw and tortoise notes"}]

@@ -24,7 +24,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_api import REDIS_URL, free_port, start_api, wait_until_healthy
+from http_api import REDIS_URL, free_port, start_api, stop_api, wait_until_healthy
 
 BODY = {"type": "sleep", "params": {"seconds": 0}}
 
@@ -163,12 +162,7 @@ def main() -> None:
                 wait_until_healthy(client, server, log_path)
                 results = measure(client, args)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_api(server)
             if args.broker == "redis":
                 broker = actors.broker
                 keys = list(broker.client.scan_iter(f"{broker.namespace}:*"))

@@ -70,6 +70,16 @@ def start_api(port: int, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+def stop_api(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def wait_until_healthy(client: httpx.Client, server: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -132,12 +142,7 @@ def main() -> None:
                 wait_until_healthy(client, server, log_path)
                 results = measure(client, actors, JobCoordinator, job_to_dict, args)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_api(server)
             if args.broker == "redis":
                 # Drop our queues and this process's heartbeat entry; the API's entry
                 # ages out through dramatiq's dead-worker maintenance.

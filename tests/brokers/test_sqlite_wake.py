@@ -20,6 +20,7 @@ from dramatiq.message import Message
 
 from skillq.brokers import sqlite_consumer, sqlite_wake
 from skillq.brokers.sqlite import SQLiteBroker
+from tests.brokers.test_sqlite_broker import take
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = 3600.0
@@ -41,16 +42,6 @@ def enqueue_elsewhere(db: Path, count: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = textwrap.dedent(ENQUEUE_SCRIPT)
     subprocess.run([sys.executable, "-c", script, str(db), str(count)], env=env, check=True)
-
-
-def take(consumer, count: int, within: float = 20.0) -> list:
-    got: list = []
-    deadline = time.monotonic() + within
-    while len(got) < count and time.monotonic() < deadline:
-        message = next(consumer)
-        if message is not None:
-            got.append(message)
-    return got
 
 
 def idle_consumer(broker: SQLiteBroker):
@@ -77,7 +68,7 @@ def test_another_process_enqueue_wakes_an_idle_consumer_through_inotify(tmp_path
         # Twice: the second lands in a WAL that the first's producer truncated as it exited.
         for round_ in range(2):
             enqueue_elsewhere(broker.path, 3)
-            assert sorted(m.args[0] for m in take(consumer, 3)) == [0, 1, 2], round_
+            assert sorted(m.args[0] for m in take(consumer, 3, within=20.0)) == [0, 1, 2], round_
             for message in consumer._ready:
                 consumer.ack(message)
     finally:
@@ -132,7 +123,7 @@ def test_without_inotify_the_watcher_polls(tmp_path, slow_polls, monkeypatch):
 
         enqueue_elsewhere(broker.path, 2)
 
-        assert sorted(m.args[0] for m in take(consumer, 2)) == [0, 1]
+        assert sorted(m.args[0] for m in take(consumer, 2, within=20.0)) == [0, 1]
     finally:
         broker.close()
 
@@ -150,7 +141,7 @@ def test_a_failed_inotify_init_falls_back_to_polling(tmp_path, slow_polls, monke
 
         enqueue_elsewhere(broker.path, 1)
 
-        assert [m.args[0] for m in take(consumer, 1)] == [0]
+        assert [m.args[0] for m in take(consumer, 1, within=20.0)] == [0]
     finally:
         broker.close()
 
@@ -186,7 +177,7 @@ def test_an_own_enqueue_needs_no_watcher(tmp_path, slow_polls, monkeypatch):
     try:
         consumer = idle_consumer(broker)
         broker.enqueue(Message(queue_name="q", actor_name="job", args=(9,), kwargs={}, options={}))
-        assert [m.args[0] for m in take(consumer, 1)] == [9]
+        assert [m.args[0] for m in take(consumer, 1, within=20.0)] == [9]
     finally:
         broker.close()
 

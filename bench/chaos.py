@@ -24,7 +24,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,13 +161,28 @@ class ChaosRun:
                     break
                 time.sleep(0.2 * (attempt + 1))
 
+    def submit_while(self, count: int, action: Callable[[], None]) -> None:
+        """Submit `count` jobs while `action` runs. A kill waits for a job running on the
+        worker: after the submits, a worker faster than them (HTTP submits one at a time,
+        ~20 ms each, against 4 threads of 50 ms jobs) may have run them all already, and
+        the kill would wait for a running job that never comes."""
+        submitting = threading.Thread(target=self.submit, args=(count,), name="chaos-submits")
+        submitting.start()
+        try:
+            action()
+        finally:
+            submitting.join()
+
     def _executions(self) -> list[tuple[str, int, float, float | None]]:
         if not self.runs_db.exists():
             return []
         with sqlite3.connect(self.runs_db, timeout=30) as db:
-            return db.execute(
-                "SELECT job_id, pid, started, finished FROM executions ORDER BY started"
-            ).fetchall()
+            try:
+                return db.execute(
+                    "SELECT job_id, pid, started, finished FROM executions ORDER BY started"
+                ).fetchall()
+            except sqlite3.OperationalError:
+                return []  # the first job is creating the table now
 
     def _unfinished(self, pids: set[int]) -> int:
         return sum(1 for _, pid, _, finished in self._executions() if pid in pids and not finished)
@@ -186,13 +203,11 @@ class ChaosRun:
         try:
             self.start_api()
             worker = self.start_worker()
-            self.submit(third)
-            self.kill_worker_mid_run(worker)
+            self.submit_while(third, lambda: self.kill_worker_mid_run(worker))
             worker = self.start_worker()
             self.stack.stop_api()
             self.start_api()
-            self.submit(third)
-            self.kill_worker_mid_run(worker)
+            self.submit_while(third, lambda: self.kill_worker_mid_run(worker))
             worker = self.start_worker()
             if restart_broker and self.broker != "sqlite":
                 self.wait_mid_run(worker)

@@ -32,6 +32,7 @@ from skillq.errors import (
     UnknownJobType,
 )
 from skillq.jobs import delays, dependencies, quotas, release, result_refs
+from skillq.jobs.quick_schemas import quick_check
 from skillq.jobs.schema_messages import schema_errors
 from skillq.jobs.sizes import check_params_size
 from skillq.jobs.types import JobType, job_types_of
@@ -81,6 +82,8 @@ SUBMISSION_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 _submission_validator = Draft202012Validator(SUBMISSION_SCHEMA)
+#: A quick yes for the usual submission (`quick_schemas`); None if it could not be compiled.
+_quick_submission = quick_check(SUBMISSION_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,13 @@ class JobCoordinator:
         details = unstorable_fields(request)
         if details:
             raise InvalidParams("the submission holds values that cannot be stored", details)
-        details = schema_errors(_submission_validator, request, "body")
+        # The full validators run only on what the quick checks are not sure of: they alone
+        # find and word the errors, and their walk was half of these checks' time per submit.
+        details = (
+            []
+            if _quick_submission is not None and _quick_submission(request)
+            else schema_errors(_submission_validator, request, "body")
+        )
         if details:
             raise InvalidParams("the submission does not match the job request schema", details)
         job_type = self.job_types.get(request["type"])
@@ -357,7 +366,11 @@ class JobCoordinator:
         params = request.get("params", {})
         # `$result` values are not known yet: checked when the job is released.
         refs = result_refs.references(params)
-        details = schema_errors(job_type.validator, params, "params")
+        details = (
+            []
+            if job_type.quick_check(params)
+            else schema_errors(job_type.validator, params, "params")
+        )
         details = result_refs.outside_references(details, refs)
         if details:
             message = f"params do not match the schema of {shown(job_type.name)}"

@@ -15,6 +15,8 @@ import dramatiq
 from dramatiq.middleware import Middleware
 from jsonschema import Draft202012Validator
 
+from skillq.jobs.quick_schemas import Check, quick_check
+
 #: Actor options that make an actor a job type, read back by `job_types_of`; `requires`
 #: names the capabilities (`["gpu"]`) a remote worker must declare to be handed the job.
 JOB_TYPE_OPTIONS = frozenset(
@@ -56,6 +58,11 @@ class JobType:
             self.params_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
         )
 
+    @functools.cached_property
+    def quick_check(self) -> Check:
+        """A quick yes for valid params before `validator`'s full walk (`quick_schemas`)."""
+        return quick_check(self.params_schema) or _never
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -65,6 +72,10 @@ class JobType:
             "time_limit_secs": self.time_limit_secs,
             "max_retries": self.max_retries,
         }
+
+
+def _never(params: Any) -> bool:
+    return False
 
 
 def job_types_of(broker: dramatiq.Broker) -> dict[str, JobType]:

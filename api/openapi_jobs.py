@@ -11,7 +11,8 @@ from typing import Any
 from skillq.api.openapi_parts import OWNER_PARAMETER, auth_errors, error, json_response, ref
 from skillq.api.openapi_schemas import STATES
 from skillq.api.openapi_workflows import UUID_PATTERN
-from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE, SUBMISSION_SCHEMA
+from skillq.jobs.coordinator import MAX_OFFSET, MAX_PAGE_SIZE
+from skillq.jobs.submissions import SUBMISSION_SCHEMA
 from skillq.jobs.types import JobType
 from skillq.settings import Settings
 from skillq.storage.job_logs import MAX_READ_LINES, MAX_SEQ

@@ -15,8 +15,8 @@ from skillq.actors.diagnostics import SLEEP_PARAMS
 from skillq.actors.examples import GENERATE_EXAMPLES_PARAMS
 from skillq.actors.index import INDEX_DOCUMENTS_PARAMS
 from skillq.actors.skills import EXECUTE_SKILL_PARAMS
-from skillq.jobs.coordinator import SUBMISSION_SCHEMA
 from skillq.jobs.quick_schemas import quick_check
+from skillq.jobs.submissions import SUBMISSION_SCHEMA
 
 #: Every keyword the checks compile, each with values on both sides of its rule.
 PLAIN = {

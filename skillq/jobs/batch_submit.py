@@ -31,6 +31,7 @@ from skillq.brokers.batch_sends import NotAllSent, enqueue_all
 from skillq.errors import IdempotencyKeyReused, InvalidParams, ServiceUnavailable, SkillqError
 from skillq.jobs import delays, dependencies, quotas, release
 from skillq.jobs.schema_messages import schema_errors
+from skillq.jobs.submissions import same_json, same_request
 from skillq.jobs.types import JobType
 from skillq.json_values import shown
 from skillq.storage import Job, jobs
@@ -186,8 +187,6 @@ def _match_keys(items: list[_Item], owner: str) -> None:
     """Items whose idempotency key names a job already (the same request: answer with it)
     or an earlier item of the batch (the same request again); a different request under a
     used key refuses the batch (409), as a single submit."""
-    from skillq.jobs.coordinator import same_request
-
     keys = [item.key for item in items if item.key is not None]
     found = jobs.find_by_idempotency_keys(owner, keys) if keys else {}
     first: dict[str, _Item] = {}
@@ -212,8 +211,6 @@ def _match_keys(items: list[_Item], owner: str) -> None:
 
 
 def _same_as_earlier(item: _Item, earlier: _Item) -> None:
-    from skillq.jobs.coordinator import same_json
-
     differs = [
         name
         for name, before, now in [

@@ -20,8 +20,9 @@ from jsonschema import Draft202012Validator
 
 from skillq.errors import InvalidParams, NotFound, SkillqError
 from skillq.jobs import dependencies, release
-from skillq.jobs.coordinator import PRIORITY_NAMES, JobCoordinator
+from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.schema_messages import schema_errors
+from skillq.jobs.submissions import PRIORITY_NAMES
 from skillq.json_values import shown, storable_problems
 from skillq.storage import JobState, jobs
 from skillq.storage import dependencies as edges

@@ -37,7 +37,7 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from skillq.brokers.factory import job_middleware
-from skillq.brokers.job_limits import JobLimits, Limit, limit_from
+from skillq.brokers.job_limits import GiveBack, JobLimits, Limit, limit_from
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, WorkerSettings
@@ -53,7 +53,7 @@ SCHEMA = {"type": "object"}
 def _broker(limits: dict[str, Limit] | None, with_limits: bool = True) -> StubBroker:
     stack = job_middleware(WORKERS, limits=limits)
     if not with_limits:
-        stack = [m for m in stack if not isinstance(m, JobLimits)]
+        stack = [m for m in stack if not isinstance(m, JobLimits | GiveBack)]
     return StubBroker(middleware=[*stack, JobTypeOptions()])
 
 

@@ -181,8 +181,14 @@ class Limiter:
             if self._acquire(job_type, limit, caps, hold):
                 return hold.holder
         kept = message.copy(message_id=generate_unique_id()).encode().decode()
-        if job_limits.postpone(job.id, job_type, job.owner, job.priority, kept):
-            job_metrics.count(job_type, "postponed")
+        # One transaction for the job and its count: one commit (and on SQLite one turn of
+        # the write lock) per postponement, where a burst of queued jobs postpones dozens in a
+        # row and the jobs woken meanwhile wait behind them in the broker's queue.
+        with database_proxy.atomic():
+            kept_now = job_limits.postpone(job.id, job_type, job.owner, job.priority, kept)
+            if kept_now:
+                job_metrics.count(job_type, "postponed")
+        if kept_now:
             logger.info("Job %s postponed: %s or its owner is at a limit.", job.id, job_type)
         # A slot may have freed between the look and the postponement: nobody would wake it.
         # Unless every concurrency slot of the type is held, read after the postponement:

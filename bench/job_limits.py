@@ -5,6 +5,7 @@ Run by hand from the repository root; it prints and asserts nothing:
 
     .venv/bin/python bench/job_limits.py [--jobs 1000] [--rounds 3]
     .venv/bin/python bench/job_limits.py --postgres postgresql://127.0.0.1/test
+    .venv/bin/python bench/job_limits.py --limited-only [--rounds 3]   # part 2 alone
 
 Printed:
 
@@ -12,7 +13,8 @@ Printed:
    without `JobLimits` (variants take turns to go first), and of a type whose limit is
    never reached (`max_concurrent = 10000`: every job takes and gives back a slot);
 2. the throughput of a type limited to `max_concurrent = 2` (jobs of 50 ms: the limit
-   allows 40/s) and of one limited to `rate = "20/second"`, beside those limits;
+   allows 40/s) and of one limited to `rate = "20/second"`, beside those limits (with
+   `--limited-only`, this part alone, whole-run and steady rates);
 3. the CPU a worker uses while it holds 1,000 postponed jobs (one blocked job holds the
    only slot), over 5 seconds;
 4. the fairness bound: how long one job of owner B, queued behind owner A's backlog of
@@ -37,7 +39,7 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from skillq.brokers.factory import job_middleware
-from skillq.brokers.job_limits import JobLimits, Limit, limit_from
+from skillq.brokers.job_limits import GiveBack, JobLimits, Limit, limit_from
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, WorkerSettings
@@ -53,7 +55,7 @@ SCHEMA = {"type": "object"}
 def _broker(limits: dict[str, Limit] | None, with_limits: bool = True) -> StubBroker:
     stack = job_middleware(WORKERS, limits=limits)
     if not with_limits:
-        stack = [m for m in stack if not isinstance(m, JobLimits)]
+        stack = [m for m in stack if not isinstance(m, JobLimits | GiveBack)]
     return StubBroker(middleware=[*stack, JobTypeOptions()])
 
 
@@ -89,13 +91,25 @@ def per_job_ms(variant: str, jobs: int) -> float:
 
 
 def throughput(limit: Limit, jobs: int, seconds: float) -> float:
+    return rates(limit, jobs, seconds)[0]
+
+
+def rates(limit: Limit, jobs: int, seconds: float) -> tuple[float, float]:
+    """Jobs per second over the whole run (from the worker's start to the last completion
+    seen), and steady (from the first job's start to the last one's end, as the jobs record
+    them): the difference is the startup's cost, apart from each handover's."""
     broker = _broker({"work": limit})
+    spans: list[tuple[float, float]] = []
 
     @dramatiq.actor(broker=broker, queue_name="default", params_schema=SCHEMA)
     def work() -> None:
+        began = time.perf_counter()
         time.sleep(seconds)
+        spans.append((began, time.perf_counter()))
 
-    return jobs / _run(broker, [{"type": "work", "params": {}}] * jobs, threads=8)
+    whole = jobs / _run(broker, [{"type": "work", "params": {}}] * jobs, threads=8)
+    steady = jobs / (max(end for _, end in spans) - min(start for start, _ in spans))
+    return whole, steady
 
 
 def idle_cpu(postponed: int) -> tuple[float, int]:
@@ -178,6 +192,25 @@ def _postgres_schema(url: str | None) -> Iterator[str | None]:
         conn.close()
 
 
+def limited_only(rounds: int) -> None:
+    """Part 2 alone, `rounds` times: a quiet machine's figure for a limited type."""
+    runs = {"max_concurrent = 2, 80 x 50 ms": [], 'rate = "20/second", 60 x 0 ms': []}
+    for _ in range(rounds):
+        for name, limit, jobs, seconds in (
+            ("max_concurrent = 2, 80 x 50 ms", limit_from(max_concurrent=2), 80, 0.05),
+            ('rate = "20/second", 60 x 0 ms', limit_from(rate="20/second"), 60, 0.0),
+        ):
+            whole, steady = rates(limit, jobs, seconds)
+            runs[name].append((whole, steady))
+            print(f"   {name}: whole {whole:5.1f} jobs/s, steady {steady:5.1f} jobs/s")
+    for name, found in runs.items():
+        whole = statistics.median(w for w, _ in found)
+        steady = statistics.median(s for _, s in found)
+        print(f"2. {name}: median whole {whole:5.1f}, steady {steady:5.1f} jobs/s")
+    print("   (limits: 40/s for max_concurrent = 2; 20/s for the rate, whose first 20 start")
+    print("   at once, so 60 take 2 s plus the last job: 30/s over the whole run)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1000)
@@ -185,6 +218,11 @@ def main() -> None:
     parser.add_argument("--postponed", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=1000)
     parser.add_argument("--postgres", help="a PostgreSQL URL (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--limited-only",
+        action="store_true",
+        help="part 2 alone, --rounds times (whole-run and steady rates, and their medians)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as directory, _postgres_schema(args.postgres) as url:
@@ -195,6 +233,9 @@ def main() -> None:
         bind_database(database)
         upgrade()
         print(f"{'PostgreSQL' if url else 'SQLite'} store")
+        if args.limited_only:
+            limited_only(args.rounds)
+            return
 
         variants = ["without JobLimits", "with JobLimits", "never at limit"]
         timings: dict[str, list[float]] = {v: [] for v in variants}

@@ -5,11 +5,12 @@ Order matters: dramatiq runs `before_*` hooks in list order and `after_*` hooks 
 `JobProgress` sits after both so its final progress write lands before the job completes,
 and `JobLogs` after it so a job's last lines (its error among them) are written before its
 outcome is; it comes before `Cancellation`, which marks a cancelled message first.
-`JobLimits` sits before `JobStatus`, so a postponed job is never marked running and its slot
-is given back after its outcome is recorded.
+`JobLimits` sits before `JobStatus`, so a postponed job is never marked running; its
+`GiveBack` comes last, so a job's slot is given back as soon as its work is over, before
+anyone records its outcome (the next job's start need not wait for those writes).
 `JobTracing` comes first, so its attempt span encloses all the others' work.
-`WorkerRegistry` and `Cancellation` come last: they see a job only once `JobStatus` has marked
-it running, and let go of it before anyone records its outcome.
+`WorkerRegistry` and `Cancellation` come last but for `GiveBack`: they see a job only once
+`JobStatus` has marked it running, and let go of it before anyone records its outcome.
 
 One `RunningJobs` per broker (so per worker process) is shared by the middleware that need to
 know what runs here: `JobStatus` adds and removes the jobs, the others read them.
@@ -33,7 +34,7 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from skillq.brokers.cancellation import Cancellation
-from skillq.brokers.job_limits import JobLimits, Limit, OwnerLimit, limit_from
+from skillq.brokers.job_limits import GiveBack, JobLimits, Limit, OwnerLimit, limit_from
 from skillq.brokers.job_logs import JobLogs
 from skillq.brokers.job_status import JobStatus
 from skillq.brokers.progress import JobProgress
@@ -68,6 +69,9 @@ def job_middleware(
     of their own, so a queued job follows the settings of the worker that runs it.
     """
     running = RunningJobs()
+    job_limits = JobLimits(
+        limits, owners, lease_secs=workers.dead_after_secs, renew_secs=workers.heartbeat_secs
+    )
     retry_delay_ms = workers.retry_delay_secs * 1000
     return [
         JobTracing(),
@@ -77,12 +81,7 @@ def job_middleware(
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
-        JobLimits(
-            limits,
-            owners,
-            lease_secs=workers.dead_after_secs,
-            renew_secs=workers.heartbeat_secs,
-        ),
+        job_limits,
         JobStatus(
             running,
             dead_after_secs=workers.dead_after_secs,
@@ -104,6 +103,7 @@ def job_middleware(
             recover=recover,
         ),
         Cancellation(running),
+        GiveBack(job_limits),
     ]
 
 

@@ -181,8 +181,14 @@ class Limiter:
             if self._acquire(job_type, limit, caps, hold):
                 return hold.holder
         kept = message.copy(message_id=generate_unique_id()).encode().decode()
-        if job_limits.postpone(job.id, job_type, job.owner, job.priority, kept):
-            job_metrics.count(job_type, "postponed")
+        # One transaction for the job and its count: one commit (and on SQLite one turn of
+        # the write lock) per postponement, where a burst of queued jobs postpones dozens in a
+        # row and the jobs woken meanwhile wait behind them in the broker's queue.
+        with database_proxy.atomic():
+            kept_now = job_limits.postpone(job.id, job_type, job.owner, job.priority, kept)
+            if kept_now:
+                job_metrics.count(job_type, "postponed")
+        if kept_now:
             logger.info("Job %s postponed: %s or its owner is at a limit.", job.id, job_type)
         # A slot may have freed between the look and the postponement: nobody would wake it.
         # Unless every concurrency slot of the type is held, read after the postponement:
@@ -202,10 +208,25 @@ class Limiter:
         if token is None or self.owners:
             return None
         limit = self.limit_of(broker, message.actor_name)
-        if not (limit and self._confirm(token, limit, (None, None))):
+        if not (limit and (self._still_held(token, limit) or self._confirm(token, limit))):
             return None  # `admit` takes the token out of the message
         del message.options[TOKEN_OPTION]
         return token
+
+    def _still_held(self, token: str, limit: Limit) -> bool:
+        """Whether a reservation of a type with only a concurrency limit still holds its slot
+        for long enough that it needs no write to start on: a read, where `_confirm` writes
+        (and on SQLite waits for the write lock, held then by the outcome write of the job
+        whose end woke this one). No one else takes a slot before its lease runs out; the
+        lease then only has to last until the waker's first renewal (`renew_secs`) after the
+        job joins the held ones. A rate slot's window must start now: `_confirm` moves it."""
+        if limit.rate is not None or limit.max_concurrent is None:
+            return False
+        expires_at = job_limits.expiry(token, CONCURRENCY)
+        if expires_at is None:
+            return False
+        margin = max(self.lease_secs / 2, 2 * self.renew_secs)
+        return (expires_at - utcnow()).total_seconds() > margin
 
     def give_back(self, broker: dramatiq.Broker, token: str, job_type: str, owner: str) -> None:
         """An attempt ended: free its slots and wake the jobs they let start: its concurrency
@@ -312,7 +333,9 @@ class Limiter:
             job_limits.release(hold.holder)
         return False
 
-    def _confirm(self, token: str, limit: Limit, caps: tuple[int | None, int | None]) -> bool:
+    def _confirm(
+        self, token: str, limit: Limit, caps: tuple[int | None, int | None] = (None, None)
+    ) -> bool:
         """Start on a reservation: the leases run from now, the rate window starts now."""
         lease = lease_until(self.lease_secs)
         ok = limit.max_concurrent is None or job_limits.extend(token, CONCURRENCY, lease)

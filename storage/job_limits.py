@@ -177,6 +177,13 @@ def extend(holder: str, kind: str, expires_at: datetime) -> bool:
     return _run(sql, _stamp(expires_at), holder, kind, _stamp(utcnow())).rowcount > 0
 
 
+def expiry(holder: str, kind: str) -> datetime | None:
+    """When `holder`'s slot of `kind` runs out; None if it holds none."""
+    sql = "SELECT expires_at FROM {slots} WHERE holder = {p} AND kind = {p}"
+    row = _run(sql, holder, kind).fetchone()
+    return None if row is None else _moment(row[0])
+
+
 def extend_owner(holder: str, expires_at: datetime) -> int:
     """Move the expiry of `holder`'s live owner slots; how many it still holds."""
     sql = "UPDATE {owner_slots} SET expires_at = {p} WHERE holder = {p} AND expires_at > {p}"

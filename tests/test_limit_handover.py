@@ -29,6 +29,7 @@ from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, StorageSettings, WorkerSettings
 from skillq.storage import JobState, bind_database, limit_usage, open_database
 from skillq.storage.database import connection
+from skillq.storage.job_limits import PostponedJob
 from skillq.storage.models import Job
 from tests.support import wait_for
 from tests.test_pools import max_overlap, runs
@@ -119,14 +120,14 @@ def test_a_job_cancelled_while_it_waits_hands_its_slot_on(store: StorageSettings
     @dramatiq.actor(broker=broker, queue_name="default", params_schema={"type": "object"})
     def gated(tag: str) -> None:
         ran.append(tag)
-        if tag == "first":
+        if len(ran) == 1:  # whichever of the three took the slot (four threads race for it)
             gate.wait(timeout=60)
 
     coordinator = JobCoordinator(broker, Settings(workers=workers))
-    first, doomed, last = (
-        coordinator.submit_job({"type": "gated", "params": {"tag": tag}}).job.id
-        for tag in ("first", "doomed", "last")
-    )
+    ids = {
+        tag: coordinator.submit_job({"type": "gated", "params": {"tag": tag}}).job.id
+        for tag in ("a", "b", "c")
+    }
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=20)
     worker.start()
     try:
@@ -135,7 +136,12 @@ def test_a_job_cancelled_while_it_waits_hands_its_slot_on(store: StorageSettings
             with connection():
                 return limit_usage.usage().get("gated", limit_usage.Usage()).postponed
 
-        wait_for(lambda: waiting() == 2, what="two jobs postponed behind the first")
+        wait_for(lambda: ran and waiting() == 2, what="one job running, two postponed")
+        with connection():
+            # The slot goes next to the job postponed first: that one is cancelled.
+            doomed = PostponedJob.select().order_by(PostponedJob.id).first().job_id
+        first = ids[ran[0]]
+        (last,) = set(ids.values()) - {first, doomed}
         coordinator.cancel_job(doomed)
         gate.set()  # the first ends: its slot goes to `doomed`, which must not run
 
@@ -149,7 +155,8 @@ def test_a_job_cancelled_while_it_waits_hands_its_slot_on(store: StorageSettings
         gate.set()
         worker.stop()
         broker.close()
-    assert ran == ["first", "last"]
+    tag_of = {job_id: tag for tag, job_id in ids.items()}
+    assert ran == [tag_of[first], tag_of[last]]
     done, cancelled = JobState.COMPLETED.value, JobState.CANCELLED.value
     assert states() == [done, cancelled, done]
     with connection():

@@ -294,6 +294,38 @@ def test_a_freed_slot_goes_straight_to_the_next_waiting_job(store: StorageSettin
     broker.close()
 
 
+@pytest.mark.parametrize("left_secs", [14.0, 1.0, -1.0])
+def test_a_woken_job_starts_on_its_reservation_while_it_lasts(
+    store: StorageSettings, left_secs: float
+) -> None:
+    """A reservation with most of its lease left is started on as it is (read, not written);
+    one near its end is extended first; one that ran out is not started on (`admit` then
+    takes a slot anew)."""
+    broker = _capped_broker(1)  # a 15 s lease, renewed every 2 s
+    limiter = limiter_of(broker)
+    with connection():
+        token = limiter.admit(broker, *_pending(broker, "alice", "capped"))
+        with pytest.raises(Postponed):
+            limiter.admit(broker, *_pending(broker, "alice", "capped"))
+        limiter.give_back(broker, token, "capped", "alice")
+        woken = Message.decode(broker.queues["default"].get())
+        reserved = woken.options[TOKEN_OPTION]
+        until = utcnow() + timedelta(seconds=left_secs)
+        LimitSlot.update(expires_at=until).where(LimitSlot.holder == reserved).execute()
+        started = limiter.start_reserved(broker, woken)
+        slots = _slots("capped")
+        if left_secs < 0:
+            assert started is None and slots == []  # forgotten
+        else:
+            assert started == reserved and TOKEN_OPTION not in woken.options
+            (slot,) = slots
+            if left_secs > 7.5:
+                assert slot.expires_at == until
+            else:
+                assert slot.expires_at > utcnow() + timedelta(seconds=10)
+    broker.close()
+
+
 def test_the_last_attempt_frees_its_slot_for_a_newcomer(store: StorageSettings) -> None:
     broker = _capped_broker(1)
     limiter = limiter_of(broker)

@@ -1,0 +1,126 @@
+"""Idle consumers of our Redis broker wait long on their wake-up channel, and every event that
+needs them sooner wakes them: a send, a delayed send, a requeue, a worker stopping."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+import redis
+
+from skillq.brokers.redis_priority import PriorityRedisBroker
+from tests.brokers.test_redis_priority import REDIS_URL
+from tests.support import require_service, wait_for
+
+HOUR_MS = 3_600_000
+
+
+def idle_in_thread(consumer: object) -> tuple[threading.Thread, list[object]]:
+    """`next(consumer)` in a thread, once the consumer has gone idle for its longest wait."""
+    consumer.misses = 30  # long idle: the next back-off is the longest wait
+    returned: list[object] = []
+    thread = threading.Thread(target=lambda: returned.append(next(consumer)), daemon=True)
+    thread.start()
+    wait_for(lambda: consumer.misses > 30 or returned, timeout=30, what="the consumer to idle")
+    return thread, returned
+
+
+@pytest.fixture
+def broker() -> Iterator[PriorityRedisBroker]:
+    require_service("redis")
+    namespace = f"skillq-test-{uuid.uuid4().hex[:8]}"
+    broker = PriorityRedisBroker(url=REDIS_URL, namespace=namespace)
+    broker.declare_queue("q")
+    yield broker
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{namespace}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_an_idle_consumer_waits_longer_than_the_worker_timeout(broker) -> None:
+    """A send wakes it, so it returns by itself only to keep the heartbeat (15 s here)."""
+    short = PriorityRedisBroker(url=REDIS_URL, namespace=broker.namespace, heartbeat_timeout=600)
+    consumers = [
+        broker.consume("q", prefetch=1, timeout=1000),
+        broker.consume("q.DQ", prefetch=1, timeout=1000),
+        short.consume("q", prefetch=1, timeout=100),
+    ]
+    try:
+        assert [consumer._idle_cap() for consumer in consumers] == [5000, 5000, 200]
+    finally:
+        for consumer in consumers:
+            consumer.close()
+
+
+def test_a_delayed_send_wakes_an_idle_delay_queue_consumer(broker) -> None:
+    consumer = broker.consume("q.DQ", prefetch=10, timeout=HOUR_MS)
+    try:
+        thread, _ = idle_in_thread(consumer)
+        sent = broker.enqueue(dramatiq.Message("q", "noop", (), {}, {}), delay=60_000)
+        thread.join(20)
+        assert not thread.is_alive()
+        held = wait_for(lambda: next(consumer), timeout=20, what="the delayed message")
+        assert held.message_id == sent.message_id
+        consumer.ack(held)
+    finally:
+        consumer.close()
+
+
+def test_a_requeue_wakes_the_idle_consumers_of_the_queue(broker) -> None:
+    """A stopping worker gives its prefetched messages back: another worker takes them now."""
+    stopping = broker.consume("q", prefetch=1, timeout=100)
+    idle = broker.consume("q", prefetch=1, timeout=HOUR_MS)
+    try:
+        sent = broker.enqueue(dramatiq.Message("q", "noop", (), {}, {}))
+        taken = wait_for(lambda: next(stopping), timeout=20, what="the first delivery")
+        thread, _ = idle_in_thread(idle)
+        stopping.requeue([taken])
+        thread.join(20)
+        assert not thread.is_alive()
+        again = wait_for(lambda: next(idle), timeout=20, what="the requeued message")
+        assert again.message_id == sent.message_id
+        idle.ack(again)
+    finally:
+        stopping.close()
+        idle.close()
+
+
+def test_a_worker_stopping_wakes_idle_consumers_and_shortens_their_waits(broker) -> None:
+    consumers = [broker.consume(q, prefetch=1, timeout=50) for q in ("q", "q.DQ")]
+    try:
+        waiting = [idle_in_thread(consumer) for consumer in consumers]
+        broker.emit_before("worker_shutdown", None)
+        for thread, returned in waiting:
+            thread.join(20)
+            assert returned == [None]
+        assert [consumer._idle_cap() for consumer in consumers] == [50, 50]
+        broker.emit_before("worker_boot", None)
+        assert [consumer._idle_cap() for consumer in consumers] == [5000, 5000]
+    finally:
+        for consumer in consumers:
+            consumer.close()
+
+
+def test_a_worker_runs_sent_and_delayed_messages_and_stops(broker) -> None:
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q", actor_name="record")
+    def record(i: int) -> None:
+        ran.append(i)
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        record.send_with_options(args=(3,), delay=300)
+        record.send(1)
+        wait_for(lambda: len(ran) == 2, timeout=20, what="both messages")
+    finally:
+        stopper = threading.Thread(target=worker.stop, daemon=True)
+        stopper.start()
+        stopper.join(30)
+    assert not stopper.is_alive()
+    assert ran == [1, 3]

@@ -21,7 +21,7 @@ from typing import Any
 
 import peewee
 
-from skillq.storage import job_metrics
+from skillq.storage import job_metrics, prepared
 from skillq.storage.database import database_proxy
 from skillq.storage.dependencies import JobDependency
 from skillq.storage.models import Job, JobState, utcnow
@@ -68,8 +68,9 @@ def _start_counted_sql() -> str:
     return (
         f"WITH started AS ({_start_sql('%s')}),"
         f" counted AS ({job_metrics.INSERT_SQL}"
-        " SELECT type, 'retried', '', %s, 1, 1.0 FROM started WHERE attempts > 1 UNION ALL"
-        f" SELECT type, 'wait_seconds', {job_metrics.bucket_sql(waited)}, %s, 1, {waited}"
+        " SELECT type, 'retried', '', %s::smallint, 1, 1.0 FROM started WHERE attempts > 1"
+        f" UNION ALL SELECT type, 'wait_seconds', {job_metrics.bucket_sql(waited)},"
+        f" %s::smallint, 1, {waited}"
         f" FROM started WHERE attempts = 1 {job_metrics.UPSERT_CONFLICT})"
         " SELECT attempts, type, created_at, max_retries, trace_id FROM started"
     )
@@ -96,7 +97,7 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
     if _on_postgres():
         shard = job_metrics.writer_shard()
         values += [shard, stamp, shard, stamp]
-        row = database_proxy.execute_sql(_start_counted_sql(), values).fetchone()
+        row = prepared.execute(_start_counted_sql(), values).fetchone()
         if row is None:
             return None
         return StartedAttempt(attempt=row[0], max_retries=row[3], trace_id=row[4])
@@ -153,7 +154,7 @@ def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any)
         metrics = job_metrics.metric_rows(state, durations)
         sql = _finish_counted_sql(column_names, len(metrics))
         values += [job_metrics.writer_shard(), *(value for row in metrics for value in row)]
-        rows = database_proxy.execute_sql(sql, values).fetchall()
+        rows = prepared.execute(sql, values).fetchall()
         return Finished(has_dependants=bool(rows[0][1])) if len(rows) == 1 else None
     sql = _finish_sql(database_proxy.param, column_names)
     with database_proxy.atomic():

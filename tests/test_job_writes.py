@@ -9,7 +9,7 @@ import pytest
 
 from skillq.settings import StorageSettings
 from skillq.storage import dependencies, job_metrics, job_writes, jobs
-from skillq.storage.database import connection
+from skillq.storage.database import connection, database_proxy
 from skillq.storage.models import Job, utcnow
 from tests.test_store import new_job
 
@@ -105,3 +105,30 @@ def test_a_start_and_a_finish_count_in_the_buckets_their_durations_fall_in(
     assert dict(ran.buckets)["0.25"] == 0 and dict(ran.buckets)["0.5"] == 1
     assert ran.count == 1 and ran.sum == pytest.approx(0.3)
     assert job_metrics.counters() == {("completed", "sleep"): 1}
+
+
+def test_on_postgresql_the_writes_are_prepared_once_per_connection_and_again_when_lost(
+    store: StorageSettings,
+) -> None:
+    """Prepared statements spare the server a parse and plan per job; a session that lost
+    them (a pooler's DISCARD ALL) prepares them again instead of failing the job."""
+    if store.backend != "postgres":
+        pytest.skip("SQLite runs the statements as text")
+
+    def prepared() -> int:
+        cursor = database_proxy.execute_sql(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'skillq_%%'"
+        )
+        return cursor.fetchone()[0]
+
+    first, second = new_job(), new_job()
+    with connection():
+        assert job_writes.start_pending(first.id, worker_id="w:1").attempt == 1
+        assert jobs.mark_completed(first.id, attempt=1, result={"n": 1})
+        assert prepared() == 2
+        database_proxy.execute_sql("DISCARD ALL")
+        assert job_writes.start_pending(second.id, worker_id="w:1").attempt == 1
+        assert jobs.mark_completed(second.id, attempt=1, result=None)
+        assert prepared() == 2
+    assert [jobs.get_job(job.id).state for job in (first, second)] == ["completed"] * 2
+    assert job_metrics.counters() == {("completed", "sleep"): 2}

@@ -342,12 +342,16 @@ def start_worker(settings_path: Path, log_dir: Path, *, threads: int = 4) -> Chi
         log_dir,
     )
     # dramatiq logs this once its consumers run; before that, jobs would just queue.
-    wait_for(
-        lambda: worker.logged("Worker process is ready") or not worker.alive(),
-        timeout=30,
-        what="the worker to boot",
-    )
-    assert worker.alive(), worker.log()
+    try:
+        wait_for(
+            lambda: worker.logged("Worker process is ready") or not worker.alive(),
+            timeout=30,
+            what="the worker to boot",
+        )
+        assert worker.alive(), worker.log()
+    except BaseException:
+        worker.stop()  # a boot that timed out must not outlive its test, loading the rest
+        raise
     return worker
 
 
@@ -368,7 +372,11 @@ def start_api(settings_path: Path, log_dir: Path) -> tuple[ChildProcess, str]:
         except httpx.HTTPError:
             return False
 
-    wait_for(answers, timeout=30, what="the API to answer")
+    try:
+        wait_for(answers, timeout=30, what="the API to answer")
+    except BaseException:
+        api.stop()  # one that never answered ran on for the rest of the suite
+        raise
     return api, base_url
 
 

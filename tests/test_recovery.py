@@ -103,7 +103,7 @@ def test_a_duplicate_of_a_job_a_live_worker_runs_is_deferred_not_run(
     system, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, actor, runs = system
-    caplog.set_level(logging.INFO, logger="skillq.brokers.job_status")
+    caplog.set_level(logging.INFO, logger="skillq.brokers.job_starts")
     job = _job()
     _send(actor, job, "original", wait=True)
     wait_for(lambda: runs == ["original"], what="the original attempt to start")
@@ -165,7 +165,7 @@ def test_an_immediate_retry_follows_on_without_waiting_for_the_failed_attempt(
     system, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker, _, runs = system
-    caplog.set_level(logging.INFO, logger="skillq.brokers.job_status")
+    caplog.set_level(logging.INFO, logger="skillq.brokers.job_starts")
 
     def flaky(label: str) -> None:
         runs.append(label)

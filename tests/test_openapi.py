@@ -30,7 +30,7 @@ from skillq import actors
 from skillq.api.app import create_app
 from skillq.api.openapi import documented_routes
 from skillq.settings import AuthSettings, JwtSettings
-from tests.openapi_hooks import keep_run_at_in_window
+from tests.openapi_hooks import FUZZED_BATCH_JOBS, keep_run_at_in_window
 from tests.support import (
     LOCAL_URL,
     create_postgres_schema,
@@ -56,9 +56,11 @@ def jwt_app(settings=None):
 
 def answering_testserver():
     """schemathesis calls an ASGI app with `Host: testserver`, which a loopback-bound app
-    refuses (400); name it, as a deployment names its own host."""
+    refuses (400); name it, as a deployment names its own host. Batches of
+    FUZZED_BATCH_JOBS (see tests/openapi_hooks.py)."""
     server = dataclasses.replace(actors.settings.server, allowed_hosts=("testserver",))
-    return dataclasses.replace(actors.settings, server=server)
+    jobs = dataclasses.replace(actors.settings.jobs, max_batch_jobs=FUZZED_BATCH_JOBS)
+    return dataclasses.replace(actors.settings, server=server, jobs=jobs)
 
 
 def admin_token() -> str:
@@ -113,6 +115,7 @@ def postgres_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         {
             "server": {"data_dir": str(directory / "data")},
             "storage": {"backend": "postgres", "url": postgres_schema_url(schema)},
+            "jobs": {"max_batch_jobs": FUZZED_BATCH_JOBS},
         },
     )
     process, url = start_api(settings, directory)

@@ -24,17 +24,22 @@ from skillq.webhooks import events as webhook_events
 PRIORITY_NAMES = {"low": 2, "normal": 5, "high": 8}
 DEFAULT_PRIORITY = 5
 
+#: What every way of asking for a job says alike: a submission, a workflow's node.
+JOB_PROPERTIES: dict[str, Any] = {
+    "type": {"type": "string", "minLength": 1, "maxLength": 100},
+    "params": {"type": "object"},
+    "priority": {
+        "oneOf": [
+            {"type": "integer", "minimum": 0, "maximum": 10},
+            {"enum": sorted(PRIORITY_NAMES)},
+        ]
+    },
+}
+
 SUBMISSION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "type": {"type": "string", "minLength": 1, "maxLength": 100},
-        "params": {"type": "object"},
-        "priority": {
-            "oneOf": [
-                {"type": "integer", "minimum": 0, "maximum": 10},
-                {"enum": sorted(PRIORITY_NAMES)},
-            ]
-        },
+        **JOB_PROPERTIES,
         "ttl_hours": {"type": "integer", "minimum": 1},
         # No NUL: PostgreSQL text cannot hold it.
         "idempotency_key": {

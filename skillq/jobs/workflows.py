@@ -22,7 +22,7 @@ from skillq.errors import InvalidParams, NotFound, SkillqError
 from skillq.jobs import dependencies, release
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.schema_messages import schema_errors
-from skillq.jobs.submissions import PRIORITY_NAMES
+from skillq.jobs.submissions import JOB_PROPERTIES
 from skillq.json_values import shown, storable_problems
 from skillq.storage import JobState, jobs
 from skillq.storage import dependencies as edges
@@ -36,14 +36,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 NODE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "type": {"type": "string", "minLength": 1, "maxLength": 100},
-        "params": {"type": "object"},
-        "priority": {
-            "oneOf": [
-                {"type": "integer", "minimum": 0, "maximum": 10},
-                {"enum": sorted(PRIORITY_NAMES)},
-            ]
-        },
+        **JOB_PROPERTIES,
         "depends_on": {
             **dependencies.DEPENDS_ON_SCHEMA,
             "description": "Other nodes of this workflow, by name.",

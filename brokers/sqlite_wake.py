@@ -24,6 +24,9 @@ without changing any data) and bumps the generation.
   thread at most every `MIN_WAKE_GAP_SECS`, the events of the gap read in one go: each
   generation bump wakes every idle consumer of the process (one per queue) for a claim
   query, so under load they must not come more often than the 5 ms poll made them.
+  Only a read that woke a watcher begins such a gap: the store's WAL often sits next door,
+  and a submit commits to it just before the broker, whose event then waited out a gap
+  begun by the store's (idle enqueue to start was 8.3 ms, 4.5 ms without that wait).
 
 The binding is ours, a few lines of ctypes over libc's inotify calls: inotify_simple would add
 a dependency for the same lines, and watchfiles runs a Rust thread that batches changes for at
@@ -124,8 +127,9 @@ class _Events:
                                 watcher.subscribed = False
             for watcher in poke:
                 watcher.poke()
-            # Let back-to-back commits pile up in the kernel's queue and read them together.
-            select.select([], [], [], MIN_WAKE_GAP_SECS)
+            if poke:
+                # Let back-to-back commits pile up in the kernel's queue and read them together.
+                select.select([], [], [], MIN_WAKE_GAP_SECS)
 
     def _drop_all(self) -> None:
         with self._lock:

@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("system", choices=["skillq-sqlite", "skillq-redis", "skillq-rabbitmq"])
     parser.add_argument("--submits", type=int, default=2000)
     parser.add_argument("--vhost", default="%2F")
+    parser.add_argument(
+        "--pause-ms", type=float, default=0, help="sleep between submits (an idle client's)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from bench.side_by_side_run import Run, percentile
@@ -72,6 +75,8 @@ def main() -> None:
         samples.clear()
         total = []
         for _ in range(args.submits):
+            if args.pause_ms:
+                time.sleep(args.pause_ms / 1000)
             started = time.perf_counter()
             run.send(time.time(), 0, "/dev/null")
             total.append((time.perf_counter() - started) * 1000)

@@ -11,7 +11,7 @@ from typing import Any
 
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.jobs.fields import iso
-from skillq.settings import WEBHOOK_EVENTS
+from skillq.settings_rules import WEBHOOK_EVENTS
 from skillq.storage import webhooks
 from skillq.storage.database import in_connection
 

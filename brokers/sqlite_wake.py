@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 from dramatiq.errors import ConnectionFailed
 
 if TYPE_CHECKING:
-    from skillq.brokers.sqlite import SQLiteConnection
+    from skillq.brokers.sqlite_database import SQLiteConnection
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-p
 class _Events:
     """This process's inotify instance and the thread that pokes watchers on their events."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake_gap_secs: float = MIN_WAKE_GAP_SECS) -> None:
+        self.wake_gap_secs = wake_gap_secs
         self._libc = ctypes.CDLL(None, use_errno=True)
         init = getattr(self._libc, "inotify_init1", None)
         if init is None:
@@ -129,7 +130,7 @@ class _Events:
                 watcher.poke()
             if poke:
                 # Let back-to-back commits pile up in the kernel's queue and read them together.
-                select.select([], [], [], MIN_WAKE_GAP_SECS)
+                select.select([], [], [], self.wake_gap_secs)
 
     def _drop_all(self) -> None:
         with self._lock:

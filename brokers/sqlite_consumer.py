@@ -18,7 +18,8 @@ from dramatiq.common import current_millis
 from dramatiq.message import Message
 
 if TYPE_CHECKING:
-    from skillq.brokers.sqlite import SQLiteBroker, SQLiteConnection
+    from skillq.brokers.sqlite import SQLiteBroker
+    from skillq.brokers.sqlite_database import SQLiteConnection
 
 #: Once a worker of the process is stopping, ``__next__`` returns None at least this often, so
 #: dramatiq's consumer loop sees the stop soon; until then it blocks for dramatiq's whole

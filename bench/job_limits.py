@@ -13,8 +13,9 @@ Printed:
    without `JobLimits` (variants take turns to go first), and of a type whose limit is
    never reached (`max_concurrent = 10000`: every job takes and gives back a slot);
 2. the throughput of a type limited to `max_concurrent = 2` (jobs of 50 ms: the limit
-   allows 40/s) and of one limited to `rate = "20/second"`, beside those limits (with
-   `--limited-only`, this part alone, whole-run and steady rates);
+   allows 40/s), beside the same jobs unlimited on a worker of exactly 2 threads (every
+   job's own cost, no limiter), and of one limited to `rate = "20/second"`, beside those
+   limits (with `--limited-only`, this part alone, whole-run and steady rates);
 3. the CPU a worker uses while it holds 1,000 postponed jobs (one blocked job holds the
    only slot), over 5 seconds;
 4. the fairness bound: how long one job of owner B, queued behind owner A's backlog of
@@ -94,11 +95,14 @@ def throughput(limit: Limit, jobs: int, seconds: float) -> float:
     return rates(limit, jobs, seconds)[0]
 
 
-def rates(limit: Limit, jobs: int, seconds: float) -> tuple[float, float]:
+def rates(
+    limit: Limit | None, jobs: int, seconds: float, threads: int = 8
+) -> tuple[float, float, list[float]]:
     """Jobs per second over the whole run (from the worker's start to the last completion
     seen), and steady (from the first job's start to the last one's end, as the jobs record
-    them): the difference is the startup's cost, apart from each handover's."""
-    broker = _broker({"work": limit})
+    them): the difference is the startup's cost, apart from each handover's. `limit=None`:
+    the type has no limit (the two-thread reference of `limited_only`)."""
+    broker = _broker({} if limit is None else {"work": limit})
     spans: list[tuple[float, float]] = []
 
     @dramatiq.actor(broker=broker, queue_name="default", params_schema=SCHEMA)
@@ -107,9 +111,9 @@ def rates(limit: Limit, jobs: int, seconds: float) -> tuple[float, float]:
         time.sleep(seconds)
         spans.append((began, time.perf_counter()))
 
-    whole = jobs / _run(broker, [{"type": "work", "params": {}}] * jobs, threads=8)
+    whole = jobs / _run(broker, [{"type": "work", "params": {}}] * jobs, threads=threads)
     steady = jobs / (max(end for _, end in spans) - min(start for start, _ in spans))
-    return whole, steady
+    return whole, steady, sorted(start for start, _ in spans)
 
 
 def idle_cpu(postponed: int) -> tuple[float, int]:
@@ -192,21 +196,43 @@ def _postgres_schema(url: str | None) -> Iterator[str | None]:
         conn.close()
 
 
+#: The reference for `max_concurrent = 2`: the same jobs on a worker of exactly two threads
+#: and no limit, i.e. what two slots give with every job's own start and finish but no
+#: limiter. 40/s is the bare sleep's; the gap between the reference and the limited run is
+#: what the limiter costs (the handover), the rest is every job's cost, limited or not.
+TWO_THREADS = "no limit, 2 threads, 80 x 50 ms"
+
+
 def limited_only(rounds: int) -> None:
-    """Part 2 alone, `rounds` times: a quiet machine's figure for a limited type."""
-    runs = {"max_concurrent = 2, 80 x 50 ms": [], 'rate = "20/second", 60 x 0 ms': []}
+    """Part 2 alone, `rounds` times: a quiet machine's figure for a limited type, next to
+    the two-thread reference (`TWO_THREADS`), run in turns."""
+    runs = {
+        "max_concurrent = 2, 80 x 50 ms": [],
+        TWO_THREADS: [],
+        'rate = "20/second", 60 x 0 ms': [],
+    }
+    after_window: list[float] = []
     for _ in range(rounds):
         for name, limit, jobs, seconds in (
             ("max_concurrent = 2, 80 x 50 ms", limit_from(max_concurrent=2), 80, 0.05),
+            (TWO_THREADS, None, 80, 0.05),
             ('rate = "20/second", 60 x 0 ms', limit_from(rate="20/second"), 60, 0.0),
         ):
-            whole, steady = rates(limit, jobs, seconds)
+            whole, steady, starts = rates(limit, jobs, seconds, threads=2 if limit is None else 8)
+            if limit is not None and limit.rate:
+                # Past the first window (its 20 start at once), the rate itself: the 40 later
+                # starts over the time since the 20th.
+                after_window.append((len(starts) - 20) / (starts[-1] - starts[19]))
             runs[name].append((whole, steady))
             print(f"   {name}: whole {whole:5.1f} jobs/s, steady {steady:5.1f} jobs/s")
     for name, found in runs.items():
         whole = statistics.median(w for w, _ in found)
         steady = statistics.median(s for _, s in found)
         print(f"2. {name}: median whole {whole:5.1f}, steady {steady:5.1f} jobs/s")
+    limited = statistics.median(s for _, s in runs["max_concurrent = 2, 80 x 50 ms"])
+    reference = statistics.median(s for _, s in runs[TWO_THREADS])
+    print(f"   steady, limited / two-thread reference: {limited / reference:.3f}")
+    print(f'   rate = "20/second" after its first window: {statistics.median(after_window):.2f}/s')
     print("   (limits: 40/s for max_concurrent = 2; 20/s for the rate, whose first 20 start")
     print("   at once, so 60 take 2 s plus the last job: 30/s over the whole run)")
 
@@ -249,7 +275,9 @@ def main() -> None:
             print(f"   {variant:<20}{median:8.3f} ms  {100 * (median / base - 1):+6.1f} %")
 
         concurrent = throughput(limit_from(max_concurrent=2), 80, 0.05)
-        print(f"2. max_concurrent = 2, 50 ms jobs: {concurrent:5.1f} jobs/s (limit allows 40)")
+        reference = rates(None, 80, 0.05, threads=2)[0]
+        print(f"2. max_concurrent = 2, 50 ms jobs: {concurrent:5.1f} jobs/s (limit allows 40;")
+        print(f"   the same jobs unlimited on 2 threads: {reference:5.1f} jobs/s)")
         rated = throughput(limit_from(rate="20/second"), 60, 0.0)
         print(f'   rate = "20/second", 60 jobs:     {rated:5.1f} jobs/s (limit 20; the first')
         print("   20 start at once, so 60 take 2 s plus the last job)")

@@ -92,6 +92,21 @@ def record(
     database_proxy.execute_sql(_upsert_sql(database_proxy.param, len(rows)), values)
 
 
+def add(rows: list[tuple[str, str, str, int, float]]) -> None:
+    """Add `(job_type, name, bucket, observations, total)` rows, each at most once (an
+    upsert may not touch a row twice), in the calling thread's shard: the metrics of several
+    transitions written together (`storage.job_writes.finish_many`), in one statement."""
+    if not rows:
+        return
+    shard = writer_shard()
+    values = [
+        value
+        for job_type, name, bucket, n, total in rows
+        for value in (job_type, name, bucket, shard, n, total)
+    ]
+    database_proxy.execute_sql(_upsert_sql(database_proxy.param, len(rows)), values)
+
+
 def metric_rows(
     counter: str | None = None, durations: Mapping[str, float] | None = None
 ) -> list[tuple[str, str, int, float]]:

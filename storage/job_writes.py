@@ -15,8 +15,9 @@ takes the general path in `brokers.job_status`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import peewee
@@ -137,19 +138,52 @@ def _finish_counted_sql(columns: tuple[str, ...], metrics: int) -> str:
     )
 
 
+@dataclass(frozen=True)
+class FinishWrite:
+    """One attempt's end, as its thread asks for it: `changes` holds a terminal `state`.
+    `completed_at` is taken when the thread asks, not when a batch it joined is written."""
+
+    job_id: str
+    attempt: int
+    run_seconds: float | None
+    changes: Mapping[str, Any]
+    completed_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns it sets besides the guards': writes with the same go in one statement."""
+        return tuple(sorted(self.changes))
+
+
 def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> Finished | None:
     """End running attempt `attempt` with `changes` (a terminal `state` among them); None if
     the job had left that attempt (nothing written). Counts the outcome and records the
     attempt's run time in the same transaction. worker_id stays: which worker ran a finished
     job is worth keeping."""
+    return finish_one(FinishWrite(job_id, attempt, run_seconds, changes))
+
+
+def _changed_values(write: FinishWrite) -> list[Any]:
     fields = Job._meta.fields
-    columns = tuple(sorted(changes))
-    values: list[Any] = [Job.completed_at.db_value(utcnow())]
-    values += [fields[name].db_value(changes[name]) for name in columns]
-    values += [job_id, JobState.RUNNING.value, attempt]
-    durations = None if run_seconds is None else {"run_seconds": run_seconds}
-    state = JobState(changes["state"]).value
-    column_names = tuple(fields[c].column_name for c in columns)
+    return [fields[name].db_value(write.changes[name]) for name in write.columns]
+
+
+def _column_names(columns: tuple[str, ...]) -> tuple[str, ...]:
+    fields = Job._meta.fields
+    return tuple(fields[name].column_name for name in columns)
+
+
+def _durations(write: FinishWrite) -> dict[str, float] | None:
+    return None if write.run_seconds is None else {"run_seconds": write.run_seconds}
+
+
+def finish_one(write: FinishWrite) -> Finished | None:
+    """`finish` of one `write`, in its own transaction (one statement on PostgreSQL)."""
+    values: list[Any] = [Job.completed_at.db_value(write.completed_at), *_changed_values(write)]
+    values += [write.job_id, JobState.RUNNING.value, write.attempt]
+    durations = _durations(write)
+    state = JobState(write.changes["state"]).value
+    column_names = _column_names(write.columns)
     if _on_postgres():
         metrics = job_metrics.metric_rows(state, durations)
         sql = _finish_counted_sql(column_names, len(metrics))
@@ -163,3 +197,97 @@ def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any)
             return None
         job_metrics.record(rows[0][0], state, durations)
     return Finished(has_dependants=bool(rows[0][1]))
+
+
+def finish_many(writes: Sequence[FinishWrite]) -> list[Finished | None]:
+    """`finish` of several `writes` of distinct jobs that set the same columns, in one
+    transaction, their metrics added up in one upsert: each one's outcome, in their order.
+    One statement on PostgreSQL (`_finish_many_sql`); on SQLite, where statements cost no
+    round trip, one UPDATE each and the commit shared. All or nothing: an error rolls every
+    write back and is raised."""
+    columns = writes[0].columns
+    if any(write.columns != columns for write in writes):
+        raise ValueError("writes finished together must set the same columns")
+    if _on_postgres():
+        return _finish_many_postgres(writes, columns)
+    sql = _finish_sql(database_proxy.param, _column_names(columns))
+    outcomes: list[Finished | None] = []
+    added: dict[tuple[str, str, str], list[float]] = {}
+    with database_proxy.atomic():
+        for write in writes:
+            values = [Job.completed_at.db_value(write.completed_at), *_changed_values(write)]
+            values += [write.job_id, JobState.RUNNING.value, write.attempt]
+            rows = database_proxy.execute_sql(sql, values).fetchall()
+            if len(rows) != 1:
+                outcomes.append(None)
+                continue
+            outcomes.append(Finished(has_dependants=bool(rows[0][1])))
+            state = JobState(write.changes["state"]).value
+            for name, bucket, n, total in job_metrics.metric_rows(state, _durations(write)):
+                sums = added.setdefault((rows[0][0], name, bucket), [0, 0.0])
+                sums[0] += n
+                sums[1] += total
+        job_metrics.add([(*key, int(n), total) for key, (n, total) in sorted(added.items())])
+    return outcomes
+
+
+def _postgres_type(name: str) -> str:
+    """The type a column's values travel as in `_finish_many_sql`'s arrays: PostgreSQL casts
+    an array's elements to the column on assignment only from a type it knows (text goes to
+    a varchar, not to a float)."""
+    column = Job._meta.fields[name]
+    if isinstance(column, peewee.FloatField):
+        return "float8"
+    if isinstance(column, peewee.IntegerField):
+        return "bigint"
+    if isinstance(column, peewee.BooleanField):
+        return "boolean"
+    if isinstance(column, peewee.DateTimeField):
+        return "timestamp"
+    return "text"
+
+
+@functools.cache
+def _finish_many_sql(columns: tuple[str, ...]) -> str:
+    """One UPDATE of many rows from arrays (one statement text for any number of rows, so it
+    is prepared once), its metrics added up per (type, name, bucket) in one upsert: an
+    upsert may not touch a row twice. The metric rows go in a fixed order so two processes'
+    upserts lock shared rows in the same order."""
+    types = ["text", "integer", "timestamp", *map(_postgres_type, columns), "float8"]
+    arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+    names = ", ".join(["id", "attempt", "completed_at", *(f"c{i}" for i in range(len(columns)))])
+    sets = ", ".join(f'"{name}" = v.c{i}' for i, name in enumerate(_column_names(columns)))
+    return (
+        f"WITH v AS (SELECT * FROM unnest({arrays}) AS v ({names}, run)),"
+        f" finished AS (UPDATE {_TABLE} SET completed_at = v.completed_at,"
+        f" heartbeat_at = NULL, {sets} FROM v WHERE {_TABLE}.id = v.id"
+        f" AND {_TABLE}.state = %s AND {_TABLE}.attempts = v.attempt"
+        f" RETURNING {_TABLE}.id, {_TABLE}.type, {_TABLE}.state, v.run,"
+        f" EXISTS (SELECT 1 FROM {_DEPENDENCIES} WHERE dependency_id = {_TABLE}.id)"
+        " AS has_dependants),"
+        f" counted AS ({job_metrics.INSERT_SQL} SELECT type, name, bucket, %s::smallint,"
+        " COUNT(*), SUM(total) FROM (SELECT type, state AS name, '' AS bucket,"
+        " 1.0::float8 AS total FROM finished UNION ALL SELECT type, 'run_seconds',"
+        f" {job_metrics.bucket_sql('run')}, GREATEST(run, 0) FROM finished"
+        " WHERE run IS NOT NULL) AS m GROUP BY type, name, bucket ORDER BY type, name, bucket"
+        f" {job_metrics.UPSERT_CONFLICT})"
+        " SELECT id, has_dependants FROM finished"
+    )
+
+
+def _finish_many_postgres(
+    writes: Sequence[FinishWrite], columns: tuple[str, ...]
+) -> list[Finished | None]:
+    fields = Job._meta.fields
+    values: list[Any] = [
+        [write.job_id for write in writes],
+        [write.attempt for write in writes],
+        [Job.completed_at.db_value(write.completed_at) for write in writes],
+    ]
+    for name in columns:
+        values.append([fields[name].db_value(write.changes[name]) for write in writes])
+    values += [[write.run_seconds for write in writes], JobState.RUNNING.value]
+    values.append(job_metrics.writer_shard())
+    rows = prepared.execute(_finish_many_sql(columns), values).fetchall()
+    finished = {job_id: Finished(has_dependants=bool(dependants)) for job_id, dependants in rows}
+    return [finished.get(write.job_id) for write in writes]

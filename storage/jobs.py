@@ -21,7 +21,7 @@ from typing import Any
 import peewee
 
 from skillq.json_values import storable_text
-from skillq.storage import job_logs, job_metrics, job_writes
+from skillq.storage import finish_batches, job_logs, job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.job_limits import PostponedJob
 from skillq.storage.job_writes import Finished
@@ -397,8 +397,9 @@ def claim_resend(job: Job) -> bool:
 def _finish(
     job_id: str, attempt: int, run_seconds: float | None, **changes: Any
 ) -> Finished | None:
-    # The attempt guard keeps a slow, superseded attempt from overwriting a newer one.
-    return job_writes.finish(job_id, attempt, run_seconds, **changes)
+    # The attempt guard keeps a slow, superseded attempt from overwriting a newer one; the
+    # write commits with those other threads of the process make at the same time.
+    return finish_batches.finish(job_id, attempt, run_seconds, **changes)
 
 
 def mark_enqueue_failed(job_id: str, error_message: str) -> bool:

@@ -18,6 +18,7 @@ import structlog
 
 from skillq.settings import StorageSettings
 from tests.reliability import BROKERS, Stack, shared_stack
+from tests.scheduling import SlowestFirstScheduling
 from tests.support import (
     RABBITMQ_VHOST,
     bound_store,
@@ -39,6 +40,14 @@ def pytest_configure(config: object) -> None:
     )
     os.environ["SKILLQ_SETTINGS"] = str(settings)
     ensure_rabbitmq_vhost(RABBITMQ_VHOST)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` hands out the slowest files first (tests/scheduling.py)."""
+    if config.getoption("dist") == "loadfile":
+        return SlowestFirstScheduling(config, log)
+    return None
 
 
 @pytest.fixture(autouse=True)

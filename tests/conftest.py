@@ -24,6 +24,7 @@ from tests.support import (
     bound_store,
     ensure_rabbitmq_vhost,
     require_bwrap,
+    stop_all,
     write_settings,
 )
 
@@ -80,6 +81,8 @@ def _broker_stacks() -> Iterator[dict[str, Stack]]:
     try:
         yield running
     finally:
+        # All at once (one shared grace period), then each stack's own clean-up.
+        stop_all([p for s in running.values() for p in [*s.workers, *filter(None, [s.api])]])
         for stack in running.values():
             stack.close()
 

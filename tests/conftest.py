@@ -18,11 +18,13 @@ import structlog
 
 from skillq.settings import StorageSettings
 from tests.reliability import BROKERS, Stack, shared_stack
+from tests.scheduling import SlowestFirstScheduling
 from tests.support import (
     RABBITMQ_VHOST,
     bound_store,
     ensure_rabbitmq_vhost,
     require_bwrap,
+    stop_all,
     write_settings,
 )
 
@@ -39,6 +41,14 @@ def pytest_configure(config: object) -> None:
     )
     os.environ["SKILLQ_SETTINGS"] = str(settings)
     ensure_rabbitmq_vhost(RABBITMQ_VHOST)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` hands out the slowest files first (tests/scheduling.py)."""
+    if config.getoption("dist") == "loadfile":
+        return SlowestFirstScheduling(config, log)
+    return None
 
 
 @pytest.fixture(autouse=True)
@@ -64,14 +74,32 @@ def sandbox_mode(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="session", params=BROKERS)
-def broker_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """A real API and worker pool on each broker, shared by suites that leave it as they
-    found it (test_cancel, test_delayed_runs); pytest keeps one broker's up at a time."""
-    running = shared_stack(request.param, tmp_path_factory.mktemp(f"stack-{request.param}"))
+@pytest.fixture(scope="session")
+def _broker_stacks() -> Iterator[dict[str, Stack]]:
+    """Each broker's shared stack, once booted, up to the end of the session."""
+    running: dict[str, Stack] = {}
     try:
         yield running
     finally:
-        running.close()
+        # All at once (one shared grace period), then each stack's own clean-up.
+        stop_all([p for s in running.values() for p in [*s.workers, *filter(None, [s.api])]])
+        for stack in running.values():
+            stack.close()
+
+
+@pytest.fixture(params=BROKERS)
+def broker_stack(
+    request: pytest.FixtureRequest,
+    _broker_stacks: dict[str, Stack],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Stack:
+    """A real API and worker pool on each broker, shared by suites that leave it as they
+    found it (test_cancel, test_delayed_runs, test_batch_runs). Booted on first use and kept
+    for the session: as a parametrized session fixture, pytest kept one broker's up at a
+    time, so each of those files (run one after another in a test process, each going
+    through the brokers in turn) booted all three again, about 9 s of CPU each; idle, a
+    stack takes about 0.5% of a core."""
+    if request.param not in _broker_stacks:
+        directory = tmp_path_factory.mktemp(f"stack-{request.param}")
+        _broker_stacks[request.param] = shared_stack(request.param, directory)
+    return _broker_stacks[request.param]

@@ -3,7 +3,7 @@
     .venv/bin/python bench/finish_batches.py [--jobs 4000] [--threads 8] [--rounds 3]
 
 Every job is started first; then the threads end them as fast as they can, either with
-`job_writes.finish` (one transaction per job) or through `storage.finish_batches` (threads
+`job_writes.finish_one` (one transaction per job) or through `storage.finish_batches` (threads
 that finish while a write is in flight commit together). Prints, per store and mode, the
 median over the rounds of: jobs/s, the process's CPU time per job, and transactions per job
 (counted by `FinishBatches`; alone, one per job). The modes alternate within each round so

@@ -63,7 +63,7 @@ class FinishBatches:
             return len(self._queued)
 
     def finish(self, write: FinishWrite) -> Finished | None:
-        """Write `write` with whatever else is queued; its outcome, as `job_writes.finish`.
+        """Write `write` with whatever else is queued; its outcome, as `job_writes.finish_one`.
 
         A caller inside a transaction of its own writes in it, alone: its write must commit
         or roll back with the rest of that transaction, not with a batch."""
@@ -151,6 +151,6 @@ BATCHES = FinishBatches()
 
 
 def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> Finished | None:
-    """`job_writes.finish`, committed together with the finishes other threads of this
+    """`job_writes.finish_one`, committed together with the finishes other threads of this
     process make at the same time (`FinishBatches`)."""
     return BATCHES.finish(FinishWrite(job_id, attempt, run_seconds, changes))

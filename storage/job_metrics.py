@@ -81,15 +81,7 @@ def record(
     """Count one `counter` event (completed, failed, cancelled, retried) of `job_type` and
     record its `durations` (run_seconds, wait_seconds), in one statement: a multi-row upsert,
     so two processes adding to a new row at once both count."""
-    shard = writer_shard()
-    rows = [
-        (job_type, name, bucket, shard, n, total)
-        for name, bucket, n, total in metric_rows(counter, durations)
-    ]
-    if not rows:
-        return
-    values = [value for row in rows for value in row]
-    database_proxy.execute_sql(_upsert_sql(database_proxy.param, len(rows)), values)
+    add([(job_type, *row) for row in metric_rows(counter, durations)])
 
 
 def add(rows: list[tuple[str, str, str, int, float]]) -> None:

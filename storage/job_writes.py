@@ -155,17 +155,15 @@ class FinishWrite:
         return tuple(sorted(self.changes))
 
 
-def finish(job_id: str, attempt: int, run_seconds: float | None, **changes: Any) -> Finished | None:
-    """End running attempt `attempt` with `changes` (a terminal `state` among them); None if
-    the job had left that attempt (nothing written). Counts the outcome and records the
-    attempt's run time in the same transaction. worker_id stays: which worker ran a finished
-    job is worth keeping."""
-    return finish_one(FinishWrite(job_id, attempt, run_seconds, changes))
-
-
 def _changed_values(write: FinishWrite) -> list[Any]:
     fields = Job._meta.fields
     return [fields[name].db_value(write.changes[name]) for name in write.columns]
+
+
+def _finish_values(write: FinishWrite) -> list[Any]:
+    """`_finish_sql`'s values for `write`: its end time, its changes, then the guards'."""
+    values = [Job.completed_at.db_value(write.completed_at), *_changed_values(write)]
+    return [*values, write.job_id, JobState.RUNNING.value, write.attempt]
 
 
 def _column_names(columns: tuple[str, ...]) -> tuple[str, ...]:
@@ -178,9 +176,11 @@ def _durations(write: FinishWrite) -> dict[str, float] | None:
 
 
 def finish_one(write: FinishWrite) -> Finished | None:
-    """`finish` of one `write`, in its own transaction (one statement on PostgreSQL)."""
-    values: list[Any] = [Job.completed_at.db_value(write.completed_at), *_changed_values(write)]
-    values += [write.job_id, JobState.RUNNING.value, write.attempt]
+    """End running attempt `write.attempt` with `write.changes` (a terminal `state` among
+    them), in its own transaction (one statement on PostgreSQL); None if the job had left
+    that attempt (nothing written). Counts the outcome and records the attempt's run time in
+    the same transaction. worker_id stays: which worker ran a finished job is worth keeping."""
+    values = _finish_values(write)
     durations = _durations(write)
     state = JobState(write.changes["state"]).value
     column_names = _column_names(write.columns)
@@ -200,7 +200,7 @@ def finish_one(write: FinishWrite) -> Finished | None:
 
 
 def finish_many(writes: Sequence[FinishWrite]) -> list[Finished | None]:
-    """`finish` of several `writes` of distinct jobs that set the same columns, in one
+    """`finish_one` of several `writes` of distinct jobs that set the same columns, in one
     transaction, their metrics added up in one upsert: each one's outcome, in their order.
     One statement on PostgreSQL (`_finish_many_sql`); on SQLite, where statements cost no
     round trip, one UPDATE each and the commit shared. All or nothing: an error rolls every
@@ -215,9 +215,7 @@ def finish_many(writes: Sequence[FinishWrite]) -> list[Finished | None]:
     added: dict[tuple[str, str, str], list[float]] = {}
     with database_proxy.atomic():
         for write in writes:
-            values = [Job.completed_at.db_value(write.completed_at), *_changed_values(write)]
-            values += [write.job_id, JobState.RUNNING.value, write.attempt]
-            rows = database_proxy.execute_sql(sql, values).fetchall()
+            rows = database_proxy.execute_sql(sql, _finish_values(write)).fetchall()
             if len(rows) != 1:
                 outcomes.append(None)
                 continue

@@ -29,7 +29,7 @@ from dramatiq.middleware import Middleware
 
 from skillq.brokers.job_status import current_worker_id
 from skillq.brokers.running import RunningJobs
-from skillq.storage import jobs, workers
+from skillq.storage import job_recovery, workers
 from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class WorkerRegistry(Middleware):
         try:
             with connection():
                 for job in abandoned:
-                    jobs.release_abandoned(job.job_id, attempt=job.attempt)
+                    job_recovery.release_abandoned(job.job_id, attempt=job.attempt)
                 workers.mark_stopped(self.worker_id)
         except Exception:
             logger.warning("Could not record the worker's shutdown.", exc_info=True)

@@ -22,7 +22,7 @@ from skillq.cli.main import app as cli_app
 from skillq.client import wire
 from skillq.jobs.coordinator import JobCoordinator
 from skillq.settings import StorageSettings
-from skillq.storage import jobs
+from skillq.storage import job_recovery, jobs
 from skillq.storage.database import connection
 from tests.test_hostile_values import mcp_call
 
@@ -121,10 +121,12 @@ def test_recovery_resends_a_delayed_job_only_once_it_is_overdue(client: TestClie
     requeue_after = timedelta(seconds=300)
     with connection():
         # Past the send + requeue_after, but the message rightly waits in the broker.
-        lost = jobs.lost_pending(requeue_after, now=due - timedelta(seconds=1))
+        lost = job_recovery.lost_pending(requeue_after, now=due - timedelta(seconds=1))
         assert job["id"] not in {j.id for j in lost}
         # Not started requeue_after past its time: its message was lost; re-send it.
-        lost = jobs.lost_pending(requeue_after, now=due + requeue_after + timedelta(seconds=1))
+        lost = job_recovery.lost_pending(
+            requeue_after, now=due + requeue_after + timedelta(seconds=1)
+        )
         assert job["id"] in {j.id for j in lost}
 
 

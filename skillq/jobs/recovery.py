@@ -31,7 +31,7 @@ import dramatiq
 from skillq.brokers.job_starts import run_once
 from skillq.jobs import release
 from skillq.settings import Settings
-from skillq.storage import dependencies, jobs, worker_tokens
+from skillq.storage import dependencies, job_recovery, jobs, worker_tokens
 from skillq.storage.database import connection
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
     workers = settings.workers
     released = failed = cancelled = resent = settled = 0
     with connection():
-        for job in jobs.stale_running(timedelta(seconds=workers.dead_after_secs)):
+        for job in job_recovery.stale_running(timedelta(seconds=workers.dead_after_secs)):
             if job.cancel_requested_at is not None:
                 cancelled += jobs.cancel_unfinished(job.id, attempt=job.attempts)
             elif job.attempts >= job.max_retries + 1 or run_once(broker, job.type):
@@ -65,7 +65,7 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
                     error_type="WorkerLost",
                     error_message=f"the worker running attempt {job.attempts} stopped",
                 )
-            elif jobs.release_stale(
+            elif job_recovery.release_stale(
                 job, error_message=f"worker {job.worker_id} stopped during attempt {job.attempts}"
             ):
                 released += 1
@@ -73,10 +73,10 @@ def recover_stale_jobs(settings: Settings, broker: dramatiq.Broker | None = None
                     # A remote worker's message was acknowledged when it fetched the job:
                     # nothing will redeliver it, so its lease expiring sends it again now.
                     resent += _resend_released(settings, broker, job.id)
-        lost = jobs.lost_pending(timedelta(seconds=workers.requeue_pending_after_secs))
+        lost = job_recovery.lost_pending(timedelta(seconds=workers.requeue_pending_after_secs))
         coordinator = JobCoordinator(broker, settings) if lost else None
         for job in lost:
-            if not jobs.claim_resend(job):
+            if not job_recovery.claim_resend(job):
                 continue
             try:
                 coordinator.resend(job)
@@ -101,7 +101,7 @@ def _resend_released(settings: Settings, broker: dramatiq.Broker, job_id: str) -
     from skillq.jobs.coordinator import JobCoordinator
 
     job = jobs.get_job(job_id)
-    if job is None or not jobs.claim_resend(job):
+    if job is None or not job_recovery.claim_resend(job):
         return 0
     try:
         JobCoordinator(broker, settings).resend(job)

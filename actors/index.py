@@ -12,7 +12,7 @@ submitter naming itself). So a job naming another tenant's collection makes its 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
@@ -20,8 +20,10 @@ from skillq.actors import settings
 from skillq.brokers.job_status import current_job_owner
 from skillq.brokers.progress import report_progress
 from skillq.engine.collection_files import COLLECTION_PATTERN, MAX_OWNER_LENGTH
-from skillq.engine.search_backend import SearchCollections, open_collections
 from skillq.errors import InvalidParams
+
+if TYPE_CHECKING:
+    from skillq.engine.search_backend import SearchCollections
 
 INDEX_DOCUMENTS_PARAMS = {
     "type": "object",
@@ -67,7 +69,13 @@ INDEX_DOCUMENTS_PARAMS = {
 
 @functools.cache
 def collections() -> SearchCollections:
-    """One per process: it caches each collection's vector matrix between searches."""
+    """One per process: it caches each collection's vector matrix between searches.
+
+    Imported here, on the first index job, not with the actors: the search engine brings
+    numpy (0.18 s of every worker process's boot, and its memory), which only the process
+    running the `index` queue needs."""
+    from skillq.engine.search_backend import open_collections
+
     return open_collections(settings.storage.backend, settings.search)
 
 

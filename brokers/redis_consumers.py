@@ -18,10 +18,10 @@ holds comes (the worker moves a due message only when it returns). When a worker
 process starts to stop, the broker wakes every consumer and they go back to dramatiq's
 `worker_timeout`, so stopping is no slower than before.
 
-An idle pass also gives every level of the queue, and its delay queue, dramatiq's maintenance
-chance (a fetch of no message, all levels in one round trip; `PriorityRedisBroker.beat`), at
+An idle pass also runs dramatiq's maintenance on every level of the queue and on its delay
+queue (a fetch of no message, all levels in one round trip; `PriorityRedisBroker.beat`), at
 most every `IDLE_BEAT_GAP_SECS`: a dead worker's unacknowledged messages on any level go back
-there, as before when each pass fetched from one level in turn.
+there at the first idle pass after its heartbeat expires.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class PriorityRedisConsumer(_WokenConsumer):
     def _fetch(self, wanted: int) -> list[bytes]:
         """Fetch from the highest level holding messages, found in one round trip
         (`_FIRST_FULL_LEVEL`). With none waiting, at most every `IDLE_BEAT_GAP_SECS`, beat on
-        every level and the delay queue (their maintenance chance; see the module's doc).
+        every level and the delay queue (their maintenance pass; see the module's doc).
 
         It used to fetch from every level in turn, each a run of dramatiq's dispatch script:
         eleven script runs per idle pass, and on a busy worker 8 of the 10 per job; then one

@@ -5,9 +5,9 @@ message of the default priority (5) goes on the queue's own list, as before, and
 priority on a list of its own (`<queue>.p8`); the consumer fetches from the highest
 non-empty level first, so a worker runs higher priorities first and FIFO within a level.
 Everything else is dramatiq's: the Lua dispatch script, acknowledgements per level, the
-heartbeats, and dead-worker maintenance (a consumer fetches from each level in turn while
-the queue is idle, so a dead worker's unacknowledged messages on any level get their
-maintenance pass).
+heartbeats, and dead-worker maintenance (an idle consumer runs it on every level and the
+delay queue at each beat, so a dead worker's unacknowledged messages on any level come back
+once its heartbeat expires).
 Delayed messages (delayed jobs, retries with back-off) wait in the queue's delay queue as
 usual and take their level when they come due. They start on time (within milliseconds, where
 dramatiq's idle back-off adds up to a second at each of two hops): the delay queue's consumer
@@ -189,23 +189,34 @@ class PriorityRedisBroker(RedisBroker):
             "enqueue", level, message.options["redis_message_id"], message.encode()
         )
 
-    def _dispatch_args(self, command: str, list_name: str, *args: object) -> list[object]:
-        """The dispatch script's arguments, as dramatiq's `_dispatch` gives them."""
+    def _dispatch_args(
+        self, command: str, list_name: str, *args: object, maintenance: bool = False
+    ) -> list[object]:
+        """The dispatch script's arguments, as dramatiq's `_dispatch` gives them; with
+        `maintenance`, the script's maintenance pass runs for sure, not by chance."""
+        maintain = 1 if maintenance else self._should_do_maintenance(command)
         return [
             command, current_millis(), list_name, self.broker_id, self.heartbeat_timeout,
-            self.dead_message_ttl, self._should_do_maintenance(command),
-            self._max_unpack_size(), *args,
+            self.dead_message_ttl, maintain, self._max_unpack_size(), *args,
         ]  # fmt: skip
 
     def beat(self, lists: list[str]) -> None:
         """Dramatiq's fetch of no message on each of `lists` (levels, delay queues), in one
-        round trip: it refreshes this worker's heartbeat and gives each list its maintenance
-        chance (dramatiq's: `maintenance_chance` per command), in which the unacknowledged
-        messages of a dead worker on that list go back to it."""
+        round trip: it refreshes this worker's heartbeat and runs each list's maintenance
+        pass, in which the unacknowledged messages of a dead worker on that list go back to
+        it.
+
+        The pass runs on every beat, not by dramatiq's draw (`maintenance_chance`, 10 % here):
+        an idle consumer beats once per idle wait (5 s), so after a worker was SIGKILLed its
+        messages waited for a lucky draw, 50 s on average and now and then minutes, where
+        now they come back at the first beat after its heartbeat expires. A beat is at most
+        once per `IDLE_BEAT_GAP_SECS` per consumer and only when idle, so the pass costs
+        Redis less than the draws of a busy worker's fetches."""
         pipe = self.client.pipeline(transaction=False)
         sha = self.scripts["dispatch"].sha
         for name in lists:
-            pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args("fetch", name, 0))
+            args = self._dispatch_args("fetch", name, 0, maintenance=True)
+            pipe.evalsha(sha, 1, self.namespace, *args)
         results = pipe.execute(raise_on_error=False)
         for name, result in zip(lists, results, strict=True):
             if isinstance(result, redis.exceptions.NoScriptError):

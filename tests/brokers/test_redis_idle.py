@@ -4,6 +4,7 @@ needs them sooner wakes them: a send, a delayed send, a requeue, a worker stoppi
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -87,6 +88,28 @@ def test_a_requeue_wakes_the_idle_consumers_of_the_queue(broker) -> None:
     finally:
         stopping.close()
         idle.close()
+
+
+def test_the_first_idle_beat_after_a_dead_workers_heartbeat_expired_hands_back_its_messages(
+    broker,
+) -> None:
+    """Its messages come back at that beat, not after a run of lucky maintenance draws (one
+    in ten per beat, and an idle consumer beats every 5 s): a SIGKILLed worker's jobs used to
+    wait 50 s on average, minutes now and then."""
+    survivor = PriorityRedisBroker(url=REDIS_URL, namespace=broker.namespace, heartbeat_timeout=200)
+    dying = broker.consume("q", prefetch=1, timeout=100)
+    try:
+        sent = broker.enqueue(dramatiq.Message("q", "noop", (), {}, {}))
+        wait_for(lambda: next(dying), timeout=20, what="the delivery to the dying worker")
+        # It dies holding the message unacknowledged: it never beats or acks again.
+        time.sleep(0.3)  # not a check: lets its heartbeat grow older than the survivor's 200 ms
+        survivor.beat(["q", "q.DQ"])  # by a 1 in 10 draw, this one beat would miss 90 %
+        client = redis.Redis.from_url(REDIS_URL)
+        assert client.lrange(f"{broker.namespace}:q", 0, -1) == [
+            sent.options["redis_message_id"].encode()
+        ]
+    finally:
+        dying.close()
 
 
 def test_a_worker_stopping_wakes_idle_consumers_and_shortens_their_waits(broker) -> None:

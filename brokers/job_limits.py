@@ -44,16 +44,8 @@ import dramatiq
 from dramatiq.middleware import Middleware, SkipMessage
 
 from skillq.brokers.job_status import JOB_ID_OPTION
-from skillq.brokers.limiter import (
-    LIMIT_OPTIONS,
-    TOKEN_OPTION,
-    Limit,
-    Limiter,
-    OwnerLimit,
-    Postponed,
-    limit_from,
-    limiter_of,
-)
+from skillq.brokers.limit_rules import Limit, OwnerLimit, limit_from
+from skillq.brokers.limiter import LIMIT_OPTIONS, TOKEN_OPTION, Limiter, Postponed, limiter_of
 from skillq.storage import job_limits
 from skillq.storage.database import connection, database_proxy
 

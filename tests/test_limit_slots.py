@@ -18,7 +18,8 @@ from dramatiq.brokers.stub import StubBroker
 from skillq.api.stats import job_stats
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION
-from skillq.brokers.limiter import TOKEN_OPTION, Limit, OwnerLimit, Postponed, limiter_of
+from skillq.brokers.limit_rules import Limit, OwnerLimit
+from skillq.brokers.limiter import TOKEN_OPTION, Postponed, limiter_of
 from skillq.settings import StorageSettings, WorkerSettings
 from skillq.storage import Job, job_limits, jobs, limit_usage
 from skillq.storage.database import connection

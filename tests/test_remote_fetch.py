@@ -21,7 +21,8 @@ from skillq import actors
 from skillq.api.app import create_app
 from skillq.brokers.factory import job_middleware
 from skillq.brokers.job_status import JOB_ID_OPTION, JobStatus
-from skillq.brokers.limiter import Limit, OwnerLimit, attempt_holder
+from skillq.brokers.limit_rules import Limit, OwnerLimit
+from skillq.brokers.limiter import attempt_holder
 from skillq.errors import Conflict
 from skillq.jobs import remote_reports
 from skillq.jobs.coordinator import JobCoordinator

@@ -73,7 +73,7 @@ def type_limits(settings: Settings) -> dict[str, Any]:
 
 def owner_limits(settings: Settings) -> dict[str, Any]:
     """The per-owner running limits and each owner's use ({} when none is set)."""
-    from skillq.brokers.limiter import OwnerLimit
+    from skillq.brokers.limit_rules import OwnerLimit
     from skillq.jobs.limits import owner_status
     from skillq.storage.database import in_connection
 

@@ -137,9 +137,8 @@ class Stack:
         return worker
 
     def kill_worker(self, worker: ChildProcess) -> None:
-        """SIGKILL the worker's whole process group, as a crashed machine or the OOM killer."""
-        os.killpg(worker.process.pid, signal.SIGKILL)
-        worker.process.wait()
+        """SIGKILL the worker and all its processes, as a crashed machine or the OOM killer."""
+        worker.kill_tree()
         self.workers.remove(worker)
 
     def stop_worker(self, worker: ChildProcess, timeout: float = 60) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from skillq.settings import StorageSettings
@@ -306,6 +307,37 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def kill_tree(self) -> None:
+        """SIGKILL this process and every process under it, as a crashed machine or the OOM
+        killer would. Its process group is not enough: `skillq worker` starts each pool in a
+        session of its own, and a pool whose supervisor dies gets SIGTERM (its parent-death
+        signal) and shuts down gracefully, finishing writes a SIGKILL would cut short. All
+        are frozen (SIGSTOP) first, so none sees another die, or starts a process, before
+        every one is killed."""
+        frozen: dict[int, psutil.Process] = {}
+        found = [psutil.Process(self.process.pid)]
+        while found:
+            for proc in found:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.suspend()
+                    frozen[proc.pid] = proc
+            found = [
+                child
+                for proc in list(frozen.values())
+                for child in _children(proc)
+                if child.pid not in frozen
+            ]
+        for proc in frozen.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        self.process.wait()
+        # The others are reaped by whoever adopted them; a zombie has let go of everything.
+        wait_for(
+            lambda: all(_dead(proc) for proc in frozen.values()),
+            timeout=30,
+            what=f"the processes of {self.name} to die",
+        )
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.alive():
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -316,6 +348,20 @@ class ChildProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children()
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _dead(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def stop_all(processes: Iterable[ChildProcess], timeout: float = 20.0) -> None:

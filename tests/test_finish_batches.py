@@ -30,14 +30,15 @@ THREADS = 8
 
 
 @contextlib.contextmanager
-def store_locked(settings: StorageSettings) -> Iterator[None]:
-    """Writes to the job table wait while this is held, as behind another process's."""
+def store_locked(settings: StorageSettings) -> Iterator[Any]:
+    """Writes to the job table wait while this is held, as behind another process's; gives
+    the connection that holds the lock."""
     if settings.backend == "postgres":
         conn = psycopg2.connect(settings.url)
         try:
             with conn.cursor() as cursor:
                 cursor.execute(f'LOCK TABLE "{Job._meta.table_name}" IN SHARE MODE')
-            yield
+            yield conn
         finally:
             conn.rollback()
             conn.close()
@@ -45,7 +46,7 @@ def store_locked(settings: StorageSettings) -> Iterator[None]:
     conn = sqlite3.connect(settings.path, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        yield
+        yield conn
     finally:
         conn.rollback()
         conn.close()

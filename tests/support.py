@@ -315,7 +315,10 @@ class ChildProcess:
         are frozen (SIGSTOP) first, so none sees another die, or starts a process, before
         every one is killed."""
         frozen: dict[int, psutil.Process] = {}
-        found = [psutil.Process(self.process.pid)]
+        try:
+            found = [psutil.Process(self.process.pid)]
+        except psutil.NoSuchProcess:
+            found = []
         while found:
             for proc in found:
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -344,8 +347,7 @@ class ChildProcess:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.kill_tree()
         self._log.close()
         return self.process.returncode
 

@@ -104,12 +104,12 @@ def test_the_first_idle_beat_after_a_dead_workers_heartbeat_expired_hands_back_i
         # It dies holding the message unacknowledged: it never beats or acks again.
         time.sleep(0.3)  # not a check: lets its heartbeat grow older than the survivor's 200 ms
         survivor.beat(["q", "q.DQ"])  # by a 1 in 10 draw, this one beat would miss 90 %
-        client = redis.Redis.from_url(REDIS_URL)
-        assert client.lrange(f"{broker.namespace}:q", 0, -1) == [
+        assert broker.client.lrange(f"{broker.namespace}:q", 0, -1) == [
             sent.options["redis_message_id"].encode()
         ]
     finally:
         dying.close()
+        survivor.client.close()
 
 
 def test_a_worker_stopping_wakes_idle_consumers_and_shortens_their_waits(broker) -> None:

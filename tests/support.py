@@ -313,7 +313,11 @@ class ChildProcess:
         session of its own, and a pool whose supervisor dies gets SIGTERM (its parent-death
         signal) and shuts down gracefully, finishing writes a SIGKILL would cut short. All
         are frozen (SIGSTOP) first, so none sees another die, or starts a process, before
-        every one is killed."""
+        every one is killed: its own process group at once, as a crash would stop it, then
+        whatever else the walk of its children finds (a walk of /proc takes long enough for
+        a short job to end in between)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGSTOP)
         frozen: dict[int, psutil.Process] = {}
         try:
             found = [psutil.Process(self.process.pid)]

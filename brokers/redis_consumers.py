@@ -27,7 +27,6 @@ there at the first idle pass after its heartbeat expires.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
@@ -67,11 +66,12 @@ class _WokenConsumer(_RedisConsumer):
     def close(self) -> None:
         try:
             self.wake.close()
+            self.broker.threads.release()
         finally:
             super().close()
 
     def _fetch(self, wanted: int) -> list[bytes]:
-        return self.broker.do_fetch(self.queue_name, wanted)
+        return self.broker.dispatch("fetch", self.queue_name, wanted)
 
     def _idle_cap(self) -> int:
         """The longest idle wait (milliseconds): a wake-up ends it early."""
@@ -140,16 +140,16 @@ class PriorityRedisConsumer(_WokenConsumer):
         return message.options.get(LEVEL_OPTION, self.queue_name)
 
     def ack(self, message: Message) -> None:
-        self._settle(self.broker.do_ack, message)
+        self._settle("ack", message)
 
     def nack(self, message: MessageProxy) -> None:
-        self._settle(self.broker.do_nack, message)
+        self._settle("nack", message)
         self.broker.failures.remember(message.options["redis_message_id"], message._exception)
 
-    def _settle(self, command: Callable[..., object], message: Message) -> None:
+    def _settle(self, command: str, message: Message) -> None:
         """Ack or nack on the level the message was fetched from, not the queue's own list."""
         try:
-            command(self._level(message), message.options["redis_message_id"])
+            self.broker.dispatch(command, self._level(message), message.options["redis_message_id"])
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None
         finally:
@@ -172,9 +172,9 @@ class PriorityRedisConsumer(_WokenConsumer):
         It used to fetch from every level in turn, each a run of dramatiq's dispatch script:
         eleven script runs per idle pass, and on a busy worker 8 of the 10 per job; then one
         level per idle pass, each level's maintenance chance coming every eleventh pass."""
-        full = self.broker.first_full_level(keys=self.level_keys)
+        full = self.broker.first_full_level(keys=self.level_keys, client=self.broker.threads.get())
         if full:
-            return self.broker.do_fetch(self.levels[full - 1], wanted)
+            return self.broker.dispatch("fetch", self.levels[full - 1], wanted)
         now = time.monotonic()
         if now - self.beaten_at >= IDLE_BEAT_GAP_SECS:
             self.beaten_at = now

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 from uuid import uuid4
 
 import redis
@@ -42,6 +43,7 @@ from dramatiq.message import Message
 
 from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.failures import RecentFailures
+from skillq.brokers.redis_threads import ThreadClients
 
 DEFAULT_PRIORITY = 5
 MAX_PRIORITY = 10
@@ -84,6 +86,8 @@ class PriorityRedisBroker(RedisBroker):
         self.first_full_level = self.client.register_script(_FIRST_FULL_LEVEL)
         self.idle_wait_secs = min(IDLE_WAIT_SECS, self.heartbeat_timeout / 3000)
         self.stopping = False  # a worker of this process is shutting down (see `emit_before`)
+        #: The calling thread's own connection, for the calls a worker makes per message.
+        self.threads = ThreadClients(self.client.connection_pool)
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -106,7 +110,18 @@ class PriorityRedisBroker(RedisBroker):
         elif signal == "worker_shutdown":
             self.stopping = True
             self.wake(*self.queues)
+        elif signal == "worker_thread_shutdown":
+            self.threads.release()
         super().emit_before(signal, *args, **kwargs)
+
+    def dispatch(self, command: str, list_name: str, *args: object) -> Any:
+        """Dramatiq's `do_<command>` on `list_name`, on the calling thread's own connection
+        (`skillq.brokers.redis_threads`): what consumers fetch and ack with."""
+        return self.scripts["dispatch"](
+            keys=[self.namespace],
+            args=self._dispatch_args(command, list_name, *args),
+            client=self.threads.get(),
+        )
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         if delay is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +29,10 @@ from skillq.storage.database import connection
 from skillq.storage.finish_batches import FinishBatches
 from skillq.storage.job_writes import FinishWrite
 from skillq.storage.models import JobState, utcnow
-from tests.support import bound_store
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `tests.support`, run as a script
+from tests.support import bound_store  # noqa: E402
 
 
 def _started(count: int) -> list[str]:

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import dramatiq
-import pytest
-import redis
 
 from skillq.brokers.redis_priority import PriorityRedisBroker
+from tests.brokers.conftest import recording_worker
 from tests.brokers.test_redis_priority import REDIS_URL
-from tests.support import require_service, wait_for
+from tests.support import wait_for
 
 HOUR_MS = 3_600_000
 
@@ -27,19 +24,6 @@ def idle_in_thread(consumer: object) -> tuple[threading.Thread, list[object]]:
     thread.start()
     wait_for(lambda: consumer.misses > 30 or returned, timeout=30, what="the consumer to idle")
     return thread, returned
-
-
-@pytest.fixture
-def broker() -> Iterator[PriorityRedisBroker]:
-    require_service("redis")
-    namespace = f"skillq-test-{uuid.uuid4().hex[:8]}"
-    broker = PriorityRedisBroker(url=REDIS_URL, namespace=namespace)
-    broker.declare_queue("q")
-    yield broker
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
 
 
 def test_an_idle_consumer_waits_longer_than_the_worker_timeout(broker) -> None:
@@ -129,21 +113,8 @@ def test_a_worker_stopping_wakes_idle_consumers_and_shortens_their_waits(broker)
 
 
 def test_a_worker_runs_sent_and_delayed_messages_and_stops(broker) -> None:
-    ran: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name="q", actor_name="record")
-    def record(i: int) -> None:
-        ran.append(i)
-
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
+    with recording_worker(broker, threads=1) as (record, ran):
         record.send_with_options(args=(3,), delay=300)
         record.send(1)
         wait_for(lambda: len(ran) == 2, timeout=20, what="both messages")
-    finally:
-        stopper = threading.Thread(target=worker.stop, daemon=True)
-        stopper.start()
-        stopper.join(30)
-    assert not stopper.is_alive()
     assert ran == [1, 3]

@@ -6,76 +6,35 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import uuid
-from collections.abc import Iterator
 
-import dramatiq
-import pytest
 import redis
 
 from skillq.brokers.redis_priority import PriorityRedisBroker
 from skillq.brokers.redis_threads import ThreadClients
+from tests.brokers.conftest import recording_worker
 from tests.brokers.test_redis_priority import REDIS_URL
 from tests.support import require_service, wait_for
-
-
-@pytest.fixture
-def broker() -> Iterator[PriorityRedisBroker]:
-    require_service("redis")
-    namespace = f"skillq-test-{uuid.uuid4().hex[:8]}"
-    broker = PriorityRedisBroker(url=REDIS_URL, namespace=namespace)
-    broker.declare_queue("q")
-    yield broker
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{namespace}:*"))
-    if keys:
-        client.delete(*keys)
 
 
 def in_use(broker: PriorityRedisBroker) -> set[object]:
     return set(broker.client.connection_pool._in_use_connections)
 
 
-def stop(worker: dramatiq.Worker) -> None:
-    stopper = threading.Thread(target=worker.stop, daemon=True)
-    stopper.start()
-    stopper.join(30)
-    assert not stopper.is_alive()
-
-
 def test_a_workers_threads_give_their_connections_back_when_it_stops(broker) -> None:
-    ran: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name="q", actor_name="record")
-    def record(i: int) -> None:
-        ran.append(i)
-
     before = in_use(broker)
-    worker = dramatiq.Worker(broker, worker_threads=3, worker_timeout=100)
-    worker.start()
-    try:
+    with recording_worker(broker, threads=3) as (record, ran):
         for i in range(20):
             record.send(i)
         wait_for(lambda: len(ran) == 20, timeout=20, what="the messages to run")
         # Two consumers: a wake-up subscription and a fetching thread each; acking threads.
         assert len(in_use(broker) - before) >= 5
-    finally:
-        stop(worker)
     assert in_use(broker) == before
     assert sorted(ran) == list(range(20))
 
 
 def test_a_worker_goes_on_after_the_server_drops_its_connections(broker) -> None:
     """A dropped connection is made again at the thread's next call, as the pool would."""
-    ran: list[int] = []
-
-    @dramatiq.actor(broker=broker, queue_name="q", actor_name="record")
-    def record(i: int) -> None:
-        ran.append(i)
-
-    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
-    worker.start()
-    try:
+    with recording_worker(broker, threads=1) as (record, ran):
         record.send(1)
         wait_for(lambda: ran == [1], timeout=20, what="the first message")
         admin = redis.Redis.from_url(REDIS_URL)
@@ -87,8 +46,6 @@ def test_a_worker_goes_on_after_the_server_drops_its_connections(broker) -> None
         for i in range(2, 6):
             record.send(i)
         wait_for(lambda: len(ran) == 5, timeout=30, what="the messages sent after the drop")
-    finally:
-        stop(worker)
     assert sorted(ran) == [1, 2, 3, 4, 5]
 
 

@@ -66,8 +66,8 @@ class _WokenConsumer(_RedisConsumer):
     def close(self) -> None:
         try:
             self.wake.close()
-            self.broker.threads.release()
         finally:
+            self.broker.threads.release()
             super().close()
 
     def _fetch(self, wanted: int) -> list[bytes]:

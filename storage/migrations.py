@@ -20,6 +20,7 @@ from skillq.storage import (
     migration_v15,
     migration_v16,
     migration_v17,
+    migration_v18,
     worker_token_migration,
 )
 from skillq.storage.database import database_proxy
@@ -172,6 +173,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "shard the job metric rows",
         upgrade=migration_v17.upgrade,
         downgrade=migration_v17.downgrade,
+    ),
+    Migration(
+        18,
+        "drop the job state index its (state, priority, created_at) index covers",
+        upgrade=migration_v18.upgrade,
+        downgrade=migration_v18.downgrade,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

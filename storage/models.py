@@ -57,7 +57,8 @@ class Job(BaseModel):
     type = peewee.CharField(max_length=100, index=True)
     queue = peewee.CharField(max_length=100)
     params = JSONField()
-    state = peewee.CharField(max_length=16, index=True)
+    #: Indexed by (state, priority, created_at) below (v18 dropped the index on it alone).
+    state = peewee.CharField(max_length=16)
     priority = peewee.SmallIntegerField(default=5)
     progress = peewee.FloatField(null=True)
     message = peewee.TextField(null=True)

@@ -6,14 +6,14 @@ and without those on the columns the writes change.
 A worker starts a job (`job_writes.start_pending`) and finishes it (`job_writes.finish_one`):
 each an UPDATE of one row by its key. PostgreSQL (15 here) can update a row in place on its
 page, a HOT update touching no index, only when no index covers a column the update changes;
-the start and the finish change `state`, `started_at` and `completed_at`, which four indexes
-cover (`state`; `state, priority, created_at`; `started_at`; `completed_at`), so every write
-adds an entry to each of the table's twelve indexes. This measures what that costs
-the server: the CPU time of the store's own connection (its backend process), per statement,
-for the store as it is and for the same store without those four indexes (the writes then
-HOT), the two alternating within each round. The store's queries that need the four are not
-measured: this says what a schema whose job state writes avoid them would save, not that
-dropping them is right.
+the start and the finish change `state`, `started_at` and `completed_at`, which three indexes
+cover (`state, priority, created_at`; `started_at`; `completed_at`; before schema 18 also
+`state` alone), so every write adds an entry to each of the table's eleven indexes. This
+measures what that costs the server: the CPU time of the store's own connection (its backend
+process), per statement, for the store as it is and for the same store without the indexes on
+those columns (the writes then HOT), the two alternating within each round. The store's
+queries that need them are not measured: this says what a schema whose job state writes
+avoid them would save, not that dropping them is right.
 """
 
 from __future__ import annotations

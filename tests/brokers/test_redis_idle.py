@@ -9,7 +9,7 @@ import time
 import dramatiq
 
 from skillq.brokers.redis_priority import PriorityRedisBroker
-from tests.brokers.conftest import recording_worker
+from tests.brokers.redis_workers import recording_worker
 from tests.brokers.test_redis_priority import REDIS_URL
 from tests.support import wait_for
 

@@ -11,7 +11,7 @@ import redis
 
 from skillq.brokers.redis_priority import PriorityRedisBroker
 from skillq.brokers.redis_threads import ThreadClients
-from tests.brokers.conftest import recording_worker
+from tests.brokers.redis_workers import recording_worker
 from tests.brokers.test_redis_priority import REDIS_URL
 from tests.support import require_service, wait_for
 

@@ -1,9 +1,11 @@
-"""A Redis consumer fetches from the highest full priority level only, and leaves dramatiq's
-keys as dramatiq's fetch does: acks and the dead-worker maintenance keep working on what it
-fetched, also for a consumer that is never idle and so never beats."""
+"""A Redis consumer fetches from the highest full priority level in one script run of our own
+(`PriorityRedisBroker.fetch_first_full`) and leaves dramatiq's keys as dramatiq's fetch does:
+acks and the dead-worker maintenance keep working on what it fetched, also for a consumer
+that is never idle and so never beats. A fetch that empties the queue spares the next."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import dramatiq
@@ -84,3 +86,41 @@ def test_a_busy_fetch_that_draws_maintenance_hands_back_a_dead_workers_messages(
         busy.close()
         dying.close()
         survivor.client.close()
+
+
+def test_after_taking_the_last_message_a_consumer_waits_for_a_send_without_fetching(
+    broker,
+) -> None:
+    """The fetch that emptied the queue says so, so the consumer spares the fetch that would
+    find nothing and waits on its wake-up channel at once; a send then ends the wait and
+    the next fetch takes it: nothing sent after the emptying fetch is missed."""
+    fetches: list[str] = []
+    fetch_first_full = broker.fetch_first_full
+
+    def counted(lists: list[str], wanted: int):
+        found = fetch_first_full(lists, wanted)
+        fetches.append(found.level)
+        return found
+
+    broker.fetch_first_full = counted
+    first = send(broker, 5)
+    consumer = broker.consume("q", prefetch=2, timeout=600_000)
+    try:
+        taken = wait_for(lambda: next(consumer), timeout=10, what="the only message")
+        assert taken.message_id == first.message_id
+        assert fetches == ["q"]
+        consumer.misses = 30  # the next idle wait is the longest one
+        returned = threading.Event()
+        thread = threading.Thread(target=lambda: (next(consumer), returned.set()), daemon=True)
+        thread.start()
+        wait_for(lambda: consumer.misses > 30, timeout=10, what="the consumer to go idle")
+        assert fetches == ["q"]  # it went idle without fetching
+        second = send(broker, 8)
+        wait_for(returned.is_set, timeout=10, what="the send to wake the consumer")
+        again = wait_for(lambda: next(consumer), timeout=10, what="the message sent after")
+        assert again.message_id == second.message_id
+        assert fetches == ["q", "q.p8"]
+        consumer.ack(taken)
+        consumer.ack(again)
+    finally:
+        consumer.close()

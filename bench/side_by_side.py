@@ -150,7 +150,9 @@ def main() -> None:
     print(f"# medians of {args.repetitions}; after the run: {load()}\n")
     table(results, brokers)
     if not args.quick:
-        subprocess.run([sys.executable, str(ROOT / "bench" / "store_scale.py")], cwd=ROOT)
+        scale = subprocess.run([sys.executable, str(ROOT / "bench" / "store_scale.py")], cwd=ROOT)
+        if scale.returncode:
+            raise SystemExit(f"bench/store_scale.py failed (exit {scale.returncode})")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.http_api import free_port, p, start_api, timed, wait_until_healthy  # noqa: E402
+from skillq.storage.models import Job  # noqa: E402
 
 THREADS = 256
 
@@ -72,7 +73,14 @@ def fill(db: Path, rows: int) -> float:
     conn.execute("PRAGMA cache_size=-262144")  # 256 MiB for the indexes being built
     columns = [r[1] for r in conn.execute('PRAGMA table_info("skillq_job")')]
     now = datetime.now(UTC).replace(tzinfo=None)
+    # Every column the model gives a default (columns added by later schemas, such as
+    # `waiting`, are NOT NULL): an explicit NULL would break the insert.
     values = {
+        field.column_name: field.default() if callable(field.default) else field.default
+        for field in Job._meta.sorted_fields
+        if field.default is not None
+    }
+    values |= {
         "type": "sleep", "queue": "default", "params": '{"seconds":0}', "state": "completed",
         "priority": 5, "progress": 1.0, "result": '{"slept_secs":0}', "attempts": 1,
         "max_retries": 3, "owner": "local", "worker_id": "bench:1",

@@ -1,8 +1,12 @@
 """The consuming side of our Redis broker: priority levels, and idle waits that cost nothing.
 
 Apart from the broker (`skillq.brokers.redis_priority`) because the two change for different
-reasons: the broker decides where a message goes and who is told, the consumers how an idle
-worker waits for it.
+reasons: the broker decides where a message goes and who is told, the consumers how a worker
+fetches it and how an idle one waits for it.
+
+Fetches. A priority queue's consumer fetches from its highest level holding messages with
+one script of our own on dramatiq's keys (`_FETCH_FIRST_FULL`), which also says whether it
+left the queue empty, so the consumer then waits for a wake-up instead of fetching nothing.
 
 Idle waits. Every send publishes on its queue's wake-up channel (a delayed send on its delay
 queue's), and a consumer that found its list empty waits on that channel, so a new message
@@ -27,7 +31,7 @@ there at the first idle pass after its heartbeat expires.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import redis
 from dramatiq.broker import MessageProxy
@@ -47,6 +51,54 @@ MIN_DELAY_POLL_MS = 10
 #: consumer (seconds): a worker faster than its producers finds the queue empty after nearly
 #: every job.
 IDLE_BEAT_GAP_SECS = 1.0
+#: A priority consumer's fetch: up to `wanted` messages from the first of the given lists
+#: (levels, highest first) that holds any, in one script run, and whether any of the lists
+#: still holds one after it. Dramatiq's dispatch script fetches from one named list, so a
+#: priority queue took two runs per fetch (find the level, then fetch from it), and a consumer
+#: learnt that it had emptied the queue only from a further, empty fetch. The keys are
+#: dramatiq's, so its ack, requeue and maintenance work on the result: the worker's
+#: heartbeat, the message ids popped from the list's head, each added to this worker's
+#: acknowledgement set of that list, and the bodies from the list's message hash.
+#: Returns {index of the list (1-based), 1 if any list still holds a message else 0, bodies},
+#: or {} when every list is empty. KEYS: namespace. ARGV: timestamp, worker id, wanted, lists.
+_FETCH_FIRST_FULL = """
+local namespace = KEYS[1]
+local worker_id = ARGV[2]
+local wanted = tonumber(ARGV[3])
+redis.call("zadd", namespace .. ":__heartbeats__", ARGV[1], worker_id)
+for i = 4, #ARGV do
+    local list = namespace .. ":" .. ARGV[i]
+    local ids = {}
+    while #ids < wanted do
+        local id = redis.call("lpop", list)
+        if not id then break end
+        ids[#ids + 1] = id
+    end
+    if #ids > 0 then
+        redis.call("sadd", namespace .. ":__acks__." .. worker_id .. "." .. ARGV[i], unpack(ids))
+        local more = 0
+        for j = i, #ARGV do
+            if redis.call("llen", namespace .. ":" .. ARGV[j]) > 0 then
+                more = 1
+                break
+            end
+        end
+        return {i - 3, more, redis.call("hmget", list .. ".msgs", unpack(ids))}
+    end
+end
+return {}
+"""
+
+
+class FirstFull(NamedTuple):
+    """What `PriorityRedisConsumer.fetch_first_full` found."""
+
+    #: The list the messages came from ("" if none).
+    level: str
+    #: Their bodies, oldest first (None for one whose body is gone, as dramatiq's fetch).
+    bodies: list[bytes | None]
+    #: Every list was empty after the fetch.
+    drained: bool
 
 
 class _WokenConsumer(_RedisConsumer):
@@ -133,9 +185,24 @@ class PriorityRedisConsumer(_WokenConsumer):
     def __init__(self, broker: PriorityRedisBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)
         self.levels = broker.levels(queue_name)
+        self._fetch_first_full = broker.client.register_script(_FETCH_FIRST_FULL)
         self.beaten_at = float("-inf")
         #: The last fetch took the last of the messages on every level (see `_fetch`).
         self.drained = False
+
+    def fetch_first_full(self, lists: list[str], wanted: int) -> FirstFull:
+        """Up to `wanted` messages from the first of `lists` that holds any: one round trip,
+        on the calling thread's connection. See `_FETCH_FIRST_FULL`."""
+        broker = self.broker
+        wanted = min(wanted, broker._max_unpack_size())
+        args = [current_millis(), broker.broker_id, wanted, *lists]
+        found = self._fetch_first_full(
+            keys=[broker.namespace], args=args, client=broker.threads.get()
+        )
+        if not found:
+            return FirstFull("", [], drained=True)
+        index, more, bodies = found
+        return FirstFull(lists[index - 1], bodies, drained=not more)
 
     def _level(self, message: Message) -> str:
         return message.options.get(LEVEL_OPTION, self.queue_name)
@@ -167,7 +234,7 @@ class PriorityRedisConsumer(_WokenConsumer):
 
     def _fetch(self, wanted: int) -> list[bytes]:
         """Fetch from the highest level holding messages, in one round trip
-        (`PriorityRedisBroker.fetch_first_full`). When this fetch draws dramatiq's
+        (`fetch_first_full`). When this fetch draws dramatiq's
         maintenance chance, the level it fetched from gets its pass (a beat) after it.
 
         A fetch that took the queue's last message makes the next one unneeded: it would
@@ -183,7 +250,7 @@ class PriorityRedisConsumer(_WokenConsumer):
             self.drained = False
             self._beat_if_due()
             return []
-        found = self.broker.fetch_first_full(self.levels, wanted)
+        found = self.fetch_first_full(self.levels, wanted)
         # Not after an empty fetch: the wait that follows it must end in a fetch.
         self.drained = found.drained and bool(found.bodies)
         if found.bodies:

@@ -4,8 +4,8 @@ Dramatiq's Redis broker keeps one list per queue and so ignores `broker_priority
 message of the default priority (5) goes on the queue's own list, as before, and any other
 priority on a list of its own (`<queue>.p8`); the consumer fetches from the highest
 non-empty level first, so a worker runs higher priorities first and FIFO within a level.
-A consumer fetches from the first level holding messages with one script of our own
-(`_FETCH_FIRST_FULL`) on dramatiq's keys; everything else is dramatiq's: its Lua dispatch
+A consumer fetches from the first level holding messages with one script of our own on
+dramatiq's keys (`skillq.brokers.redis_consumers`); everything else is dramatiq's: its Lua dispatch
 script for sends, acks and requeues, acknowledgements per level, the heartbeats, and
 dead-worker maintenance (an idle consumer runs it on every level and the delay queue at each
 beat, so a dead worker's unacknowledged messages on any level come back once its heartbeat
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import uuid4
 
 import redis
@@ -55,56 +55,8 @@ LEVEL_OPTION = "redis_level"
 #: timeout, nor less than dramatiq's `worker_timeout`): a send wakes it, see
 #: `skillq.brokers.redis_consumers`.
 IDLE_WAIT_SECS = 5.0
-#: A consumer's fetch: up to `wanted` messages from the first of the given lists (levels,
-#: highest first) that holds any, in one script run, and whether any of the lists still holds
-#: one after it. Dramatiq's dispatch script fetches from one named list, so a priority queue
-#: took two runs per fetch (find the level, then fetch from it), and a consumer learnt that it
-#: had emptied the queue only from a further, empty fetch. The keys are dramatiq's, so its
-#: ack, requeue and maintenance work on the result: the worker's heartbeat, the message ids
-#: popped from the list's head, each added to this worker's acknowledgement set of that list,
-#: and the bodies from the list's message hash.
-#: Returns {index of the list (1-based), 1 if any list still holds a message else 0, bodies},
-#: or {} when every list is empty. KEYS: namespace. ARGV: timestamp, worker id, wanted, lists.
-_FETCH_FIRST_FULL = """
-local namespace = KEYS[1]
-local worker_id = ARGV[2]
-local wanted = tonumber(ARGV[3])
-redis.call("zadd", namespace .. ":__heartbeats__", ARGV[1], worker_id)
-for i = 4, #ARGV do
-    local list = namespace .. ":" .. ARGV[i]
-    local ids = {}
-    while #ids < wanted do
-        local id = redis.call("lpop", list)
-        if not id then break end
-        ids[#ids + 1] = id
-    end
-    if #ids > 0 then
-        redis.call("sadd", namespace .. ":__acks__." .. worker_id .. "." .. ARGV[i], unpack(ids))
-        local more = 0
-        for j = i, #ARGV do
-            if redis.call("llen", namespace .. ":" .. ARGV[j]) > 0 then
-                more = 1
-                break
-            end
-        end
-        return {i - 3, more, redis.call("hmget", list .. ".msgs", unpack(ids))}
-    end
-end
-return {}
-"""
 #: Options only this broker reads; `dead_letters` hands messages back without them.
 _BOOKKEEPING_OPTIONS = ("redis_message_id", LEVEL_OPTION)
-
-
-class FirstFull(NamedTuple):
-    """What `PriorityRedisBroker.fetch_first_full` found."""
-
-    #: The list the messages came from ("" if none).
-    level: str
-    #: Their bodies, oldest first (None for one whose body is gone, as dramatiq's fetch).
-    bodies: list[bytes | None]
-    #: Every list was empty after the fetch.
-    drained: bool
 
 
 def level_name(queue_name: str, priority: int) -> str:
@@ -126,7 +78,6 @@ class PriorityRedisBroker(RedisBroker):
         super().__init__(*args, **kwargs)
         self.fail_fast_default = fail_fast_default
         self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
-        self._fetch_first_full = self.client.register_script(_FETCH_FIRST_FULL)
         self.idle_wait_secs = min(IDLE_WAIT_SECS, self.heartbeat_timeout / 3000)
         self.stopping = False  # a worker of this process is shutting down (see `emit_before`)
         #: The calling thread's own connection, for the calls a worker makes per message.
@@ -165,17 +116,6 @@ class PriorityRedisBroker(RedisBroker):
             args=self._dispatch_args(command, list_name, *args),
             client=self.threads.get(),
         )
-
-    def fetch_first_full(self, lists: list[str], wanted: int) -> FirstFull:
-        """Up to `wanted` messages from the first of `lists` that holds any: one round trip,
-        on the calling thread's connection. See `_FETCH_FIRST_FULL`."""
-        wanted = min(wanted, self._max_unpack_size())
-        args = [current_millis(), self.broker_id, wanted, *lists]
-        found = self._fetch_first_full(keys=[self.namespace], args=args, client=self.threads.get())
-        if not found:
-            return FirstFull("", [], drained=True)
-        index, more, bodies = found
-        return FirstFull(lists[index - 1], bodies, drained=not more)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         if delay is not None:

@@ -1,5 +1,5 @@
 """A Redis consumer fetches from the highest full priority level in one script run of our own
-(`PriorityRedisBroker.fetch_first_full`) and leaves dramatiq's keys as dramatiq's fetch does:
+(`PriorityRedisConsumer.fetch_first_full`) and leaves dramatiq's keys as dramatiq's fetch does:
 acks and the dead-worker maintenance keep working on what it fetched, also for a consumer
 that is never idle and so never beats. A fetch that empties the queue spares the next."""
 
@@ -95,16 +95,16 @@ def test_after_taking_the_last_message_a_consumer_waits_for_a_send_without_fetch
     find nothing and waits on its wake-up channel at once; a send then ends the wait and
     the next fetch takes it: nothing sent after the emptying fetch is missed."""
     fetches: list[str] = []
-    fetch_first_full = broker.fetch_first_full
+    first = send(broker, 5)
+    consumer = broker.consume("q", prefetch=2, timeout=600_000)
+    fetch_first_full = consumer.fetch_first_full
 
     def counted(lists: list[str], wanted: int):
         found = fetch_first_full(lists, wanted)
         fetches.append(found.level)
         return found
 
-    broker.fetch_first_full = counted
-    first = send(broker, 5)
-    consumer = broker.consume("q", prefetch=2, timeout=600_000)
+    consumer.fetch_first_full = counted
     try:
         taken = wait_for(lambda: next(consumer), timeout=10, what="the only message")
         assert taken.message_id == first.message_id

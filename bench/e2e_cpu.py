@@ -27,21 +27,10 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from side_by_side_run import REDIS_URL, Run, Worker  # noqa: E402
+from side_by_side_run import REDIS_URL, Run, Worker, cpu_secs  # noqa: E402
 
 #: Server processes by name prefix (RabbitMQ runs in the Erlang VM).
 SERVERS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "beam.smp"}
-
-
-def cpu_secs(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
 
 
 def servers() -> dict[str, list[psutil.Process]]:

@@ -47,6 +47,18 @@ def percentile(samples: list[float], pct: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
 
 
+def cpu_secs(processes: list[psutil.Process]) -> float:
+    """User and system CPU seconds of `processes`, those that still exist."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # gone, or not ours to read
+            pass
+    return total
+
+
 class Worker:
     """A worker process tree, stopped the way each system expects (SIGTERM to its main)."""
 
@@ -65,14 +77,7 @@ class Worker:
             return []
 
     def cpu_secs(self) -> float:
-        total = 0.0
-        for proc in self.processes():
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return cpu_secs(self.processes())
 
     def rss_mb(self) -> float:
         return sum(p.memory_info().rss for p in self.processes()) / 2**20

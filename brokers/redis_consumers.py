@@ -234,15 +234,15 @@ class PriorityRedisConsumer(_WokenConsumer):
 
     def _fetch(self, wanted: int) -> list[bytes]:
         """Fetch from the highest level holding messages, in one round trip
-        (`fetch_first_full`). When this fetch draws dramatiq's
-        maintenance chance, the level it fetched from gets its pass (a beat) after it.
+        (`fetch_first_full`). When this fetch draws dramatiq's maintenance chance, the level
+        it fetched from gets its pass (a beat) after it.
 
         A fetch that took the queue's last message makes the next one unneeded: it would
         find nothing, and a message sent after it wakes the idle wait that follows anyway. So
         the next call only beats (if due) and returns nothing, and the consumer goes straight
         to that wait. On Redis end to end (a worker keeping up with one client's sends) a job
         used to cost its fetch, the empty fetch after it and the wake-up between them; now
-        one fetch and the wake-up (Redis script runs per job 4.1 -> 3.1).
+        one fetch and the wake-up (Redis script runs per job 4.1 -> 3.0).
 
         With none waiting, at most every `IDLE_BEAT_GAP_SECS`, beat on every level and the
         delay queue (their maintenance pass; see the module's doc)."""

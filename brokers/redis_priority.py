@@ -5,8 +5,8 @@ message of the default priority (5) goes on the queue's own list, as before, and
 priority on a list of its own (`<queue>.p8`); the consumer fetches from the highest
 non-empty level first, so a worker runs higher priorities first and FIFO within a level.
 A consumer fetches from the first level holding messages with one script of our own on
-dramatiq's keys (`skillq.brokers.redis_consumers`); everything else is dramatiq's: its Lua dispatch
-script for sends, acks and requeues, acknowledgements per level, the heartbeats, and
+dramatiq's keys (`skillq.brokers.redis_consumers`); everything else is dramatiq's: its Lua
+dispatch script for sends, acks and requeues, acknowledgements per level, the heartbeats, and
 dead-worker maintenance (an idle consumer runs it on every level and the delay queue at each
 beat, so a dead worker's unacknowledged messages on any level come back once its heartbeat
 expires).

@@ -359,12 +359,16 @@ def test_one_trace_spans_the_api_and_a_real_worker(tmp_path: Path, quick_export:
             (attempt.span_id, "count_primes")
         ]
 
-        # An MCP tools/call continues its request's traceparent, down to the worker.
-        wait_for(lambda: attempts(mcp_trace, 1), what="the MCP job's attempt")
-        mcp_spans = {s.name: s for s in receiver.of_trace(mcp_trace)}
-        assert (
-            mcp_spans["skillq.submit"].parent_span_id == mcp_spans["mcp tools/call sleep"].span_id
-        )
+        # An MCP tools/call continues its request's traceparent, down to the worker. Each
+        # process exports on its own schedule: the worker's attempt can arrive before the
+        # API's request span, which ends only once its response is written.
+        def mcp_spans() -> dict | None:
+            spans = {s.name: s for s in receiver.of_trace(mcp_trace)}
+            wanted = ("skillq.submit", "mcp tools/call sleep")
+            return spans if attempts(mcp_trace, 1) and all(n in spans for n in wanted) else None
+
+        spans = wait_for(mcp_spans, what="the MCP request's, submit's and attempt's spans")
+        assert spans["skillq.submit"].parent_span_id == spans["mcp tools/call sleep"].span_id
 
 
 def test_with_exporter_none_nothing_is_exported(tmp_path: Path, quick_export: None) -> None:

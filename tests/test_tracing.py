@@ -323,17 +323,21 @@ def test_one_trace_spans_the_api_and_a_real_worker(tmp_path: Path, quick_export:
             found = [s for s in receiver.of_trace(trace_id) if s.name.startswith("skillq.attempt")]
             return found if len(found) >= count else None
 
+        def with_spans(trace_id: str, *names: str) -> dict | None:
+            """The trace's spans by name, once all of `names` have arrived: each process
+            exports on its own schedule, and the API's request span ends only once its
+            response is written, so it can come after the worker's attempts."""
+            spans = {s.name: s for s in receiver.of_trace(trace_id)}
+            return spans if all(name in spans for name in names) else None
+
         # Two attempts of the flaky job, siblings under the enqueue that sent its message.
         first, second = sorted(
             wait_for(lambda: attempts(TRACE_ID, 2), what="the flaky job's attempt spans"),
             key=lambda s: s.attributes["skillq.attempt"],
         )
-        trace = {s.name: s for s in receiver.of_trace(TRACE_ID)}
-        request, submitted, enqueued = (
-            trace["POST /api/v1/jobs"],
-            trace["skillq.submit"],
-            trace["skillq.enqueue"],
-        )
+        api_spans = ("POST /api/v1/jobs", "skillq.submit", "skillq.enqueue")
+        trace = wait_for(lambda: with_spans(TRACE_ID, *api_spans), what="the flaky job's spans")
+        request, submitted, enqueued = (trace[name] for name in api_spans)
         assert request.parent_span_id == PARENT_ID
         assert submitted.parent_span_id == request.span_id
         assert enqueued.parent_span_id == submitted.span_id
@@ -359,15 +363,12 @@ def test_one_trace_spans_the_api_and_a_real_worker(tmp_path: Path, quick_export:
             (attempt.span_id, "count_primes")
         ]
 
-        # An MCP tools/call continues its request's traceparent, down to the worker. Each
-        # process exports on its own schedule: the worker's attempt can arrive before the
-        # API's request span, which ends only once its response is written.
-        def mcp_spans() -> dict | None:
-            spans = {s.name: s for s in receiver.of_trace(mcp_trace)}
-            wanted = ("skillq.submit", "mcp tools/call sleep")
-            return spans if attempts(mcp_trace, 1) and all(n in spans for n in wanted) else None
-
-        spans = wait_for(mcp_spans, what="the MCP request's, submit's and attempt's spans")
+        # An MCP tools/call continues its request's traceparent, down to the worker.
+        wait_for(lambda: attempts(mcp_trace, 1), what="the MCP job's attempt")
+        spans = wait_for(
+            lambda: with_spans(mcp_trace, "skillq.submit", "mcp tools/call sleep"),
+            what="the MCP request's spans",
+        )
         assert spans["skillq.submit"].parent_span_id == spans["mcp tools/call sleep"].span_id
 
 

@@ -6,8 +6,8 @@
 1. Submit (POST /api/v1/jobs) and status (GET /api/v1/jobs/{id}) p50/p99 over HTTP, one
    keep-alive client, no worker running, against an empty store; then the store is emptied,
    `--rows` finished jobs are bulk-inserted (one executemany, timed) and the same is measured
-   again. The API's RSS
-   is read after each. Target: the full store within 20 % of the empty one.
+   again. The API's RSS is read after each. Target: the full store within 20 % of the empty
+   one.
 2. `--sleepers` jobs that each sleep 2 s, submitted over HTTP to `skillq worker --queue
    default` (`--processes`, default 1, x 256 threads): seconds from the first submit until
    the store shows every one completed, and how long the submits took. Target: <= 10 s.

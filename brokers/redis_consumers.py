@@ -97,7 +97,7 @@ class FirstFull(NamedTuple):
     level: str
     #: Their bodies, oldest first (None for one whose body is gone, as dramatiq's fetch).
     bodies: list[bytes | None]
-    #: Every list was empty after the fetch.
+    #: It took the last message of every list (False when it found none).
     drained: bool
 
 
@@ -190,19 +190,19 @@ class PriorityRedisConsumer(_WokenConsumer):
         #: The last fetch took the last of the messages on every level (see `_fetch`).
         self.drained = False
 
-    def fetch_first_full(self, lists: list[str], wanted: int) -> FirstFull:
-        """Up to `wanted` messages from the first of `lists` that holds any: one round trip,
-        on the calling thread's connection. See `_FETCH_FIRST_FULL`."""
+    def fetch_first_full(self, wanted: int) -> FirstFull:
+        """Up to `wanted` messages from the highest level that holds any: one round trip, on
+        the calling thread's connection. See `_FETCH_FIRST_FULL`."""
         broker = self.broker
         wanted = min(wanted, broker._max_unpack_size())
-        args = [current_millis(), broker.broker_id, wanted, *lists]
+        args = [current_millis(), broker.broker_id, wanted, *self.levels]
         found = self._fetch_first_full(
             keys=[broker.namespace], args=args, client=broker.threads.get()
         )
         if not found:
-            return FirstFull("", [], drained=True)
+            return FirstFull("", [], drained=False)
         index, more, bodies = found
-        return FirstFull(lists[index - 1], bodies, drained=not more)
+        return FirstFull(self.levels[index - 1], bodies, drained=not more)
 
     def _level(self, message: Message) -> str:
         return message.options.get(LEVEL_OPTION, self.queue_name)
@@ -250,9 +250,8 @@ class PriorityRedisConsumer(_WokenConsumer):
             self.drained = False
             self._beat_if_due()
             return []
-        found = self.fetch_first_full(self.levels, wanted)
-        # Not after an empty fetch: the wait that follows it must end in a fetch.
-        self.drained = found.drained and bool(found.bodies)
+        found = self.fetch_first_full(wanted)
+        self.drained = found.drained
         if found.bodies:
             if self.broker._should_do_maintenance("fetch"):
                 self.broker.beat([found.level])

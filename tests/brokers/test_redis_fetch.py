@@ -5,12 +5,12 @@ that is never idle and so never beats. A fetch that empties the queue spares the
 
 from __future__ import annotations
 
-import threading
 import time
 
 import dramatiq
 
 from skillq.brokers.redis_priority import PriorityRedisBroker
+from tests.brokers.test_redis_idle import idle_in_thread
 from tests.brokers.test_redis_priority import REDIS_URL
 from tests.support import wait_for
 
@@ -99,8 +99,8 @@ def test_after_taking_the_last_message_a_consumer_waits_for_a_send_without_fetch
     consumer = broker.consume("q", prefetch=2, timeout=600_000)
     fetch_first_full = consumer.fetch_first_full
 
-    def counted(lists: list[str], wanted: int):
-        found = fetch_first_full(lists, wanted)
+    def counted(wanted: int):
+        found = fetch_first_full(wanted)
         fetches.append(found.level)
         return found
 
@@ -109,14 +109,11 @@ def test_after_taking_the_last_message_a_consumer_waits_for_a_send_without_fetch
         taken = wait_for(lambda: next(consumer), timeout=10, what="the only message")
         assert taken.message_id == first.message_id
         assert fetches == ["q"]
-        consumer.misses = 30  # the next idle wait is the longest one
-        returned = threading.Event()
-        thread = threading.Thread(target=lambda: (next(consumer), returned.set()), daemon=True)
-        thread.start()
-        wait_for(lambda: consumer.misses > 30, timeout=10, what="the consumer to go idle")
+        thread, _ = idle_in_thread(consumer)
         assert fetches == ["q"]  # it went idle without fetching
         second = send(broker, 8)
-        wait_for(returned.is_set, timeout=10, what="the send to wake the consumer")
+        thread.join(10)
+        assert not thread.is_alive()  # the send woke it
         again = wait_for(lambda: next(consumer), timeout=10, what="the message sent after")
         assert again.message_id == second.message_id
         assert fetches == ["q", "q.p8"]

@@ -37,6 +37,7 @@ from skillq.brokers.cancellation import Cancellation
 from skillq.brokers.job_limits import GiveBack, JobLimits, Limit, OwnerLimit, limit_from
 from skillq.brokers.job_logs import JobLogs
 from skillq.brokers.job_status import JobStatus
+from skillq.brokers.message_encoding import MessageEncoder
 from skillq.brokers.progress import JobProgress
 from skillq.brokers.retries import JobRetries
 from skillq.brokers.running import RunningJobs
@@ -110,7 +111,12 @@ def job_middleware(
 def build_broker(
     settings: Settings, *, recover: Callable[[], Any] | None = None
 ) -> dramatiq.Broker:
-    """The configured broker; `recover` runs stale-job recovery from the worker registry."""
+    """The configured broker; `recover` runs stale-job recovery from the worker registry.
+
+    Also makes dramatiq encode messages with orjson (`MessageEncoder`): the encoder is
+    process-wide in dramatiq, and every skillq process that sends or reads a message builds
+    its broker here."""
+    dramatiq.set_encoder(MessageEncoder())
     middleware = job_middleware(
         settings.workers,
         recover=recover,

@@ -27,11 +27,13 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import current_millis
 
+from skillq.brokers.middleware_hooks import OverriddenHooks
+
 #: Shortest wait (milliseconds) of a delay-queue consumer holding a message that is due.
 MIN_DELAY_POLL_MS = 10
 
 
-class DelayPromptRabbitmqBroker(RabbitmqBroker):
+class DelayPromptRabbitmqBroker(OverriddenHooks, RabbitmqBroker):
     """`RabbitmqBroker` whose delay-queue consumers return when a message they hold is due."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:

@@ -45,6 +45,7 @@ from dramatiq.message import Message
 
 from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.failures import RecentFailures
+from skillq.brokers.middleware_hooks import OverriddenHooks
 from skillq.brokers.redis_threads import ThreadClients
 
 DEFAULT_PRIORITY = 5
@@ -70,7 +71,7 @@ def priority_of(message: Message) -> int:
     return max(0, min(MAX_PRIORITY, priority))
 
 
-class PriorityRedisBroker(RedisBroker):
+class PriorityRedisBroker(OverriddenHooks, RedisBroker):
     """Dramatiq's `RedisBroker` plus priority; ``fail_fast_default`` as on `StubBroker`
     (False here, since a real queue keeps old dead letters)."""
 

@@ -30,6 +30,7 @@ from dramatiq.middleware import Middleware
 
 from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.failures import RecentFailures
+from skillq.brokers.middleware_hooks import OverriddenHooks
 from skillq.brokers.sqlite_consumer import SQLiteConsumer
 from skillq.brokers.sqlite_database import (
     INSERT_MESSAGE,
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 JOIN_POLL_SECS = 0.005
 
 
-class SQLiteBroker(Broker):
+class SQLiteBroker(OverriddenHooks, Broker):
     """Leases, priority + FIFO order, prompt wake-ups and one row per enqueue.
 
     Parameters:

@@ -40,6 +40,7 @@ from skillq.brokers.sqlite_database import (
     database_path,
     message_priority,
 )
+from skillq.brokers.sqlite_queue_wakes import QueueWakes
 from skillq.brokers.sqlite_wake import CommitWatcher
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ class SQLiteBroker(OverriddenHooks, Broker):
         with self._db() as conn:
             conn.executescript(SCHEMA)
             adopt_dramatiq_sqlite_rows(conn)
-        self._changed = threading.Condition()
-        self.generation = 0
+        #: Per queue, what idle consumers sleep on (`skillq.brokers.sqlite_queue_wakes`).
+        self.wakes = QueueWakes()
         self.failures = RecentFailures()  # the consumer's nack fills it, `join` reads it
         self.stopping = False  # a worker of this process is shutting down (see `emit_before`)
         self._owner_pid = -1
@@ -248,23 +249,32 @@ class SQLiteBroker(OverriddenHooks, Broker):
         self._db.close()
 
     def notify(self) -> None:
-        """Wake this process's idle consumers at once; other processes see ``data_version``."""
-        with self._changed:
-            self.generation += 1
-            self._changed.notify_all()
+        """Wake all of this process's idle consumers at once; other processes see the commit
+        (`skillq.brokers.sqlite_wake`)."""
+        self.wakes.bump_all()
 
-    def wait_for_enqueue(self, seen_generation: int, timeout: float) -> None:
-        with self._changed:
-            if self.generation == seen_generation:
-                self._changed.wait(timeout)
+    def wait_for_enqueue(self, queue_name: str, seen_generation: int, timeout: float) -> None:
+        self.wakes.wait(queue_name, seen_generation, timeout)
+
+    def _on_commit(self) -> None:
+        """Another connection committed: wake the consumers of the queues it added rows to."""
+        try:
+            with self._db() as conn:
+                self.wakes.bump_new(conn)
+        except (sqlite3.Error, ConnectionFailed):
+            logger.debug("Could not read the new rows; waking every consumer.", exc_info=True)
+            self.notify()
 
     def _start_watcher(self) -> None:
         """One thread per process wakes its idle consumers when another connection commits
         (another process enqueued, or a consumer of ours acked or claimed); see
-        `skillq.brokers.sqlite_wake` for how it learns of commits."""
+        `skillq.brokers.sqlite_wake` for how it learns of commits and
+        `skillq.brokers.sqlite_queue_wakes` for whom it wakes."""
         if self._watcher is not None and self._watcher.is_alive():
             return
-        self._watcher = CommitWatcher(SQLiteConnection(self.path), self.notify)
+        with self._db() as conn:
+            self.wakes.start_from(conn)
+        self._watcher = CommitWatcher(SQLiteConnection(self.path), self._on_commit)
         self._watcher.start()
 
     def _start_renewer(self) -> None:

@@ -78,7 +78,7 @@ class SQLiteConsumer(Consumer):
                 return self._ready.popleft()
             with self._slots:
                 free = self.prefetch - len(self._leased)
-            generation = self.broker.generation
+            generation = self.broker.wakes.generation(self.queue_name)
             if free > 0 and self._worth_claiming(generation):
                 self._claim(free)
                 if self._ready:
@@ -94,10 +94,10 @@ class SQLiteConsumer(Consumer):
                     if len(self._leased) >= self.prefetch:
                         self._slots.wait(remaining)
             else:
-                # The broker's watcher bumps the generation on any other connection's commit;
-                # an eta or a lease expiry coming due (`_next_check`) is no commit.
+                # The broker's watcher bumps the queue's generation when another connection
+                # adds to it; an eta or a lease expiry coming due (`_next_check`) is no commit.
                 until_due = max(self._next_check - time.monotonic(), 0.0)
-                self.broker.wait_for_enqueue(generation, min(remaining, until_due))
+                self.broker.wait_for_enqueue(self.queue_name, generation, min(remaining, until_due))
 
     def ack(self, message: MessageProxy) -> None:
         self._finish(message, "DELETE FROM skillq_messages WHERE seq = ? AND lease_owner = ?")
@@ -142,9 +142,10 @@ class SQLiteConsumer(Consumer):
     def _worth_claiming(self, generation: int) -> bool:
         """True when something may have become claimable since the last look.
 
-        The broker's generation moves when this process enqueues and when its watcher sees a
-        commit by any other connection (other processes, other consumers); ``_next_check``
-        covers etas and lease expiries coming due. One watcher per process serves all
+        The queue's generation moves when this process enqueues and when its watcher sees
+        another connection add to the queue (`skillq.brokers.sqlite_queue_wakes`);
+        ``_next_check`` covers etas and lease expiries coming due, and a requeue by another
+        process. One watcher per process serves all
         consumers (`skillq.brokers.sqlite_wake`): ten idle consumers each polling
         ``data_version`` cost a skillq worker ~5 % of a core doing nothing."""
         if generation == self._seen and time.monotonic() < self._next_check:

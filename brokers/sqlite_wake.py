@@ -1,13 +1,14 @@
 """How a process of the SQLite broker learns that another connection committed: at once, and
 at no cost while nothing happens.
 
-Why. Idle consumers sleep on the broker's generation (`SQLiteBroker.wait_for_enqueue`), and
+Why. Idle consumers sleep on their queue's generation (`SQLiteBroker.wait_for_enqueue`), and
 something has to move it when another process enqueues. Polling ``PRAGMA data_version`` every
 5 ms did, for ~2.8 % of a core per idle process, most of what an idle worker cost
 (bench/sqlite_idle.py). On Linux the kernel can tell us instead: in WAL mode every commit
 writes the database's ``-wal`` file, so an inotify ``IN_MODIFY`` event for that name wakes the
 broker's watcher, which confirms with ``data_version`` (a checkpoint writes the WAL too
-without changing any data) and bumps the generation.
+without changing any data) and has the broker move the generations of the queues the
+commit added rows to (`skillq.brokers.sqlite_queue_wakes`).
 
 - The folder is watched, not the file: SQLite deletes the WAL when the last connection closes
   and creates it again with the next, and a watch on the file would die with it. Events for
@@ -22,8 +23,8 @@ without changing any data) and bumps the generation.
   every `FALLBACK_POLL_SECS`, as it always did.
 - Commits arriving back to back (a busy worker's acks, the store's writes) wake the reading
   thread at most every `MIN_WAKE_GAP_SECS`, the events of the gap read in one go: each
-  generation bump wakes every idle consumer of the process (one per queue) for a claim
-  query, so under load they must not come more often than the 5 ms poll made them.
+  look that finds a commit costs a query for the new rows and wakes the consumers of their
+  queues for a claim, so under load they must not come more often than the 5 ms poll did.
   Only a read that woke a watcher begins such a gap: the store's WAL often sits next door,
   and a submit commits to it just before the broker, whose event then waited out a gap
   begun by the store's (idle enqueue to start was 8.3 ms, 4.5 ms without that wait).

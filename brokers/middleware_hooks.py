@@ -1,8 +1,8 @@
 """Dramatiq's hook dispatch, calling only the middleware that implement a hook.
 
 Dramatiq's `Broker.emit_before` / `emit_after` look the hook up on every middleware and call
-it, most of them `Middleware`'s own no-op: skillq's stack has 19 middleware, and a job's
-submit, start, finish and ack emit about eight signals, so some 150 calls per job did
+it, most of them `Middleware`'s own no-op: skillq's stack has 16 middleware, and a job's
+submit, start, finish and ack emit about eight signals, so over a hundred calls per job did
 nothing. `OverriddenHooks` keeps, per signal, the middleware whose hook is their own, in
 order, and calls those alone; the same exceptions propagate or are logged as dramatiq's.
 The lists are rebuilt whenever the middleware list changes (`add_middleware`, or the list

@@ -17,6 +17,8 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import current_millis
 from dramatiq.message import Message
 
+from skillq.brokers.sqlite_database import REQUEUES_KEPT
+
 if TYPE_CHECKING:
     from skillq.brokers.sqlite import SQLiteBroker
     from skillq.brokers.sqlite_database import SQLiteConnection
@@ -128,6 +130,14 @@ class SQLiteConsumer(Consumer):
                 " lease_expires = NULL WHERE seq = ? AND lease_owner = ?",
                 [(m.seq, m.lease_owner) for m in leased],
             )
+            # The rows keep their seq, so other processes' watchers learn of them from here.
+            cursor = conn.execute(
+                "INSERT INTO skillq_requeues (queue_name) VALUES (?)", (self.queue_name,)
+            )
+            conn.execute(
+                "DELETE FROM skillq_requeues WHERE seq <= ?",
+                (cursor.lastrowid - REQUEUES_KEPT,),
+            )
             conn.execute("COMMIT")
         self._release(m.seq for m in leased)
         self.broker.notify()
@@ -144,8 +154,8 @@ class SQLiteConsumer(Consumer):
 
         The queue's generation moves when this process enqueues and when its watcher sees
         another connection add to the queue (`skillq.brokers.sqlite_queue_wakes`);
-        ``_next_check`` covers etas and lease expiries coming due, and a requeue by another
-        process. One watcher per process serves all
+        ``_next_check`` covers etas and lease expiries coming due. One watcher per process
+        serves all
         consumers (`skillq.brokers.sqlite_wake`): ten idle consumers each polling
         ``data_version`` cost a skillq worker ~5 % of a core doing nothing."""
         if generation == self._seen and time.monotonic() < self._next_check:

@@ -49,7 +49,14 @@ CREATE INDEX IF NOT EXISTS skillq_messages_owner ON skillq_messages (lease_owner
     WHERE state = 'leased';
 CREATE INDEX IF NOT EXISTS skillq_messages_rejected ON skillq_messages (queue_name, mtime)
     WHERE state = 'rejected';
+CREATE TABLE IF NOT EXISTS skillq_requeues (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue_name TEXT NOT NULL
+);
 """
+#: A requeue's row in `skillq_requeues` announces it to other processes' watchers
+#: (`skillq.brokers.sqlite_queue_wakes`); the table keeps this many of the latest.
+REQUEUES_KEPT = 1000
 
 
 INSERT_MESSAGE = (

@@ -13,11 +13,12 @@ seen (a range scan of the rowid: only the new rows) and moves the generation of 
 alone; each queue has its own condition, so the other queues' consumers are not even
 scheduled.
 
-What this does not see: a row put back to ``queued`` under its old ``seq`` by another process
-(`SQLiteConsumer.requeue`, a worker stopping) and a dead process's lease running out. Both are
-found by the consumer's own periodic look (at most `sqlite_consumer.RECHECK_SECS` apart), as
-lease expiries always were; this process's own enqueues and requeues wake all of its
-consumers at once (`bump_all`), and so does a commit whose rows could not be read.
+A requeue (`SQLiteConsumer.requeue`, a worker stopping) puts rows back under their old
+``seq``, so it also adds a row of its own to ``skillq_requeues`` (same AUTOINCREMENT rule), and
+the scan reads that table's new rows too. A dead process's lease running out is no commit: the
+consumer's own look (at most `sqlite_consumer.RECHECK_SECS` apart) finds it, as it always did.
+This process's own enqueues and requeues wake all of its consumers at once (`bump_all`), and
+so does a commit whose rows could not be read.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class QueueWakes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queues: dict[str, _QueueWake] = {}
-        #: The highest `seq` looked at; rows above it are new to this process.
+        #: The highest `seq` looked at in the message and requeue tables; rows above are new.
         self._seen_seq = 0
+        self._seen_requeue = 0
         self._scan_lock = threading.Lock()  # the inotify thread and the watcher's both scan
 
     def _of(self, queue_name: str) -> _QueueWake:
@@ -80,18 +82,27 @@ class QueueWakes:
 
     def start_from(self, conn: sqlite3.Connection) -> None:
         """Rows there now are the consumers' first claims' to find: look only above them."""
-        (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM skillq_messages").fetchone()
+        top, requeue = conn.execute(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM skillq_messages),"
+            " (SELECT COALESCE(MAX(seq), 0) FROM skillq_requeues)"
+        ).fetchone()
         with self._scan_lock:
             self._seen_seq = max(self._seen_seq, top)
+            self._seen_requeue = max(self._seen_requeue, requeue)
 
     def bump_new(self, conn: sqlite3.Connection) -> None:
-        """Move the generation of every queue that has a row above the highest `seq` seen."""
+        """Move the generation of every queue with a message or a requeue above those seen."""
         with self._scan_lock:
             rows = conn.execute(
-                "SELECT queue_name, MAX(seq) FROM skillq_messages WHERE seq > ?"
+                "SELECT 0, queue_name, MAX(seq) FROM skillq_messages WHERE seq > ?"
+                " GROUP BY queue_name UNION ALL"
+                " SELECT 1, queue_name, MAX(seq) FROM skillq_requeues WHERE seq > ?"
                 " GROUP BY queue_name",
-                (self._seen_seq,),
+                (self._seen_seq, self._seen_requeue),
             ).fetchall()
-            if rows:
-                self._seen_seq = max(top for _, top in rows)
-        self.bump(queue_name for queue_name, _ in rows)
+            for table, _, top in rows:
+                if table:
+                    self._seen_requeue = max(self._seen_requeue, top)
+                else:
+                    self._seen_seq = max(self._seen_seq, top)
+        self.bump({queue_name for _, queue_name, _ in rows})

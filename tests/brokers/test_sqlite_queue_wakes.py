@@ -61,7 +61,9 @@ def counting_claims(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 def test_new_rows_move_only_their_queues_generation(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
-    conn.execute("CREATE TABLE skillq_messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue_name)")
+    for table in ("skillq_messages", "skillq_requeues"):
+        conn.execute(f"CREATE TABLE {table} (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue_name)")
+    conn.execute("INSERT INTO skillq_requeues (queue_name) VALUES ('old')")
     conn.execute("INSERT INTO skillq_messages (queue_name) VALUES ('old')")
     wakes = QueueWakes()
     wakes.start_from(conn)
@@ -77,8 +79,13 @@ def test_new_rows_move_only_their_queues_generation(tmp_path: Path) -> None:
     wakes.bump_new(conn)
     assert [wakes.generation(q) for q in ("a", "b", "old")] == [1, 1, 0]
 
+    conn.execute("INSERT INTO skillq_requeues (queue_name) VALUES ('old')")  # a requeue
+    wakes.bump_new(conn)
+    wakes.bump_new(conn)
+    assert [wakes.generation(q) for q in ("a", "b", "old")] == [1, 1, 1]
+
     wakes.bump_all()
-    assert [wakes.generation(q) for q in ("a", "b", "old")] == [2, 2, 1]
+    assert [wakes.generation(q) for q in ("a", "b", "old")] == [2, 2, 2]
     conn.close()
 
 
@@ -104,12 +111,12 @@ def test_another_process_enqueue_wakes_only_that_queues_consumer(
         broker.close()
 
 
-def test_a_requeue_by_another_process_is_taken_at_the_next_periodic_look(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_a_requeue_by_another_process_wakes_the_queues_consumer(
+    tmp_path: Path, slow_polls: None
 ) -> None:
-    """A requeue keeps the row's seq, so no consumer elsewhere is woken for it: the consumer's
-    own look (`RECHECK_SECS`, here 0.3 s) finds it."""
-    monkeypatch.setattr(sqlite_consumer, "RECHECK_SECS", 0.3)
+    """A requeue keeps the row's seq: its row in `skillq_requeues` is what wakes a consumer
+    elsewhere (the periodic look is an hour away here)."""
     broker = SQLiteBroker(path=tmp_path / "q.db")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     other = subprocess.Popen(

@@ -155,8 +155,7 @@ class SQLiteConsumer(Consumer):
         The queue's generation moves when this process enqueues and when its watcher sees
         another connection add to the queue (`skillq.brokers.sqlite_queue_wakes`);
         ``_next_check`` covers etas and lease expiries coming due. One watcher per process
-        serves all
-        consumers (`skillq.brokers.sqlite_wake`): ten idle consumers each polling
+        serves all consumers (`skillq.brokers.sqlite_wake`): ten idle consumers each polling
         ``data_version`` cost a skillq worker ~5 % of a core doing nothing."""
         if generation == self._seen and time.monotonic() < self._next_check:
             return False

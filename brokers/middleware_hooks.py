@@ -5,8 +5,8 @@ it, most of them `Middleware`'s own no-op: skillq's stack has 16 middleware, and
 submit, start, finish and ack emit about eight signals, so over a hundred calls per job did
 nothing. `OverriddenHooks` keeps, per signal, the middleware whose hook is their own, in
 order, and calls those alone; the same exceptions propagate or are logged as dramatiq's.
-The lists are rebuilt whenever the middleware list changes (`add_middleware`, or the list
-replaced or resized by anyone else).
+The lists are rebuilt whenever the middleware list is replaced or changes length
+(`add_middleware` inserts into it).
 """
 
 from __future__ import annotations
@@ -33,23 +33,20 @@ class OverriddenHooks(Broker):
     """A broker mixin (first among the bases) for `emit_before` / `emit_after`."""
 
     _hooks: dict[str, list[object]]
-    _hooks_of: tuple[int, int]
+    #: The middleware list (identity, length) that `_hooks` was built from.
+    _hooks_of: tuple[int, int] = (0, 0)
 
     def _overriding(self, hook: str) -> list[object]:
         """The middleware, in list order, whose `hook` is their own."""
         middleware = self.middleware
         key = (id(middleware), len(middleware))
-        if getattr(self, "_hooks_of", None) != key:
+        if self._hooks_of != key:
             self._hooks = {}
             self._hooks_of = key
         found = self._hooks.get(hook)
         if found is None:
             found = self._hooks[hook] = [m for m in middleware if _is_overridden(m, hook)]
         return found
-
-    def add_middleware(self, middleware: Middleware, **kwargs: Any) -> None:
-        super().add_middleware(middleware, **kwargs)
-        self._hooks_of = (0, 0)
 
     def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
         hook = "before_" + signal

@@ -21,7 +21,6 @@ keeps two for the probes.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -35,9 +34,24 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from skillq.errors import ServiceUnavailable
 from skillq.storage.sqlite_wal import start_checkpointer
+from skillq.storage.sqlite_write_lock import WriteLock, shared_write_lock
 
 logger = logging.getLogger(__name__)
-database_proxy = peewee.DatabaseProxy()
+
+
+class _StoreProxy(peewee.DatabaseProxy):
+    """Peewee's proxy opens a transaction itself, never asking the database for one, so a
+    transaction opened through it (`database_proxy.atomic()`, `Model._meta.database.atomic()`:
+    nearly all of ours) skipped `_SqliteStore.atomic` and its write lock: its writers met
+    other threads' and processes' on SQLite's busy handler."""
+
+    def atomic(self, *args: Any, **kwargs: Any) -> Any:
+        if self.obj is None:
+            raise AttributeError("Cannot use uninitialized Proxy.")
+        return self.obj.atomic(*args, **kwargs)
+
+
+database_proxy = _StoreProxy()
 
 #: Milliseconds a writer waits for SQLite's lock before giving up. Workers, the API and the
 #: scheduler are separate processes writing the same file, so contention is normal.
@@ -75,16 +89,16 @@ class _SqliteStore(PooledSqliteDatabase):
     """SQLite has one writer at a time. Threads of one process that want the lock together
     fall into SQLite's busy handler, which sleeps 1, 2, 5, ... up to 100 ms between tries, so
     eight worker threads writing twice per job spent more time asleep than writing (measured:
-    half the transactions per second of the same writes taken in turn). Here the threads of a
-    process take the write lock in turn on a Python lock first, which hands it over at once;
-    other processes still meet on SQLite's own lock and busy timeout.
+    half the transactions per second of the same writes taken in turn). Here writers take
+    `WriteLock` first, which hands the write over at once, between the threads of a process
+    and between processes (`skillq.storage.sqlite_write_lock`).
 
     Held for a transaction (`atomic`) and for a write statement outside one; reads never
     take it (WAL readers do not block)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.write_lock = threading.RLock()
+        self.write_lock = shared_write_lock(self.database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
 
     def _add_conn_hooks(self, conn: object) -> None:
         # Runs once per new connection (a checkout from the pool does not come here), after
@@ -106,7 +120,7 @@ class _Locked:
     """`transaction` (a peewee atomic block) run while holding `lock`; usable as a decorator
     too, as peewee's own."""
 
-    def __init__(self, lock: threading.RLock, transaction: Any) -> None:
+    def __init__(self, lock: WriteLock, transaction: Any) -> None:
         self.lock = lock
         self.transaction = transaction
 

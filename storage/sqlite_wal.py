@@ -38,6 +38,8 @@ import threading
 import time
 from multiprocessing import util as multiprocessing_util
 
+from skillq.storage.sqlite_write_lock import WriteLock, WriteLockTimeout
+
 logger = logging.getLogger(__name__)
 
 #: The stated bound on a WAL file's size, in bytes (tests/test_sqlite_wal.py holds us to it).
@@ -53,6 +55,9 @@ IDLE_CHECK_EVERY_SECS = 0.25
 PASSIVE_EVERY_SECS = 0.25
 #: Seconds a TRUNCATE checkpoint is retried for before the next look tries again.
 TRUNCATE_WAIT_SECS = 1.0
+#: Seconds a TRUNCATE attempt waits for our writers' turn (`WriteLock`) before it counts as
+#: busy: writers hold it for one statement or transaction, ~0.1 ms.
+WRITERS_WAIT_SECS = 0.05
 #: Pragma that stops committing connections from checkpointing by themselves.
 NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
 
@@ -88,6 +93,8 @@ class _Checkpointer:
         # As our writers do: sync at checkpoints only, not after the truncation as well.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn_lock = threading.Lock()
+        # Its own descriptor: a `flock` on it excludes this process's writers too.
+        self._writers = WriteLock(path, timeout=WRITERS_WAIT_SECS)
 
     def run(self) -> None:
         seen = copied = (0, 0)  # the WAL's (size, mtime) at the last look / last PASSIVE
@@ -129,9 +136,21 @@ class _Checkpointer:
             time.sleep(0.001)
 
     def _checkpoint(self, mode: str) -> bool:
-        """Run one checkpoint; True if it could not finish (SQLite's "busy")."""
+        """Run one checkpoint; True if it could not finish (SQLite's "busy").
+
+        A TRUNCATE holds our writers' `WriteLock` while it runs: it holds SQLite's write lock
+        for its copy (~10 ms at 16 MiB), and writers that met it there slept in SQLite's busy
+        handler, 1, 2, 5, 10 ms at a time, well past its end; waiting for the lock, they start
+        within a millisecond of it."""
         with self._conn_lock:
-            (busy, _, _) = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            if mode != "TRUNCATE":
+                (busy, _, _) = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                return bool(busy)
+            try:
+                with self._writers:
+                    (busy, _, _) = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            except WriteLockTimeout:
+                return True
         return bool(busy)
 
     def _wal_state(self) -> tuple[int, int]:

@@ -88,7 +88,7 @@ class SQLiteBroker(OverriddenHooks, Broker):
         self.lease_secs = lease_secs
         self.fail_fast_default = fail_fast_default
         self._db = SQLiteConnection(self.path)
-        with self._db() as conn:
+        with self._db.writing() as conn:
             conn.executescript(SCHEMA)
             adopt_dramatiq_sqlite_rows(conn)
         #: Per queue, what idle consumers sleep on (`skillq.brokers.sqlite_queue_wakes`).
@@ -137,7 +137,7 @@ class SQLiteBroker(OverriddenHooks, Broker):
             message_priority(message),
             now + max(delay or 0, 0),
         )
-        with self._db() as conn:
+        with self._db.writing() as conn:
             conn.execute(INSERT_MESSAGE, (*row, message.encode(), now))
         self.notify()
         self.emit_after("enqueue", message, delay)
@@ -155,7 +155,7 @@ class SQLiteBroker(OverriddenHooks, Broker):
             for m, d in sent
         ]
         try:
-            with self._db() as conn:
+            with self._db.writing() as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.executemany(INSERT_MESSAGE, rows)
@@ -182,11 +182,11 @@ class SQLiteBroker(OverriddenHooks, Broker):
         return SQLiteConsumer(self, q_name(queue_name), db, prefetch=prefetch, timeout=timeout)
 
     def flush(self, queue_name: str) -> None:
-        with self._db() as conn:
+        with self._db.writing() as conn:
             conn.execute("DELETE FROM skillq_messages WHERE queue_name = ?", (q_name(queue_name),))
 
     def flush_all(self) -> None:
-        with self._db() as conn:
+        with self._db.writing() as conn:
             conn.execute("DELETE FROM skillq_messages")
         self.failures.clear()
 
@@ -234,7 +234,7 @@ class SQLiteBroker(OverriddenHooks, Broker):
     def purge_dead_letters(self, older_than_secs: float) -> int:
         """Delete rejected rows older than this; returns how many. Acked rows need no purge."""
         cutoff = current_millis() - int(older_than_secs * 1000)
-        with self._db() as conn:
+        with self._db.writing() as conn:
             cursor = conn.execute(
                 "DELETE FROM skillq_messages WHERE state = 'rejected' AND mtime < ?", (cutoff,)
             )
@@ -293,7 +293,7 @@ class SQLiteBroker(OverriddenHooks, Broker):
     def _renew_leases(self) -> None:
         while not self._closed.wait(self.lease_secs / 3):
             try:
-                with self._db() as conn:
+                with self._db.writing() as conn:
                     conn.execute(
                         "UPDATE skillq_messages SET lease_expires = ?"
                         " WHERE lease_owner = ? AND state = 'leased'",

@@ -7,11 +7,12 @@ alive), the consumer how rows are taken and given back as fast as dramatiq's wor
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import current_millis
@@ -123,7 +124,7 @@ class SQLiteConsumer(Consumer):
         leased = [m for m in messages if isinstance(m, LeasedMessage)]
         if not leased:
             return
-        with self._db() as conn:
+        with self._db.writing() as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "UPDATE skillq_messages SET state = 'queued', lease_owner = NULL,"
@@ -169,18 +170,8 @@ class SQLiteConsumer(Consumer):
             # A read first: idle consumers must not take the write lock on every wake-up.
             probe = f"SELECT 1 FROM skillq_messages WHERE {_CLAIMABLE} LIMIT 1"
             if conn.execute(probe, params).fetchone():
-                rows = conn.execute(
-                    "UPDATE skillq_messages SET state = 'leased', lease_owner = :owner,"
-                    " lease_expires = :expires, mtime = :now WHERE seq IN (SELECT seq FROM"
-                    f" skillq_messages WHERE {_CLAIMABLE} ORDER BY priority DESC, seq"
-                    " LIMIT :limit) RETURNING seq, priority, message",
-                    {
-                        **params,
-                        "owner": self.broker.lease_owner,
-                        "expires": now + int(self.broker.lease_secs * 1000),
-                        "limit": min(limit, MAX_BATCH),
-                    },
-                ).fetchall()
+                with self._db.turn():
+                    rows = self._take(conn, params, limit)
             else:
                 rows = []
             if len(rows) < limit:
@@ -200,10 +191,25 @@ class SQLiteConsumer(Consumer):
             self._leased.update(row[0] for row in rows)
         self._ready.extend(LeasedMessage(Message.decode(bytes(r[2])), r[0], owner) for r in rows)
 
+    def _take(self, conn: sqlite3.Connection, params: dict[str, Any], limit: int) -> list[Any]:
+        """Lease up to `limit` claimable rows (the caller holds the writers' turn)."""
+        return conn.execute(
+            "UPDATE skillq_messages SET state = 'leased', lease_owner = :owner,"
+            " lease_expires = :expires, mtime = :now WHERE seq IN (SELECT seq FROM"
+            f" skillq_messages WHERE {_CLAIMABLE} ORDER BY priority DESC, seq"
+            " LIMIT :limit) RETURNING seq, priority, message",
+            {
+                **params,
+                "owner": self.broker.lease_owner,
+                "expires": params["now"] + int(self.broker.lease_secs * 1000),
+                "limit": min(limit, MAX_BATCH),
+            },
+        ).fetchall()
+
     def _finish(self, message: MessageProxy, sql: str, extra: tuple = ()) -> None:
         if not isinstance(message, LeasedMessage):
             raise TypeError(f"{message!r} was not consumed from {type(self.broker).__name__}")
-        with self._db() as conn:
+        with self._db.writing() as conn:
             conn.execute(sql, (*extra, message.seq, message.lease_owner))
         self._release([message.seq])
 

@@ -23,6 +23,7 @@ from dramatiq.errors import ConnectionFailed
 from dramatiq.message import Message
 
 from skillq.storage.sqlite_wal import NO_AUTOCHECKPOINT, start_checkpointer
+from skillq.storage.sqlite_write_lock import WriteLockTimeout, shared_write_lock
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class SQLiteConnection:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        #: Shared by every connection of this process to the file (`shared_write_lock`).
+        self.writers = shared_write_lock(path, timeout=BUSY_TIMEOUT_SECS)
 
     @contextmanager
     def __call__(self) -> Iterator[sqlite3.Connection]:
@@ -113,6 +116,27 @@ class SQLiteConnection:
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise ConnectionFailed(str(exc)) from exc
                 raise
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for a write statement or transaction, in the file's writers' turn."""
+        with self() as conn, self.turn():
+            yield conn
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """The file's writers' turn (`skillq.storage.sqlite_write_lock`), to be taken inside
+        `self()`, never around it: a writer holding the turn takes no connection's lock.
+        Another process's writes meet ours there, not on SQLite's busy handler, whose sleeps
+        (1 ms and up) were a tenth of the submits' and acks' time on the embedded default."""
+        try:
+            self.writers.acquire()
+        except WriteLockTimeout as error:
+            raise ConnectionFailed(str(error)) from error
+        try:
+            yield
+        finally:
+            self.writers.release()
 
     def close(self) -> None:
         with self._lock:

@@ -256,14 +256,16 @@ class SQLiteBroker(OverriddenHooks, Broker):
     def wait_for_enqueue(self, queue_name: str, seen_generation: int, timeout: float) -> None:
         self.wakes.wait(queue_name, seen_generation, timeout)
 
-    def _on_commit(self) -> None:
-        """Another connection committed: wake the consumers of the queues it added rows to."""
+    def _on_commit(self) -> bool:
+        """Another connection committed: wake the consumers of the queues it added rows to.
+        False if it added none (the watcher then looks again shortly: see `CommitWatcher`)."""
         try:
             with self._db() as conn:
-                self.wakes.bump_new(conn)
+                return self.wakes.bump_new(conn)
         except (sqlite3.Error, ConnectionFailed):
             logger.debug("Could not read the new rows; waking every consumer.", exc_info=True)
             self.notify()
+            return True
 
     def _start_watcher(self) -> None:
         """One thread per process wakes its idle consumers when another connection commits

@@ -90,8 +90,9 @@ class QueueWakes:
             self._seen_seq = max(self._seen_seq, top)
             self._seen_requeue = max(self._seen_requeue, requeue)
 
-    def bump_new(self, conn: sqlite3.Connection) -> None:
-        """Move the generation of every queue with a message or a requeue above those seen."""
+    def bump_new(self, conn: sqlite3.Connection) -> bool:
+        """Move the generation of every queue with a message or a requeue above those seen;
+        False if there was none."""
         with self._scan_lock:
             rows = conn.execute(
                 "SELECT 0, queue_name, MAX(seq) FROM skillq_messages WHERE seq > ?"
@@ -106,3 +107,4 @@ class QueueWakes:
                 else:
                     self._seen_seq = max(self._seen_seq, top)
         self.bump({queue_name for _, queue_name, _ in rows})
+        return bool(rows)

@@ -8,6 +8,7 @@ hour here, so a message can only be taken if the wake-up path under test worked.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from dramatiq.message import Message
 
 from skillq.brokers import sqlite_consumer, sqlite_wake
 from skillq.brokers.sqlite import SQLiteBroker
+from skillq.brokers.sqlite_database import SQLiteConnection
 from tests.brokers.test_sqlite_broker import take
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +138,47 @@ def test_a_neighbour_file_write_does_not_hold_back_the_next_wake_up(tmp_path):
             assert not ours.changed.wait_for(lambda: ours.count >= 2, timeout=0.5)
     finally:
         events.unsubscribe(ours)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_a_commit_that_showed_nothing_new_is_looked_at_again(tmp_path, slow_polls, monkeypatch):
+    """A writer restarting a checkpointed WAL moves ``data_version`` before its commit shows.
+    When `on_commit` finds nothing new, the watcher looks again by itself, not only at the
+    commit's later events: here those wait out an inotify gap of an hour, so only that look
+    can find the second row."""
+    monkeypatch.setattr(sqlite_wake, "_events", sqlite_wake._Events(wake_gap_secs=HOUR))
+    # Two looks after the event: its commit may show at the first (if not at the event's own).
+    monkeypatch.setattr(sqlite_wake, "RECHECK_AFTER_SECS", (0.2, 0.5))
+    path = tmp_path / "q.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x TEXT)")
+    looks: list[bool] = []
+    looked = threading.Condition()
+
+    def on_commit() -> bool:
+        with sqlite3.connect(path) as reader:
+            found = reader.execute("SELECT 1 FROM t WHERE x = 'wanted'").fetchone() is not None
+        with looked:
+            looks.append(found)
+            looked.notify_all()
+        return found
+
+    watcher = sqlite_wake.CommitWatcher(SQLiteConnection(str(path)), on_commit)
+    watcher.start()
+    try:
+        with looked:
+            assert looked.wait_for(lambda: len(looks) == 1, timeout=20)  # the first look
+        writer.execute("INSERT INTO t VALUES ('other')")
+        with looked:
+            assert looked.wait_for(lambda: len(looks) == 2, timeout=20)
+        assert looks == [False, False]  # a commit, nothing new in it
+        writer.execute("INSERT INTO t VALUES ('wanted')")
+        with looked:
+            assert looked.wait_for(lambda: True in looks, timeout=20)
+    finally:
+        watcher.stop()
+        writer.close()
 
 
 def test_without_inotify_the_watcher_polls(tmp_path, slow_polls, monkeypatch):

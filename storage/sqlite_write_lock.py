@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from types import TracebackType
 
 import peewee
@@ -98,6 +99,11 @@ class WriteLock:
     ) -> None:
         self.release()
 
+    def __del__(self) -> None:
+        # Only this process's own descriptor: an inherited one's number may be reused here.
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
     def _file(self) -> int | None:
         """This process's descriptor of the lock file, opened on first use.
 
@@ -114,7 +120,9 @@ class WriteLock:
         return self._fd
 
 
-_shared: dict[str, WriteLock] = {}
+#: Held weakly: a store or broker closed and dropped (tests open hundreds) gives its lock,
+#: and the lock file's descriptor, back.
+_shared: weakref.WeakValueDictionary[str, WriteLock] = weakref.WeakValueDictionary()
 _shared_lock = threading.Lock()
 
 
@@ -122,7 +130,8 @@ def shared_write_lock(database_path: str, timeout: float) -> WriteLock:
     """The one `WriteLock` of this process for the file at `database_path`, so that all of
     the process's connections to it (the store's pool; the SQLite broker's one per consumer)
     take turns on its threads' lock, handed over at once, rather than each on its own
-    descriptor's `flock`, which another descriptor of the same process would only poll for."""
+    descriptor's `flock`, which another descriptor of the same process would only poll for.
+    The first caller's `timeout` holds for all."""
     key = os.path.abspath(database_path) if database_path not in ("", ":memory:") else ""
     with _shared_lock:
         lock = _shared.get(key) if key else None

@@ -188,3 +188,25 @@ def test_the_sqlite_brokers_writes_take_the_turn_too(tmp_path: Path) -> None:
         consumer.close()
     finally:
         broker.close()
+
+
+def test_a_dropped_store_gives_its_lock_file_descriptor_back(tmp_path: Path) -> None:
+    """Tests open hundreds of stores in one process: their locks must not keep a descriptor
+    each for good."""
+    import gc
+
+    for n in range(5):
+        store = open_sqlite(tmp_path / f"jobs{n}.db")
+        with store.connection_context():
+            store.execute_sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            store.execute_sql("INSERT INTO t DEFAULT VALUES")  # a write: takes the lock
+        assert Path(f"{tmp_path / f'jobs{n}.db'}{LOCK_FILE_SUFFIX}").exists()
+        store.close_all()
+        del store
+        gc.collect()
+    assert not any(
+        os.readlink(f"/proc/self/fd/{fd}").endswith(LOCK_FILE_SUFFIX)
+        and os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )

@@ -31,6 +31,7 @@ SQLite broker both use this module, through `start_checkpointer`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -142,12 +143,10 @@ class _Checkpointer:
         for its copy (~10 ms at 16 MiB), and writers that met it there slept in SQLite's busy
         handler, 1, 2, 5, 10 ms at a time, well past its end; waiting for the lock, they start
         within a millisecond of it."""
+        writers = self._writers if mode == "TRUNCATE" else contextlib.nullcontext()
         with self._conn_lock:
-            if mode != "TRUNCATE":
-                (busy, _, _) = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-                return bool(busy)
             try:
-                with self._writers:
+                with writers:
                     (busy, _, _) = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             except WriteLockTimeout:
                 return True

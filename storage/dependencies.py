@@ -21,7 +21,7 @@ import peewee
 from skillq.json_values import storable_text
 from skillq.storage import job_metrics
 from skillq.storage.database import database_proxy
-from skillq.storage.models import BaseModel, Job, JobState, utcnow
+from skillq.storage.models import BaseModel, Job, JobState, in_open_state, utcnow
 
 #: What happens to a dependant when this dependency fails or is cancelled.
 ON_FAILURE = ("cancel", "run")
@@ -108,7 +108,7 @@ def ready_waiting(limit: int = 1000) -> list[str]:
     query = (
         Job.select(Job.id)
         .where(
-            (Job.state == JobState.PENDING)
+            in_open_state(JobState.PENDING)
             & (Job.waiting == True)  # noqa: E712
             & ~peewee.fn.EXISTS(_unfinished_dependency(Job))
         )

@@ -1,8 +1,11 @@
 """The last minutes of the queue, for the dashboard: jobs finished and pending depth per minute.
 
 Nothing is sampled or stored for this: both come from the jobs' own timestamps, with range
-queries on indexed columns (`created_at`, `started_at`, `completed_at`) grouped per minute
-in SQL, so the cost follows the traffic of the window, not the size of the table.
+queries on indexed columns (`created_at`, `completed_at`) grouped per minute in SQL, so the
+cost follows the traffic of the window, not the size of the table. `started_at` has no index
+(a start must change no indexed column, schema 19): a job that started in the window either
+is still open or ended after its start, so the starts are found among the open jobs and
+those that ended in the window, both through `completed_at`'s indexes.
 
 Pending depth is reconstructed backwards from the count now: a job that arrived after a
 moment was not yet waiting then, and one that left the queue after it (started, or ended
@@ -21,7 +24,7 @@ from datetime import datetime, timedelta
 import peewee
 
 from skillq.storage.database import database_proxy
-from skillq.storage.models import Job, JobState, utcnow
+from skillq.storage.models import Job, JobState, in_open_state, utcnow
 
 MINUTE = timedelta(minutes=1)
 
@@ -46,12 +49,18 @@ def _epoch_minute(moment: datetime) -> int:
     return int((moment - datetime(1970, 1, 1)).total_seconds()) // 60
 
 
-def _grouped(column: str, since: datetime, owner: str | None, *extra: str) -> list[tuple]:
-    """`(minute, *extra, count)` of the jobs whose `column` lies at or after `since`."""
+def _grouped(
+    column: str, since: datetime, owner: str | None, *extra: str, after_start: bool = False
+) -> list[tuple]:
+    """`(minute, *extra, count)` of the jobs whose `column` lies at or after `since`;
+    `after_start` says `column` is `started_at`, found through `completed_at`."""
     p = database_proxy.param
     keys = ", ".join([_minute_of(column), *extra])
     sql = f'SELECT {keys}, COUNT(*) FROM "{Job._meta.table_name}" WHERE {column} >= {p}'
     params: list[object] = [Job.created_at.db_value(since)]
+    if after_start:
+        sql += f" AND (completed_at IS NULL OR completed_at >= {p})"
+        params.append(params[0])
     if owner is not None:
         sql += f" AND owner = {p}"
         params.append(owner)
@@ -82,11 +91,11 @@ def queue_history(
             failed[minute] += count
         if unstarted:
             left[minute] += count
-    for minute, count in _grouped("started_at", since, owner):
+    for minute, count in _grouped("started_at", since, owner, after_start=True):
         left[minute] += count
     for minute, count in _grouped("created_at", since, owner):
         arrived[minute] += count
-    waiting = Job.select().where(Job.state == JobState.PENDING)
+    waiting = Job.select().where(in_open_state(JobState.PENDING))
     if owner is not None:
         waiting = waiting.where(Job.owner == owner)
     pending = waiting.count()
@@ -112,7 +121,7 @@ def queue_history(
 def oldest_pending(owner: str | None = None) -> dict[str, datetime]:
     """When the oldest pending job of each queue (with any) was created."""
     query = Job.select(Job.queue, peewee.fn.MIN(Job.created_at)).where(
-        Job.state == JobState.PENDING
+        in_open_state(JobState.PENDING)
     )
     if owner is not None:
         query = query.where(Job.owner == owner)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import peewee
 
 from skillq.storage.job_limits import PostponedJob
-from skillq.storage.models import Job, JobState, utcnow
+from skillq.storage.models import Job, JobState, in_open_state, utcnow
 
 
 def release_abandoned(job_id: str, *, attempt: int) -> bool:
@@ -27,7 +27,7 @@ def stale_running(dead_after: timedelta, *, now: datetime | None = None) -> list
     """Running jobs whose worker has not beaten for `dead_after`: it died or hangs."""
     cutoff = (now or utcnow()) - dead_after
     beat = peewee.fn.COALESCE(Job.heartbeat_at, Job.started_at, Job.created_at)
-    return list(Job.select().where((Job.state == JobState.RUNNING) & (beat < cutoff)))
+    return list(Job.select().where(in_open_state(JobState.RUNNING) & (beat < cutoff)))
 
 
 def release_stale(job: Job, *, error_message: str) -> bool:
@@ -68,7 +68,7 @@ def lost_pending(
     postponed = PostponedJob.select().where(PostponedJob.job_id == Job.id)
     expected = peewee.Case(None, [(Job.scheduled_for > sent, Job.scheduled_for)], sent)
     query = Job.select().where(
-        (Job.state == JobState.PENDING)
+        in_open_state(JobState.PENDING)
         & (Job.waiting == False)  # noqa: E712
         & (expected < cutoff)
         & ~peewee.fn.EXISTS(postponed)

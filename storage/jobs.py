@@ -24,7 +24,7 @@ from skillq.json_values import storable_text
 from skillq.storage import finish_batches, job_logs, job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.job_writes import Finished
-from skillq.storage.models import Job, JobState, utcnow
+from skillq.storage.models import Job, JobState, in_open_state, utcnow
 
 _ACTIVE = (JobState.PENDING, JobState.RUNNING)
 
@@ -138,7 +138,9 @@ def list_jobs(
     jobs each holding a large document would cost a hundred documents per listing."""
     query = Job.select(*SUMMARY_COLUMNS)
     states, types = list(states), list(types)
-    if states:
+    if states and all(state in _ACTIVE for state in states):
+        query = query.where(in_open_state(*(JobState(state) for state in states)))
+    elif states:
         query = query.where(Job.state.in_(states))
     if types:
         query = query.where(Job.type.in_(types))
@@ -166,11 +168,13 @@ def count_by_type_queue_state(owner: str | None = None) -> list[tuple[str, str, 
 def position_in_queue(job: Job, *, now: datetime | None = None) -> int:
     """How many pending jobs of the same queue run before this one (priority, then FIFO).
 
-    Delayed jobs whose time has not come are in no one's way, so they are not counted."""
+    Delayed jobs whose time has not come are in no one's way, so they are not counted. It reads
+    the open jobs only (`completed_at IS NULL`, see `models.in_open_state`)."""
     p = _placeholder()
     sql = (
-        f'SELECT COUNT(*) FROM "{Job._meta.table_name}" WHERE state = {p} AND queue = {p}'
-        f" AND NOT waiting AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
+        f'SELECT COUNT(*) FROM "{Job._meta.table_name}" WHERE completed_at IS NULL'
+        f" AND state = {p} AND queue = {p} AND NOT waiting"
+        f" AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
         f" AND (scheduled_for IS NULL OR scheduled_for <= {p})"
     )
     created_at = Job.created_at.db_value(job.created_at)

@@ -21,6 +21,7 @@ from skillq.storage import (
     migration_v16,
     migration_v17,
     migration_v18,
+    migration_v19,
     worker_token_migration,
 )
 from skillq.storage.database import database_proxy
@@ -179,6 +180,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "drop the job state index its (state, priority, created_at) index covers",
         upgrade=migration_v18.upgrade,
         downgrade=migration_v18.downgrade,
+    ),
+    Migration(
+        19,
+        "index the open jobs instead of state and started_at: a start writes no index",
+        upgrade=migration_v19.upgrade,
+        downgrade=migration_v19.downgrade,
     ),
 )
 LATEST_VERSION = max(migration.version for migration in MIGRATIONS)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import peewee
 
 from skillq.storage.database import database_proxy
-from skillq.storage.models import Job, JobState
+from skillq.storage.models import Job, JobState, in_open_state
 
 #: First key of the two-key advisory lock: owners' quota locks ("skqq" in ASCII).
 QUOTA_LOCK_SPACE = 0x736B7171
@@ -43,7 +43,7 @@ def owner_write_lock(owner: str) -> Iterator[None]:
 
 def pending_count(owner: str, job_type: str | None = None) -> int:
     """The owner's pending jobs (queued, delayed or waiting for a retry), of one type or all."""
-    query = Job.select().where((Job.owner == owner) & (Job.state == JobState.PENDING))
+    query = Job.select().where((Job.owner == owner) & in_open_state(JobState.PENDING))
     if job_type is not None:
         query = query.where(Job.type == job_type)
     return query.count()

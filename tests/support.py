@@ -198,7 +198,8 @@ def drop_postgres_schema(schema: str) -> None:
 @contextlib.contextmanager
 def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
     """A fresh, upgraded job store (SQLite file, or its own PostgreSQL schema) bound to the
-    models for the duration; the previous binding comes back afterwards."""
+    models for the duration; the previous binding comes back afterwards. Its job rows must
+    keep `tests.store_invariants` when the block ends."""
     from skillq.storage import bind_database, open_database
     from skillq.storage.database import database_proxy
     from skillq.storage.migrations import upgrade
@@ -215,6 +216,9 @@ def bound_store(backend: str, directory: Path) -> Iterator[StorageSettings]:
     try:
         upgrade()
         yield settings
+        from tests.store_invariants import ended_exactly_when_closed
+
+        ended_exactly_when_closed()
     finally:
         database.close_all()
         if previous is not None:

@@ -168,18 +168,19 @@ def count_by_type_queue_state(owner: str | None = None) -> list[tuple[str, str, 
 def position_in_queue(job: Job, *, now: datetime | None = None) -> int:
     """How many pending jobs of the same queue run before this one (priority, then FIFO).
 
-    Delayed jobs whose time has not come are in no one's way, so they are not counted. It reads
-    the open jobs only (`completed_at IS NULL`, see `models.in_open_state`)."""
+    Delayed jobs whose time has not come are in no one's way, so they are not counted. Two
+    counts, each one range of the queued-jobs index (queue, priority, created_at of the open
+    jobs, schema 19): the jobs ahead are read, not every open job."""
     p = _placeholder()
-    sql = (
+    ahead = (
         f'SELECT COUNT(*) FROM "{Job._meta.table_name}" WHERE completed_at IS NULL'
-        f" AND state = {p} AND queue = {p} AND NOT waiting"
-        f" AND (priority > {p} OR (priority = {p} AND created_at < {p}))"
-        f" AND (scheduled_for IS NULL OR scheduled_for <= {p})"
+        f" AND queue = {p} AND state = {p} AND NOT waiting"
+        f" AND (scheduled_for IS NULL OR scheduled_for <= {p}) AND"
     )
+    sql = f"SELECT ({ahead} priority > {p}) + ({ahead} priority = {p} AND created_at < {p})"
+    common = [job.queue, JobState.PENDING.value, Job.scheduled_for.db_value(now or utcnow())]
     created_at = Job.created_at.db_value(job.created_at)
-    due = Job.scheduled_for.db_value(now or utcnow())
-    params = [JobState.PENDING.value, job.queue, job.priority, job.priority, created_at, due]
+    params = [*common, job.priority, *common, job.priority, created_at]
     return database_proxy.execute_sql(sql, params).fetchone()[0]
 
 

@@ -72,7 +72,8 @@ def test_every_open_job_query_reads_the_open_jobs(
     store: StorageSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a table of any size, finding pending or running jobs reads the `completed_at`
-    index's NULL entries (the open jobs), never the whole table nor all of an owner's jobs."""
+    index's NULL entries (the open jobs) or the open jobs' queue index, never the whole table
+    nor all of an owner's jobs."""
     ahead, held, running = new_job(priority=9), new_job(), new_job()
     Job.update(waiting=True).where(Job.id == held.id).execute()
     job_writes.start_pending(running.id, worker_id="w:1")
@@ -123,7 +124,12 @@ def test_every_open_job_query_reads_the_open_jobs(
     assert len(queries) >= len(found)  # `list_jobs` counts and reads
     for sql, params in queries:
         plan = " ".join(str(row) for row in execute(explain + sql, params).fetchall())
-        assert re.search(r"completed_at_owner_type", plan), (sql, plan)
+        # A queue position reads the jobs ahead only, in the open jobs' queue order, where
+        # nothing tells the planner that the open jobs are few (SQLite has no statistics).
+        index = "completed_at_owner_type|skillq_job_queued"
+        if "priority >" in sql and not on_postgres():
+            index = "skillq_job_queued"
+        assert re.search(index, plan), (sql, plan)
         assert not re.search(r"Seq Scan on skillq_job\b|SCAN (skillq_job|t1)\b(?! USING)", plan), (
             sql,
             plan,

@@ -13,11 +13,13 @@ entries). This prints the server's CPU per job (its backend process's, over the 
 and the write-ahead log each statement wrote (read on a second connection), for the store at
 the latest schema and downgraded to 18, the two alternating within each round.
 
-Measured with it (2026-12-01, 3,000 jobs x 3 rounds, twice): server CPU per job 1,013 / 1,103
-µs at schema 18, 950 / 1,047 at 19 (-6 %); WAL per start 1,160 -> 347 bytes, per job 3,510
--> 2,440 (-30 %). An earlier form of this script inserted every job, then started every one,
-then finished every one, and found the start's server CPU halved without the indexes (370 ->
-200 µs): in a worker's order, one job after the other, the saving is that much smaller.
+Measured with it (2026-12-01, 3,000 jobs x 3 rounds, three times): server CPU per job 1,013 /
+1,103 / 1,127 µs at schema 18, 950 / 1,047 / 997 at 19 (-6 to -12 %); WAL per start 1,160 ->
+347 bytes, per job 3,510 -> 2,520 (-28 %; the third run with the queued-jobs index, which
+adds ~85 bytes to an INSERT). An earlier form of this script inserted every job, then
+started every one, then finished every one, and found the start's server CPU halved without
+the indexes (370 -> 200 µs): in a worker's order, one job after the other, the saving is that
+much smaller.
 """
 
 from __future__ import annotations

@@ -10,14 +10,13 @@ import re
 import uuid
 from datetime import datetime, timedelta
 
-import peewee
 import pytest
 
 from skillq.settings import StorageSettings
 from skillq.storage import JobState, jobs
-from skillq.storage.database import database_proxy
 from skillq.storage.job_history import oldest_pending, queue_history
 from skillq.storage.models import Job
+from tests.statement_plans import plan_of, recorded_statements
 
 NOW = datetime(2026, 11, 30, 12, 0, 30, 250000)
 MINUTE = timedelta(minutes=1)
@@ -131,31 +130,16 @@ def test_a_running_job_is_not_pending_and_nothing_is_negative(store: StorageSett
 
 
 @pytest.mark.parametrize("owner", [None, "alice"], ids=["every-owner", "one-owner"])
-def test_every_history_query_uses_an_index(
-    store: StorageSettings, monkeypatch: pytest.MonkeyPatch, owner: str | None
-) -> None:
+def test_every_history_query_uses_an_index(store: StorageSettings, owner: str | None) -> None:
     """On a table of any size the history reads a window (or one owner's rows), never the
     whole table; without an owner, each minute count ranges over its own column's index, the
     starts over `completed_at`'s (open, or ended after the window opened: schema 19)."""
-    database = database_proxy.obj
-    postgres = isinstance(database, peewee.PostgresqlDatabase)
-    seen: list[tuple[str, list]] = []
-    execute = database.execute_sql
-
-    def recording(sql, params=None, *args, **kwargs):
-        seen.append((sql, list(params or [])))
-        return execute(sql, params, *args, **kwargs)
-
-    monkeypatch.setattr(database, "execute_sql", recording)
-    queue_history(60, owner=owner, now=NOW)
-    oldest_pending(owner)
-    monkeypatch.undo()
+    with recorded_statements() as seen:
+        queue_history(60, owner=owner, now=NOW)
+        oldest_pending(owner)
     assert len(seen) == 5
-    if postgres:
-        execute("SET enable_seqscan = off")  # a tiny table would be scanned anyway
-    explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
     for sql, params in seen:
-        plan = " ".join(str(row) for row in execute(explain + sql, params).fetchall())
+        plan = plan_of(sql, params)
         assert re.search(r"(?i)(search|index scan|index only scan|bitmap)", plan), (sql, plan)
         assert not re.search(r"Seq Scan|SCAN (skillq_job|t1)\b(?! USING)", plan), (sql, plan)
         ranged = re.match(r"SELECT CAST\(\w+\(.*?(\w+_at)", sql)

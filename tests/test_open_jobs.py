@@ -16,6 +16,7 @@ from skillq.storage.database import database_proxy
 from skillq.storage.dependencies import ready_waiting
 from skillq.storage.migrations import downgrade, upgrade
 from skillq.storage.models import Job, JobState, in_open_state, utcnow
+from tests.statement_plans import plan_of, recorded_statements
 from tests.store_invariants import ended_exactly_when_closed
 
 #: What a start (`job_writes.start_pending`) writes.
@@ -68,9 +69,7 @@ def test_a_start_is_a_heap_only_update_on_postgres(store: StorageSettings) -> No
     assert hot == (1, 1)
 
 
-def test_every_open_job_query_reads_the_open_jobs(
-    store: StorageSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_open_job_query_reads_the_open_jobs(store: StorageSettings) -> None:
     """On a table of any size, finding pending or running jobs reads the `completed_at`
     index's NULL entries (the open jobs) or the open jobs' queue index, never the whole table
     nor all of an owner's jobs."""
@@ -91,25 +90,16 @@ def test_every_open_job_query_reads_the_open_jobs(
         ).execute()
     if on_postgres():
         database_proxy.execute_sql("ANALYZE skillq_job")
-    database = database_proxy.obj
-    seen: list[tuple[str, list]] = []
-    execute = database.execute_sql
-
-    def recording(sql, params=None, *args, **kwargs):
-        seen.append((sql, list(params or [])))
-        return execute(sql, params, *args, **kwargs)
-
-    monkeypatch.setattr(database, "execute_sql", recording)
-    found = {
-        "lost": job_recovery.lost_pending(timedelta(seconds=-60)),
-        "stale": job_recovery.stale_running(timedelta(seconds=-60)),
-        "pending of alice": owner_counts.pending_count("alice"),
-        "ahead": jobs.position_in_queue(new_job()),
-        "ready": ready_waiting(),
-        "listed": jobs.list_jobs(states=["pending", "running"]).total,
-        "oldest": len(job_history.oldest_pending()),
-    }
-    monkeypatch.undo()
+    with recorded_statements() as seen:
+        found = {
+            "lost": job_recovery.lost_pending(timedelta(seconds=-60)),
+            "stale": job_recovery.stale_running(timedelta(seconds=-60)),
+            "pending of alice": owner_counts.pending_count("alice"),
+            "ahead": jobs.position_in_queue(new_job()),
+            "ready": ready_waiting(),
+            "listed": jobs.list_jobs(states=["pending", "running"]).total,
+            "oldest": len(job_history.oldest_pending()),
+        }
     # The answers are right, and none counts a completed job: pending are `ahead`, `held`
     # (waiting for its dependencies, so its message is not lost) and, from the position's
     # question on, the job asked about; `running` runs.
@@ -117,13 +107,10 @@ def test_every_open_job_query_reads_the_open_jobs(
     assert [job.id for job in found["stale"]] == [running.id]
     assert found["pending of alice"] == 2 and found["ahead"] == 1
     assert found["ready"] == [held.id] and found["listed"] == 4 and found["oldest"] == 1
-    if on_postgres():
-        execute("SET enable_seqscan = off")  # a tiny table would be scanned anyway
-    explain = "EXPLAIN " if on_postgres() else "EXPLAIN QUERY PLAN "
     queries = [(sql, params) for sql, params in seen if sql.startswith("SELECT")]
     assert len(queries) >= len(found)  # `list_jobs` counts and reads
     for sql, params in queries:
-        plan = " ".join(str(row) for row in execute(explain + sql, params).fetchall())
+        plan = plan_of(sql, params)
         # A queue position reads the jobs ahead only, in the open jobs' queue order, where
         # nothing tells the planner that the open jobs are few (SQLite has no statistics).
         index = "completed_at_owner_type|skillq_job_queued"

@@ -103,6 +103,8 @@ class Job(BaseModel):
             # NULL keys never collide, so jobs without a key are unconstrained.
             (("owner", "idempotency_key"), True),
             (("completed_at", "owner", "type"), False),
+            # And (v19) `skillq_job_queued`: (queue, priority, created_at) of the open jobs
+            # only, a partial index, for `storage.jobs.position_in_queue`.
         )
 
     @property

@@ -24,10 +24,7 @@ from skillq.json_values import storable_text
 from skillq.storage import finish_batches, job_logs, job_metrics
 from skillq.storage.database import database_proxy
 from skillq.storage.job_writes import Finished
-from skillq.storage.models import Job, JobState, in_open_state, utcnow
-
-_ACTIVE = (JobState.PENDING, JobState.RUNNING)
-
+from skillq.storage.models import OPEN_STATES, Job, JobState, in_open_state, utcnow
 
 #: Every column but the job's documents (its params and result).
 SUMMARY_COLUMNS = tuple(
@@ -138,7 +135,7 @@ def list_jobs(
     jobs each holding a large document would cost a hundred documents per listing."""
     query = Job.select(*SUMMARY_COLUMNS)
     states, types = list(states), list(types)
-    if states and all(state in _ACTIVE for state in states):
+    if states and all(state in OPEN_STATES for state in states):
         query = query.where(in_open_state(*(JobState(state) for state in states)))
     elif states:
         query = query.where(Job.state.in_(states))
@@ -228,7 +225,7 @@ def mark_running(
         heartbeat_at=now,
         error_type=None,
         error_message=None,
-    ).where((Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt - 1))
+    ).where((Job.id == job_id) & (Job.state.in_(list(OPEN_STATES))) & (Job.attempts == attempt - 1))
     # A retry is counted when it starts, whichever way it came: a failed attempt's retry (it
     # may start before the failure is recorded), or a lost worker's job run again.
     counter = "retried" if attempt > 1 else None
@@ -310,7 +307,7 @@ def cancel_unfinished(job_id: str, *, attempt: int) -> bool:
 
 def _transition_from_attempt(job_id: str, attempt: int, **changes: Any) -> bool:
     query = Job.update(**changes).where(
-        (Job.id == job_id) & (Job.state.in_(list(_ACTIVE))) & (Job.attempts == attempt)
+        (Job.id == job_id) & (Job.state.in_(list(OPEN_STATES))) & (Job.attempts == attempt)
     )
     return _counted(query, changes["state"].value)
 

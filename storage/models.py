@@ -25,6 +25,8 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+#: The states a job can still leave: exactly its rows whose `completed_at` is NULL (v19).
+OPEN_STATES = (JobState.PENDING, JobState.RUNNING)
 
 
 def utcnow() -> datetime:

@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee
 
-from skillq.storage.models import BaseModel, Job, JSONField, utcnow
+from skillq.storage.models import OPEN_STATES, BaseModel, Job, JSONField, in_open_state, utcnow
 
 
 class Workflow(BaseModel):
@@ -48,9 +48,7 @@ def job_states(workflow_id: str) -> dict[str, Any]:
 
 
 def unfinished_jobs(workflow_id: str) -> list[str]:
-    query = Job.select(Job.id).where(
-        (Job.workflow_id == workflow_id) & Job.state.in_(["pending", "running"])
-    )
+    query = Job.select(Job.id).where((Job.workflow_id == workflow_id) & in_open_state(*OPEN_STATES))
     return [row[0] for row in query.order_by(Job.created_at).tuples()]
 
 

@@ -7,9 +7,9 @@ quotas and queue positions, and an ended job without one would be read by each o
 
 from __future__ import annotations
 
-from skillq.storage.models import Job, JobState
+from skillq.storage.models import OPEN_STATES, Job
 
-_OPEN = [JobState.PENDING.value, JobState.RUNNING.value]
+_OPEN = [state.value for state in OPEN_STATES]
 
 
 def ended_exactly_when_closed() -> None:

@@ -95,10 +95,19 @@ class StorageSettings:
     path: Annotated[Path, _R(in_data_dir="jobs.db")] = field(default_factory=_home("jobs.db"))
     url: str | None = None
     pool_size: Annotated[int, _R(lo=1, hi=1000)] = 10
+    #: PostgreSQL: a job's start mark waits for the disk like every other write (True), or
+    #: not (False: the job starts sooner, ~0.4 ms at p50 here; a server crash may forget the
+    #: last moments' start marks, and those jobs run again). Submits and outcomes always wait.
+    synchronous_starts: bool = False
 
     def database_args(self) -> dict[str, Any]:
         """The plain values `skillq.storage.open_database` takes (the store reads no settings)."""
-        return {"path": self.path, "url": self.url, "pool_size": self.pool_size}
+        return {
+            "path": self.path,
+            "url": self.url,
+            "pool_size": self.pool_size,
+            "synchronous_starts": self.synchronous_starts,
+        }
 
 
 @dataclass(frozen=True, slots=True)

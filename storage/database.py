@@ -68,14 +68,20 @@ STORE_OUTAGES = (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsE
 
 
 def open_database(
-    backend: str, *, path: Path | str | None = None, url: str | None = None, pool_size: int = 10
+    backend: str,
+    *,
+    path: Path | str | None = None,
+    url: str | None = None,
+    pool_size: int = 10,
+    synchronous_starts: bool = False,
 ) -> peewee.Database:
     """A database handle for `backend` ("sqlite" at `path`, or "postgres" at `url`).
 
     Connections open lazily, one per unit of work, from a pool of `pool_size`.
+    `synchronous_starts`: PostgreSQL only, see `_PostgresStore.synchronous_starts`.
     """
     if backend == "postgres":
-        return _open_postgres(url or "", pool_size)
+        return _open_postgres(url or "", pool_size, synchronous_starts)
     if path is None:
         raise ValueError("a SQLite store needs a path")
     return open_sqlite(Path(path), pool_size)
@@ -182,8 +188,20 @@ class _PostgresStore(PooledPostgresqlDatabase):
     as it is; one idle for longer is pinged as before, so a connection the server dropped
     while it sat in the pool (a restart, an idle timeout) is still replaced, not used."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    #: Whether a worker's start of an attempt (`storage.job_writes.start_pending`) waits for
+    #: its commit to reach the disk, as every other write does. It need not: a start mark
+    #: the server forgets in a crash leaves the job pending as it was before the start, the
+    #: attempt's end then writes nothing (it names a start the row never had), and the job
+    #: is sent again as a lost message (`storage.job_recovery.lost_pending`) and runs again,
+    #: as a job whose worker died does. Not waiting takes the flush's wait off every start
+    #: (idle start p50 -0.4 ms here) and ~60 µs of the server's CPU. A later commit that
+    #: waits (any submit or end) flushes the log up to it, so only the last moments' starts
+    #: are at risk.
+    synchronous_starts: bool
+
+    def __init__(self, *args: Any, synchronous_starts: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.synchronous_starts = synchronous_starts
         self._returned_at: dict[int, float] = {}
 
     def _is_closed(self, conn: Any) -> bool:
@@ -203,7 +221,7 @@ class _PostgresStore(PooledPostgresqlDatabase):
             self._returned_at[self.conn_key(conn)] = time.monotonic()
 
 
-def _open_postgres(url: str, pool_size: int) -> PooledPostgresqlDatabase:
+def _open_postgres(url: str, pool_size: int, synchronous_starts: bool) -> PooledPostgresqlDatabase:
     """A connection pool; query parameters of the URL pass through to psycopg2 (e.g. options)."""
     parts = urlsplit(url)
     connect_kwargs: dict[str, object] = dict(parse_qsl(parts.query))
@@ -220,6 +238,7 @@ def _open_postgres(url: str, pool_size: int) -> PooledPostgresqlDatabase:
         max_connections=pool_size,
         stale_timeout=300,
         timeout=POOL_WAIT_SECS,
+        synchronous_starts=synchronous_starts,
         **connect_kwargs,
     )
 

@@ -90,7 +90,10 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
 
     The attempt's number comes from the row (`attempts + 1`), so of two deliveries of the
     same job only one can start it. Counts a retry when the attempt is not the first, and
-    the first attempt's wait (since submission), in the same transaction."""
+    the first attempt's wait (since submission), in the same transaction.
+
+    On PostgreSQL the commit does not wait for the disk unless the store says so
+    (`storage.synchronous_starts`; why that is safe: `storage.database._PostgresStore`)."""
     now = utcnow()
     stamp = Job.started_at.db_value(now)
     values = [JobState.RUNNING.value, stamp, worker_id, stamp, job_id, JobState.PENDING.value]
@@ -98,7 +101,9 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
     if _on_postgres():
         shard = job_metrics.writer_shard()
         values += [shard, stamp, shard, stamp]
-        row = prepared.execute(_start_counted_sql(), values).fetchone()
+        asynchronous = not getattr(database_proxy.obj, "synchronous_starts", True)
+        row = prepared.execute(_start_counted_sql(), values, asynchronous_commit=asynchronous)
+        row = row.fetchone()
         if row is None:
             return None
         return StartedAttempt(attempt=row[0], max_retries=row[3], trace_id=row[4])

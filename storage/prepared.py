@@ -32,6 +32,8 @@ from skillq.storage.database import database_proxy
 #: Prepared-statement names per psycopg2 connection (dropped with the connection).
 _prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+#: Put before a statement: its transaction commits without waiting for the log's flush.
+_ASYNCHRONOUS = "SET LOCAL synchronous_commit TO off; "
 
 
 @functools.cache
@@ -49,10 +51,15 @@ def _execute(name: str, count: int) -> str:
     return f"EXECUTE {name} ({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
 
 
-def execute(sql: str, values: list[Any]) -> Any:
+def execute(sql: str, values: list[Any], *, asynchronous_commit: bool = False) -> Any:
     """Run `sql` (psycopg2 placeholders, every value's type settled by the statement itself:
     cast a placeholder PostgreSQL cannot type from its context) with `values`, as a
-    statement prepared once on the calling thread's connection; returns the cursor."""
+    statement prepared once on the calling thread's connection; returns the cursor.
+
+    `asynchronous_commit`: run outside a transaction, the statement's own commit returns
+    without waiting for its log to reach the disk (`SET LOCAL synchronous_commit` sent in the
+    same query string, which PostgreSQL runs as one transaction: no extra round trip).
+    Inside a transaction it is ignored: the caller's commit keeps its own durability."""
     name, prepare = _statement(sql)
     connection = database_proxy.connection()
     with _lock:
@@ -60,8 +67,11 @@ def execute(sql: str, values: list[Any]) -> Any:
     if name not in names:
         _prepare(name, prepare)
         names.add(name)
+    statement = _execute(name, len(values))
+    if asynchronous_commit and not database_proxy.in_transaction():
+        statement = _ASYNCHRONOUS + statement
     try:
-        return database_proxy.execute_sql(_execute(name, len(values)), values)
+        return database_proxy.execute_sql(statement, values)
     except peewee.DatabaseError as error:
         # The session lost its statements (a pooler's DISCARD ALL): prepare again, once.
         if not _caused_by(error, psycopg2.errors.InvalidSqlStatementName):
@@ -71,7 +81,7 @@ def execute(sql: str, values: list[Any]) -> Any:
             raise
         _prepare(name, prepare)
         names.add(name)
-        return database_proxy.execute_sql(_execute(name, len(values)), values)
+        return database_proxy.execute_sql(statement, values)
 
 
 def _prepare(name: str, prepare: str) -> None:

@@ -132,3 +132,59 @@ def test_on_postgresql_the_writes_are_prepared_once_per_connection_and_again_whe
         assert prepared() == 2
     assert [jobs.get_job(job.id).state for job in (first, second)] == ["completed"] * 2
     assert job_metrics.counters() == {("completed", "sleep"): 2}
+
+
+def test_on_postgresql_a_start_commits_without_waiting_for_the_disk_unless_asked(
+    store: StorageSettings,
+) -> None:
+    """Only the start's own commit skips the flush: not an end, not a start inside a caller's
+    transaction, not a store opened with `synchronous_starts`; and the start is committed,
+    seen at once by another session."""
+    if store.backend != "postgres":
+        pytest.skip("SQLite commits every write alike (synchronous=NORMAL)")
+    import psycopg2
+
+    from skillq.storage import open_database
+    from tests.statement_plans import recorded_statements
+    from tests.support import POSTGRES_URL
+
+    def sent(write) -> list[str]:
+        with connection(), recorded_statements() as seen:
+            write()
+        return [sql for sql, _ in seen if "EXECUTE" in sql]
+
+    asynchronous = "SET LOCAL synchronous_commit TO off; EXECUTE "
+    job, other, third = new_job(), new_job(), new_job()
+    [start] = sent(lambda: job_writes.start_pending(job.id, worker_id="w:1"))
+    assert start.startswith(asynchronous)
+    watcher = psycopg2.connect(store.url)
+    try:
+        with watcher.cursor() as cursor:
+            cursor.execute("SELECT state, attempts FROM skillq_job WHERE id = %s", [job.id])
+            assert cursor.fetchone() == ("running", 1)
+    finally:
+        watcher.close()
+    [end] = sent(lambda: jobs.mark_completed(job.id, attempt=1, result=None))
+    assert "synchronous_commit" not in end
+
+    def in_a_transaction() -> None:
+        with database_proxy.atomic():
+            job_writes.start_pending(other.id, worker_id="w:1")
+
+    [start] = sent(in_a_transaction)
+    assert start.startswith("EXECUTE ")
+    database_proxy.obj.synchronous_starts = True
+    try:
+        [start] = sent(lambda: job_writes.start_pending(third.id, worker_id="w:1"))
+    finally:
+        database_proxy.obj.synchronous_starts = False
+    assert start.startswith("EXECUTE ")
+    assert [jobs.get_job(j.id).state for j in (other, third)] == ["running"] * 2
+    with connection():
+        for j in (other, third):
+            assert jobs.mark_completed(j.id, attempt=1, result=None)
+    # The setting reaches the store the worker opens.
+    settings = StorageSettings(backend="postgres", url=POSTGRES_URL, synchronous_starts=True)
+    database = open_database(settings.backend, **settings.database_args())
+    assert database.synchronous_starts is True
+    assert open_database("postgres", url=POSTGRES_URL).synchronous_starts is False

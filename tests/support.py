@@ -303,6 +303,21 @@ class ChildProcess:
         """The log's tail, for a failure message."""
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def stacks(self) -> str:
+        """Every thread's stack in this process and its children, for a failure message
+        about a process that stopped making progress (py-spy, from the test extra)."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        try:
+            dump = subprocess.run(
+                [py_spy, "dump", "--subprocesses", "--pid", str(self.process.pid)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"no stacks of {self.name}: {error}"
+        return dump.stdout + dump.stderr
+
     def logged(self, text: str) -> bool:
         """Whether the whole log holds `text`: a busy worker's job lines soon push a boot line
         out of the tail that `log` shows."""

@@ -131,7 +131,9 @@ def wait_terminal(system: System, job_id: str, timeout: float = 60) -> dict:
     try:
         return wait_for(terminal, timeout=timeout, what=f"job {job_id} to finish")
     except AssertionError:
+        # A worker that stopped making progress: what it logged, and where its threads are.
         print(system.worker.log() if system.worker else "no worker")
+        print(system.worker.stacks() if system.worker else "")
         raise
 
 

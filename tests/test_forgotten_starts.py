@@ -29,11 +29,12 @@ def test_a_job_whose_start_mark_the_store_forgot_runs_again_and_completes(
     schema = create_postgres_schema()
     url = postgres_schema_url(schema)
     storage = {"storage": {"backend": "postgres", "url": url}}
-    stack = Stack.create("redis", tmp_path, extra=storage, requeue_pending_after_secs=2)
+    # The first run ends (1.5 s) before the job counts as lost (3 s after it was sent).
+    stack = Stack.create("redis", tmp_path, extra=storage, requeue_pending_after_secs=3)
     try:
         stack.start_api()
         stack.start_worker()
-        job = stack.submit({"type": "sleep", "params": {"seconds": 3}})
+        job = stack.submit({"type": "sleep", "params": {"seconds": 1.5}})
         stack.wait_state(job["id"], {"running"})
         with psycopg2.connect(url) as conn, conn.cursor() as cursor:
             cursor.execute(
@@ -44,8 +45,8 @@ def test_a_job_whose_start_mark_the_store_forgot_runs_again_and_completes(
             )
             [(forgotten_at,)] = cursor.fetchall()
         done = stack.wait_state(job["id"], {"completed"}, timeout=60)
-        # Started again after the mark was lost: the first run's end named a start the row
-        # no longer had and wrote nothing; the message counted as lost was sent again.
+        # Started again after the mark was lost, from the message sent again as lost, and
+        # completed (the first run's end names a start the row no longer has).
         assert datetime.fromisoformat(done["started_at"]) > forgotten_at
         assert done["attempts"] == 1 and done["result"] is not None
     finally:

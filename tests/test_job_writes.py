@@ -173,11 +173,12 @@ def test_on_postgresql_a_start_commits_without_waiting_for_the_disk_unless_asked
 
     [start] = sent(in_a_transaction)
     assert start.startswith("EXECUTE ")
+    store_default = database_proxy.obj.synchronous_starts
     database_proxy.obj.synchronous_starts = True
     try:
         [start] = sent(lambda: job_writes.start_pending(third.id, worker_id="w:1"))
     finally:
-        database_proxy.obj.synchronous_starts = False
+        database_proxy.obj.synchronous_starts = store_default
     assert start.startswith("EXECUTE ")
     assert [jobs.get_job(j.id).state for j in (other, third)] == ["running"] * 2
     with connection():

@@ -102,8 +102,8 @@ def start_pending(job_id: str, *, worker_id: str) -> StartedAttempt | None:
         shard = job_metrics.writer_shard()
         values += [shard, stamp, shard, stamp]
         asynchronous = not getattr(database_proxy.obj, "synchronous_starts", True)
-        row = prepared.execute(_start_counted_sql(), values, asynchronous_commit=asynchronous)
-        row = row.fetchone()
+        cursor = prepared.execute(_start_counted_sql(), values, asynchronous_commit=asynchronous)
+        row = cursor.fetchone()
         if row is None:
             return None
         return StartedAttempt(attempt=row[0], max_retries=row[3], trace_id=row[4])

@@ -9,6 +9,12 @@ of those had no killed worker to explain them), and the recovery time after each
 the kill until every job the dead worker was running had started again).
 
     .venv/bin/python bench/chaos.py [--broker sqlite|redis|rabbitmq ...] [--jobs 300]
+        [--store sqlite|postgres]
+
+The job store is SQLite unless `--store postgres` (a schema of its own in the local
+PostgreSQL, dropped afterwards): the configuration `bench/side_by_side.py` measures Redis and
+RabbitMQ with, where a job's start commits without waiting for the disk
+(`storage.synchronous_starts`).
 
 Restarting Redis and RabbitMQ disturbs anyone else using them (Redis restarts without
 persistence: every database is emptied). tests/test_chaos.py runs the same scenario and
@@ -37,7 +43,15 @@ if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
 from tests.reliability import TERMINAL, Stack  # noqa: E402
-from tests.support import ChildProcess, free_port, wait_for  # noqa: E402
+from tests.support import (  # noqa: E402
+    POSTGRES_URL,
+    ChildProcess,
+    create_postgres_schema,
+    drop_postgres_schema,
+    free_port,
+    postgres_schema_url,
+    wait_for,
+)
 
 API_BOOT = (
     "import sys, bench.chaos_probe; from skillq.cli.main import main;"
@@ -55,6 +69,7 @@ THREADS = 4
 @dataclass
 class Figures:
     broker: str
+    store: str = "sqlite"
     accepted: int = 0
     completed: int = 0
     failed: int = 0
@@ -71,17 +86,24 @@ class Figures:
 
 
 class ChaosRun:
-    def __init__(self, broker: str, directory: Path, jobs: int) -> None:
+    def __init__(self, broker: str, directory: Path, jobs: int, store: str = "sqlite") -> None:
         self.broker = broker
         self.directory = directory
         self.jobs = jobs
         self.runs_db = directory / "executions.db"
         os.environ["SKILLQ_CHAOS_RUNS"] = str(self.runs_db)
-        self.stack = Stack.create(broker, directory, requeue_pending_after_secs=5, max_retries=3)
+        #: The store's PostgreSQL schema (`--store postgres`), None on SQLite.
+        self.schema = create_postgres_schema() if store == "postgres" else None
+        extra = {}
+        if self.schema is not None:
+            extra["storage"] = {"backend": "postgres", "url": postgres_schema_url(self.schema)}
+        self.stack = Stack.create(
+            broker, directory, extra, requeue_pending_after_secs=5, max_retries=3
+        )
         self.accepted: list[str] = []
         self.kills: list[tuple[float, set[int]]] = []
         self.killed_pids: set[int] = set()
-        self.figures = Figures(broker)
+        self.figures = Figures(broker, store)
 
     # --- processes ---
 
@@ -188,6 +210,16 @@ class ChaosRun:
         return sum(1 for _, pid, _, finished in self._executions() if pid in pids and not finished)
 
     def _states(self) -> dict[str, str]:
+        if self.schema is not None:
+            import psycopg2
+
+            db = psycopg2.connect(POSTGRES_URL)
+            try:
+                with db.cursor() as cursor:
+                    cursor.execute(f"SELECT id, state FROM {self.schema}.skillq_job")
+                    return dict(cursor.fetchall())
+            finally:
+                db.close()
         with sqlite3.connect(self.directory / "data" / "jobs.db", timeout=30) as db:
             return dict(db.execute("SELECT id, state FROM skillq_job").fetchall())
 
@@ -198,6 +230,14 @@ class ChaosRun:
     # --- the scenario ---
 
     def run(self, *, restart_broker: bool = True) -> Figures:
+        try:
+            self._break_and_wait(restart_broker)
+            return self.analyse()
+        finally:
+            if self.schema is not None:
+                drop_postgres_schema(self.schema)
+
+    def _break_and_wait(self, restart_broker: bool) -> None:
         started = time.monotonic()
         third = self.jobs // 3
         try:
@@ -217,7 +257,6 @@ class ChaosRun:
         finally:
             self.figures.total_secs = round(time.monotonic() - started, 1)
             self.stack.close()
-        return self.analyse()
 
     def analyse(self) -> Figures:
         figures, states, executions = self.figures, self._states(), self._executions()
@@ -269,23 +308,24 @@ def main() -> None:
     parser.add_argument("--broker", action="append", choices=("sqlite", "redis", "rabbitmq"))
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--no-broker-restart", action="store_true")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
     results = []
     for broker in args.broker or ["sqlite", "redis", "rabbitmq"]:
         with tempfile.TemporaryDirectory(prefix=f"skillq-chaos-{broker}-") as directory:
-            run = ChaosRun(broker, Path(directory), args.jobs)
+            run = ChaosRun(broker, Path(directory), args.jobs, args.store)
             results.append(run.run(restart_broker=not args.no_broker_restart))
         print(results[-1], flush=True)
     print()
-    columns = ["broker", "accepted", "completed", "lost", "run twice (unexplained)"]
+    columns = ["broker", "store", "accepted", "completed", "lost", "run twice (unexplained)"]
     columns += ["recovery after SIGKILL, s", "broker restart, s", "run, s"]
     print("| " + " | ".join(columns) + " |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|")
     for f in results:
         recovery = ", ".join(f"{s:g}" for s in f.recovery_secs) or "-"
         restart = "-" if f.broker_restart_secs is None else f"{f.broker_restart_secs:g}"
         print(
-            f"| {f.broker} | {f.accepted} | {f.completed} | {f.lost} |"
+            f"| {f.broker} | {f.store} | {f.accepted} | {f.completed} | {f.lost} |"
             f" {f.run_twice} ({f.run_twice_unexplained}) | {recovery} | {restart} |"
             f" {f.total_secs:g} |"
         )

@@ -15,16 +15,29 @@ import pytest
 
 from bench.chaos import ChaosRun
 from tests.reliability import BROKERS
+from tests.support import require_service
 
 pytestmark = pytest.mark.chaos
 
 JOBS = 300
 
 
+#: Every broker on the embedded store, and the server brokers on PostgreSQL as well, the
+#: configuration bench/side_by_side.py measures them in (starts not waiting for the disk).
+SETUPS = [(broker, "sqlite") for broker in BROKERS] + [
+    ("redis", "postgres"),
+    ("rabbitmq", "postgres"),
+]
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("broker", BROKERS)
-def test_nothing_is_lost_when_workers_die_and_servers_restart(broker: str, tmp_path: Path) -> None:
-    figures = ChaosRun(broker, tmp_path, JOBS).run(restart_broker=True)
+@pytest.mark.parametrize(("broker", "store"), SETUPS)
+def test_nothing_is_lost_when_workers_die_and_servers_restart(
+    broker: str, store: str, tmp_path: Path
+) -> None:
+    if store == "postgres":
+        require_service("postgres")
+    figures = ChaosRun(broker, tmp_path, JOBS, store).run(restart_broker=True)
     print(figures)
     assert figures.accepted == JOBS
     assert figures.lost == 0, figures

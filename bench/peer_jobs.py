@@ -9,7 +9,9 @@ the workers import this same module, so both sides agree on the broker.
 Systems, configured as alike as they allow (one worker process, 8 threads, acks after the job,
 no log line per job: skillq and Celery log warnings and errors only, Huey runs quiet):
   skillq-*        skillq's full path: `skillq.actors` (broker and store from $SKILLQ_SETTINGS,
-                  all of skillq's middleware), submitted through the jobs coordinator;
+                  all of skillq's middleware), submitted through the jobs coordinator; on
+                  RabbitMQ with publisher confirms, as shipped, and without them
+                  (skillq-rabbitmq-unconfirmed, `broker.confirm_delivery = false`);
   dramatiq-*      raw Dramatiq, default middleware, `actor.send()`: on skillq's SQLite broker
                   (no store), dramatiq's RedisBroker, dramatiq's RabbitmqBroker (no confirms);
   celery-*        Celery 5, threads pool, acks_late, prefetch multiplier 2 (Dramatiq's

@@ -101,7 +101,7 @@ class Run:
         self.schema: str | None = None
         self.env = dict(os.environ, BENCH_SYSTEM=system, BENCH_QUEUE=self.queue)
         self.env["PYTHONPATH"] = str(ROOT)
-        broker = system.split("-", 1)[1]
+        broker = system.split("-")[1]
         url = {
             "sqlite": str(work / "broker.db"),
             "redis": REDIS_URL,
@@ -124,6 +124,9 @@ class Run:
             lines.append(f'url = "{url}"')
         if broker == "redis":
             lines.append(f'namespace = "{self.queue}"')
+        if self.system.endswith("-unconfirmed"):
+            # Sends that do not wait for RabbitMQ's publisher confirm, as its peers here send.
+            lines.append("confirm_delivery = false")
         # Warnings and errors only, as Celery runs here (-l WARNING) and Huey (-q): skillq's
         # worker otherwise writes one INFO line per finished job, which the others do not.
         lines += ["[logging]", 'level = "warning"']

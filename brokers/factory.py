@@ -146,8 +146,9 @@ def build_broker(
             url=broker_settings.url,
             middleware=middleware,
             max_priority=MAX_PRIORITY,
-            # Without confirms a message can vanish if RabbitMQ dies right after send().
-            confirm_delivery=True,
+            # Without confirms a message can vanish if RabbitMQ dies right after send(); its
+            # job, pending in the store, is then sent again as a lost message.
+            confirm_delivery=broker_settings.confirm_delivery,
         )
     from skillq.brokers.sqlite import SQLiteBroker
 

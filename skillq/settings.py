@@ -87,6 +87,10 @@ class BrokerSettings:
     lease_secs: _Positive = 30.0
     #: Redis only: the key prefix, so several deployments (or test runs) can share a server.
     namespace: _Name = "dramatiq"
+    #: RabbitMQ only: a send waits for RabbitMQ to confirm it holds the message (True), or
+    #: not (False: about 1.7x the throughput of one submitting client here; a message
+    #: RabbitMQ loses in a crash is sent again after `workers.requeue_pending_after_secs`).
+    confirm_delivery: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,12 @@
     (--rows 0: the sleepers only)
 
 1. Submit (POST /api/v1/jobs) and status (GET /api/v1/jobs/{id}) p50/p99 over HTTP, one
-   keep-alive client, no worker running, against an empty store; then the store is emptied,
-   `--rows` finished jobs are bulk-inserted (one executemany, timed) and the same is measured
-   again. The API's RSS is read after each. Target: the full store within 20 % of the empty
-   one.
+   keep-alive client, no worker running, against two APIs side by side: one on an empty
+   store, one on a store holding `--rows` finished jobs (bulk-inserted with one executemany,
+   timed). The two are measured in alternating rounds (`--rounds`, each in a shuffled order)
+   so that whatever else the machine does lands on both; each store's own submits queue up
+   in it alike. The APIs' RSS is read at the end. Target: the full store within 20 % of the
+   empty one.
 2. `--sleepers` jobs that each sleep 2 s, submitted over HTTP to `skillq worker --queue
    default` (`--processes`, default 1, x 256 threads): seconds from the first submit until
    the store shows every one completed, and how long the submits took. Target: <= 10 s.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,9 +54,12 @@ def write_settings(data_dir: Path, port: int, processes: int) -> Path:
     return path
 
 
-def latency(client: httpx.Client, submits: int, reads: int) -> dict[str, float]:
+def latency_round(
+    client: httpx.Client, ids: list[str], submits: int, reads: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds per submit and per status read; the reads cycle over `ids`, to which the
+    round's submits are added."""
     body = {"type": "sleep", "params": {"seconds": 0}}
-    ids: list[str] = []
 
     def submit(_: int) -> None:
         response = client.post("/api/v1/jobs", json=body)
@@ -62,9 +69,7 @@ def latency(client: httpx.Client, submits: int, reads: int) -> dict[str, float]:
     def status(i: int) -> None:
         client.get(f"/api/v1/jobs/{ids[i % len(ids)]}").raise_for_status()
 
-    sub, get = timed(submit, submits), timed(status, reads)
-    return {"submit_p50": p(sub, 50), "submit_p99": p(sub, 99), "status_p50": p(get, 50),
-            "status_p99": p(get, 99)}  # fmt: skip
+    return timed(submit, submits), timed(status, reads)
 
 
 def fill(db: Path, rows: int) -> float:
@@ -98,10 +103,6 @@ def fill(db: Path, rows: int) -> float:
 
     marks = ", ".join("?" for _ in columns)
     with conn:
-        # The empty run's jobs go first: they wait in the queue, and a status read counts the
-        # jobs ahead of its job (`position_in_queue`), so with them left the full run's reads
-        # counted twice as many (status p50 1.21-1.30x of empty; 1.0x without them).
-        conn.execute('DELETE FROM "skillq_job"')
         conn.executemany(
             f'INSERT INTO "skillq_job" ({", ".join(columns)}) VALUES ({marks})',
             (row(i) for i in range(rows)),
@@ -111,23 +112,24 @@ def fill(db: Path, rows: int) -> float:
     return time.perf_counter() - started
 
 
-def api_run(data_dir: Path, port: int, label: str, args: argparse.Namespace) -> dict:
+def started_api(data_dir: Path, label: str, processes: int) -> tuple[subprocess.Popen, str]:
+    """An API on a store of its own in `data_dir` (its schema made as it boots), healthy."""
+    port = free_port()
+    os.environ["SKILLQ_SETTINGS"] = str(write_settings(data_dir, port, processes))
     log = data_dir / f"api-{label}.log"
     server = start_api(port, log)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_until_healthy(client, server, log)
-            figures = latency(client, args.submits, args.reads)
-        figures["api_rss_mb"] = psutil.Process(server.pid).memory_info().rss / 2**20
-        return figures
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        wait_until_healthy(client, server, log)
+    return server, url
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=20)
 
 
 def sleepers(data_dir: Path, port: int, count: int) -> float:
-    import subprocess
-
     log = data_dir / "api-sleepers.log"
     server = start_api(port, log)
     worker_log = (data_dir / "worker.log").open("wb")
@@ -165,22 +167,50 @@ def sleepers(data_dir: Path, port: int, count: int) -> float:
 
 def latency_run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="skillq-scale-") as tmp:
-        data_dir, port = Path(tmp), free_port()
-        os.environ["SKILLQ_SETTINGS"] = str(write_settings(data_dir, port, args.processes))
-        from skillq.storage.migrations import upgrade  # noqa: F401  (schema via the API)
-
-        empty = api_run(data_dir, port, "empty", args)
-        fill_secs = fill(data_dir / "jobs.db", args.rows)
-        full = api_run(data_dir, port, "full", args)
-        print(f"# store scale, embedded default (SQLite), {os.cpu_count()} cores")
+        empty_dir, full_dir = Path(tmp) / "empty", Path(tmp) / "full"
+        empty_dir.mkdir()
+        full_dir.mkdir()
+        server, _ = started_api(full_dir, "schema", args.processes)
+        stop(server)
+        fill_secs = fill(full_dir / "jobs.db", args.rows)
+        # The fill's pages reach the disk now, not while a round is measured (its first round
+        # had status reads of 3-18 ms while the kernel wrote them back).
+        os.sync()
+        servers = {}
+        try:
+            for label, data_dir in (("empty", empty_dir), ("full", full_dir)):
+                servers[label] = started_api(data_dir, label, args.processes)
+            samples = {label: {"submit": [], "status": []} for label in servers}
+            ids: dict[str, list[str]] = {label: [] for label in servers}
+            clients = {label: httpx.Client(base_url=url, timeout=30)
+                       for label, (_, url) in servers.items()}  # fmt: skip
+            for label in servers:  # a round each, not counted: the full store's pages read in
+                latency_round(clients[label], ids[label], 50, args.reads // args.rounds)
+            for _ in range(args.rounds):
+                for label in random.sample(sorted(servers), len(servers)):
+                    submits, reads = latency_round(
+                        clients[label], ids[label], args.submits // args.rounds,
+                        args.reads // args.rounds,
+                    )  # fmt: skip
+                    samples[label]["submit"] += submits
+                    samples[label]["status"] += reads
+            rss = {label: psutil.Process(server.pid).memory_info().rss / 2**20
+                   for label, (server, _) in servers.items()}  # fmt: skip
+            for client in clients.values():
+                client.close()
+        finally:
+            for server, _ in servers.values():
+                stop(server)
+        print(f"# store scale, embedded default (SQLite), {os.cpu_count()} cores,"
+              f" {args.rounds} alternating rounds")  # fmt: skip
         print(f"| REST API, p50/p99 ms | empty store | {args.rows:,} finished jobs | ratio |")
         print("|---|---|---|---|")
         for key in ("submit", "status"):
-            e50, e99, f50, f99 = (empty[f"{key}_p50"], empty[f"{key}_p99"], full[f"{key}_p50"],
-                                  full[f"{key}_p99"])  # fmt: skip
+            empty, full = samples["empty"][key], samples["full"][key]
+            e50, e99, f50, f99 = p(empty, 50), p(empty, 99), p(full, 50), p(full, 99)
             print(f"| {key} | {e50:.2f} / {e99:.2f} | {f50:.2f} / {f99:.2f} |"
                   f" {f50 / e50:.2f} / {f99 / e99:.2f} |")  # fmt: skip
-        print(f"| API RSS, MB | {empty['api_rss_mb']:.0f} | {full['api_rss_mb']:.0f} | |")
+        print(f"| API RSS, MB | {rss['empty']:.0f} | {rss['full']:.0f} | |")
         print(f"\n{args.rows:,} rows bulk-inserted in {fill_secs:.1f} s")
 
 
@@ -189,8 +219,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--sleepers", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--submits", type=int, default=500)
-    parser.add_argument("--reads", type=int, default=1000)
+    parser.add_argument("--submits", type=int, default=1000)
+    parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.rows:  # --rows 0: the sleepers only
         latency_run(args)

@@ -20,6 +20,7 @@ Rows, each timed per call with perf_counter after a warm-up:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import socket
@@ -32,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+# One INFO line per request from httpx would bury the table (skillq's logging is at INFO).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS_MS = {"submit": 3.0, "status": 1.5}
@@ -149,6 +153,8 @@ def main() -> None:
                 broker = actors.broker
                 broker.flush_all()
                 broker.client.zrem(f"{broker.namespace}:__heartbeats__", broker.broker_id)
+            # Before the data directory goes: closing later would look for its files.
+            actors.broker.close()
         report(results, args)
 
 

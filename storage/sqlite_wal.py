@@ -121,6 +121,10 @@ class _Checkpointer:
 
     def truncate_at_exit(self) -> None:
         self._stopped.set()
+        if not os.path.exists(self.path):
+            # Removed with its directory (a temporary one) before the process ended: no WAL
+            # to truncate, and no lock file to take for it.
+            return
         try:
             self._truncate()
         except sqlite3.Error as error:

@@ -150,3 +150,27 @@ def test_store_connections_leave_checkpoints_to_the_background_thread(tmp_path: 
             assert store.execute_sql("PRAGMA wal_autocheckpoint").fetchone() == (0,)
             assert store.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)
     store.close_all()
+
+
+def test_a_process_whose_data_directory_was_removed_exits_quietly(tmp_path: Path) -> None:
+    # A temporary data directory removed before the process ends (a script's, a test's): the
+    # WAL it would truncate at exit went with it, and so did the writers' lock file.
+    data_dir = tmp_path / "data"
+    script = (
+        "import shutil, sys; from pathlib import Path;"
+        " from skillq.storage.database import open_sqlite;"
+        " store = open_sqlite(Path(sys.argv[1]) / 'jobs.db');"
+        " store.connect(); store.execute_sql('CREATE TABLE t (x)'); store.close();"
+        " shutil.rmtree(sys.argv[1])"
+    )
+    data_dir.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot be opened" not in done.stderr + done.stdout
+    assert not data_dir.exists()

@@ -4,12 +4,14 @@ Run by hand; it prints and asserts nothing:
 
     .venv/bin/python bench/batch_submit.py                                 # embedded default
     .venv/bin/python bench/batch_submit.py --broker redis --store postgres
+    .venv/bin/python bench/batch_submit.py --broker rabbitmq [--unconfirmed]
 
 The API runs as `skillq api` on a free port (as in bench/http_api.py, whose helpers this
 reuses) with one keep-alive httpx client; the in-process rows call the jobs coordinator of
 this process on the same broker and store. No worker runs: the jobs just stay queued.
-Redis uses db 15 under a namespace of its own (flushed at the end), PostgreSQL a schema of
-its own in `--postgres` (dropped at the end).
+Redis uses db 15 under a namespace of its own (flushed at the end), RabbitMQ a virtual host
+of its own (deleted at the end; `--unconfirmed`: `broker.confirm_delivery = false`),
+PostgreSQL a schema of its own in `--postgres` (dropped at the end).
 
 Rows, milliseconds per job (median over the calls, a batch's time divided by its size):
   - POST /api/v1/jobs, one job per request;  POST /api/v1/jobs:batch of `--batch` jobs;
@@ -24,6 +26,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,14 +42,34 @@ from http_api import REDIS_URL, free_port, start_api, stop_api, wait_until_healt
 BODY = {"type": "sleep", "params": {"seconds": 0}}
 
 
-def settings_text(data_dir: Path, port: int, broker: str, store_url: str | None) -> str:
+def settings_text(
+    data_dir: Path, port: int, args: argparse.Namespace, store_url: str | None, vhost: str
+) -> str:
     lines = ["[server]", 'host = "127.0.0.1"', f"port = {port}", f'data_dir = "{data_dir}"']
-    lines += ["[broker]", f'backend = "{broker}"']
-    if broker == "redis":
+    lines += ["[broker]", f'backend = "{args.broker}"']
+    if args.broker == "redis":
         lines += [f'url = "{REDIS_URL}"', f'namespace = "bench-{uuid.uuid4().hex[:8]}"']
+    if args.broker == "rabbitmq":
+        lines += [f'url = "amqp://guest:guest@127.0.0.1:5672/{vhost}"']
+        lines += [f"confirm_delivery = {str(not args.unconfirmed).lower()}"]
     if store_url is not None:
         lines += ["[storage]", 'backend = "postgres"', f'url = "{store_url}"']
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost(broker: str) -> Iterator[str]:
+    if broker != "rabbitmq":
+        yield ""
+        return
+    vhost = f"skillq_bench_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
+    grant = ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+    subprocess.run(grant, check=True, timeout=60)
+    try:
+        yield vhost
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60, check=False)
 
 
 @contextlib.contextmanager
@@ -110,8 +133,9 @@ def measure(client: httpx.Client, args: argparse.Namespace) -> dict[str, list[fl
 
 def report(r: dict[str, list[float]], args: argparse.Namespace) -> None:
     store = "postgres" if args.store == "postgres" else "sqlite"
+    broker = args.broker + (" (unconfirmed)" if args.unconfirmed else "")
     print(
-        f"skillq batch submit, broker={args.broker}, store={store}, batch={args.batch}, "
+        f"skillq batch submit, broker={broker}, store={store}, batch={args.batch}, "
         f"python {platform.python_version()}, {os.cpu_count()} cores"
     )
     print(f"  {'what (ms per job, median)':<46} {'calls':>5} {'p50':>8} {'mean':>8}")
@@ -133,7 +157,8 @@ def report(r: dict[str, list[float]], args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--broker", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--broker", choices=("sqlite", "redis", "rabbitmq"), default="sqlite")
+    parser.add_argument("--unconfirmed", action="store_true", help="RabbitMQ without confirms")
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--postgres", default="postgresql://127.0.0.1:5432/test")
     parser.add_argument("--batch", type=int, default=100)
@@ -145,11 +170,12 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="skillq-bench-") as tmp,
         postgres_schema(postgres) as store_url,
+        rabbitmq_vhost(args.broker) as vhost,
     ):
         data_dir = Path(tmp)
         port = free_port()
         path = data_dir / "settings.toml"
-        path.write_text(settings_text(data_dir, port, args.broker, store_url), encoding="utf-8")
+        path.write_text(settings_text(data_dir, port, args, store_url, vhost), encoding="utf-8")
         os.environ["SKILLQ_SETTINGS"] = str(path)
         # Configures broker and store, and creates the schema before the API starts.
         from skillq import actors

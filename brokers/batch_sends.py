@@ -1,8 +1,9 @@
 """Sending many messages at once (a batch submit): one round trip or one transaction where
 the broker allows it, else one `enqueue` after another.
 
-A broker with an `enqueue_many(items)` method (SQLite: one transaction; Redis: one pipeline)
-sends through it; any other (RabbitMQ, the stub) gets a loop of plain enqueues. Either way
+A broker with an `enqueue_many(items)` method (SQLite: one transaction; Redis: one pipeline;
+RabbitMQ: one AMQP transaction when sends are confirmed, `brokers.rabbitmq_batches`) sends
+through it; any other (the stub) gets a loop of plain enqueues. Either way
 a failure says which messages may not have been sent (`NotAllSent.unsent`), so the caller
 can fail exactly those jobs: a message that did reach the broker but is counted unsent finds
 its job failed and does not run it (`brokers.job_status`).
@@ -33,6 +34,11 @@ def enqueue_all(broker: dramatiq.Broker, items: list[Send]) -> None:
     if many is not None:
         many(items)
         return
+    enqueue_each(broker, items)
+
+
+def enqueue_each(broker: dramatiq.Broker, items: list[Send]) -> None:
+    """One plain `enqueue` after another; raises `NotAllSent` from the first that fails."""
     for index, (message, delay) in enumerate(items):
         try:
             broker.enqueue(message, delay=delay)

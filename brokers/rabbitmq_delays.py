@@ -28,13 +28,15 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
 from dramatiq.common import current_millis
 
 from skillq.brokers.middleware_hooks import OverriddenHooks
+from skillq.brokers.rabbitmq_batches import TransactionalBatches
 
 #: Shortest wait (milliseconds) of a delay-queue consumer holding a message that is due.
 MIN_DELAY_POLL_MS = 10
 
 
-class DelayPromptRabbitmqBroker(OverriddenHooks, RabbitmqBroker):
-    """`RabbitmqBroker` whose delay-queue consumers return when a message they hold is due."""
+class DelayPromptRabbitmqBroker(OverriddenHooks, TransactionalBatches, RabbitmqBroker):
+    """`RabbitmqBroker` whose delay-queue consumers return when a message they hold is due,
+    and whose batches of confirmed sends commit in one transaction (`TransactionalBatches`)."""
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         if not queue_name.endswith(".DQ"):

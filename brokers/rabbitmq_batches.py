@@ -82,8 +82,9 @@ class TransactionalBatches:
 
 def _sent(broker: Any, placed: list[Message], items: list[Send], unsent: list[int]) -> None:
     """`after_enqueue` for each message that was committed."""
+    left = set(unsent)
     for index, (message, (_, delay)) in enumerate(zip(placed, items, strict=True)):
-        if index not in unsent:
+        if index not in left:
             broker.emit_after("enqueue", message, delay)
 
 

@@ -38,6 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_api import REDIS_URL, free_port, start_api, stop_api, wait_until_healthy
+from side_by_side import rabbitmq_vhost as add_vhost
 
 BODY = {"type": "sleep", "params": {"seconds": 0}}
 
@@ -62,10 +63,7 @@ def rabbitmq_vhost(broker: str) -> Iterator[str]:
     if broker != "rabbitmq":
         yield ""
         return
-    vhost = f"skillq_bench_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
-    grant = ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
-    subprocess.run(grant, check=True, timeout=60)
+    vhost = add_vhost()
     try:
         yield vhost
     finally:

@@ -153,8 +153,6 @@ def main() -> None:
                 broker = actors.broker
                 broker.flush_all()
                 broker.client.zrem(f"{broker.namespace}:__heartbeats__", broker.broker_id)
-            # Before the data directory goes: closing later would look for its files.
-            actors.broker.close()
         report(results, args)
 
 

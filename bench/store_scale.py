@@ -37,7 +37,14 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.http_api import free_port, p, start_api, timed, wait_until_healthy  # noqa: E402
+from bench.http_api import (  # noqa: E402
+    free_port,
+    p,
+    start_api,
+    stop_api,
+    timed,
+    wait_until_healthy,
+)
 from skillq.storage.models import Job  # noqa: E402
 
 THREADS = 256
@@ -124,11 +131,6 @@ def started_api(data_dir: Path, label: str, processes: int) -> tuple[subprocess.
     return server, url
 
 
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    server.wait(timeout=20)
-
-
 def sleepers(data_dir: Path, port: int, count: int) -> float:
     log = data_dir / "api-sleepers.log"
     server = start_api(port, log)
@@ -171,7 +173,7 @@ def latency_run(args: argparse.Namespace) -> None:
         empty_dir.mkdir()
         full_dir.mkdir()
         server, _ = started_api(full_dir, "schema", args.processes)
-        stop(server)
+        stop_api(server)
         fill_secs = fill(full_dir / "jobs.db", args.rows)
         # The fill's pages reach the disk now, not while a round is measured (its first round
         # had status reads of 3-18 ms while the kernel wrote them back).
@@ -200,7 +202,7 @@ def latency_run(args: argparse.Namespace) -> None:
                 client.close()
         finally:
             for server, _ in servers.values():
-                stop(server)
+                stop_api(server)
         print(f"# store scale, embedded default (SQLite), {os.cpu_count()} cores,"
               f" {args.rounds} alternating rounds")  # fmt: skip
         print(f"| REST API, p50/p99 ms | empty store | {args.rows:,} finished jobs | ratio |")

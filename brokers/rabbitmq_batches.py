@@ -55,15 +55,13 @@ class TransactionalBatches:
         unsent = list(range(len(placed)))
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                for queue in {q_name(placed[i].queue_name) for i in unsent}:
-                    self.declare_queue(queue, ensure=True)
-                unsent = _commit(self, placed, unsent)
-                if unsent:  # came back: their queues were gone on the server
-                    gone = {q_name(placed[i].queue_name) for i in unsent}
-                    self.queues_pending.update(gone)
-                    for queue in gone:
+                for _ in range(2):  # the second for what came back: its queues were gone
+                    for queue in {q_name(placed[i].queue_name) for i in unsent}:
                         self.declare_queue(queue, ensure=True)
                     unsent = _commit(self, placed, unsent)
+                    if not unsent:
+                        break
+                    self.queues_pending.update(q_name(placed[i].queue_name) for i in unsent)
                 break
             except _CONNECTION_ERRORS as error:
                 # A new connection for the next attempt (or the next caller), as `enqueue` does.

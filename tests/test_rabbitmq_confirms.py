@@ -8,7 +8,6 @@ leaves exactly what such a crash would: a pending job and no message.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pika
@@ -17,40 +16,30 @@ import pytest
 from skillq.brokers.factory import build_broker
 from skillq.settings import SettingsError, load_settings
 from tests.reliability import RABBITMQ_URL, Stack
-from tests.support import require_service
+from tests.support import require_service, write_settings
 
 
-def _settings(tmp_path: Path, broker_lines: str) -> Path:
-    path = tmp_path / "settings.toml"
-    path.write_text(
-        textwrap.dedent(f"""\
-            [server]
-            data_dir = "{tmp_path}"
-            [broker]
-            backend = "rabbitmq"
-            url = "{RABBITMQ_URL}"
-            {broker_lines}
-            """),
-        encoding="utf-8",
-    )
-    return path
+def _settings(tmp_path: Path, **broker: object) -> Path:
+    sections = {"server": {"data_dir": str(tmp_path)}}
+    sections["broker"] = {"backend": "rabbitmq", "url": RABBITMQ_URL, **broker}
+    return write_settings(tmp_path, sections)
 
 
-@pytest.mark.parametrize(("line", "confirms"), [("", True), ("confirm_delivery = false", False)])
+@pytest.mark.parametrize(("broker", "confirms"), [({}, True), ({"confirm_delivery": False}, False)])
 def test_the_broker_confirms_sends_unless_the_settings_say_not(
-    tmp_path: Path, line: str, confirms: bool
+    tmp_path: Path, broker: dict[str, object], confirms: bool
 ) -> None:
-    settings = load_settings(_settings(tmp_path, line))
-    broker = build_broker(settings)
+    settings = load_settings(_settings(tmp_path, **broker))
+    built = build_broker(settings)
     try:
-        assert broker.confirm_delivery is confirms
+        assert built.confirm_delivery is confirms
     finally:
-        broker.close()
+        built.close()
 
 
 def test_a_confirm_delivery_that_is_not_a_boolean_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"broker\.confirm_delivery: expected a boolean"):
-        load_settings(_settings(tmp_path, 'confirm_delivery = "maybe"'))
+        load_settings(_settings(tmp_path, confirm_delivery="maybe"))
 
 
 def test_without_confirms_a_message_rabbitmq_lost_is_sent_again(tmp_path: Path) -> None:

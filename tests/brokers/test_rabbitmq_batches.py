@@ -3,7 +3,6 @@ on a real server: every message lands as a single send would put it, or is named
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import dramatiq
@@ -12,6 +11,7 @@ import pytest
 
 from skillq.brokers.batch_sends import NotAllSent
 from skillq.brokers.rabbitmq_delays import DelayPromptRabbitmqBroker
+from tests.brokers.test_rabbitmq_delays import queue_name
 from tests.support import RABBITMQ_URL, require_service
 
 
@@ -52,10 +52,6 @@ def commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(pika.adapters.blocking_connection.BlockingChannel, "tx_commit", counting)
     return counted
-
-
-def queue_name() -> str:
-    return f"skillq-test-{uuid.uuid4().hex[:8]}"
 
 
 def queued(broker: DelayPromptRabbitmqBroker, queue: str) -> list[dramatiq.Message]:

@@ -65,3 +65,33 @@ def test_without_confirms_a_message_rabbitmq_lost_is_sent_again(tmp_path: Path) 
         assert done["attempts"] == 1
     finally:
         stack.close()
+
+
+def test_without_confirms_jobs_sent_to_a_queue_deleted_on_the_server_still_run(
+    tmp_path: Path,
+) -> None:
+    """An unconfirmed send to a queue that is gone on the server is dropped without a word;
+    the worker's consumer, cancelled by the deletion, declares its queue again when it
+    restarts, and lost-message recovery sends the job once more."""
+    require_service("rabbitmq")
+    stack = Stack.create(
+        "rabbitmq",
+        tmp_path,
+        extra={"broker": {"confirm_delivery": False}},
+        requeue_pending_after_secs=3,
+    )
+    try:
+        stack.start_api()
+        stack.start_worker()
+        first = stack.submit({"type": "sleep", "params": {"seconds": 0}})
+        stack.wait_state(first["id"], {"completed"}, timeout=60)
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        try:
+            connection.channel().queue_delete("default")
+        finally:
+            connection.close()
+        second = stack.submit({"type": "sleep", "params": {"seconds": 0}})
+        done = stack.wait_state(second["id"], {"completed"}, timeout=60)
+        assert done["attempts"] == 1
+    finally:
+        stack.close()

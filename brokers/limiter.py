@@ -32,9 +32,10 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.message import generate_unique_id
 
 from skillq.brokers.limit_rules import Limit, OwnerLimit, limit_from
-from skillq.storage import Job, job_limits, job_metrics
+from skillq.storage import Job, job_limits, job_metrics, postponed_jobs
 from skillq.storage.database import database_proxy
-from skillq.storage.job_limits import ALL_TYPES, CONCURRENCY, RATE, Hold, PostponedJob, lease_until
+from skillq.storage.job_limits import Hold, lease_until
+from skillq.storage.limit_tables import ALL_TYPES, CONCURRENCY, RATE, PostponedJob
 from skillq.storage.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class Limiter:
         # the write lock) per postponement, where a burst of queued jobs postpones dozens in a
         # row and the jobs woken meanwhile wait behind them in the broker's queue.
         with database_proxy.atomic():
-            kept_now = job_limits.postpone(job.id, job_type, job.owner, job.priority, kept)
+            kept_now = postponed_jobs.postpone(job.id, job_type, job.owner, job.priority, kept)
             if kept_now:
                 job_metrics.count(job_type, "postponed")
         if kept_now:
@@ -184,7 +185,7 @@ class Limiter:
         if not self._hand_over(broker, token, job_type):
             self.wake(broker, job_type)
         if self.owners:
-            for other in job_limits.postponed_types(owner):
+            for other in postponed_jobs.postponed_types(owner):
                 if other != job_type:
                     self.wake(broker, other)
 
@@ -210,13 +211,13 @@ class Limiter:
             with database_proxy.atomic():
                 if alone:
                     job_limits.release(token)
-                waiting = job_limits.next_postponed(job_type, *caps)
+                waiting = postponed_jobs.next_postponed(job_type, *caps)
                 if waiting is None:
                     return True
                 hold = Hold(uuid.uuid4().hex, waiting.owner, waiting.job_id)
                 if not self._acquire(job_type, limit, caps, hold, reserve=True, freed=token):
                     return True  # it waits for a slot that frees by itself: `wake_pass`
-                if not job_limits.take(waiting):
+                if not postponed_jobs.take(waiting):
                     job_limits.forget(hold.holder)  # another worker woke it
                     return False
         except peewee.DatabaseError:
@@ -237,9 +238,9 @@ class Limiter:
     def _queued_ahead(self, job_type: str, caps: tuple[int | None, int | None]) -> bool:
         """Whether postponed jobs of the type come first: any, unless all their owners are
         at their running limit."""
-        if not job_limits.has_postponed(job_type):
+        if not postponed_jobs.has_postponed(job_type):
             return False
-        return caps == (None, None) or job_limits.next_postponed(job_type, *caps) is not None
+        return caps == (None, None) or postponed_jobs.next_postponed(job_type, *caps) is not None
 
     def _acquire(
         self,
@@ -302,14 +303,14 @@ class Limiter:
         slots reserved; how many were sent."""
         limit, caps = self.limit_of(broker, job_type), self.owners.caps(job_type)
         sent = 0
-        while sent < _WAKE_BATCH and job_limits.has_postponed(job_type):
-            waiting = job_limits.next_postponed(job_type, *caps)
+        while sent < _WAKE_BATCH and postponed_jobs.has_postponed(job_type):
+            waiting = postponed_jobs.next_postponed(job_type, *caps)
             if waiting is None:
                 break
             hold = Hold(uuid.uuid4().hex, waiting.owner, waiting.job_id)
             if not self._acquire(job_type, limit, caps, hold, reserve=True):
                 break
-            if not job_limits.take(waiting):
+            if not postponed_jobs.take(waiting):
                 job_limits.forget(hold.holder)  # another worker woke it
                 continue
             if not self._send(broker, waiting, hold.holder):
@@ -327,7 +328,7 @@ class Limiter:
             broker.enqueue(message)
         except Exception:
             job_limits.forget(token)
-            job_limits.put_back(waiting)
+            postponed_jobs.put_back(waiting)
             logger.warning("Could not send postponed job %s; it waits.", waiting.job_id)
             return False
         return True
@@ -341,12 +342,12 @@ class Limiter:
         job_limits.renew(held, lease_until(self.lease_secs))
         job_types = set(self.limits(broker))
         if self.owners:
-            job_types.update(job_limits.postponed_types())
+            job_types.update(postponed_jobs.postponed_types())
         for job_type in sorted(job_types):
             self.wake(broker, job_type)
             if self.limit_of(broker, job_type).rate is None:
                 continue
-            if not job_limits.has_postponed(job_type):
+            if not postponed_jobs.has_postponed(job_type):
                 continue
             expiry = job_limits.next_expiry(job_type, RATE)
             if expiry is not None:

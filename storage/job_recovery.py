@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from skillq.storage.job_limits import PostponedJob
+from skillq.storage.limit_tables import PostponedJob
 from skillq.storage.models import Job, JobState, in_open_state, utcnow
 
 

@@ -1,4 +1,4 @@
-"""Migration 13, frozen: the tables of global job-type limits (`skillq.storage.job_limits`)."""
+"""Migration 13, frozen: the tables of global job-type limits (`skillq.storage.limit_tables`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Limit use now, across all workers, as the stats read it (`skillq.jobs.limits`): slots in
 use per job type and kind, per owner, and jobs postponed, from the tables of
-`skillq.storage.job_limits`."""
+`skillq.storage.limit_tables`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import peewee
 
-from skillq.storage.job_limits import CONCURRENCY, RATE, LimitSlot, OwnerSlot, PostponedJob
+from skillq.storage.limit_tables import CONCURRENCY, RATE, LimitSlot, OwnerSlot, PostponedJob
 from skillq.storage.models import utcnow
 
 

@@ -1,5 +1,5 @@
 """Schema version 16, frozen: the owner slot table of `[quotas] max_running`
-(`skillq.storage.job_limits.OwnerSlot`)."""
+(`skillq.storage.limit_tables.OwnerSlot`)."""
 
 from __future__ import annotations
 

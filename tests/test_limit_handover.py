@@ -29,7 +29,7 @@ from skillq.jobs.types import JobTypeOptions
 from skillq.settings import Settings, StorageSettings, WorkerSettings
 from skillq.storage import JobState, bind_database, limit_usage, open_database
 from skillq.storage.database import connection
-from skillq.storage.job_limits import PostponedJob
+from skillq.storage.limit_tables import PostponedJob
 from skillq.storage.models import Job
 from tests.support import wait_for
 from tests.test_pools import max_overlap, runs

@@ -21,17 +21,10 @@ from skillq.brokers.job_status import JOB_ID_OPTION
 from skillq.brokers.limit_rules import Limit, OwnerLimit
 from skillq.brokers.limiter import TOKEN_OPTION, Postponed, limiter_of
 from skillq.settings import StorageSettings, WorkerSettings
-from skillq.storage import Job, job_limits, jobs, limit_usage
+from skillq.storage import Job, job_limits, jobs, limit_usage, postponed_jobs
 from skillq.storage.database import connection
-from skillq.storage.job_limits import (
-    ALL_TYPES,
-    CONCURRENCY,
-    RATE,
-    Hold,
-    LimitSlot,
-    OwnerSlot,
-    lease_until,
-)
+from skillq.storage.job_limits import Hold, lease_until
+from skillq.storage.limit_tables import ALL_TYPES, CONCURRENCY, RATE, LimitSlot, OwnerSlot
 from skillq.storage.models import utcnow
 
 
@@ -97,24 +90,24 @@ def test_postponed_jobs_come_back_by_priority_then_round_robin_by_owner(
     store: StorageSettings,
 ) -> None:
     for i in range(5):
-        assert job_limits.postpone(f"a{i}", "t", "alice", 5, "{}")
-    assert job_limits.postpone("b0", "t", "bob", 5, "{}")
-    assert job_limits.postpone("low", "t", "carol", 2, "{}")
-    assert not job_limits.postpone("a0", "t", "alice", 5, "{}")  # a duplicate delivery
+        assert postponed_jobs.postpone(f"a{i}", "t", "alice", 5, "{}")
+    assert postponed_jobs.postpone("b0", "t", "bob", 5, "{}")
+    assert postponed_jobs.postpone("low", "t", "carol", 2, "{}")
+    assert not postponed_jobs.postpone("a0", "t", "alice", 5, "{}")  # a duplicate delivery
     # alice's job holds the only slot: bob goes next, though alice's jobs came first.
     running = Hold("h1", "alice", "a-running")
     assert job_limits.acquire("t", CONCURRENCY, 1, running, lease_until(30))
-    assert job_limits.next_postponed("t").job_id == "b0"
+    assert postponed_jobs.next_postponed("t").job_id == "b0"
     # Released: alice was served more recently than bob (never), so bob still goes first.
     job_limits.release(running.holder)
-    chosen = job_limits.next_postponed("t")
+    chosen = postponed_jobs.next_postponed("t")
     assert chosen.job_id == "b0"
-    assert job_limits.take(chosen)
-    assert not job_limits.take(chosen)  # a second waker does not send it again
+    assert postponed_jobs.take(chosen)
+    assert not postponed_jobs.take(chosen)  # a second waker does not send it again
     assert job_limits.acquire("t", CONCURRENCY, 1, Hold("h2", "bob", "b0"), lease_until(30))
     order = []
-    while (waiting := job_limits.next_postponed("t")) is not None:
-        assert job_limits.take(waiting)
+    while (waiting := postponed_jobs.next_postponed("t")) is not None:
+        assert postponed_jobs.take(waiting)
         order.append(waiting.job_id)
     assert order == ["a0", "a1", "a2", "a3", "a4", "low"]
     assert limit_usage.usage(owner="alice") == {"t": limit_usage.Usage(running=1)}
@@ -127,18 +120,18 @@ def test_owner_slots_cap_each_owner_and_a_capped_owner_is_skipped(store: Storage
     assert job_limits.acquire_owner(ALL_TYPES, 1, bob, lease_until(30))
     # A per-type cap is a group of its own: alice may run one "t" beside her other job.
     assert job_limits.acquire_owner("t", 1, hold("alice"), lease_until(30))
-    assert job_limits.postpone("a0", "t", "alice", 9, "{}")
-    assert job_limits.postpone("c0", "t", "carol", 1, "{}")
+    assert postponed_jobs.postpone("a0", "t", "alice", 9, "{}")
+    assert postponed_jobs.postpone("c0", "t", "carol", 1, "{}")
     # alice's job outranks carol's, but alice runs her one job: carol's goes next.
-    assert job_limits.next_postponed("t", 1, None).job_id == "c0"
-    assert job_limits.next_postponed("t").job_id == "a0"  # without the cap, priority wins
+    assert postponed_jobs.next_postponed("t", 1, None).job_id == "c0"
+    assert postponed_jobs.next_postponed("t").job_id == "a0"  # without the cap, priority wins
     assert limit_usage.owner_usage("alice") == {
         "alice": {"running": {ALL_TYPES: 1, "t": 1}, "postponed": 1}
     }
     job_limits.release(alice.holder)
-    assert job_limits.next_postponed("t", 1, None).job_id == "a0"
-    assert job_limits.next_postponed("t", 1, 1).job_id == "c0"  # her "t" slot is held
-    assert job_limits.postponed_types("alice") == ["t"]
+    assert postponed_jobs.next_postponed("t", 1, None).job_id == "a0"
+    assert postponed_jobs.next_postponed("t", 1, 1).job_id == "c0"  # her "t" slot is held
+    assert postponed_jobs.postponed_types("alice") == ["t"]
     # A dead holder's owner slot frees itself once its lease runs out; renewals keep it.
     assert job_limits.renew([bob.holder], lease_until(30)) == 1
     OwnerSlot.update(expires_at=utcnow() - timedelta(seconds=1)).where(
@@ -216,8 +209,8 @@ def test_stats_show_type_and_owner_limits_beside_their_use(store: StorageSetting
     assert job_limits.acquire("t", CONCURRENCY, 2, running, lease_until(30))
     assert job_limits.acquire_owner(ALL_TYPES, 2, running, lease_until(30))
     assert job_limits.acquire_owner("t", 1, running, lease_until(30))
-    assert job_limits.postpone("j2", "t", "alice", 5, "{}")
-    assert job_limits.postpone("j3", "t", "bob", 5, "{}")
+    assert postponed_jobs.postpone("j2", "t", "alice", 5, "{}")
+    assert postponed_jobs.postpone("j3", "t", "bob", 5, "{}")
     limits, owners = {"t": Limit(max_concurrent=2)}, OwnerLimit(2, {"t": 1})
     stats = job_stats(None, limits, owners)
     assert stats["limits"]["t"] == {
@@ -351,15 +344,19 @@ def test_a_slot_freed_while_a_job_is_postponed_still_starts_it(
     with connection():
         token = limiter.admit(broker, *_pending(broker, "alice", "capped"))
         late = _pending(broker, "bob", "capped")
-        step = "postpone" if frees == "before the postponement" else "all_busy"
-        original = getattr(job_limits, step)
+        module, step = (
+            (postponed_jobs, "postpone")
+            if frees == "before the postponement"
+            else (job_limits, "all_busy")
+        )
+        original = getattr(module, step)
 
         def holder_ends_first(*args: object) -> object:
-            monkeypatch.setattr(job_limits, step, original)
+            monkeypatch.setattr(module, step, original)
             limiter.give_back(broker, token, "capped", "alice")
             return original(*args)
 
-        monkeypatch.setattr(job_limits, step, holder_ends_first)
+        monkeypatch.setattr(module, step, holder_ends_first)
         with pytest.raises(Postponed):
             limiter.admit(broker, *late)
         assert queue.qsize() == 1

@@ -31,7 +31,7 @@ from skillq.jobs.release import DependencyRelease
 from skillq.jobs.remote_fetch import RemoteFetch
 from skillq.jobs.types import JobTypeOptions
 from skillq.settings import AuthSettings, JwtSettings, Settings, StorageSettings, WorkerSettings
-from skillq.storage import Job, job_limits, jobs, limit_usage, worker_tokens, workers
+from skillq.storage import Job, jobs, limit_tables, limit_usage, worker_tokens, workers
 from skillq.storage.database import connection
 from skillq.storage.models import utcnow
 from tests.support import LOCAL_URL
@@ -256,8 +256,8 @@ def test_a_remote_fetch_takes_limit_slots_and_its_reports_give_them_back(limited
     assert fetch.fetch(worker, 1).job_id == over
     # A worker that stops beating loses its slots once their lease runs out.
     with connection():
-        job_limits.OwnerSlot.update(expires_at=utcnow() - timedelta(seconds=1)).where(
-            job_limits.OwnerSlot.holder == attempt_holder(plain, 1)
+        limit_tables.OwnerSlot.update(expires_at=utcnow() - timedelta(seconds=1)).where(
+            limit_tables.OwnerSlot.holder == attempt_holder(plain, 1)
         ).execute()
     bobs, alices = _submit(broker, "plain", owner="bob"), _submit(broker, "plain")
     handed = {fetch.fetch(worker, 1).job_id, fetch.fetch(worker, 1).job_id}

@@ -13,7 +13,7 @@ from typing import Any
 
 from skillq.brokers.job_limits import Limit, OwnerLimit
 from skillq.storage import job_metrics, limit_usage
-from skillq.storage.job_limits import ALL_TYPES
+from skillq.storage.limit_tables import ALL_TYPES
 
 
 def limit_status(limits: Mapping[str, Limit], owner: str | None = None) -> dict[str, Any]:

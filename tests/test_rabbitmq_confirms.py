@@ -8,15 +8,20 @@ leaves exactly what such a crash would: a pending job and no message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from skillq.brokers.factory import build_broker
 from skillq.settings import SettingsError, load_settings
 from tests.reliability import RABBITMQ_URL, Stack
 from tests.support import require_service, write_settings
+
+T = TypeVar("T")
 
 
 def _settings(tmp_path: Path, **broker: object) -> Path:
@@ -42,23 +47,34 @@ def test_a_confirm_delivery_that_is_not_a_boolean_is_refused(tmp_path: Path) -> 
         load_settings(_settings(tmp_path, confirm_delivery="maybe"))
 
 
-def test_without_confirms_a_message_rabbitmq_lost_is_sent_again(tmp_path: Path) -> None:
+def _unconfirmed_stack(tmp_path: Path) -> Stack:
+    """RabbitMQ without confirms; lost-message recovery re-sends after 3 s."""
     require_service("rabbitmq")
-    stack = Stack.create(
+    return Stack.create(
         "rabbitmq",
         tmp_path,
         extra={"broker": {"confirm_delivery": False}},
         requeue_pending_after_secs=3,
     )
+
+
+def _on_the_server(action: Callable[[BlockingChannel], T]) -> T:
+    """`action` on a channel of a connection of its own, as an operator's tool would."""
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        return action(connection.channel())
+    finally:
+        connection.close()
+
+
+def test_without_confirms_a_message_rabbitmq_lost_is_sent_again(tmp_path: Path) -> None:
+    stack = _unconfirmed_stack(tmp_path)
     try:
         stack.start_api()
         job = stack.submit({"type": "sleep", "params": {"seconds": 0}})
-        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-        try:
-            purged = connection.channel().queue_purge("default").method.message_count
-        finally:
-            connection.close()
-        assert purged == 1  # the job's message, gone as in a crash before RabbitMQ wrote it
+        purged = _on_the_server(lambda channel: channel.queue_purge("default"))
+        # The job's message, gone as in a crash before RabbitMQ wrote it.
+        assert purged.method.message_count == 1
         assert stack.job(job["id"])["state"] == "pending"
         stack.start_worker()
         done = stack.wait_state(job["id"], {"completed"}, timeout=60)
@@ -71,25 +87,15 @@ def test_without_confirms_jobs_sent_to_a_queue_deleted_on_the_server_still_run(
     tmp_path: Path,
 ) -> None:
     """An unconfirmed send to a queue that is gone on the server is dropped without a word;
-    the worker's consumer, cancelled by the deletion, declares its queue again when it
+    the worker's consumer, cancelled by the deletion, declares its queue again as it
     restarts, and lost-message recovery sends the job once more."""
-    require_service("rabbitmq")
-    stack = Stack.create(
-        "rabbitmq",
-        tmp_path,
-        extra={"broker": {"confirm_delivery": False}},
-        requeue_pending_after_secs=3,
-    )
+    stack = _unconfirmed_stack(tmp_path)
     try:
         stack.start_api()
         stack.start_worker()
         first = stack.submit({"type": "sleep", "params": {"seconds": 0}})
         stack.wait_state(first["id"], {"completed"}, timeout=60)
-        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-        try:
-            connection.channel().queue_delete("default")
-        finally:
-            connection.close()
+        _on_the_server(lambda channel: channel.queue_delete("default"))
         second = stack.submit({"type": "sleep", "params": {"seconds": 0}})
         done = stack.wait_state(second["id"], {"completed"}, timeout=60)
         assert done["attempts"] == 1

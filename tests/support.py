@@ -106,7 +106,8 @@ def process_gone(pid: int) -> bool:
     """Dead, or a zombie waiting for init to reap it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Reaped before the open, or between the open and the read (ESRCH).
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 

@@ -21,6 +21,7 @@ from tests.support import (
     ROOT,
     child_env,
     free_port,
+    process_gone,
     start_worker,
     unreachable_store_url,
     wait_for,
@@ -244,16 +245,8 @@ def _children(pid: int) -> set[int]:
 def _command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or during the read
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
@@ -313,7 +306,7 @@ def test_up_runs_the_system_restarts_a_killed_worker_and_stops_on_sigterm(
         descendants = everything | {p for pid in everything for p in _children(pid)}
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
-        wait_for(lambda: not any(_alive(pid) for pid in descendants), timeout=30, what="exit")
+        wait_for(lambda: all(process_gone(pid) for pid in descendants), timeout=30, what="exit")
         # A clean stop leaves no write-ahead log behind (each process truncates its own).
         settings = load_settings(embedded)
         for database in (settings.storage.path, settings.broker.path):

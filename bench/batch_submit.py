@@ -26,7 +26,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_api import REDIS_URL, free_port, start_api, stop_api, wait_until_healthy
+from side_by_side import drop_rabbitmq_vhost
 from side_by_side import rabbitmq_vhost as add_vhost
 
 BODY = {"type": "sleep", "params": {"seconds": 0}}
@@ -67,7 +67,7 @@ def rabbitmq_vhost(broker: str) -> Iterator[str]:
     try:
         yield vhost
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60, check=False)
+        drop_rabbitmq_vhost(vhost)
 
 
 @contextlib.contextmanager

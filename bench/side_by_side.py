@@ -68,6 +68,11 @@ def rabbitmq_vhost() -> str:
     return vhost
 
 
+def drop_rabbitmq_vhost(vhost: str) -> None:
+    """Delete a virtual host `rabbitmq_vhost` made, with what is queued in it."""
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60, check=False)
+
+
 def run_one(system: str, args: argparse.Namespace, work: Path, vhost: str) -> dict | None:
     command = [
         sys.executable, str(ROOT / "bench" / "side_by_side_run.py"), system,
@@ -153,7 +158,7 @@ def main() -> None:
                         results[system].append(figures)
     finally:
         if vhost != "%2F":
-            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60, check=False)
+            drop_rabbitmq_vhost(vhost)
     print(f"# medians of {args.repetitions}; after the run: {load()}\n")
     table(results, brokers)
     if not args.quick:

@@ -11,10 +11,10 @@ same time wait side by side, each on its own channel, so the confirms cost them 
 row here is `--submits` jobs through `JobCoordinator.submit_job` in this process, from
 `--clients` threads at once, with the store in PostgreSQL and no worker running, set up as
 `bench/side_by_side_run.py` sets up `skillq-rabbitmq` and `skillq-rabbitmq-unconfirmed`
-(a fresh store schema each, the `default` queue purged after). Rounds alternate the two so
-drift hits both alike; the median rate of the rounds is printed, with this process's CPU per
-submit and the ratio confirmed / unconfirmed. Each row runs in a process of its own (skillq
-reads its settings once per process).
+(a fresh store schema each), in a RabbitMQ virtual host of its own, deleted at the end.
+Rounds alternate the two so drift hits both alike; the median rate of the rounds is printed,
+with this process's CPU per submit and the ratio confirmed / unconfirmed. Each row runs in a
+process of its own (skillq reads its settings once per process).
 
 Measured with it (2026-12-02, 2 cores, RabbitMQ 3 and PostgreSQL 15 on the same machine,
 median of 3): 1 client 243 / 404 submits/s (0.60), 4 clients 523 / 779 (0.67), 8 clients
@@ -39,21 +39,20 @@ import threading
 import time
 from pathlib import Path
 
-import pika
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.side_by_side import drop_rabbitmq_vhost, rabbitmq_vhost  # noqa: E402
 from bench.side_by_side_run import Run  # noqa: E402
 
 SYSTEMS = ("skillq-rabbitmq", "skillq-rabbitmq-unconfirmed")
 WARM_UP = 100
 
 
-def submit_rate(system: str, clients: int, submits: int) -> tuple[float, float]:
+def submit_rate(system: str, clients: int, submits: int, vhost: str) -> tuple[float, float]:
     """Submits per second from `clients` threads, and this process's CPU ms per submit."""
     work = Path(tempfile.mkdtemp(prefix="skillq-concurrent-"))
-    run = Run(system, work, "%2F")
+    run = Run(system, work, vhost)
     try:
         for _ in range(WARM_UP):
             run.send(time.time(), 0, "/dev/null")
@@ -74,23 +73,11 @@ def submit_rate(system: str, clients: int, submits: int) -> tuple[float, float]:
     finally:
         run.close()
         shutil.rmtree(work, ignore_errors=True)
-        purge_default_queue(run.env["BENCH_URL"])
 
 
-def purge_default_queue(url: str) -> None:
-    """No worker ran: what was submitted is still queued."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        for queue in ("default", "default.DQ"):
-            channel.queue_purge(queue)
-    finally:
-        connection.close()
-
-
-def row(system: str, clients: int, submits: int) -> tuple[float, float]:
+def row(system: str, clients: int, submits: int, vhost: str) -> tuple[float, float]:
     """`submit_rate` in a new process."""
-    command = [sys.executable, __file__, "--row", system, str(clients), str(submits)]
+    command = [sys.executable, __file__, "--row", system, str(clients), str(submits), vhost]
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     rate, cpu = json.loads(done.stdout.splitlines()[-1])
     return rate, cpu
@@ -98,8 +85,8 @@ def row(system: str, clients: int, submits: int) -> tuple[float, float]:
 
 def main() -> None:
     if sys.argv[1:2] == ["--row"]:
-        system, clients, submits = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(submit_rate(system, clients, submits)))
+        system, clients, submits, vhost = sys.argv[2:6]
+        print(json.dumps(submit_rate(system, int(clients), int(submits), vhost)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
@@ -108,10 +95,15 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.clients.split(",")]
     rates: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for _ in range(args.rounds):
-        for clients in counts:
-            for system in SYSTEMS:
-                rates.setdefault((system, clients), []).append(row(system, clients, args.submits))
+    vhost = rabbitmq_vhost()
+    try:
+        for _ in range(args.rounds):
+            for clients in counts:
+                for system in SYSTEMS:
+                    rate = row(system, clients, args.submits, vhost)
+                    rates.setdefault((system, clients), []).append(rate)
+    finally:
+        drop_rabbitmq_vhost(vhost)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"RabbitMQ submits, {args.submits} per row, median of {args.rounds}; load {load}")
     for clients in counts:

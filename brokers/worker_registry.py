@@ -5,8 +5,11 @@ The row (id, host, pid, queues, threads, started, last beat, jobs running) is wh
 `heartbeat_at` of the jobs the process runs, which is how the rest of the system tells a live
 attempt from one whose worker died (`brokers.job_status.worker_alive`, stale-job recovery).
 
-The beat thread also runs stale-job recovery (`skillq.jobs.recovery`) at boot and then every
-`dead_after_secs`, so recovery needs no scheduler: wherever jobs can run, it runs.
+A thread of its own runs stale-job recovery (`skillq.jobs.recovery`) at boot and then every
+`dead_after_secs`, so recovery needs no scheduler: wherever jobs can run, it runs. It is not
+the beat thread: a slow pass (a loaded store, a thousand lost jobs to send again) must not
+hold back this process's beats, or the other workers' passes would take its live jobs for
+a dead worker's and run them again.
 
 On a graceful shutdown, jobs still running when dramatiq gives up waiting for them
 (`--worker-shutdown-timeout`) go back to pending at once, so the store does not show them
@@ -20,7 +23,6 @@ import os
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +61,7 @@ class WorkerRegistry(Middleware):
         self.recover = recover
         self.worker_id = current_worker_id()
         self._stop = threading.Event()
-        self._beater: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         self.worker_id = current_worker_id()
@@ -76,13 +78,17 @@ class WorkerRegistry(Middleware):
                 threads=worker.worker_threads,
             )
         self._stop.clear()
-        self._beater = threading.Thread(target=self._beat, name="skillq-heartbeat", daemon=True)
-        self._beater.start()
+        self._threads = [threading.Thread(target=self._beat, name="skillq-heartbeat", daemon=True)]
+        if self.recover is not None:
+            recovery = threading.Thread(target=self._recover, name="skillq-recovery", daemon=True)
+            self._threads.append(recovery)
+        for thread in self._threads:
+            thread.start()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.set()
-        if self._beater is not None:
-            self._beater.join(timeout=30)  # its last beat must not land after the stop
+        for thread in self._threads:
+            thread.join(timeout=30)  # the last beat must not land after the stop
         # A job whose actor has returned is recording its outcome: releasing it now would
         # make that write miss and leave the job pending, to run again.
         abandoned = [job for job in self.running.snapshot() if not job.finishing]
@@ -97,7 +103,6 @@ class WorkerRegistry(Middleware):
             logger.warning("Requeued %d jobs still running at shutdown.", len(abandoned))
 
     def _beat(self) -> None:
-        next_recovery = time.monotonic()  # at boot, then every dead_after_secs
         while not self._stop.is_set():
             running = sorted(job.job_id for job in self.running.snapshot())
             try:
@@ -105,11 +110,14 @@ class WorkerRegistry(Middleware):
                     workers.beat(self.worker_id, running)
             except Exception:
                 logger.warning("Could not record the worker's heartbeat.", exc_info=True)
-            if self.recover is not None and time.monotonic() >= next_recovery:
-                # Jittered, so the passes of workers started together spread out.
-                next_recovery = time.monotonic() + self.dead_after_secs * random.uniform(0.8, 1.2)
-                try:
-                    self.recover()
-                except Exception:
-                    logger.warning("Stale-job recovery failed; retrying later.", exc_info=True)
             self._stop.wait(self.heartbeat_secs)
+
+    def _recover(self) -> None:
+        assert self.recover is not None
+        while not self._stop.is_set():  # at boot, then every dead_after_secs
+            try:
+                self.recover()
+            except Exception:
+                logger.warning("Stale-job recovery failed; retrying later.", exc_info=True)
+            # Jittered, so the passes of workers started together spread out.
+            self._stop.wait(self.dead_after_secs * random.uniform(0.8, 1.2))

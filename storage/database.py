@@ -14,8 +14,8 @@ forever would exhaust PostgreSQL's pool.
 Both pools hold at most `pool_size` connections; a unit of work that finds them all in use
 waits up to `POOL_WAIT_SECS` for one. A process must fit its concurrent units of work in the
 pool: a worker holds one per running job (its threads) plus short ones for its heartbeat,
-cancellation watcher and registry; the API gives its requests `pool_size - 2` threads and
-keeps two for the probes.
+stale-job recovery, cancellation watcher and registry; the API gives its requests
+`pool_size - 2` threads and keeps two for the probes.
 """
 
 from __future__ import annotations

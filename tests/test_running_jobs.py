@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from types import SimpleNamespace
 
 import dramatiq
 import pytest
@@ -279,3 +280,34 @@ def test_a_shutdown_releases_running_jobs_but_not_one_recording_its_outcome(
         assert jobs.get_job(stuck.job_id).state == "pending"  # the broker redelivers it
         assert jobs.get_job(returning.job_id).state == "running"  # its outcome is on the way
         assert jobs.mark_completed(returning.job_id, attempt=1, result=None)
+
+
+def test_a_slow_recovery_pass_does_not_hold_back_the_beats(store: StorageSettings) -> None:
+    """Were recovery on the beat thread, a pass longer than `dead_after_secs` would make the
+    other workers' passes take this live worker's jobs for a dead one's and run them again."""
+    in_pass, end_pass = threading.Event(), threading.Event()
+
+    def slow_pass() -> None:
+        in_pass.set()
+        end_pass.wait(30)
+
+    registry = WorkerRegistry(
+        RunningJobs(), heartbeat_secs=0.05, dead_after_secs=60, recover=slow_pass
+    )
+    worker = SimpleNamespace(worker_threads=1, consumer_whitelist=["default"])
+
+    def last_beat() -> object:
+        with connection():
+            return workers.Worker.get_by_id(registry.worker_id).last_beat_at
+
+    registry.after_worker_boot(StubBroker(), worker)  # type: ignore[arg-type]
+    try:
+        assert in_pass.wait(10), "no recovery pass at boot"
+        during = last_beat()
+        wait_for(lambda: last_beat() > during, timeout=10, what="a beat during the slow pass")
+        assert not end_pass.is_set() and in_pass.is_set()
+    finally:
+        end_pass.set()
+        registry.after_worker_shutdown(StubBroker(), None)  # type: ignore[arg-type]
+    with connection():
+        assert workers.Worker.get_by_id(registry.worker_id).stopped_at is not None

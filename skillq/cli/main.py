@@ -185,9 +185,9 @@ def api(
     )
 
 
-#: Store connections a worker process uses besides its job threads' (heartbeat, cancellation
-#: watcher, registry).
-WORKER_SIDE_CONNECTIONS = 3
+#: Store connections a worker process uses besides its job threads' (heartbeat, stale-job
+#: recovery, cancellation watcher, registry).
+WORKER_SIDE_CONNECTIONS = 4
 
 
 @app.command()

@@ -76,7 +76,7 @@ def main() -> None:
             for name, n in calls_after.items()
             if n - calls_before.get(name, 0) >= args.jobs / 100 and name != "cmdstat_info"
         }
-        if args.system.startswith("skillq-"):
+        if args.system.startswith("skillq-") or run.celery_results:
             figures["store_states"] = run.store_states()
         print(json.dumps(figures))
     finally:

@@ -16,6 +16,15 @@ no log line per job: skillq and Celery log warnings and errors only, Huey runs q
                   (no store), dramatiq's RedisBroker, dramatiq's RabbitmqBroker (no confirms);
   celery-*        Celery 5, threads pool, acks_late, prefetch multiplier 2 (Dramatiq's
                   prefetch is 2 x threads), results ignored;
+  celery-*-results-pg  the same, keeping each task's state as skillq does, in the same
+                  PostgreSQL (a schema of its own): Celery's database result backend with
+                  `task_track_started`, so a task's row says STARTED, then SUCCESS. Celery
+                  writes nothing at send (it has no stored PENDING), so it makes two writes
+                  per task where skillq makes three. Its engine (connection pool) is kept
+                  per thread, as each prefork child keeps one, not made per write (below);
+  celery-*-results-redis  the same with the state in Redis, Celery's usual result store
+                  (STARTED, then SUCCESS, each a SETEX and a PUBLISH; in memory, expiring
+                  after a day: not a durable store like skillq's);
   huey-redis      Huey's RedisHuey with a blocking pop, thread workers, results off.
 """
 
@@ -99,6 +108,32 @@ elif SYSTEM.startswith("celery-"):
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    #: "pg" or "redis" for a Celery that keeps its tasks' state (``$BENCH_RESULTS_URL``).
+    RESULTS = SYSTEM.partition("-results-")[2]
+    if RESULTS:
+        app.conf.update(
+            result_backend=os.environ["BENCH_RESULTS_URL"],
+            task_ignore_result=False,
+            task_track_started=True,
+        )
+    if RESULTS == "redis":
+        app.conf.result_backend_transport_options = {"global_keyprefix": f"{QUEUE}:"}
+    if RESULTS == "pg":
+        from celery.backends.database import session as celery_sessions
+
+        plain_init = celery_sessions.SessionManager.__init__
+
+        def reusing_engines(self: celery_sessions.SessionManager, *args, **kwargs) -> None:
+            """Celery's session manager keeps its engine (a connection pool) only in a forked
+            child; in a threads-pool worker it connects anew for every write (45.9 jobs/s,
+            17.8 ms of worker CPU per job here). Each prefork child of a usual Celery
+            deployment keeps its engine, so this one does too."""
+            plain_init(self, *args, **kwargs)
+            self.forked = True
+
+        celery_sessions.SessionManager.__init__ = reusing_engines
+        schema = os.environ["BENCH_RESULTS_SCHEMA"]
+        app.conf.database_table_schemas = {"task": schema, "group": schema}
 
     @app.task(name="bench_probe")
     def probe(sent_at: float, secs: float, record: str) -> None:

@@ -11,7 +11,11 @@ the repetitions and ratios to raw Dramatiq on the same broker and to Celery. Eac
 repetition is a subprocess (`bench/side_by_side_run.py`, which lists the phases); the systems
 and how they are configured alike are in `bench/peer_jobs.py`. On RabbitMQ skillq runs twice:
 as shipped, its sends waiting for publisher confirms, and as `skillq-rabbitmq-unconfirmed`
-(`broker.confirm_delivery = false`), as raw Dramatiq and Celery send. Then, unless `--quick`,
+(`broker.confirm_delivery = false`), as raw Dramatiq and Celery send. Celery runs three times: as
+usually benchmarked, results ignored; as `celery-*-results-redis`, keeping each task's state
+(STARTED, SUCCESS) in Redis, its usual result store; and as `celery-*-results-pg`, keeping it
+in the same PostgreSQL as skillq's store (its database result backend), the peer whose work
+is most like skillq's. Then, unless `--quick`,
 `bench/store_scale.py` measures the REST API (submit/status) with 1,000,000 finished jobs in
 the store against an empty one and 1,000 jobs sleeping 2 s. Prints only.
 """
@@ -29,16 +33,34 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Per broker: skillq, raw Dramatiq, Celery, Huey, and skillq otherwise configured (a column
-#: of its own, with no ratios).
+
+
+class Systems(NamedTuple):
+    """What runs on one broker; None where a system has no such variant."""
+
+    skillq: str
+    raw: str
+    celery: str | None = None
+    celery_redis_results: str | None = None
+    celery_pg_results: str | None = None
+    huey: str | None = None
+    #: skillq otherwise configured: a column of its own, with no ratios.
+    variant: str | None = None
+
+
 BROKERS = {
-    "sqlite": ("skillq-sqlite", "dramatiq-sqlite", None, None, None),
-    "redis": ("skillq-redis", "dramatiq-redis", "celery-redis", "huey-redis", None),
-    "rabbitmq": (
-        "skillq-rabbitmq", "dramatiq-rabbitmq", "celery-rabbitmq", None,
-        "skillq-rabbitmq-unconfirmed",
+    "sqlite": Systems("skillq-sqlite", "dramatiq-sqlite"),
+    "redis": Systems(
+        "skillq-redis", "dramatiq-redis", "celery-redis", "celery-redis-results-redis",
+        "celery-redis-results-pg", "huey-redis",
+    ),
+    "rabbitmq": Systems(
+        "skillq-rabbitmq", "dramatiq-rabbitmq", "celery-rabbitmq",
+        "celery-rabbitmq-results-redis", "celery-rabbitmq-results-pg",
+        variant="skillq-rabbitmq-unconfirmed",
     ),
 }  # fmt: skip
 #: (key, label, higher is better)
@@ -102,18 +124,24 @@ def table(results: dict[str, list[dict]], brokers: list[str]) -> None:
             key: statistics.median(run[key] for run in runs) for key, _, _ in FIGURES if runs
         }
     for broker in brokers:
-        skillq, raw, celery, huey, variant = BROKERS[broker]
-        peers = [s for s in (variant, raw, celery, huey) if s and med.get(s)]
-        header = f"| {broker} | skillq | " + " | ".join(peers) + " | skillq/raw |"
-        header += " skillq/celery |" if celery in peers else ""
+        systems = BROKERS[broker]
+        named = (
+            systems.variant, systems.raw, systems.celery, systems.celery_redis_results,
+            systems.celery_pg_results, systems.huey,
+        )  # fmt: skip
+        peers = [s for s in named if s and med.get(s)]
+        # skillq against raw Dramatiq (always a column) and against each Celery that ran.
+        against = [("skillq/raw", systems.raw)]
+        celeries = (systems.celery, systems.celery_redis_results, systems.celery_pg_results)
+        against += [(f"skillq/{s.replace(f'-{broker}', '', 1)}", s) for s in celeries if s in peers]
+        header = f"| {broker} | skillq | " + " | ".join(peers) + " |"
+        header += "".join(f" {label} |" for label, _ in against)
         print(header)
         print("|---" * (header.count("|") - 1) + "|")
         for key, label, _ in FIGURES:
-            ours = med.get(skillq, {}).get(key)
+            ours = med.get(systems.skillq, {}).get(key)
             cells = [fmt(ours)] + [fmt(med[s].get(key)) for s in peers]
-            ratios = [ratio(ours, med.get(raw, {}).get(key))]
-            if celery in peers:
-                ratios.append(ratio(ours, med[celery].get(key)))
+            ratios = [ratio(ours, med.get(s, {}).get(key)) for _, s in against]
             print(f"| {label} | " + " | ".join(cells + ratios) + " |")
         print()
 

@@ -12,8 +12,10 @@ Phases, in this order, on a fresh queue (and a fresh store for skillq):
   5. e2e: N no-op jobs sent while the worker runs (first send to last end), with the worker's
      CPU time per job over it;
   6. 20 ms: N/5 jobs of 20 ms each sent while the worker runs.
-skillq's jobs count only once the store says `completed`; the run checks that every job it
-submitted ends `completed` in the store (none lost, none left running).
+skillq's jobs count only once the store says `completed`, those of a Celery keeping results
+in PostgreSQL once its result table says SUCCESS; the run checks that every job it sent ends
+so in the store (none lost, none left running), and for a Celery keeping results in Redis
+that each task's state there says SUCCESS.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ THREADS = 8
 REDIS_URL = "redis://127.0.0.1:6379/15"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/{vhost}"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+#: Celery's database result backend, through SQLAlchemy, on the same server.
+CELERY_RESULTS_URL = "db+postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 def percentile(samples: list[float], pct: int) -> float:
@@ -101,7 +105,7 @@ class Run:
         self.schema: str | None = None
         self.env = dict(os.environ, BENCH_SYSTEM=system, BENCH_QUEUE=self.queue)
         self.env["PYTHONPATH"] = str(ROOT)
-        broker = system.split("-")[1]
+        self.broker = broker = system.split("-")[1]
         url = {
             "sqlite": str(work / "broker.db"),
             "redis": REDIS_URL,
@@ -110,13 +114,22 @@ class Run:
         self.env["BENCH_URL"] = url
         if system.startswith("skillq-"):
             self.env["SKILLQ_SETTINGS"] = str(self._skillq_settings(broker, url))
+        #: Where a Celery keeps its tasks' state: "pg", "redis", or "" (results ignored).
+        self.celery_results = system.partition("-results-")[2]
+        if self.celery_results == "pg":
+            self.schema = self._postgres_schema()
+            self.env["BENCH_RESULTS_URL"] = CELERY_RESULTS_URL
+            self.env["BENCH_RESULTS_SCHEMA"] = self.schema
+        elif self.celery_results == "redis":
+            self.env["BENCH_RESULTS_URL"] = REDIS_URL  # keys prefixed with the queue's name
         os.environ.update(self.env)
         sys.path.insert(0, str(ROOT))
         from bench import peer_jobs
 
         self.jobs = peer_jobs
         self.send = self._sender()
-        self.expected = 0  # skillq: jobs submitted so far, all of which must end completed
+        #: Jobs sent so far, all of which must end completed in the store (systems with one).
+        self.expected = 0
 
     def _skillq_settings(self, broker: str, url: str) -> Path:
         lines = ["[server]", f'data_dir = "{self.work}"', "[broker]", f'backend = "{broker}"']
@@ -132,16 +145,21 @@ class Run:
         lines += ["[logging]", 'level = "warning"']
         lines += ["[storage]", "pool_size = 16"]
         if broker != "sqlite":
-            import psycopg2
-
-            self.schema = f"skillq_bench_{uuid.uuid4().hex[:10]}"
-            with psycopg2.connect(POSTGRES_URL) as conn, conn.cursor() as cur:
-                cur.execute(f"CREATE SCHEMA {self.schema}")
+            self.schema = self._postgres_schema()
             store_url = f"{POSTGRES_URL}?options=-csearch_path%3D{self.schema}"
             lines += ['backend = "postgres"', f'url = "{store_url}"']
         path = self.work / "settings.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+    def _postgres_schema(self) -> str:
+        """A fresh schema for this run's store, dropped by `close`."""
+        import psycopg2
+
+        schema = f"skillq_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg2.connect(POSTGRES_URL) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {schema}")
+        return schema
 
     def _sender(self) -> Callable[[float, float, str], None]:
         probe = getattr(self.jobs, "probe", None)
@@ -159,6 +177,13 @@ class Run:
             return submit
         if self.system.startswith("dramatiq-"):
             return lambda sent_at, secs, record: probe.send(sent_at, secs, record)
+        if self.celery_results:
+
+            def send_counted(sent_at: float, secs: float, record: str) -> None:
+                probe.delay(sent_at, secs, record)
+                self.expected += 1
+
+            return send_counted
         if self.system.startswith("celery-"):
             return lambda sent_at, secs, record: probe.delay(sent_at, secs, record)
         return lambda sent_at, secs, record: probe(sent_at, secs, record)
@@ -198,10 +223,11 @@ class Run:
         return [float(line[2:]) for line in lines if line.startswith("s ")]
 
     def wait_done(self, record: str, count: int, timeout: float = 600) -> float:
-        """Time (epoch) the last of `count` jobs ended: in the store for skillq."""
+        """Time (epoch) the last of `count` jobs ended: in the store for skillq and a Celery
+        keeping results in PostgreSQL."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.system.startswith("skillq-"):
+            if self.system.startswith("skillq-") or self.celery_results == "pg":
                 done, last = self._store_completed()
                 if done >= self.expected:
                     return last
@@ -213,6 +239,12 @@ class Run:
         raise SystemExit(f"{self.system}: jobs did not finish within {timeout} s")
 
     def _store_completed(self) -> tuple[int, float]:
+        if self.celery_results == "pg":
+            rows = self._celery_results(
+                "SELECT count(*), max(date_done) FROM {} WHERE status = 'SUCCESS'"
+            )
+            count, last = rows[0]
+            return count, last.replace(tzinfo=UTC).timestamp() if last is not None else 0.0
         import peewee
 
         from skillq.storage.database import connection
@@ -232,7 +264,36 @@ class Run:
         stamp = last.replace(tzinfo=UTC).timestamp() if last is not None else 0.0
         return count, stamp
 
+    def _celery_results(self, sql: str) -> list[tuple]:
+        """Rows of `sql` on the Celery result backend's task table (`{}` in it); none before the
+        worker has made the table."""
+        import psycopg2
+
+        conn = psycopg2.connect(POSTGRES_URL)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (f"{self.schema}.celery_taskmeta",))
+                if cur.fetchone()[0] is None:
+                    return [(0, None)] if "count(*)" in sql else []
+                cur.execute(sql.format(f"{self.schema}.celery_taskmeta"))
+                return cur.fetchall()
+        finally:
+            conn.close()
+
     def store_states(self) -> dict[str, int]:
+        if self.celery_results == "pg":
+            rows = self._celery_results("SELECT status, count(*) FROM {} GROUP BY status")
+            return {status.lower().replace("success", "completed"): n for status, n in rows}
+        if self.celery_results == "redis":
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            states: dict[str, int] = {}
+            for key in client.scan_iter(f"{self.queue}:celery-task-meta-*", count=1000):
+                status = json.loads(client.get(key) or "{}").get("status", "MISSING")
+                state = status.lower().replace("success", "completed")
+                states[state] = states.get(state, 0) + 1
+            return states
         import peewee
 
         from skillq.storage.database import connection
@@ -284,7 +345,7 @@ class Run:
             out["worker_rss_mb_end"] = worker.rss_mb()
         finally:
             worker.stop()
-        if self.system.startswith("skillq-"):
+        if self.system.startswith("skillq-") or self.celery_results:
             states = self.store_states()
             out["store_states"] = states
             if states.get("completed", 0) != self.expected or len(states) != 1:
@@ -300,14 +361,14 @@ class Run:
         return count / (last - started)
 
     def close(self) -> None:
-        if self.system.endswith("-redis"):
+        if self.broker == "redis" or self.celery_results == "redis":
             import redis
 
             client = redis.Redis.from_url(REDIS_URL)
             for pattern in (f"{self.queue}*", f"*{self.queue}*"):
                 for key in client.scan_iter(pattern):
                     client.delete(key)
-        if self.system.endswith("-rabbitmq") and not self.system.startswith("skillq-"):
+        if self.broker == "rabbitmq" and not self.system.startswith("skillq-"):
             import pika
 
             params = pika.URLParameters(self.env["BENCH_URL"])
@@ -316,9 +377,10 @@ class Run:
                 for queue in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
                     channel.queue_delete(queue)
         if self.schema is not None:
-            from skillq.storage.database import database_proxy
+            if self.system.startswith("skillq-"):
+                from skillq.storage.database import database_proxy
 
-            database_proxy.close_all()
+                database_proxy.close_all()
             import psycopg2
 
             conn = psycopg2.connect(POSTGRES_URL)

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -103,6 +104,7 @@ class Run:
         self.work = work
         self.queue = f"bench_{uuid.uuid4().hex[:10]}"
         self.schema: str | None = None
+        self._results_connection: Any = None  # psycopg2's, kept for the polls
         self.env = dict(os.environ, BENCH_SYSTEM=system, BENCH_QUEUE=self.queue)
         self.env["PYTHONPATH"] = str(ROOT)
         self.broker = broker = system.split("-")[1]
@@ -243,7 +245,7 @@ class Run:
             rows = self._celery_results(
                 "SELECT count(*), max(date_done) FROM {} WHERE status = 'SUCCESS'"
             )
-            count, last = rows[0]
+            count, last = rows[0] if rows else (0, None)
             return count, last.replace(tzinfo=UTC).timestamp() if last is not None else 0.0
         import peewee
 
@@ -266,19 +268,18 @@ class Run:
 
     def _celery_results(self, sql: str) -> list[tuple]:
         """Rows of `sql` on the Celery result backend's task table (`{}` in it); none before the
-        worker has made the table."""
+        worker has made the table. One connection for all the polls, as skillq's pooled one."""
         import psycopg2
 
-        conn = psycopg2.connect(POSTGRES_URL)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass(%s)", (f"{self.schema}.celery_taskmeta",))
-                if cur.fetchone()[0] is None:
-                    return [(0, None)] if "count(*)" in sql else []
-                cur.execute(sql.format(f"{self.schema}.celery_taskmeta"))
-                return cur.fetchall()
-        finally:
-            conn.close()
+        if self._results_connection is None:
+            self._results_connection = psycopg2.connect(POSTGRES_URL)
+            self._results_connection.autocommit = True
+        with self._results_connection.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (f"{self.schema}.celery_taskmeta",))
+            if cur.fetchone()[0] is None:
+                return []
+            cur.execute(sql.format(f"{self.schema}.celery_taskmeta"))
+            return cur.fetchall()
 
     def store_states(self) -> dict[str, int]:
         if self.celery_results == "pg":
@@ -361,6 +362,8 @@ class Run:
         return count / (last - started)
 
     def close(self) -> None:
+        if self._results_connection is not None:
+            self._results_connection.close()
         if self.broker == "redis" or self.celery_results == "redis":
             import redis
 

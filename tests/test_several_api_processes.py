@@ -60,14 +60,12 @@ class Cluster:
 
     def story(self, job_ids: list[str], finished: dict[str, dict]) -> str:
         """What the store and every worker's log say of these jobs, for a failure message."""
+        logs = {w.name: w.log_path.read_text(errors="replace").splitlines() for w in self.workers}
         lines = []
         for job_id in job_ids:
             lines.append(json.dumps(finished[job_id]))
-            for worker in self.workers:
-                text = worker.log_path.read_text(errors="replace")
-                lines += [
-                    f"  {worker.name}: {line}" for line in text.splitlines() if job_id in line
-                ]
+            for name, log in logs.items():
+                lines += [f"  {name}: {line}" for line in log if job_id in line]
         return "\n".join(lines)
 
 

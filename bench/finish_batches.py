@@ -5,10 +5,11 @@
 Every job is started first; then the threads end them as fast as they can, either with
 `job_writes.finish_one` (one transaction per job) or through `storage.finish_batches` (threads
 that finish while a write is in flight commit together). Prints, per store and mode, the
-median over the rounds of: jobs/s, the process's CPU time per job, and transactions per job
-(counted by `FinishBatches`; alone, one per job). The modes alternate within each round so
-load spreads over both; CPU per job and transactions per job matter more than jobs/s on a
-loaded machine.
+median over the rounds of: jobs/s, the process's CPU time per job, on PostgreSQL the local
+server's CPU time per job too (all its processes: run it on a quiet machine), and
+transactions per job (counted by `FinishBatches`; alone, one per job). The modes alternate
+within each round so load spreads over both; CPU per job and transactions per job matter more
+than jobs/s on a loaded machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+
+import psutil
 
 from skillq.storage import job_writes, jobs
 from skillq.storage.database import connection
@@ -67,6 +70,19 @@ def _run(ids: list[str], threads: int, finish: Callable[[FinishWrite], object]) 
     return time.perf_counter() - began
 
 
+def _postgres_cpu_secs() -> float:
+    """CPU seconds used so far by the local PostgreSQL server's processes (those alive now)."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if (process.info["name"] or "").startswith("postgres"):
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=4000)
@@ -74,27 +90,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     for backend in ("sqlite", "postgres"):
-        figures: dict[str, list[tuple[float, float, float]]] = {"alone": [], "batched": []}
+        figures: dict[str, list[tuple[float, float, float, float]]] = {"alone": [], "batched": []}
         with tempfile.TemporaryDirectory() as folder, bound_store(backend, Path(folder)):
             for _ in range(args.rounds):
                 for mode in figures:
                     ids = _started(args.jobs)
                     batches = FinishBatches()
                     finish = job_writes.finish_one if mode == "alone" else batches.finish
-                    cpu = time.process_time()
+                    cpu, server = time.process_time(), _postgres_cpu_secs()
                     seconds = _run(ids, args.threads, finish)
-                    cpu = time.process_time() - cpu
+                    cpu, server = time.process_time() - cpu, _postgres_cpu_secs() - server
                     commits = batches.transactions if mode == "batched" else args.jobs
                     figures[mode].append(
-                        (args.jobs / seconds, cpu * 1000 / args.jobs, commits / args.jobs)
+                        (
+                            args.jobs / seconds,
+                            cpu * 1000 / args.jobs,
+                            server * 1000 / args.jobs,
+                            commits / args.jobs,
+                        )
                     )
         for mode, rows in figures.items():
-            rate, cpu_ms, commits = (
+            rate, cpu_ms, server_ms, commits = (
                 statistics.median(column) for column in zip(*rows, strict=True)
             )
             print(
                 f"{backend:8} {mode:8} {rate:8.0f} jobs/s  {cpu_ms:.3f} ms CPU/job"
-                f"  {commits:.3f} transactions/job"
+                + (f"  server {server_ms:.3f} ms CPU/job" if backend == "postgres" else "")
+                + f"  {commits:.3f} transactions/job"
             )
 
 

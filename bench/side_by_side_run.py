@@ -371,6 +371,10 @@ class Run:
             for pattern in (f"{self.queue}*", f"*{self.queue}*"):
                 for key in client.scan_iter(pattern):
                     client.delete(key)
+            if self.broker == "redis" and self.system.startswith("celery-"):
+                # kombu's Redis transport notes when the worker's remote-control binding
+                # (`celery.pidbox`) expires in a key of its own, outside the run's names.
+                client.zrem("_kombu.binding_deadlines", "celery.pidbox")
         if self.broker == "rabbitmq" and not self.system.startswith("skillq-"):
             import pika
 

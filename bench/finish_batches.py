@@ -25,8 +25,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import psutil
-
 from skillq.storage import job_writes, jobs
 from skillq.storage.database import connection
 from skillq.storage.finish_batches import FinishBatches
@@ -35,6 +33,10 @@ from skillq.storage.models import JobState, utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tests.support`, run as a script
+sys.path.insert(0, str(ROOT / "bench"))
+from e2e_cpu import servers  # noqa: E402
+from side_by_side_run import cpu_secs  # noqa: E402
+
 from tests.support import bound_store  # noqa: E402
 
 
@@ -71,16 +73,9 @@ def _run(ids: list[str], threads: int, finish: Callable[[FinishWrite], object]) 
 
 
 def _postgres_cpu_secs() -> float:
-    """CPU seconds used so far by the local PostgreSQL server's processes (those alive now)."""
-    total = 0.0
-    for process in psutil.process_iter(["name"]):
-        if (process.info["name"] or "").startswith("postgres"):
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-    return total
+    """CPU seconds used so far by the local PostgreSQL server's processes, listed anew at each
+    call: a backend the threads' connections start during the run counts too."""
+    return cpu_secs(servers()["postgres"])
 
 
 def main() -> None:
